@@ -1,0 +1,1 @@
+"""tritonforge engine: a small LLM inference engine composed of the registered kernels."""

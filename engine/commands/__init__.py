@@ -1,0 +1,1 @@
+"""One module per ``tritonforge`` subcommand: ``configure(parser)`` and ``run(args) -> int``."""

@@ -1,0 +1,44 @@
+"""Output allocation for launchers, with an optional poison fill for tests.
+
+Launchers allocate their outputs through :func:`empty`. Inside ``with poisoned():`` every such buffer is
+filled with NaN (integers with -1) first, so an element the kernel forgot to write fails the comparison
+instead of passing on whatever memory happened to hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+
+_state = threading.local()
+
+
+def poisoning() -> bool:
+    return getattr(_state, "on", False)
+
+
+@contextlib.contextmanager
+def poisoned():
+    prev = poisoning()
+    _state.on = True
+    try:
+        yield
+    finally:
+        _state.on = prev
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype.is_floating_point:
+        return t.fill_(float("nan"))
+    return t.fill_(-1)
+
+
+def empty(*shape, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    return poison_(t) if poisoning() else t
+
+
+def empty_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return empty(*x.shape, dtype=dtype or x.dtype, device=x.device)

@@ -1,0 +1,111 @@
+"""The op registry: one record per hot path, read by tests, benchmarks, the CLI and the engine.
+
+Each kernel module ends with one ``register(Op(...))`` call that declares:
+
+- ``name``: the op's name, also its pytest marker (``pytest -m rmsnorm``);
+- ``triton`` and ``torch``: the launcher and the pure-torch reference, with the same signature;
+- ``cases(profile)``: a hypothesis strategy of case dicts (shapes, dtype) for the ``cpu`` or ``gpu``
+  test profile; ``bench_cases()``: the cases the sweep times (real model shapes plus a size sweep);
+  ``smoke_cases()``: a few small fixed cases for ``tritonforge check`` (fast even in the interpreter);
+- ``make_inputs(case, device, generator)``: fresh random inputs (never zeros) as a kwargs dict;
+- ``reduction_len(case)``: the length of the longest reduction, which scales the absolute tolerance;
+- ``flops(case)`` and ``bytes(case)``: the roofline model (fewest bytes that must move);
+- ``baseline``: an optional vendor implementation for the benchmarks (cuBLAS, SDPA, torch eager);
+- ``compare``: an optional custom check for ops whose output is not a plain tensor comparison;
+- ``mutates``: names of inputs written in place, compared after the call like returned outputs.
+
+Extra implementations (an edited kernel under another name) are added with :func:`register_impl` and
+selected by name everywhere an op is looked up, which is how the engine hot-swaps kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernels.device import BackendUnavailable, check_backend
+
+Case = dict[str, Any]
+
+
+@dataclass
+class Op:
+    name: str
+    triton: Callable
+    torch: Callable
+    cases: Callable[[str], Any]
+    make_inputs: Callable[[Case, torch.device, torch.Generator], dict[str, Any]]
+    bench_cases: Callable[[], list[Case]] = lambda: []
+    smoke_cases: Callable[[], list[Case]] = lambda: []
+    reduction_len: Callable[[Case], int] = lambda case: 1
+    flops: Callable[[Case], float] = lambda case: 0.0
+    bytes: Callable[[Case], float] = lambda case: 0.0
+    baseline: Callable | None = None
+    baseline_name: str = "torch"
+    compare: Callable | None = None
+    # Names of inputs the op writes in place (RoPE's q and k, the KV caches); tests compare them too.
+    mutates: tuple[str, ...] = ()
+    # The kernel computes a float32 dot with tl.dot, which is TF32 on NVIDIA GPUs.
+    tf32: bool = False
+    # Ops whose interpreter result is unreliable for some dtypes (bf16 tl.dot) list them here; the
+    # generic tests run those cases on the GPU only, by marker, instead of dropping them.
+    gpu_only_dtypes: tuple[torch.dtype, ...] = ()
+    impls: dict[str, Callable] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.impls = {"triton": self.triton, "torch": self.torch, **self.impls}
+
+    def impl(self, backend: str) -> Callable:
+        try:
+            return self.impls[backend]
+        except KeyError:
+            raise KeyError(
+                f"op {self.name!r} has no implementation {backend!r}; registered: {sorted(self.impls)}"
+            ) from None
+
+
+_OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in _OPS:
+        raise ValueError(f"op {op.name!r} is registered twice")
+    _OPS[op.name] = op
+    return op
+
+
+def register_impl(op_name: str, impl_name: str, fn: Callable) -> None:
+    """Add an implementation of a registered op, selectable by ``impl_name`` (kernel hot-swap)."""
+    get(op_name).impls[impl_name] = fn
+
+
+def get(name: str) -> Op:
+    _load_all()
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(f"no op named {name!r}; registered ops: {sorted(_OPS)}") from None
+
+
+def all_ops() -> list[Op]:
+    _load_all()
+    return [_OPS[k] for k in sorted(_OPS)]
+
+
+def resolve(name: str, backend: str, device: torch.device | str) -> Callable:
+    """The callable for ``name`` under ``backend``; raises if it cannot run on ``device`` here."""
+    op = get(name)
+    fn = op.impl(backend)
+    if backend in ("triton", "torch"):
+        check_backend(backend, device)
+    elif backend not in op.impls:
+        raise BackendUnavailable(f"op {name!r} has no implementation {backend!r}")
+    return fn
+
+
+def _load_all() -> None:
+    # Importing the op modules registers them; deferred so that `import kernels.registry` stays cheap.
+    import kernels.ops  # noqa: F401  (imported for its registrations)

@@ -1,0 +1,177 @@
+"""RMSNorm, optionally fused with the residual add that precedes it in every decoder layer.
+
+Math, for one row x of length H (a token's hidden state) and a weight w of length H:
+
+    rms(x) = sqrt(mean(x_i^2) + eps)
+    y_i    = x_i / rms(x) * w_i
+
+With a residual r the layer first adds it, and hands the sum on as the next residual:
+
+    h = x + r;   y = rmsnorm(h) * w;   returns (y, h)
+
+Layout: x and r are [..., H] with a unit stride on H (rows may be strided); w is [H]. The sum of squares
+is accumulated in float32 whatever the input dtype; y and h are stored in the input dtype. The residual
+sum h is rounded to the input dtype *before* it is normalised, as the unfused torch code would do, so the
+fused and unfused engine paths agree bit for bit in the sum.
+
+Kernel: one program per row, the whole row in registers (H <= 65536). Memory-bound: it reads x (and r)
+and w once and writes y (and h) once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import alloc
+from kernels.registry import Op, register
+
+MAX_HIDDEN = 65536
+
+
+@triton.jit
+def _rmsnorm_kernel(
+    x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,
+    stride_x, stride_r, stride_y, stride_h,
+    H, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(h_ptr + row * stride_h + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv_rms = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / H + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_y + cols, (xf * inv_rms * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _num_warps(block: int) -> int:
+    # Enough threads that each holds at most ~16 elements of a row, capped at a full SM quarter.
+    return max(1, min(16, block // 512))
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
+    if x.dim() < 1:
+        raise ValueError("rmsnorm: x must have at least one dimension [..., hidden]")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"rmsnorm: x must be a floating tensor, got {x.dtype}")
+    H = x.shape[-1]
+    if weight.shape != (H,):
+        raise ValueError(f"rmsnorm: weight must have shape ({H},) to match x's last dim, got {tuple(weight.shape)}")
+    if weight.device != x.device:
+        raise ValueError(f"rmsnorm: weight is on {weight.device}, x on {x.device}")
+    if H > MAX_HIDDEN:
+        raise ValueError(f"rmsnorm: hidden size {H} exceeds the kernel's limit of {MAX_HIDDEN}")
+    if residual is not None and (
+        residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device
+    ):
+        raise ValueError(
+            f"rmsnorm: residual must match x ({tuple(x.shape)}, {x.dtype}, {x.device}), got "
+            f"({tuple(residual.shape)}, {residual.dtype}, {residual.device})"
+        )
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+            residual: torch.Tensor | None = None):
+    """``y = x / rms(x) * weight``; with ``residual``, returns ``(rmsnorm(x + residual), x + residual)``."""
+    _check(x, weight, residual)
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    y = alloc.empty(rows, H, dtype=x.dtype, device=x.device)
+    if residual is not None:
+        r2 = residual.reshape(-1, H).contiguous()
+        h = alloc.empty(rows, H, dtype=x.dtype, device=x.device)
+    else:
+        r2, h = x2, y  # unused by the kernel when HAS_RESIDUAL is False
+    if rows > 0:
+        block = triton.next_power_of_2(H)
+        _rmsnorm_kernel[(rows,)](
+            x2, r2, weight, y, h,
+            x2.stride(0), r2.stride(0), y.stride(0), h.stride(0),
+            H, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_num_warps(block),
+        )
+    y = y.reshape(x.shape)
+    return (y, h.reshape(x.shape)) if residual is not None else y
+
+
+def rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                      residual: torch.Tensor | None = None):
+    """Pure torch, same signature and semantics (the sum is rounded to x's dtype before normalising)."""
+    if residual is not None:
+        x = (x.float() + residual.float()).to(x.dtype)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(compute)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(compute)
+    y = y.to(x.dtype)
+    return (y, x) if residual is not None else y
+
+
+# --- registration -------------------------------------------------------------------------------
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+MODEL_HIDDEN = [896, 2048, 3584, 4096, 8192]  # Qwen2.5-0.5B, Llama-3.2-1B, Qwen2.5-7B, Llama-3-8B, 70B
+
+
+def _cases(profile: str):
+    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
+
+    if profile == "cpu":
+        tokens, hidden = st.sampled_from([1, 3, 17]), st.sampled_from([1, 17, 64, 80, 123, 145])
+    else:
+        tokens, hidden = st.sampled_from([1, 7, 128, 1000, 4096]), st.sampled_from([*MODEL_HIDDEN, 4113, 123])
+    return st.fixed_dictionaries({
+        "tokens": tokens, "hidden": hidden, "dtype": st.sampled_from(DTYPES), "residual": st.booleans(),
+    })
+
+
+def _make_inputs(case, device, gen):
+    T, H, dt = case["tokens"], case["hidden"], case["dtype"]
+    x = torch.randn(T, H, generator=gen, device=device).to(dt)
+    w = (1 + 0.1 * torch.randn(H, generator=gen, device=device)).to(dt)
+    inputs = {"x": x, "weight": w, "eps": 1e-6}
+    if case.get("residual"):
+        inputs["residual"] = torch.randn(T, H, generator=gen, device=device).to(dt)
+    return inputs
+
+
+def _bench_cases():
+    return [
+        {"tokens": t, "hidden": h, "dtype": dt, "residual": res}
+        for dt in (torch.bfloat16, torch.float16)
+        for h in MODEL_HIDDEN
+        for t in (1, 16, 256, 4096, 16384)
+        for res in (False, True)
+    ]
+
+
+def _bytes(case):
+    n, e = case["tokens"] * case["hidden"], case["dtype"].itemsize
+    return e * (n * (4 if case.get("residual") else 2) + case["hidden"])
+
+
+register(Op(
+    name="rmsnorm",
+    triton=rmsnorm,
+    torch=rmsnorm_reference,
+    cases=_cases,
+    make_inputs=_make_inputs,
+    bench_cases=_bench_cases,
+    smoke_cases=lambda: [
+        {"tokens": 3, "hidden": 123, "dtype": dt, "residual": res} for dt in DTYPES for res in (False, True)
+    ],
+    reduction_len=lambda c: c["hidden"],
+    flops=lambda c: 4.0 * c["tokens"] * c["hidden"],
+    bytes=_bytes,
+    baseline=rmsnorm_reference,
+    baseline_name="torch eager",
+))

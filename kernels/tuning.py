@@ -1,0 +1,65 @@
+"""Configs as data, chosen at first launch.
+
+A kernel module declares its configs as plain dicts per vendor::
+
+    CONFIGS = {
+        "cuda": [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3), ...],
+        "hip":  [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, waves_per_eu=2), ...],
+    }
+    _matmul = Tuned(_matmul_kernel, CONFIGS, key=["M", "N", "K"], keep=lambda c, args: ...)
+
+and launches ``_matmul[grid](...)``. Nothing is converted or measured at import. At the first launch the
+list for the running vendor is turned into ``triton.Config`` objects, filtered by ``keep`` and handed to
+``triton.autotune``. In the interpreter (no GPU, nothing to time) the first kept config is used as is.
+The keys ``num_warps``, ``num_stages`` and ``num_ctas`` are launch options; every other key is a
+meta-parameter, except AMD knobs (``waves_per_eu``, ``matrix_instr_nonkdim``, ``kpack``), which the
+HIP backend reads as meta-parameters and which belong only in the ``"hip"`` list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import triton
+
+from kernels.device import interpreting, vendor
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
+
+
+def to_config(d: dict[str, Any]) -> triton.Config:
+    kwargs = {k: v for k, v in d.items() if k not in LAUNCH_OPTIONS}
+    opts = {k: d[k] for k in LAUNCH_OPTIONS if k in d}
+    return triton.Config(kwargs, **opts)
+
+
+class Tuned:
+    """A ``@triton.jit`` kernel with per-vendor configs; the autotuner is built at first launch."""
+
+    def __init__(self, kernel, configs: dict[str, list[dict[str, Any]]], key: list[str],
+                 keep: Callable[[dict[str, Any]], bool] | None = None, **autotune_kwargs):
+        self.kernel = kernel
+        self.configs = configs
+        self.key = key
+        self.keep = keep
+        self.autotune_kwargs = autotune_kwargs
+        self._built = None
+
+    def candidates(self, which: str | None = None) -> list[dict[str, Any]]:
+        which = which or ("cuda" if interpreting() else vendor())
+        if which not in self.configs:
+            raise RuntimeError(f"kernel {self.kernel.__name__} has no configs for {which!r}")
+        kept = [c for c in self.configs[which] if self.keep is None or self.keep(c)]
+        if not kept:
+            raise RuntimeError(f"kernel {self.kernel.__name__}: every {which} config was pruned")
+        return kept
+
+    def __getitem__(self, grid):
+        if interpreting():
+            meta = {k: v for k, v in self.candidates()[0].items() if k not in LAUNCH_OPTIONS}
+            return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **meta)
+        if self._built is None:
+            configs = [to_config(c) for c in self.candidates()]
+            self._built = triton.autotune(configs=configs, key=self.key, **self.autotune_kwargs)(self.kernel)
+        return self._built[grid]
