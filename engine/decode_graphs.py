@@ -1,0 +1,94 @@
+"""CUDA/HIP graphs for decode-only steps: one captured forward (+ logits) per padded batch size.
+
+A decode step of a small model is dominated by kernel launch overhead: hundreds of small kernels per
+token. Capturing the whole forward once per batch size and replaying it removes that overhead. Graphs
+replay on fixed addresses, so the step's inputs are copied into static buffers first; a batch of n
+sequences runs the graph of the smallest captured size >= n, with the padded rows made harmless: their
+KV write slot is -1 (skipped by ``kv_cache_write``) and they attend to one token of the scratch block.
+``max_context_len`` is fixed at the model's maximum so the decode kernel's launch grid never depends on
+the batch. Steps with prefill chunks, or larger than the biggest graph, run eagerly.
+
+Each size is run once eagerly before capture so that autotuned kernels pick their configs outside the
+graph (benchmarking inside a capture is not allowed).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+
+import torch
+
+from engine.models.layers import AttentionMetadata
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+class DecodeGraphs:
+    def __init__(self, runner, max_batch: int):
+        self.runner = runner
+        dev = runner.device
+        self.max_blocks = math.ceil(runner.max_model_len / runner.block_size)
+        self.sizes = sorted({s for s in BATCH_SIZES if s < max_batch} | {max_batch})
+        n = self.sizes[-1]
+        self.token_ids = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        self.tables = torch.full((n, self.max_blocks), runner.scratch_block, dtype=torch.int32, device=dev)
+        self.context_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self._capture_all()
+
+    def _meta(self, bs: int) -> AttentionMetadata:
+        dev = self.runner.device
+        empty = torch.zeros(0, dtype=torch.int32, device=dev)
+        return AttentionMetadata(
+            slot_mapping=self.slots[:bs], num_decode_tokens=bs, decode_block_tables=self.tables[:bs],
+            decode_context_lens=self.context_lens[:bs], max_decode_context_len=self.runner.max_model_len,
+            num_prefills=0, prefill_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev), prefill_max_seqlen=0,
+            prefill_block_tables=self.tables[:0], prefill_prefix_lens=empty, prefill_has_prefix=False)
+
+    def _forward(self, bs: int) -> torch.Tensor:
+        model = self.runner.model
+        hidden = model.forward(self.token_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._meta(bs))
+        return model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        pool = None
+        stream = torch.cuda.Stream(self.runner.device)
+        for bs in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory pool
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._forward(bs)  # warm-up: autotuning and lazy allocations happen outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[bs] = self._forward(bs)
+            pool = graph.pool()
+            self.graphs[bs] = graph
+        torch.cuda.synchronize(self.runner.device)
+        log.info("captured decode graphs for batch sizes %s", self.sizes)
+
+    def fits(self, batch) -> bool:
+        return batch.num_tokens <= self.sizes[-1] and batch.meta.decode_block_tables.shape[1] <= self.max_blocks
+
+    def run(self, batch) -> torch.Tensor:
+        n = batch.num_tokens
+        bs = self.sizes[bisect.bisect_left(self.sizes, n)]
+        meta = batch.meta
+        width = meta.decode_block_tables.shape[1]
+        self.token_ids[:n].copy_(batch.token_ids)
+        self.positions[:n].copy_(batch.positions)
+        self.slots[:n].copy_(meta.slot_mapping)
+        self.slots[n:bs].fill_(-1)
+        self.tables[:n, :width].copy_(meta.decode_block_tables)
+        self.tables[n:bs].fill_(self.runner.scratch_block)
+        self.context_lens[:n].copy_(meta.decode_context_lens)
+        self.context_lens[n:bs].fill_(1)
+        self.graphs[bs].replay()
+        return self.logits[bs][:n]

@@ -1,0 +1,148 @@
+"""The building blocks of a decoder layer, each calling kernels only through the engine's op table.
+
+- :class:`Linear`: ``y = x W^T (+ b)`` over one or more weights that share an input (q/k/v, gate/up).
+  Weights are fused at load into one matrix when they can be (dense tensors of one dtype, or GGUF blocks
+  of one quantization type: rows of quantized blocks concatenate like dense rows); otherwise each part is
+  applied and the outputs concatenated. Dense weights go to the ``linear`` op, quantized ones (any object
+  with ``data``, ``qtype`` and ``shape``, i.e. the loader's ``GGUFWeight``) to ``gguf_linear``.
+- :class:`Embedding`: a row gather; quantized tables dequantize only the rows looked up.
+- :class:`Attention`: fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE in place, the
+  chunk's keys and values written into the paged cache, then attention: decode tokens (the first
+  ``num_decode_tokens`` of the batch) through ``paged_decode_attention``, prefill chunks through
+  ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
+- :class:`MLP`: SwiGLU, ``down(silu(gate x) * up x)`` with gate and up fused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.ops import OpTable
+
+
+def is_quantized(weight) -> bool:
+    return hasattr(weight, "qtype") and hasattr(weight, "data")
+
+
+def out_features(weight) -> int:
+    return int(weight.shape[0])
+
+
+def _fuse(parts: list) -> list:
+    """Merge parts into as few matrices as the storage formats allow."""
+    if len(parts) == 1:
+        return parts
+    if all(isinstance(p, torch.Tensor) for p in parts) and len({p.dtype for p in parts}) == 1:
+        return [torch.cat(parts, dim=0)]
+    if all(is_quantized(p) for p in parts) and len({(p.qtype, p.data.shape[1]) for p in parts}) == 1:
+        first = parts[0]
+        data = torch.cat([p.data for p in parts], dim=0)
+        shape = (sum(out_features(p) for p in parts), int(first.shape[1]))
+        return [type(first)(data=data, qtype=first.qtype, shape=shape)]
+    return parts
+
+
+class Linear:
+    def __init__(self, ops: OpTable, weights: list, biases: list | None = None):
+        self.ops = ops
+        self.out_sizes = [out_features(w) for w in weights]
+        self.weights = _fuse(list(weights))
+        if biases is None or all(b is None for b in biases):
+            self.biases = [None] * len(self.weights)
+        elif len(self.weights) == 1:
+            self.biases = [torch.cat(biases, dim=0)]
+        else:
+            self.biases = list(biases)
+
+    def _apply(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
+        if is_quantized(weight):
+            return self.ops.gguf_linear(x, weight.data, weight.qtype, bias)
+        return self.ops.linear(x, weight, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.weights) == 1:
+            return self._apply(x, self.weights[0], self.biases[0])
+        return torch.cat([self._apply(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)], dim=-1)
+
+
+class Embedding:
+    def __init__(self, ops: OpTable, weight, dtype: torch.dtype):
+        self.ops = ops
+        self.weight = weight
+        self.dtype = dtype
+
+    def __call__(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if is_quantized(self.weight):
+            return self.ops.gguf_dequantize(self.weight.data[token_ids], self.weight.qtype, self.dtype)
+        return self.weight[token_ids]
+
+
+class RMSNorm:
+    def __init__(self, ops: OpTable, weight: torch.Tensor, eps: float):
+        self.ops, self.weight, self.eps = ops, weight, eps
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return self.ops.rmsnorm(x, self.weight, self.eps, residual)
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each token of the batch sits in the paged KV cache (built by :mod:`engine.attention_metadata`).
+
+    The batch is ordered decode tokens first (one per sequence), then prefill chunks."""
+
+    slot_mapping: torch.Tensor          # [T] int64: flat cache slot (block * block_size + offset) per token
+    num_decode_tokens: int
+    decode_block_tables: torch.Tensor   # [num_decode, max_blocks] int32
+    decode_context_lens: torch.Tensor   # [num_decode] int32: tokens in the cache after this step's write
+    max_decode_context_len: int
+    num_prefills: int
+    prefill_cu_seqlens: torch.Tensor    # [num_prefills + 1] int32, offsets into the prefill tokens
+    prefill_max_seqlen: int
+    prefill_block_tables: torch.Tensor  # [num_prefills, max_blocks] int32
+    prefill_prefix_lens: torch.Tensor   # [num_prefills] int32: tokens already cached before the chunk
+    prefill_has_prefix: bool
+
+
+class Attention:
+    def __init__(self, ops: OpTable, num_heads: int, num_kv_heads: int, head_dim: int, qkv: Linear, o_proj: Linear,
+                 q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None):
+        self.ops = ops
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.qkv, self.o_proj = qkv, o_proj
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.scale = head_dim ** -0.5
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        T, H, KV, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)
+        q, k, v = q.reshape(T, H, D), k.reshape(T, KV, D), v.reshape(T, KV, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        # RoPE rotates q and k in place; views into the fused qkv output are fine (unit stride on D).
+        self.ops.rope(q, k, positions, cos_sin_cache)
+        self.ops.kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = torch.empty_like(q)
+        nd = meta.num_decode_tokens
+        if nd > 0:
+            out[:nd] = self.ops.paged_decode_attention(
+                q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens,
+                scale=self.scale, max_context_len=meta.max_decode_context_len)
+        if meta.num_prefills > 0:
+            cached = (k_cache, v_cache, meta.prefill_block_tables, meta.prefill_prefix_lens) \
+                if meta.prefill_has_prefix else (None, None, None, None)
+            out[nd:] = self.ops.prefill_attention(
+                q[nd:], k[nd:], v[nd:], meta.prefill_cu_seqlens, meta.prefill_max_seqlen, scale=self.scale,
+                causal=True, k_cache=cached[0], v_cache=cached[1], block_tables=cached[2], prefix_lens=cached[3])
+        return self.o_proj(out.reshape(T, H * D))
+
+
+class MLP:
+    def __init__(self, ops: OpTable, gate_up: Linear, down: Linear):
+        self.ops, self.gate_up, self.down = ops, gate_up, down
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.ops.silu_and_mul(self.gate_up(x)))

@@ -1,0 +1,60 @@
+"""The engine's op table: every kernel the model calls, resolved once through the registry.
+
+The model never imports a kernel module. It calls ``ops.rmsnorm(...)``, ``ops.linear(...)`` and so on,
+and this table decides which registered implementation that is: the engine's backend (``"triton"`` on a
+GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrides`` names another
+implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
+edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
+without touching engine code. Ops the model never calls (the GGUF ones for a safetensors model) are
+resolved at first use, so a missing optional module only matters to models that need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kernels import registry
+
+ENGINE_OPS = (
+    "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
+    "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
+)
+
+
+class OpTable:
+    """``table.<op name>(...)`` calls the implementation chosen for that op."""
+
+    def __init__(self, backend: str, device: torch.device | str, overrides: dict[str, str] | None = None):
+        self.backend = backend
+        self.device = torch.device(device)
+        self.overrides = dict(overrides or {})
+        for name, impl in self.overrides.items():
+            if name not in ENGINE_OPS:
+                raise ValueError(f"op override {name}={impl}: the engine uses no op {name!r}; "
+                                 f"overridable ops: {', '.join(ENGINE_OPS)}")
+            op = registry.get(name)
+            if impl not in op.impls:
+                raise ValueError(f"op override {name}={impl}: no implementation {impl!r} is registered for "
+                                 f"{name!r}; registered: {', '.join(sorted(op.impls))}")
+        self._resolved: dict[str, Callable] = {}
+
+    def impl_name(self, name: str) -> str:
+        return self.overrides.get(name, self.backend)
+
+    def get(self, name: str) -> Callable:
+        fn = self._resolved.get(name)
+        if fn is None:
+            fn = registry.resolve(name, self.impl_name(name), self.device)
+            self._resolved[name] = fn
+        return fn
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("_") or name not in ENGINE_OPS:
+            raise AttributeError(name)
+        return self.get(name)
+
+    def describe(self) -> dict[str, str]:
+        """Op name -> chosen implementation name, for logs and ``stats()``."""
+        return {name: self.impl_name(name) for name in ENGINE_OPS}
