@@ -1,0 +1,349 @@
+"""Paged decode attention: one new query token per sequence against its whole paged KV cache.
+
+Math, for sequence b, query head h, KV head g = h // G (G = Hq / Hkv query heads per KV head), and the
+sequence's C = context_lens[b] cached tokens (its own new token included, already written):
+
+    o_bh = sum_j softmax_j(scale * q_bh . k_bgj) v_bgj,   j = 0..C-1,  scale defaults to 1/sqrt(D)
+
+Layouts: q and o [B, Hq, D]; the caches, block_tables [B, max_blocks] and context_lens [B] follow
+kernels/kv_cache.py (token j of sequence b is in block block_tables[b, j // block_size]).
+
+Grouped-query attention. One program handles all G query heads of a KV head: the group is the M axis
+of ``tl.dot`` (padded to 16, the smallest MMA tile), so every K/V tile is loaded once per KV head, not
+once per query head. Decode is memory-bound, so the idle rows of the padded tile cost nothing.
+
+Split-KV (flash-decoding). With few sequences, B * Hkv programs cannot fill the card, so each sequence's
+context is cut into splits of a FIXED SIZE (``split_size`` tokens; the last split is shorter) and the grid
+is (B, Hkv, splits). Each split writes its normalised partial output and its log-sum-exp (base 2)
+lse_s = m_s + log2(l_s); a reduce kernel combines them:
+
+    o = sum_s w_s o_s / sum_s w_s,   w_s = exp2(lse_s - max_s lse_s)
+
+Why a fixed size and not a fixed count: a sequence's partition then depends only on ``split_size``, not on
+its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
+size is the same. :func:`choose_split_size` picks it from (batch, kv heads, max context, SM count) so that
+small batches with long contexts still give about two programs per SM; it is a power of two, so it moves
+in coarse steps. An engine that needs bitwise batch invariance passes one constant ``split_size``. The
+result depends on the split size only through rounding (tested). With a single split the kernel writes
+the output directly and the reduce is skipped.
+
+No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int) or, if it is not
+given, from the block table's capacity; programs past a sequence's end exit at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _decode_cases as cases
+from kernels import _paged_checks as checks
+from kernels import alloc
+from kernels._attention_ref import dense_attention, gather_paged
+from kernels.device import interpreting, num_sms
+from kernels.registry import Op, register
+from kernels.tuning import Tuned
+
+LOG2E = 1.4426950408889634
+MIN_SPLIT, SPLIT_ALIGN = 64, 16
+
+
+@triton.jit
+def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, valid, qk_scale,
+                 stride_cb, stride_co, d_ok, PAGE: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """Load the tokens ``pos`` [N] through the block table and fold them into the online softmax.
+
+    ``k_head_ptr``/``v_head_ptr`` already point at this KV head's first dim (plus the D offsets, [1, D]).
+    """
+    if MASKED:
+        block = tl.load(bt_row_ptr + pos // PAGE, mask=valid, other=0)
+        kv_mask = valid[:, None] & d_ok
+    else:
+        block = tl.load(bt_row_ptr + pos // PAGE)
+        kv_mask = d_ok
+    rows = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None]
+    k = tl.load(k_head_ptr + rows, mask=kv_mask, other=0.0)
+    v = tl.load(v_head_ptr + rows, mask=kv_mask, other=0.0)
+    # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
+    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    p = p.to(v.dtype)
+    if UPCAST:
+        acc += tl.dot(p.to(tl.float32), v.to(tl.float32))
+    else:
+        acc = tl.dot(p, v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr,
+    stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
+    qk_scale, group, num_q_heads, split_size, max_splits,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
+    DIRECT: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + seq)
+    start = split * split_size
+    if start >= ctx and not DIRECT:
+        return  # past this sequence's end: the reduce never reads this split
+    end = tl.minimum(start + split_size, ctx)
+
+    g = tl.arange(0, G_PAD)
+    heads = kv_head * group + g
+    head_ok = g < group
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    q = tl.load(q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=head_ok[:, None] & d_ok, other=0.0)
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D_PAD], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_head = k_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
+    v_head = v_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
+    bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+    full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
+    for start_n in range(start, full_end, BLOCK_N):
+        acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, k_head, v_head, bt_row, start_n + offs_n, None,
+                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, False, UPCAST)
+    if full_end < end:
+        pos = full_end + offs_n
+        acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, k_head, v_head, bt_row, pos, pos < end,
+                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, True, UPCAST)
+
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty context (never valid input) gives zeros
+    out_mask = head_ok[:, None] & d_ok
+    if DIRECT:
+        tl.store(o_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        part = (seq.to(tl.int64) * num_q_heads + heads) * max_splits + split  # [G_PAD]
+        tl.store(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=out_mask)
+        tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=head_ok)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_PAD: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    n_splits = tl.cdiv(tl.load(ctx_ptr + seq), split_size)
+    s = tl.arange(0, S_PAD)
+    s_ok = s < n_splits
+    offs_d = tl.arange(0, D_PAD)
+    part = (seq.to(tl.int64) * num_q_heads + head) * max_splits + s
+    lse = tl.load(part_lse_ptr + part, mask=s_ok, other=float("-inf"))
+    top = tl.where(n_splits > 0, tl.max(lse, 0), 0.0)
+    w = tl.where(s_ok, tl.math.exp2(lse - top), 0.0)
+    o = tl.load(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    out = tl.sum(w[:, None] * o, 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    tl.store(o_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+# --- configs (data) -------------------------------------------------------------------------------
+# The 16-token tile is the interpreter's (least CPU time per program at the test shapes).
+
+CONFIGS = {
+    "cuda": [
+        dict(BLOCK_N=16, num_warps=4, num_stages=1),
+        dict(BLOCK_N=64, num_warps=4, num_stages=3),
+        dict(BLOCK_N=64, num_warps=4, num_stages=4),
+        dict(BLOCK_N=128, num_warps=4, num_stages=3),
+        dict(BLOCK_N=32, num_warps=4, num_stages=4),
+    ],
+    "hip": [
+        dict(BLOCK_N=64, num_warps=4, num_stages=1),
+        dict(BLOCK_N=128, num_warps=4, num_stages=1),
+    ],
+}
+
+
+def _keep(c) -> bool:
+    return (c["BLOCK_N"] == 16) == interpreting()
+
+
+def _prune(configs, named_args, **kwargs):
+    """No tile longer than a split; keep big tiles for head_dim <= 128 only (registers)."""
+    args = {**named_args, **kwargs}
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, args["split_size"])
+            and c.kwargs["BLOCK_N"] * args["D_PAD"] <= 128 * 128]
+    return kept or configs
+
+
+_decode_split = Tuned(_decode_split_kernel, CONFIGS, key=["split_size", "G_PAD", "D_PAD", "PAGE", "DIRECT"],
+                      keep=_keep, prune_configs_by={"early_config_prune": _prune})
+
+
+# --- launcher -------------------------------------------------------------------------------------
+
+def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None) -> int:
+    """Tokens per split: the largest power of two that still gives about two programs per SM.
+
+    batch * num_kv_heads programs exist per split; long contexts in small batches are cut until
+    batch * num_kv_heads * splits >= 2 * SMs, but never below MIN_SPLIT tokens (below that the partial
+    outputs cost more traffic than they save). Large batches get one split: no reduce at all.
+    """
+    sms = num_sms() if sms is None else sms
+    programs = max(1, batch * num_kv_heads)
+    want_splits = max(1, -(-2 * sms // programs))
+    size = triton.next_power_of_2(max(1, -(-max_context_len // want_splits)))
+    return max(MIN_SPLIT, size)
+
+
+def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int:
+    if split_size is not None:
+        if not isinstance(split_size, int) or split_size < 1:
+            raise ValueError(f"paged_decode_attention: split_size must be a positive int, got {split_size!r}")
+        return split_size
+    if num_splits is not None:
+        if not isinstance(num_splits, int) or num_splits < 1:
+            raise ValueError(f"paged_decode_attention: num_splits must be a positive int, got {num_splits!r}")
+        size = -(-max(max_context, 1) // num_splits)
+        return -(-size // SPLIT_ALIGN) * SPLIT_ALIGN
+    return choose_split_size(batch, num_kv_heads, max_context)
+
+
+def _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len) -> int:
+    """Cheap checks (no sync); returns the context bound the grid is sized for."""
+    op = "paged_decode_attention"
+    _, block_size, kv_heads, d = checks.paged_cache(op, k_cache, v_cache)
+    checks.float_tensor(op, "q", q, 3)
+    checks.index_tensor(op, "block_tables", block_tables, 2)
+    checks.index_tensor(op, "context_lens", context_lens, 1)
+    checks.same_device(op, "q", q, k_cache=k_cache, block_tables=block_tables, context_lens=context_lens)
+    batch, q_heads, qd = q.shape
+    if qd != d:
+        raise ValueError(f"{op}: q has head_dim {qd} but the cache holds head_dim {d}")
+    checks.head_dim(op, d)
+    checks.head_counts(op, q_heads, kv_heads)
+    if q.dtype != k_cache.dtype:
+        raise TypeError(f"{op}: q is {q.dtype} but the cache is {k_cache.dtype}; they must match")
+    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
+        raise ValueError(
+            f"{op}: block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
+            f"need one row per sequence ({batch}, from q)"
+        )
+    capacity = block_tables.shape[1] * block_size
+    if max_context_len is None:
+        return capacity
+    if not isinstance(max_context_len, int) or max_context_len < 0:
+        raise TypeError(f"{op}: max_context_len must be a non-negative host int, got {max_context_len!r}")
+    if max_context_len > capacity:
+        raise ValueError(
+            f"{op}: max_context_len {max_context_len} exceeds the block table's capacity of {capacity} tokens "
+            f"({block_tables.shape[1]} blocks of {block_size}); allocate more blocks"
+        )
+    return max_context_len
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
+                           max_context_len: int | None = None, num_splits: int | None = None,
+                           split_size: int | None = None) -> torch.Tensor:
+    """Attention of ``q [B, Hq, D]`` over each sequence's paged cache; returns ``o [B, Hq, D]``.
+
+    ``max_context_len`` (host int, an upper bound of context_lens) sizes the grid; ``num_splits`` or
+    ``split_size`` override :func:`choose_split_size` (``split_size`` wins if both are given).
+    """
+    max_context = _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len)
+    if checks.debug_checks():
+        checks.block_table_values("paged_decode_attention", block_tables, context_lens, k_cache.shape[0],
+                                  k_cache.shape[1], "context_lens")
+        if max_context_len is not None and context_lens.numel() and int(context_lens.max()) > max_context_len:
+            raise ValueError(f"paged_decode_attention: a context length exceeds max_context_len={max_context_len}")
+    batch, q_heads, D = q.shape
+    kv_heads = k_cache.shape[2]
+    o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
+    if batch == 0:
+        return o
+    size = _split_size(batch, kv_heads, max_context, num_splits, split_size)
+    max_splits = max(1, triton.cdiv(max_context, size))
+    direct = max_splits == 1
+    if direct:
+        part_o = part_lse = o  # unused
+    else:
+        part_o = alloc.empty(batch, q_heads, max_splits, D, dtype=torch.float32, device=q.device)
+        part_lse = alloc.empty(batch, q_heads, max_splits, dtype=torch.float32, device=q.device)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    group = q_heads // kv_heads
+    d_pad = triton.next_power_of_2(D)
+    _decode_split[(batch, kv_heads, max_splits)](
+        q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), o.stride(0), o.stride(1),
+        scale * LOG2E, group, q_heads, size, max_splits,
+        HEAD_DIM=D, D_PAD=d_pad, G_PAD=max(16, triton.next_power_of_2(group)), PAGE=k_cache.shape[1],
+        DIRECT=direct, UPCAST=interpreting(),
+    )
+    if not direct:
+        _decode_reduce_kernel[(batch, q_heads)](
+            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
+            HEAD_DIM=D, D_PAD=d_pad, S_PAD=triton.next_power_of_2(max_splits), num_warps=4,
+        )
+    return o
+
+
+def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale=None,
+                                     max_context_len=None, num_splits=None, split_size=None):
+    """Pure torch, same signature: gather each sequence's context, then dense softmax attention."""
+    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+    out = torch.empty_like(q)
+    for b, n in enumerate(context_lens.tolist()):
+        keys = gather_paged(k_cache, block_tables[b], n)
+        values = gather_paged(v_cache, block_tables[b], n)
+        out[b] = dense_attention(q[b:b + 1], keys.to(q.dtype), values.to(q.dtype), scale, None)[0]
+    return out
+
+
+def decode_sdpa_baseline(q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None,
+                         num_splits=None, split_size=None):
+    """torch SDPA on the same KV laid out contiguously, as in the benchmark cases.
+
+    Valid only for the benchmark layout: sequence b owns blocks b*n .. b*n+n-1 in order and every
+    context fills its n blocks, so the cache *is* a contiguous [B, n*block_size, Hkv, D] tensor (a view,
+    no copy).
+    """
+    batch, q_heads, D = q.shape
+    num_blocks, _, kv_heads, _ = k_cache.shape
+    if num_blocks != batch * block_tables.shape[1]:
+        raise ValueError("decode_sdpa_baseline needs the benchmark layout (cache blocks == batch * table width)")
+    dense = lambda c: c.view(batch, -1, kv_heads, D).transpose(1, 2)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None, :], dense(k_cache), dense(v_cache), scale=scale, enable_gqa=kv_heads != q_heads)
+    return o[:, :, 0, :]
+
+
+register(Op(
+    name="paged_decode_attention",
+    triton=paged_decode_attention,
+    torch=paged_decode_attention_reference,
+    cases=cases.cases,
+    make_inputs=cases.make_inputs,
+    bench_cases=cases.bench_cases,
+    smoke_cases=cases.smoke_cases,
+    reduction_len=cases.reduction_len,
+    flops=cases.flops,
+    bytes=cases.bytes_moved,
+    baseline=decode_sdpa_baseline,
+    baseline_name="SDPA",
+    tf32=True,
+))

@@ -1,0 +1,331 @@
+"""Prefill attention over packed variable-length sequences, optionally after a cached prefix.
+
+Math, for one sequence and one query head h (KV head g = h // (Hq / Hkv), grouped-query attention):
+
+    s_ij = scale * q_i . k_j        (scale defaults to 1/sqrt(D))
+    o_i  = sum_j softmax_j(s_ij) v_j over the keys query i may see
+
+With a cached prefix of P tokens (chunked prefill, prefix reuse) query i sits at position P + i and
+sees the P prefix tokens, read from the paged cache through the sequence's block table, then the
+chunk's own keys 0..i (causal) or all of them (non-causal). Without a prefix P = 0.
+
+Layouts (packed varlen, no padding between sequences):
+
+    q            [T, Hq, D]     k, v [T, Hkv, D]     o [T, Hq, D]      (unit stride on D)
+    cu_seqlens   [B + 1] int32  sequence b owns rows cu_seqlens[b] .. cu_seqlens[b+1]-1
+    max_seqlen   host int       the longest chunk, which sizes the grid without a device sync
+    k_cache, v_cache, block_tables, prefix_lens: the paged layout of kernels/kv_cache.py; prefix_lens [B]
+
+Kernel (flash attention): one program per (tile of BLOCK_M queries, sequence, query head). It walks
+the keys in tiles of BLOCK_N with an online softmax: a running row max m, row sum l and an fp32
+accumulator, rescaled by exp2(m_old - m_new) when the max grows, so the score matrix never leaves
+registers. Tiles that need no mask (inside the prefix, or wholly below the causal diagonal) run a
+mask-free step; only the prefix tail and the diagonal tiles pay for masking. Causal programs are
+launched heaviest (last query tile) first to shorten the tail of the grid. head_dim 80 and 96 are
+padded to the next power of two with masked loads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _paged_checks as checks
+from kernels import _prefill_cases as cases
+from kernels import alloc
+from kernels._attention_ref import dense_attention, gather_paged
+from kernels.device import interpreting
+from kernels.registry import Op, register
+from kernels.tuning import Tuned
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """One key tile of the online softmax; q [M, D], k/v [N, D], valid [M, N] (used if MASKED)."""
+    # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
+    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+    if MASKED:
+        s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    p = p.to(v.dtype)
+    if UPCAST:
+        acc += tl.dot(p.to(tl.float32), v.to(tl.float32))
+    else:
+        acc = tl.dot(p, v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr,
+    k_cache_ptr, v_cache_ptr, bt_ptr, prefix_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_cb, stride_co, stride_ch, stride_bt,
+    qk_scale, group, seq_bucket,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    PAGE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest causal tiles first
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    kv_head = head // group
+    row0 = tl.load(cu_ptr + seq)
+    seqlen = tl.load(cu_ptr + seq + 1) - row0
+    if start_m * BLOCK_M >= seqlen:
+        return
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    rows = (row0 + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=(offs_m[:, None] < seqlen) & d_ok, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    all_rows = offs_m[:, None] >= 0  # an always-true [M, 1] mask broadcast against column masks
+
+    if HAS_PREFIX:
+        prefix_len = tl.load(prefix_ptr + seq)
+        cache_head = kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
+        for start_n in range(0, prefix_len, BLOCK_N):
+            pos = start_n + offs_n
+            in_prefix = pos < prefix_len
+            block = tl.load(bt_ptr + seq.to(tl.int64) * stride_bt + pos // PAGE, mask=in_prefix, other=0)
+            slot = block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co
+            kv_mask = in_prefix[:, None] & d_ok
+            k = tl.load(k_cache_ptr + slot[:, None] + cache_head, mask=kv_mask, other=0.0)
+            v = tl.load(v_cache_ptr + slot[:, None] + cache_head, mask=kv_mask, other=0.0)
+            if start_n + BLOCK_N <= prefix_len:
+                acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, all_rows, False, UPCAST)
+            else:
+                acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale,
+                                              all_rows & in_prefix[None, :], True, UPCAST)
+
+    # The chunk's own keys: tiles before `free_end` need no mask, the rest are masked.
+    if CAUSAL:
+        free_end = start_m * BLOCK_M  # BLOCK_M % BLOCK_N == 0: these tiles lie wholly below the diagonal
+        end = tl.minimum((start_m + 1) * BLOCK_M, seqlen)
+    else:
+        free_end = (seqlen // BLOCK_N) * BLOCK_N
+        end = seqlen
+    k_base = k_ptr + kv_head.to(tl.int64) * stride_kh + offs_d[None, :]
+    v_base = v_ptr + kv_head.to(tl.int64) * stride_vh + offs_d[None, :]
+    for start_n in range(0, free_end, BLOCK_N):
+        key_rows = (row0 + start_n + offs_n).to(tl.int64)[:, None]
+        k = tl.load(k_base + key_rows * stride_kt, mask=d_ok, other=0.0)
+        v = tl.load(v_base + key_rows * stride_vt, mask=d_ok, other=0.0)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, all_rows, False, UPCAST)
+    for start_n in range(free_end, end, BLOCK_N):
+        cols = start_n + offs_n
+        key_rows = (row0 + cols).to(tl.int64)[:, None]
+        kv_mask = (cols[:, None] < seqlen) & d_ok
+        k = tl.load(k_base + key_rows * stride_kt, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + key_rows * stride_vt, mask=kv_mask, other=0.0)
+        valid = all_rows & (cols[None, :] < seqlen)
+        if CAUSAL:
+            valid = valid & (cols[None, :] <= offs_m[:, None])
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
+
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen) & d_ok)
+
+
+# --- configs (data) -------------------------------------------------------------------------------
+# BLOCK_M must be a multiple of BLOCK_N (the causal loop split relies on it). The 16x16 tile is the
+# interpreter's: same code path, far less CPU time per program at the small test shapes.
+
+CONFIGS = {
+    "cuda": [
+        dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+        dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+        dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    ],
+    "hip": [
+        dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
+        dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
+        dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    ],
+}
+
+
+def _keep(c) -> bool:
+    return (c["BLOCK_M"] == 16) == interpreting()
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles too big for the head dim (register spills, shared memory) before timing anything."""
+    d = {**named_args, **kwargs}["D_PAD"]
+    keep = [c for c in configs if d <= 64 or c.kwargs["BLOCK_N"] * d <= 128 * 128]
+    if d >= 256:
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or keep
+    return keep or configs
+
+
+_prefill = Tuned(_prefill_kernel, CONFIGS, key=["seq_bucket", "D_PAD", "CAUSAL", "HAS_PREFIX", "group"],
+                 keep=_keep, prune_configs_by={"early_config_prune": _prune})
+
+
+# --- launcher -------------------------------------------------------------------------------------
+
+def _check(q, k, v, cu_seqlens, max_seqlen, k_cache, v_cache, block_tables, prefix_lens):
+    op = "prefill_attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        checks.float_tensor(op, name, t, 3)
+    checks.index_tensor(op, "cu_seqlens", cu_seqlens, 1)
+    checks.same_device(op, "q", q, k=k, v=v, cu_seqlens=cu_seqlens)
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k {tuple(k.shape)} and v {tuple(v.shape)} must have one shape")
+    if k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree on tokens and head_dim")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    checks.head_dim(op, q.shape[2])
+    checks.head_counts(op, q.shape[1], k.shape[1])
+    if cu_seqlens.shape[0] < 1:
+        raise ValueError(f"{op}: cu_seqlens must hold batch + 1 offsets, got an empty tensor")
+    if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise TypeError(f"{op}: max_seqlen must be a non-negative host int (no device sync), got {max_seqlen!r}")
+    paged = (k_cache, v_cache, block_tables, prefix_lens)
+    if any(t is not None for t in paged) and any(t is None for t in paged):
+        raise ValueError(f"{op}: pass all of k_cache, v_cache, block_tables, prefix_lens for a cached prefix, or none")
+    if k_cache is None:
+        return
+    _, _, kv_heads, d = checks.paged_cache(op, k_cache, v_cache)
+    checks.index_tensor(op, "block_tables", block_tables, 2)
+    checks.index_tensor(op, "prefix_lens", prefix_lens, 1)
+    checks.same_device(op, "q", q, k_cache=k_cache, block_tables=block_tables, prefix_lens=prefix_lens)
+    batch = cu_seqlens.shape[0] - 1
+    if block_tables.shape[0] != batch or prefix_lens.shape[0] != batch:
+        raise ValueError(
+            f"{op}: block_tables {tuple(block_tables.shape)} and prefix_lens {tuple(prefix_lens.shape)} need one "
+            f"row per sequence ({batch}, from cu_seqlens)"
+        )
+    if (kv_heads, d) != (k.shape[1], k.shape[2]) or k_cache.dtype != q.dtype:
+        raise ValueError(
+            f"{op}: the cache holds {kv_heads} KV heads of dim {d} in {k_cache.dtype}; k is "
+            f"{tuple(k.shape[1:])} in {k.dtype}: they must match"
+        )
+
+
+def _debug_check_values(q, cu_seqlens, max_seqlen, k_cache, block_tables, prefix_lens):
+    cu = cu_seqlens.to("cpu", torch.int64)
+    lens = cu[1:] - cu[:-1]
+    if int(cu[0]) != 0 or int(cu[-1]) != q.shape[0] or (lens.numel() and int(lens.min()) < 0):
+        raise ValueError(f"prefill_attention: cu_seqlens must rise from 0 to {q.shape[0]} tokens, got {cu.tolist()}")
+    if lens.numel() and int(lens.max()) > max_seqlen:
+        raise ValueError(
+            f"prefill_attention: a sequence has {int(lens.max())} tokens, more than max_seqlen={max_seqlen}"
+        )
+    if k_cache is not None:
+        checks.block_table_values("prefill_attention", block_tables, prefix_lens, k_cache.shape[0],
+                                  k_cache.shape[1], "prefix_lens")
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      max_seqlen: int, scale: float | None = None, causal: bool = True,
+                      k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
+                      block_tables: torch.Tensor | None = None,
+                      prefix_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """Flash attention over packed sequences ``q [T, Hq, D]``, ``k/v [T, Hkv, D]``; returns ``o [T, Hq, D]``."""
+    _check(q, k, v, cu_seqlens, max_seqlen, k_cache, v_cache, block_tables, prefix_lens)
+    if checks.debug_checks():
+        _debug_check_values(q, cu_seqlens, max_seqlen, k_cache, block_tables, prefix_lens)
+    T, Hq, D = q.shape
+    batch = cu_seqlens.shape[0] - 1
+    o = alloc.empty(T, Hq, D, dtype=q.dtype, device=q.device)
+    if T == 0 or batch == 0 or max_seqlen == 0:
+        return o
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    has_prefix = k_cache is not None
+    if not has_prefix:  # unused pointers when HAS_PREFIX is False
+        k_cache, v_cache, block_tables, prefix_lens = k, v, cu_seqlens[None], cu_seqlens
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, Hq)
+    _prefill[grid](
+        q, k, v, o, cu_seqlens, k_cache, v_cache, block_tables, prefix_lens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+        k_cache.stride(0), k_cache.stride(1) if has_prefix else 0, k_cache.stride(2) if has_prefix else 0,
+        block_tables.stride(0),
+        scale * LOG2E, Hq // k.shape[1], triton.next_power_of_2(max_seqlen),
+        HEAD_DIM=D, D_PAD=triton.next_power_of_2(D), CAUSAL=bool(causal), HAS_PREFIX=has_prefix,
+        PAGE=k_cache.shape[1] if has_prefix else 16, UPCAST=interpreting(),
+    )
+    return o
+
+
+def prefill_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale=None, causal=True,
+                                k_cache=None, v_cache=None, block_tables=None, prefix_lens=None):
+    """Pure torch, same signature: per sequence, gather its prefix, concatenate the chunk, dense softmax."""
+    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+    out = torch.empty_like(q)
+    cu = cu_seqlens.tolist()
+    for b in range(len(cu) - 1):
+        lo, hi = cu[b], cu[b + 1]
+        keys, values, prefix = k[lo:hi], v[lo:hi], 0
+        if k_cache is not None:
+            prefix = int(prefix_lens[b])
+            keys = torch.cat([gather_paged(k_cache, block_tables[b], prefix).to(k.dtype), keys])
+            values = torch.cat([gather_paged(v_cache, block_tables[b], prefix).to(v.dtype), values])
+        out[lo:hi] = dense_attention(q[lo:hi], keys, values, scale, prefix if causal else None)
+    return out
+
+
+def prefill_sdpa_baseline(q, k, v, cu_seqlens, max_seqlen, scale=None, causal=True,
+                          k_cache=None, v_cache=None, block_tables=None, prefix_lens=None):
+    """torch SDPA on the same batch viewed as dense [B, H, S, D]; equal-length sequences only.
+
+    With a prefix (equal for every sequence; passed as ``prefix_len`` below through the block table's
+    width is not possible without a sync, so the prefix length is taken from the block table's first
+    row capacity) SDPA cannot read a paged cache: the prefix is gathered into a contiguous tensor first
+    (part of the timed cost, as it would be for an engine built on SDPA) and the causal mask is aligned
+    bottom-right.
+    """
+    T, Hq, D = q.shape
+    batch = T // max_seqlen
+    if batch * max_seqlen != T:
+        raise ValueError("prefill_sdpa_baseline needs equal-length sequences (T == batch * max_seqlen)")
+    dense = lambda t: t.view(batch, -1, t.shape[1], D).transpose(1, 2)
+    keys, values, mask = dense(k), dense(v), None
+    if k_cache is not None:
+        prefix = block_tables.shape[1] * k_cache.shape[1]  # bench cases fill every table entry exactly
+        gather = lambda c: c[block_tables.long()].reshape(batch, prefix, c.shape[2], D).transpose(1, 2)
+        keys, values = torch.cat([gather(k_cache), keys], 2), torch.cat([gather(v_cache), values], 2)
+        if causal:
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask, causal = causal_lower_right(max_seqlen, prefix + max_seqlen), False
+    o = torch.nn.functional.scaled_dot_product_attention(
+        dense(q), keys, values, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != Hq)
+    return o.transpose(1, 2).reshape(T, Hq, D)
+
+
+register(Op(
+    name="prefill_attention",
+    triton=prefill_attention,
+    torch=prefill_attention_reference,
+    cases=cases.cases,
+    make_inputs=cases.make_inputs,
+    bench_cases=cases.bench_cases,
+    smoke_cases=cases.smoke_cases,
+    reduction_len=cases.reduction_len,
+    flops=cases.flops,
+    bytes=cases.bytes_moved,
+    baseline=prefill_sdpa_baseline,
+    baseline_name="SDPA",
+    tf32=True,
+))
