@@ -177,6 +177,116 @@ def load_hf_model(directory):
     return transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval()
 
 
+# GGUF: written independently of the loader (its own name table and permutation), as llama.cpp's converter
+# writes them, so that loading a file back to the HF weights is a real check of the loader.
+_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_GGUF_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+_GGUF_BLOCK = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    stem, kind = hf_name.rsplit(".", 1)
+    if stem in _GGUF_TOP:
+        return f"{_GGUF_TOP[stem]}.{kind}"
+    _, _, layer, rest = stem.split(".", 3)
+    return f"blk.{layer}.{_GGUF_BLOCK[rest]}.{kind}"
+
+
+def llama_cpp_permute(rows, num_heads: int):
+    """llama.cpp's converter: within each head, rows of the two rope halves interleaved pairwise."""
+    shape = rows.shape
+    return rows.reshape(num_heads, 2, shape[0] // num_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qtype=None, permute: bool = True,
+                    tokenizer_metadata: bool = True, **hf_kwargs) -> Path:
+    """Write a GGUF of a small ``arch`` model; 2-D weights quantized to ``qtype`` by gguf's own quantizer.
+
+    ``qtype`` defaults to Q8_0 (any type ``gguf.quants.quantize`` implements: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+    BF16, F16, F32, TQ2_0, ...); norms stay F32. The HF model is built with ``make_hf_model`` into
+    ``hf_dir`` (default: a sibling folder ``<stem>-hf``) so tests can compare against it. llama-arch q/k
+    rows are permuted as llama.cpp's converter does (``permute=False`` writes them unpermuted).
+    """
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    qtype = gguf.GGMLQuantizationType.Q8_0 if qtype is None else gguf.GGMLQuantizationType(qtype)
+    embed_qtype = qtype if embed_qtype is None else gguf.GGMLQuantizationType(embed_qtype)
+    hf_dir = Path(hf_dir) if hf_dir is not None else path.parent / f"{path.stem}-hf"
+    if not (hf_dir / "config.json").exists():
+        make_hf_model(hf_dir, arch=arch, **hf_kwargs)
+    config = json.loads((hf_dir / "config.json").read_text())
+    weights = {}
+    for file in sorted(hf_dir.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+
+    writer = gguf.GGUFWriter(str(path), _GGUF_ARCH[arch])
+    writer.add_name(f"tiny-{arch}")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_key_length(config["head_dim"])
+    writer.add_value_length(config["head_dim"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    if tokenizer_metadata:
+        _add_gguf_tokenizer(writer, hf_dir)
+
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    for name, tensor in weights.items():
+        array = tensor.float().numpy()
+        if permute and _GGUF_ARCH[arch] == "llama" and ".self_attn.q_proj." in name:
+            array = llama_cpp_permute(array, heads)
+        elif permute and _GGUF_ARCH[arch] == "llama" and ".self_attn.k_proj." in name:
+            array = llama_cpp_permute(array, kv_heads)
+        target = embed_qtype if name == "model.embed_tokens.weight" else qtype
+        if array.ndim == 2 and target != gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_tensor_name(name), gguf.quants.quantize(np.ascontiguousarray(array), target),
+                              raw_dtype=target)
+        else:
+            writer.add_tensor(gguf_tensor_name(name), np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _add_gguf_tokenizer(writer, hf_dir: Path) -> None:
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    vocab = dict(tok["model"]["vocab"])
+    special = {t["id"] for t in tok["added_tokens"] if t["special"]}
+    for t in tok["added_tokens"]:
+        vocab[t["content"]] = t["id"]
+    tokens = [None] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_add_bos_token(bool(tok_config.get("add_bos_token")))
+    if tok_config.get("chat_template"):
+        writer.add_chat_template(tok_config["chat_template"])
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
