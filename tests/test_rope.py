@@ -132,12 +132,19 @@ def test_llama3_scaling_changes_only_low_frequencies():
 
 
 def test_cache_rows_are_cos_then_sin():
-    D, positions = 128, [0, 1, 1000, 131071]
+    D = 128
     cache = build_rope_cache(D, 131072, theta=500000.0, scaling=LLAMA3)
     assert cache.dtype == torch.float32 and cache.shape == (131072, D)
-    inv_freq = _hf_inv_freq(D, 500000.0, LLAMA3).double()
-    for p in positions:
-        angle = p * inv_freq
-        torch.testing.assert_close(cache[p, : D // 2].double(), angle.cos(), rtol=0, atol=2e-5)
-        torch.testing.assert_close(cache[p, D // 2 :].double(), angle.sin(), rtol=0, atol=2e-5)
+    # Against transformers' float32 inv_freq, whose rounding (2^-24 relative, inv_freq <= 1) puts an error of
+    # up to p * 6e-8 into the angle...
+    hf = _hf_inv_freq(D, 500000.0, LLAMA3).double()
+    for p in (0, 1, 1000, 8191):
+        atol = 1e-6 + p * 1.2e-7
+        torch.testing.assert_close(cache[p, : D // 2].double(), (p * hf).cos(), rtol=0, atol=atol)
+        torch.testing.assert_close(cache[p, D // 2 :].double(), (p * hf).sin(), rtol=0, atol=atol)
+    # ...and at far positions against float64 angles of the inv_freq checked above, to float32 rounding.
+    ours = rope_inv_freq(D, 500000.0, LLAMA3)
+    for p in (100_000, 131071):
+        torch.testing.assert_close(cache[p, : D // 2].double(), (p * ours).cos(), rtol=0, atol=1e-7)
+        torch.testing.assert_close(cache[p, D // 2 :].double(), (p * ours).sin(), rtol=0, atol=1e-7)
     assert math.isclose(float(cache[0, 0]), 1.0) and float(cache[0, D // 2]) == 0.0
