@@ -1,0 +1,203 @@
+"""Dense linear for few tokens (decode, M = 1..64): split-K weight streaming.
+
+Math: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]), weight [N, K] row-major, accumulated in float32.
+
+Why a separate kernel: with M <= 64 the product is bound by reading the weight (2*N*K bytes against
+2*M*N*K flops, under 64 flops per byte), so the goal is to keep every multiprocessor streaming weight
+rows. A tile grid over N alone gives N / BLOCK_N programs (a few dozen for a 896-wide layer): too few
+to fill 132 SMs. So K is cut into chunks as well:
+
+    program (n_tile, s) computes   P[s, m, n] = sum over k in chunk s of x[m, k] * weight[n, k]
+    a second tiny kernel sums      y[m, n]    = P[0, m, n] + P[1, m, n] + ... (+ bias[n])
+
+in that fixed order, in float32. With a single chunk the first kernel writes y directly (same sum).
+
+Batch invariance. The chunk size is a function of (N, K, the M bucket) only -- never of M itself or of
+a tuned config -- see :func:`decode_chunk`; the M bucket is the row-tile height BLOCK_M (16, 32 or 64,
+the next power of two >= M) and is also the autotuning key together with N and K. Each output row of a
+matrix product depends only on its own input row, so a token's output is bitwise the same whether it is
+decoded alone or with up to 15 others (any M in the same bucket), which batched serving relies on to
+give the same tokens whatever else is in the batch. Across buckets the sums are grouped differently
+and agree only to rounding.
+
+Memory: the fp32 partials are [splits, M, N]; the split count is capped so that writing and reading
+them costs at most a quarter of the weight bytes even at the bucket's largest M (in practice M is
+smaller and the partials a few percent).
+
+Interpreter: bf16 operands are upcast to float32 before ``tl.dot`` (``UPCAST``), since the interpreter
+computes bf16 dots wrongly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import alloc
+from kernels.device import interpreting, num_sms
+from kernels.linear_prefill import _precision
+from kernels.tuning import Tuned
+
+# Chunks are whole multiples of this many K elements (every BLOCK_K below divides it).
+SPLIT_UNIT = 256
+# Aim for this many programs per multiprocessor (with BLOCK_N = 64) when choosing the split.
+PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _linear_decode_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK,
+    WRITE_PARTIALS: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_start = split * K_CHUNK
+    k_end = tl.minimum(k_start + K_CHUNK, K)
+    # Weight rows past N re-read a valid row (modulo) so the weight loads need a mask along K only.
+    rows_w = (offs_n % N).to(tl.int64)
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]
+    in_m = offs_m[:, None] < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        in_k = (k + offs_k)[None, :] < k_end
+        a = tl.load(x_ptrs, mask=in_m & in_k, other=0.0)
+        b = tl.load(w_ptrs, mask=in_k, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    out_mask = in_m & (offs_n[None, :] < N)
+    if WRITE_PARTIALS:
+        p_rows = (split * M + offs_m).to(tl.int64)
+        tl.store(part_ptr + p_rows[:, None] * N + offs_n[None, :], acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, b_ptr, y_ptr, M, N, SPLITS, stride_ym,
+                          HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row = tl.program_id(1).to(tl.int64)
+    mask = offs_n < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, SPLITS):  # fixed order: the result never depends on scheduling
+        acc += tl.load(part_ptr + (s * M + row) * N + offs_n, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# --- configs as data ----------------------------------------------------------------------------
+# BLOCK_M is not tuned (it is the M bucket); BLOCK_K must divide SPLIT_UNIT. Deep pipelines keep
+# several weight tiles in flight per program, which is what streaming at full bandwidth needs.
+DECODE_CONFIGS = {
+    "cuda": [
+        # First: the interpreter's choice, small enough that CPU test shapes span several tiles.
+        dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=3),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4),
+        dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=4),
+        dict(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=6),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=5),
+    ],
+    "hip": [
+        dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=2, waves_per_eu=0, matrix_instr_nonkdim=16, kpack=1),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=2, waves_per_eu=2, matrix_instr_nonkdim=16, kpack=2),
+        dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=2, waves_per_eu=2, matrix_instr_nonkdim=16, kpack=2),
+        dict(BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2, waves_per_eu=0, matrix_instr_nonkdim=16, kpack=2),
+    ],
+}
+
+
+def _divides_unit(c: dict) -> bool:
+    return SPLIT_UNIT % c["BLOCK_K"] == 0
+
+
+def _quick_bench(fn, quantiles):
+    # Shorter than the autotuner's default per config (see kernels.linear_prefill).
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _prune(configs, named_args, **kwargs):
+    # float32 is the checking dtype (exact IEEE dots, never a hot path): one config, the first, is
+    # enough, and skips compiling configs whose float32 tiles would not fit in shared memory anyway.
+    if named_args["x_ptr"].dtype == torch.float32:
+        return configs[:1]
+    return configs
+
+
+_decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
+                do_bench=_quick_bench,
+               prune_configs_by={"early_config_prune": _prune})
+
+
+def decode_block_m(M: int) -> int:
+    """The M bucket: row-tile height 16, 32 or 64 (tl.dot needs at least 16 rows)."""
+    return min(64, max(16, triton.next_power_of_2(max(M, 1))))
+
+
+def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
+    """K elements per split for an [N, K] weight in the ``block_m`` bucket on a GPU with ``sms`` SMs.
+
+    Enough splits that N/64 column tiles times the splits give about PROGRAMS_PER_SM programs per SM,
+    at most K/SPLIT_UNIT of them, and few enough that the fp32 partials (8 bytes per row and column
+    per split, written then read) stay under a quarter of the weight's 2*N*K bytes at M = block_m.
+    Depends on the shape and the card, never on M: this is what keeps decode batch-invariant.
+    """
+    units = triton.cdiv(K, SPLIT_UNIT)
+    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, triton.cdiv(N, 64))
+    cap = max(1, K // (16 * block_m))
+    splits = max(1, min(wanted, cap, units))
+    return triton.cdiv(units, splits) * SPLIT_UNIT
+
+
+def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for 2-D contiguous-along-K operands by split-K weight streaming.
+
+    ``k_chunk`` overrides :func:`decode_chunk` (tests use it to exercise the reduction on small K);
+    ``config`` (a ``DECODE_CONFIGS`` entry) bypasses the autotuner. Any M works: rows beyond 64 are
+    handled by further row tiles, though the prefill kernels are faster there.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    block_m = decode_block_m(M)
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    chunk = k_chunk if k_chunk is not None else decode_chunk(N, K, block_m, sms)
+    if chunk < 1:
+        raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")
+    splits = triton.cdiv(K, chunk) if K > 0 else 1
+    partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
+    upcast = interpreting() and x.dtype == torch.bfloat16
+    b = bias if bias is not None else y
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, block_m))
+    args = (x, weight, b, y, partials, M, N, K, x.stride(0), weight.stride(0), y.stride(0), chunk)
+    flags = dict(WRITE_PARTIALS=splits > 1, HAS_BIAS=bias is not None, UPCAST=upcast,
+                 PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m)
+    if config is None:
+        _decode[grid](*args, **flags)
+    else:
+        _linear_decode_kernel[grid](*args, **flags, **config)
+    if splits > 1:
+        block = min(1024, triton.next_power_of_2(N))
+        _splitk_reduce_kernel[(triton.cdiv(N, block), M)](
+            partials, b, y, M, N, splits, y.stride(0), HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        )
+    return y

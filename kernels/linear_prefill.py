@@ -1,0 +1,230 @@
+"""Dense linear for many tokens (prefill): tiled and persistent matrix-product kernels.
+
+Math: for x [M, K] and weight [N, K] (as ``nn.Linear`` stores it), optional bias [N]:
+
+    y[m, n] = sum_k x[m, k] * weight[n, k]  (+ bias[n])
+
+accumulated in float32 and stored in x's dtype. Both operands are read along K with a unit stride
+(row-major x, row-major weight), so every tile load is a contiguous run of BLOCK_K elements per row.
+
+Tiles: the output is cut into BLOCK_M x BLOCK_N tiles; one tile reads a BLOCK_M x K strip of x and a
+BLOCK_N x K strip of the weight. Tiles are visited in *grouped* order: GROUP_M consecutive tile rows
+sweep the tile columns together, so the weight strips they share are still in L2 when the next row of
+the group asks for them (with a plain row-major order every row would stream the whole weight again).
+
+Two launch shapes share the tile code:
+
+- ``tiled``: one program per tile (the grid is the tile count);
+- ``persistent``: one program per multiprocessor, each looping over tiles ``pid, pid + #SMs, ...``.
+  It saves the launch and tail costs of many short programs, and with ``FLATTEN`` lets the compiler's
+  software pipeliner run the next tile's first loads under the current tile's epilogue.
+
+Interpreter: Triton's CPU interpreter computes a bf16 ``tl.dot`` wrongly, so the launcher passes
+``UPCAST=True`` there and the kernel converts both operands to float32 before the dot.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import alloc
+from kernels.device import interpreting, num_sms
+from kernels.tuning import Tuned
+
+
+@triton.jit
+def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped order: tile index -> (tile row, tile column), GROUP_M rows sharing each column."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (tile // per_group) * GROUP_M
+    group_rows = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % per_group) % group_rows
+    pid_n = (tile % per_group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def _linear_tile(
+    x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows past the edge read a valid row again (modulo) instead of being masked: the loads stay
+    # unmasked along M and N, and the store below drops those rows.
+    rows_x = (offs_m % M).to(tl.int64)
+    rows_w = (offs_n % N).to(tl.int64)
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        in_k = offs_k[None, :] < K - k * BLOCK_K
+        a = tl.load(x_ptrs, mask=in_k, other=0.0)
+        b = tl.load(w_ptrs, mask=in_k, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _linear_tiled_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                 HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _linear_persistent_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
+    NUM_PROGRAMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), tiles, NUM_PROGRAMS, flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+# --- configs as data ----------------------------------------------------------------------------
+# NVIDIA (Hopper first): 128-row tiles feed wgmma with a full warpgroup per 64 rows; 3-4 stages of
+# cp.async pipelining hide the memory latency within the 228 KB of shared memory.
+_TILED_CUDA = [
+    # Listed first because the interpreter runs the first config: small tiles give CPU tests several
+    # tiles (grouping, edges) on small shapes. On a GPU the autotuner times every config anyway.
+    dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+]
+# AMD (CDNA): two stages (LDS is 64 KB), and the HIP-only knobs for the matrix cores.
+_TILED_HIP = [
+    dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=2,
+         waves_per_eu=0, matrix_instr_nonkdim=16, kpack=1),
+    dict(BLOCK_M=256, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=2,
+         waves_per_eu=0, matrix_instr_nonkdim=16, kpack=2),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=2,
+         waves_per_eu=0, matrix_instr_nonkdim=16, kpack=2),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=2,
+         waves_per_eu=2, matrix_instr_nonkdim=16, kpack=2),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=2,
+         waves_per_eu=2, matrix_instr_nonkdim=16, kpack=1),
+]
+TILED_CONFIGS = {"cuda": _TILED_CUDA, "hip": _TILED_HIP}
+PERSISTENT_CONFIGS = {
+    "cuda": [dict(_TILED_CUDA[0], FLATTEN=False)]
+    + [dict(c, FLATTEN=f) for c in _TILED_CUDA[1:5] for f in (True, False)],
+    "hip": [dict(c, FLATTEN=False) for c in _TILED_HIP],
+}
+# Shared memory a config needs for 2-byte operands; configs that cannot fit any card are dropped.
+SHARED_MEMORY_LIMIT = 232_448
+
+
+def _fits(c: dict) -> bool:
+    stages = c.get("num_stages", 2)
+    return stages * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 2 <= SHARED_MEMORY_LIMIT
+
+
+def _quick_bench(fn, quantiles):
+    # Shorter than the autotuner's default (25 ms warm-up, 100 ms timing) per config: enough to rank
+    # configs that differ by several percent, and keeps first launches (and GPU tests) fast.
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _prune(configs, named_args, **kwargs):
+    # float32 is the checking dtype (exact IEEE dots, never a hot path): one config, the first, is
+    # enough, and skips compiling configs whose float32 tiles would not fit in shared memory anyway.
+    if named_args["x_ptr"].dtype == torch.float32:
+        return configs[:1]
+    return configs
+
+
+_tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_fits,
+               do_bench=_quick_bench,
+               prune_configs_by={"early_config_prune": _prune})
+_persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_fits,
+                    do_bench=_quick_bench,
+               prune_configs_by={"early_config_prune": _prune})
+
+
+def m_bucket(M: int) -> int:
+    """The autotuning key for M: its power-of-two ceiling, so nearby token counts share a config."""
+    return triton.next_power_of_2(max(M, 1))
+
+
+# --- launchers (inputs already validated and 2-D by kernels.linear) ------------------------------
+
+
+def _precision(dtype: torch.dtype, upcast: bool) -> str:
+    # float32 operands (the checking dtype, or bf16 upcast in the interpreter) get exact IEEE dots, not
+    # TF32; for 16-bit operands the setting is the default and changes nothing.
+    return "ieee" if dtype == torch.float32 or upcast else "tf32"
+
+
+def _flags(x: torch.Tensor) -> dict:
+    upcast = interpreting() and x.dtype == torch.bfloat16
+    return dict(UPCAST=upcast, PRECISION=_precision(x.dtype, upcast))
+
+
+def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    config: dict | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for 2-D contiguous-along-K operands, one program per output tile.
+
+    ``config`` (a dict of the ``TILED_CONFIGS`` kind) bypasses the autotuner; the tuning script uses it.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
+            m_bucket(M))
+    flags = dict(HAS_BIAS=bias is not None, **_flags(x))
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)
+    if config is None:
+        _tiled[grid](*args, **flags)
+    else:
+        _linear_tiled_kernel[grid](*args, **flags, **config)
+    return y
+
+
+def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         config: dict | None = None) -> torch.Tensor:
+    """As :func:`linear_tiled_2d`, with one program per multiprocessor looping over the tiles."""
+    M, K = x.shape
+    N = weight.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    programs = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
+            m_bucket(M))
+    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, **_flags(x))
+    grid = lambda META: (min(programs, triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"])),)
+    if config is None:
+        _persistent[grid](*args, **flags)
+    else:
+        _linear_persistent_kernel[grid](*args, **flags, **config)
+    return y

@@ -1,0 +1,197 @@
+"""Linear specifics beyond the generic property test: validation, dispatch, tiling paths, split-K, invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import alloc, registry
+from kernels.linear import (
+    _KERNELS,
+    DECODE_MAX_M,
+    VARIANTS,
+    choose_linear_variant,
+    linear,
+    linear_reference,
+)
+from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
+from kernels.testing import assert_close
+
+pytestmark = pytest.mark.linear
+
+
+def _operands(M, N, K, device, dtype=torch.float32, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(M, K, generator=gen, device=device).to(dtype)
+    w = (torch.randn(N, K, generator=gen, device=device) / K**0.5).to(dtype)
+    b = torch.randn(N, generator=gen, device=device).to(dtype)
+    return x, w, b
+
+
+def _expected(x, w, b=None):
+    ref = torch.float64 if x.device.type == "cpu" else torch.float32
+    return linear_reference(x.to(ref), w.to(ref), None if b is None else b.to(ref))
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+def test_rejects_mismatched_k(device):
+    x, w, _ = _operands(3, 8, 16, device)
+    with pytest.raises(ValueError, match="mismatched K"):
+        linear(x, w[:, :15])
+
+
+def test_rejects_transposed_weight_with_hint(device):
+    x, w, _ = _operands(3, 8, 16, device)
+    with pytest.raises(ValueError, match="transposed"):
+        linear(x, w.T)
+
+
+def test_rejects_integer_input(device):
+    w = torch.ones(4, 8, dtype=torch.int32, device=device)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        linear(torch.ones(2, 8, dtype=torch.int32, device=device), w)
+
+
+def test_rejects_mixed_dtypes(device):
+    x, w, _ = _operands(3, 8, 16, device)
+    with pytest.raises(TypeError, match="weight dtype"):
+        linear(x, w.half())
+
+
+def test_rejects_bad_bias(device):
+    x, w, b = _operands(3, 8, 16, device)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        linear(x, w, b[:7])
+    with pytest.raises(TypeError, match="bias dtype"):
+        linear(x, w, b.half())
+
+
+def test_rejects_device_mismatch(device):
+    x, w, _ = _operands(3, 8, 16, device)
+    with pytest.raises(ValueError, match="weight is on meta"):
+        linear(x, w.to("meta"))
+
+
+def test_rejects_non_2d_weight_and_unknown_variant(device):
+    x, w, _ = _operands(3, 8, 16, device)
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        linear(x, w[None])
+    with pytest.raises(ValueError, match="unknown variant 'splitk'"):
+        linear(x, w, variant="splitk")
+
+
+def test_rejects_zero_k(device):
+    with pytest.raises(ValueError, match="at least 1"):
+        linear(torch.ones(2, 0, device=device), torch.ones(4, 0, device=device))
+
+
+# --- dispatch -------------------------------------------------------------------------------------
+
+def test_choose_variant_by_shape():
+    for M in (1, 4, 16, DECODE_MAX_M):
+        assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) == "decode"
+    for M in (DECODE_MAX_M + 1, 2048, 8192):
+        assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) in ("prefill", "persistent")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_override_runs_that_kernel(variant, device, monkeypatch):
+    called = []
+    for name, fn in _KERNELS.items():
+        def spy(*args, _name=name, _fn=fn, **kwargs):
+            called.append(_name)
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(_KERNELS, name, spy)
+    x, w, b = _operands(5, 24, 40, device)
+    y = linear(x, w, b, variant=variant)
+    assert called == [variant]
+    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=40)
+
+
+def test_variants_are_registered_as_impls():
+    op = registry.get("linear")
+    for variant in VARIANTS:
+        assert f"linear_{variant}" in op.impls
+
+
+# --- shapes and layouts ---------------------------------------------------------------------------
+
+def test_leading_dims_and_strided_rows(device):
+    base = torch.randn(2, 3, 50, device=device)
+    x = base[..., :37]  # rows with a stride larger than the row length
+    _, w, b = _operands(1, 21, 37, device)
+    y = linear(x, w, b)
+    assert y.shape == (2, 3, 21)
+    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=37)
+
+
+def test_column_strided_x_is_copied(device):
+    x = torch.randn(40, 6, device=device).T  # [6, 40] with stride (1, 6)
+    _, w, _ = _operands(1, 9, 40, device)
+    assert_close(linear(x, w), _expected(x, w), dtype=torch.float32, reduction_len=40)
+
+
+def test_empty_batch(device):
+    _, w, b = _operands(1, 9, 40, device)
+    y = linear(torch.randn(0, 40, device=device), w, b)
+    assert y.shape == (0, 9)
+
+
+@pytest.mark.parametrize("launch", [linear_tiled_2d, linear_persistent_2d])
+def test_grouped_tiles_cover_every_output(launch, device):
+    """Small explicit tiles so a small problem spans many tiles, groups and (persistent) loop turns."""
+    config = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=2)
+    if launch is linear_persistent_2d:
+        config["FLATTEN"] = False
+    x, w, b = _operands(70, 51, 40, device, seed=3)
+    with alloc.poisoned():
+        y = launch(x, w, b, config=config)
+    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=40)
+
+
+@pytest.mark.parametrize("k_chunk", [16, 48, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_split_k_reduction(k_chunk, dtype, device):
+    x, w, b = _operands(5, 70, 300, device, dtype=dtype, seed=k_chunk)
+    with alloc.poisoned():
+        y = linear_decode_2d(x, w, b, k_chunk=k_chunk)
+    assert_close(y, _expected(x, w, b), dtype=dtype, reduction_len=300)
+
+
+# --- the split rule and batch invariance ----------------------------------------------------------
+
+def test_decode_chunk_rule():
+    for N, K in [(896, 4864), (4096, 4096), (151936, 896), (1152, 896), (4096, 14336), (1, 1)]:
+        for M in (1, 16, 64):
+            block_m = decode_block_m(M)
+            chunk = decode_chunk(N, K, block_m, sms=132)
+            assert chunk % SPLIT_UNIT == 0 and chunk >= 1
+            splits = -(-K // chunk)
+            # the fp32 partials stay under a quarter of the weight bytes at the bucket's largest M
+            assert splits == 1 or 8 * block_m * N * splits <= 2 * N * K / 4
+    assert decode_chunk(151936, 896, 16, 132) >= 896  # a huge N fills the GPU without splitting K
+
+
+def test_decode_batch_invariance(device):
+    """A row's result is bitwise the same alone or among other rows of the same M bucket."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
+    x, w, b = _operands(16, 300, 1000, device, dtype=dtype, seed=7)
+    together = linear(x, w, b, variant="decode")
+    for m in (0, 5, 15):
+        alone = linear(x[m:m + 1], w, b, variant="decode")
+        assert torch.equal(alone[0], together[m]), f"row {m} differs between batch sizes 1 and 16"
+    assert torch.equal(linear(x[:7], w, b, variant="decode"), together[:7])
+
+
+# --- GPU: real shapes, every variant --------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("M,N,K", [(2048, 6144, 4096), (1, 151936, 896), (16, 4096, 14336), (333, 4608, 3584)])
+def test_real_shapes_bf16_gpu(variant, M, N, K, device):
+    x, w, b = _operands(M, N, K, device, dtype=torch.bfloat16, seed=M)
+    with alloc.poisoned():
+        y = linear(x, w, b, variant=variant)
+    assert_close(y, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
