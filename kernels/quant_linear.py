@@ -1,0 +1,405 @@
+"""Weight-only quantized linear layers: W8A16 (int8, per output channel) and W4A16 (int4, per group).
+
+Both compute ``y = x @ dequant(W).T + bias`` for activations x [M, K] (fp16 or bf16) and a weight of N
+output channels by K inputs, without ever writing the dense weight to memory: each program loads a
+quantized tile, turns it into x's dtype in registers and feeds it to ``tl.dot``, accumulating in fp32.
+At decode (M <= 16) the layer is bound by reading the weight, so fewer weight bytes is the whole point:
+int8 halves and int4 quarters the bytes of a bf16 weight. Large M (prefill) runs the same fused kernel
+with larger M tiles; the weight tile is then reused across the rows of x.
+
+W8A16, symmetric per output channel:
+    qweight int8 [N, K], scales [N] (fp16, bf16 or fp32);   W[n, k] = qweight[n, k] * scales[n]
+    The scale is constant along the reduction, so it is applied once to the fp32 accumulator.
+
+W4A16, asymmetric per group of G = 32, 64 or 128 consecutive k (K must be a multiple of G):
+    qweight uint8 [N, K // 2]: byte j of row n holds k = 2j in its low nibble and k = 2j + 1 in its
+    high nibble (values 0..15);
+    scales, zeros [K // G, N] (group-major, as GPTQ stores them, so a step along K reads them
+    contiguously), in fp16, bf16 or fp32; zeros are the zero points in quantized units (integers from
+    ``quantize_w4``, but any float is honoured):
+        W[n, k] = (q[n, k] - zeros[k // G, n]) * scales[k // G, n]
+    Per group g the kernel computes, with xs_g = sum of x over the group,
+        y[m, n] += scales[g, n] * (sum_k x[m, k] q[n, k]  -  zeros[g, n] * xs_g[m])
+    so the per-element work is only unpacking a nibble into a float. The even and odd k of a group are
+    two separate dots (against the strided even and odd columns of x), so nibbles need no interleaving.
+    Unpacking uses the exponent trick: a nibble OR-ed into the mantissa of 128.0 (bf16 bits 0x4300) or
+    1024.0 (fp16 bits 0x6400) *is* that float plus the nibble, exactly, with no int-to-float conversion
+    (a slow instruction on NVIDIA GPUs); the added constant is folded into the zero point.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import alloc
+from kernels._dense_cache import dense_weight
+from kernels.device import interpreting
+from kernels.quant_pack import GROUP_SIZES, dequantize_w4, quantize_w4, quantize_w8
+from kernels.registry import Op, register
+from kernels.tuning import Tuned
+
+
+@triton.jit
+def _w8a16_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_cols = w_ptr + offs_n.to(tl.int64)[None, :] * K
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        k_ok = kk < K
+        x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_cols + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)  # [BK, BN] int8
+        if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact there
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
+    y = acc * tl.load(s_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_ym,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
+    MAGIC_BITS: tl.constexpr, MAGIC_VALUE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
+):
+    HALF: tl.constexpr = GROUP // 2
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, HALF)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    n_groups = K // GROUP
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    q_cols = q_ptr + offs_n.to(tl.int64)[None, :] * (K // 2)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g0 in range(0, n_groups, GROUPS_PER_ITER):
+        for gi in tl.static_range(GROUPS_PER_ITER):
+            g = g0 + gi
+            byte = g * HALF + offs_j  # byte column within the row
+            j_ok = byte < K // 2  # false past the last group, when GROUPS_PER_ITER does not divide it
+            qb = tl.load(q_cols + byte[:, None], mask=j_ok[:, None] & n_ok[None, :], other=0)  # [HALF, BN]
+            x_mask = m_ok[:, None] & j_ok[None, :]
+            x_even = tl.load(x_rows + 2 * byte[None, :], mask=x_mask, other=0.0)
+            x_odd = tl.load(x_rows + 2 * byte[None, :] + 1, mask=x_mask, other=0.0)
+            lo, hi = qb & 0xF, qb >> 4
+            w_lo = (lo.to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)  # MAGIC_VALUE + lo
+            w_hi = (hi.to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)
+            if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact there
+                part = tl.dot(x_even.to(tl.float32), w_lo.to(tl.float32))
+                part += tl.dot(x_odd.to(tl.float32), w_hi.to(tl.float32))
+            else:
+                part = tl.dot(x_even, w_lo)
+                part += tl.dot(x_odd, w_hi)
+            x_sum = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)
+            gn = g * N + offs_n
+            gn_ok = n_ok & (gn < n_groups * N)
+            s = tl.load(s_ptr + gn, mask=gn_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + gn, mask=gn_ok, other=0.0).to(tl.float32) + MAGIC_VALUE
+            acc += (part - x_sum[:, None] * z[None, :]) * s[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# --- configs as data ------------------------------------------------------------------------------
+# Decode (BLOCK_M = 16, the smallest tl.dot tile) wants many narrow programs, so that every SM streams
+# weight bytes; prefill wants square tiles that reuse each weight tile across many rows of x.
+
+def _decode(bn, bk, warps, stages, **extra):
+    return dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **extra)
+
+
+def _prefill(bm, bn, bk, warps, stages):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+
+
+W8_CONFIGS = {
+    "cuda": [
+        _decode(16, 256, 4, 4), _decode(32, 256, 4, 4), _decode(32, 128, 4, 4), _decode(64, 128, 4, 3),
+        _decode(16, 512, 4, 3), _decode(32, 512, 4, 3), _decode(64, 256, 4, 3), _decode(128, 128, 4, 3),
+        _prefill(64, 64, 64, 4, 4), _prefill(64, 128, 64, 4, 4), _prefill(128, 128, 64, 8, 3),
+        _prefill(128, 64, 64, 4, 4),
+    ],
+    "hip": [
+        _decode(16, 256, 4, 2), _decode(32, 256, 4, 2), _decode(64, 128, 4, 2), _decode(32, 512, 4, 2),
+        _prefill(64, 64, 64, 4, 2), _prefill(128, 128, 64, 8, 2),
+    ],
+}
+
+
+def _w4(bm, bn, gpi, warps, stages):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, GROUPS_PER_ITER=gpi, num_warps=warps, num_stages=stages)
+
+
+W4_CONFIGS = {
+    "cuda": [
+        _w4(16, 16, 2, 4, 4), _w4(16, 32, 1, 4, 4), _w4(16, 32, 2, 4, 3), _w4(16, 64, 1, 4, 4),
+        _w4(16, 16, 4, 4, 3), _w4(16, 64, 2, 4, 3), _w4(16, 128, 1, 4, 3), _w4(16, 32, 4, 4, 3),
+        _w4(64, 64, 1, 4, 4), _w4(64, 128, 1, 4, 3), _w4(128, 128, 1, 8, 3), _w4(128, 64, 1, 4, 4),
+    ],
+    "hip": [
+        _w4(16, 32, 1, 4, 2), _w4(16, 32, 2, 4, 2), _w4(16, 64, 1, 4, 2),
+        _w4(64, 64, 1, 4, 2), _w4(128, 128, 1, 8, 2),
+    ],
+}
+
+
+def m_bucket(M: int) -> int:
+    """The autotuning key for M: decode sizes share one entry, prefill sizes one per power of two."""
+    return 16 if M <= 16 else min(triton.next_power_of_2(M), 4096)
+
+
+def prune_by_m(configs, named_args, **kwargs):
+    """Decode tiles for M <= 16, prefill tiles above; always at least one config."""
+    decode = named_args["M_BUCKET"] <= 16
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == 16) == decode]
+    return kept or configs
+
+
+_w8a16 = Tuned(_w8a16_kernel, W8_CONFIGS, key=["M_BUCKET", "N", "K"],
+               prune_configs_by={"early_config_prune": prune_by_m})
+_w4a16 = Tuned(_w4a16_kernel, W4_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP"],
+               prune_configs_by={"early_config_prune": prune_by_m})
+
+
+# --- launchers ------------------------------------------------------------------------------------
+
+ACT_DTYPES = (torch.float16, torch.bfloat16)
+SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Bits that make a nibble into MAGIC_VALUE + nibble when OR-ed into a float of x's dtype.
+_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
+
+
+def _check_x(op: str, x: torch.Tensor, K: int, device: torch.device) -> None:
+    if x.dtype not in ACT_DTYPES:
+        raise TypeError(f"{op}: x must be float16 or bfloat16, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    if x.shape[1] != K:
+        raise ValueError(f"{op}: x has K={x.shape[1]} but the weight has K={K}")
+    if x.device != device:
+        raise ValueError(f"{op}: x is on {x.device} but the weight is on {device}")
+
+
+def _check_vec(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtypes: tuple, device) -> None:
+    if t is None:
+        return
+    if t.shape != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{op}: {name} is on {t.device} but the weight is on {device}")
+
+
+def _upcast(x: torch.Tensor) -> bool:
+    # The interpreter multiplies bf16 dot operands as raw bits; its fp16 and fp32 dots are right.
+    return interpreting() and x.dtype == torch.bfloat16
+
+
+def _prepare_x(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (qweight * scales[:, None]).T + bias`` with int8 ``qweight`` [N, K] and ``scales`` [N]."""
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise TypeError(f"w8a16_linear: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
+                        f"{tuple(qweight.shape)}")
+    N, K = qweight.shape
+    _check_x("w8a16_linear", x, K, qweight.device)
+    _check_vec("w8a16_linear", "scales", scales, (N,), SCALE_DTYPES, qweight.device)
+    _check_vec("w8a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    x, qweight = _prepare_x(x), qweight.contiguous()
+    M = x.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    _w8a16[grid](
+        x, qweight, scales.contiguous(), bias if bias is not None else scales, y,
+        M, N, K, m_bucket(M), x.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, UPCAST=_upcast(x),
+    )
+    return y
+
+
+def _check_w4(qweight, scales, zeros, group_size, K_packed):
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"w4a16_linear: group_size must be one of {GROUP_SIZES}, got {group_size}")
+    K = 2 * K_packed
+    if K % group_size:
+        raise ValueError(f"w4a16_linear: group_size {group_size} does not divide K={K}")
+    shape = (K // group_size, qweight.shape[0])
+    _check_vec("w4a16_linear", "scales", scales, shape, SCALE_DTYPES, qweight.device)
+    _check_vec("w4a16_linear", "zeros", zeros, shape, SCALE_DTYPES, qweight.device)
+    return K
+
+
+def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring)."""
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise TypeError(f"w4a16_linear: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
+                        f"got {qweight.dtype} {tuple(qweight.shape)}")
+    N = qweight.shape[0]
+    K = _check_w4(qweight, scales, zeros, group_size, qweight.shape[1])
+    _check_x("w4a16_linear", x, K, qweight.device)
+    _check_vec("w4a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    x, qweight = _prepare_x(x), qweight.contiguous()
+    M = x.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    magic_bits, magic_value = _MAGIC[x.dtype]
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    _w4a16[grid](
+        x, qweight, scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales, y,
+        M, N, K, m_bucket(M), x.stride(0), y.stride(0),
+        GROUP=group_size, HAS_BIAS=bias is not None, UPCAST=_upcast(x),
+        MAGIC_BITS=magic_bits, MAGIC_VALUE=magic_value,
+    )
+    return y
+
+
+# --- references -----------------------------------------------------------------------------------
+
+
+def _linear_reference(x, w, bias):
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.to(compute) @ w.to(compute).T
+    if bias is not None:
+        y = y + bias.to(compute)
+    return y.to(x.dtype)
+
+
+def w8a16_linear_reference(x, qweight, scales, bias=None):
+    """Pure torch, same signature: dequantize, then a dense matmul in float32 (float64 if x is)."""
+    return _linear_reference(x, qweight.to(torch.float64) * scales.to(torch.float64)[:, None], bias)
+
+
+def w4a16_linear_reference(x, qweight, scales, zeros, group_size, bias=None):
+    """Pure torch, same signature."""
+    return _linear_reference(x, dequantize_w4(qweight, scales.double(), zeros.double(), group_size), bias)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+DTYPES = [torch.float16, torch.bfloat16]
+# (N, K) of the projections of Llama-3-8B (q/o, gate/up, down) and Qwen2.5-0.5B (q/o, k/v, gate/up, down).
+MODEL_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 896), (128, 896), (4864, 896), (896, 4864)]
+DECODE_M = (1, 4, 16)
+
+
+def _shape_cases(profile: str, groups: bool):
+    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
+
+    if profile == "cpu":
+        m, n = st.sampled_from([1, 3, 17]), st.sampled_from([1, 17, 40])
+        k = st.sampled_from([16, 100, 300]) if not groups else st.sampled_from([1, 3])
+    else:
+        m, n = st.sampled_from([1, 4, 16, 77, 512]), st.sampled_from([896, 4096, 4113])
+        k = st.sampled_from([896, 4096, 4864]) if not groups else st.sampled_from([7, 38])
+    case = {"M": m, "N": n, "K": k, "dtype": st.sampled_from(DTYPES), "bias": st.booleans()}
+    if not groups:
+        return st.fixed_dictionaries(case)
+    # K drawn as a number of 128-wide spans, so it is a multiple of every group size.
+    return st.fixed_dictionaries({**case, "group_size": st.sampled_from(GROUP_SIZES)}).map(
+        lambda c: {**c, "K": c["K"] * 128 if profile != "cpu" else c["K"] * c["group_size"]})
+
+
+def _weight_and_x(case, device, gen):
+    M, N, K, dt = case["M"], case["N"], case["K"], case["dtype"]
+    weight = (0.05 * torch.randn(N, K, generator=gen, device=device)).to(dt)
+    x = torch.randn(M, K, generator=gen, device=device).to(dt)
+    bias = (0.1 * torch.randn(N, generator=gen, device=device)).to(dt) if case.get("bias") else None
+    return weight, x, bias
+
+
+def _w8_inputs(case, device, gen):
+    weight, x, bias = _weight_and_x(case, device, gen)
+    qweight, scales = quantize_w8(weight)
+    return {"x": x, "qweight": qweight, "scales": scales, "bias": bias}
+
+
+def _w4_inputs(case, device, gen):
+    weight, x, bias = _weight_and_x(case, device, gen)
+    qweight, scales, zeros = quantize_w4(weight, case["group_size"])
+    return {"x": x, "qweight": qweight, "scales": scales, "zeros": zeros, "group_size": case["group_size"],
+            "bias": bias}
+
+
+def w8a16_cublas(x, qweight, scales, bias=None):
+    """Baseline: x's-dtype cuBLAS matmul on the weight dequantized once (cached, not timed)."""
+    w = dense_weight(qweight, x.dtype, lambda: qweight.float() * scales.float()[:, None])
+    return torch.nn.functional.linear(x, w, bias)
+
+
+def w4a16_cublas(x, qweight, scales, zeros, group_size, bias=None):
+    """Baseline: x's-dtype cuBLAS matmul on the weight dequantized once (cached, not timed)."""
+    w = dense_weight(qweight, x.dtype, lambda: dequantize_w4(qweight, scales.float(), zeros.float(), group_size))
+    return torch.nn.functional.linear(x, w, bias)
+
+
+def _bench_cases(groups: bool):
+    extra = {"group_size": 128} if groups else {}
+    return [{"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, **extra}
+            for n, k in MODEL_SHAPES for m in DECODE_M]
+
+
+def _act_bytes(c):
+    return c["dtype"].itemsize * (c["M"] * c["K"] + c["M"] * c["N"] + (c["N"] if c.get("bias") else 0))
+
+
+register(Op(
+    name="linear_w8a16",
+    triton=w8a16_linear,
+    torch=w8a16_linear_reference,
+    cases=lambda profile: _shape_cases(profile, groups=False),
+    make_inputs=_w8_inputs,
+    bench_cases=lambda: _bench_cases(groups=False),
+    smoke_cases=lambda: [{"M": m, "N": 33, "K": 100, "dtype": dt, "bias": m > 1}
+                         for m in (1, 17) for dt in DTYPES],
+    reduction_len=lambda c: c["K"],
+    flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],
+    bytes=lambda c: c["N"] * c["K"] + c["N"] * c["dtype"].itemsize + _act_bytes(c),
+    baseline=w8a16_cublas,
+    baseline_name="cuBLAS bf16",
+))
+
+register(Op(
+    name="linear_w4a16",
+    triton=w4a16_linear,
+    torch=w4a16_linear_reference,
+    cases=lambda profile: _shape_cases(profile, groups=True),
+    make_inputs=_w4_inputs,
+    bench_cases=lambda: _bench_cases(groups=True),
+    smoke_cases=lambda: [{"M": m, "N": 33, "K": 3 * g, "dtype": dt, "bias": m > 1, "group_size": g}
+                         for m, g in ((1, 32), (17, 128)) for dt in DTYPES],
+    reduction_len=lambda c: c["K"],
+    flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],
+    bytes=lambda c: (c["N"] * c["K"] // 2 + 2 * (c["K"] // c["group_size"]) * c["N"] * c["dtype"].itemsize
+                     + _act_bytes(c)),
+    baseline=w4a16_cublas,
+    baseline_name="cuBLAS bf16",
+))
