@@ -1,0 +1,207 @@
+"""Tune and time the dense linear kernels on one GPU, against cuBLAS and the card's copy bandwidth.
+
+Run from the repository root on a GPU machine::
+
+    PYTHONPATH=. python3 bench/tune_linear.py --out DIR [--explore] [--skip-bench]
+
+It measures, in one process so that every number comes from the same card:
+
+1. the ceilings: device-to-device copy bandwidth (bytes read + written) and a cuBLAS bf16 8192^3 product;
+2. with ``--explore``: every config of every kernel, timed alone on a few representative shapes
+   (``linear_configs.csv``), which is what the config lists in kernels/linear_*.py are chosen from;
+3. the op's benchmark cases (``registry.get("linear").bench_cases()``): cuBLAS (``F.linear``), the
+   dispatching ``linear`` and each variant, autotuned (``linear_bench.csv``).
+
+Timing: ``triton.testing.do_bench`` medians (it clears L2 before every call). Decode shapes rotate among
+enough weight copies to exceed 3x L2, and are also timed as CUDA-graph replays (``graph_*`` columns),
+which removes the host launch gaps as the engine's captured decode step does. A short table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench, do_bench_cudagraph
+
+from kernels import registry
+from kernels.linear import linear
+from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_prefill import PERSISTENT_CONFIGS, TILED_CONFIGS, linear_persistent_2d, linear_tiled_2d
+
+BF16 = torch.bfloat16
+DEVICE = "cuda"
+
+
+def ms(fn, graph: bool = False) -> float:
+    if graph:
+        return do_bench_cudagraph(fn, rep=60, return_mode="median")
+    return do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def ceilings() -> dict:
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.randn(n, device=DEVICE, dtype=BF16)
+    dst = torch.empty_like(src)
+    t = ms(lambda: dst.copy_(src))
+    copy_gbs = 2 * src.numel() * src.element_size() / t / 1e6
+    a = torch.randn(8192, 8192, device=DEVICE, dtype=BF16)
+    b = torch.randn(8192, 8192, device=DEVICE, dtype=BF16)
+    t = ms(lambda: a @ b)
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
+            "l2_mb": props.L2_cache_size / 2**20, "copy_gbs": copy_gbs,
+            "cublas_tflops": 2 * 8192**3 / t / 1e9}
+
+
+def operands(M: int, N: int, K: int, l2_bytes: int, rotate: bool):
+    x = torch.randn(M, K, device=DEVICE, dtype=BF16)
+    w_bytes = N * K * 2
+    copies = min(32, max(1, math.ceil(3 * l2_bytes / w_bytes))) if rotate else 1
+    ws = [(torch.randn(N, K, device=DEVICE) / K**0.5).to(BF16) for _ in range(copies)]
+    return x, ws
+
+
+def rotating(fn, x, ws):
+    it = itertools.cycle(ws)
+    return lambda: fn(x, next(it))
+
+
+def explore(ceil: dict, rows: list, save) -> None:
+    l2 = int(ceil["l2_mb"] * 2**20)
+    prefill_shapes = [(4096, 4096, 4096), (4096, 14336, 4096), (8192, 28672, 4096), (2048, 4608, 3584)]
+    for M, N, K in prefill_shapes:
+        x, ws = operands(M, N, K, l2, rotate=False)
+        w = ws[0]
+        base = ms(lambda: F.linear(x, w))  # noqa: B023  (timed before the loop variable moves on)
+        flops = 2 * M * N * K
+        for name, launch, configs in (("prefill", linear_tiled_2d, TILED_CONFIGS["cuda"]),
+                                      ("persistent", linear_persistent_2d, PERSISTENT_CONFIGS["cuda"])):
+            for c in configs:
+                try:
+                    t = ms(lambda: launch(x, w, None, config=c))  # noqa: B023
+                except Exception as e:  # a config that cannot compile or run here is reported, not fatal
+                    print(f"  {name} {c}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                    continue
+                rows.append({"kernel": name, "M": M, "N": N, "K": K, "config": str(c), "ms": t,
+                             "tflops": flops / t / 1e9, "vs_cublas": base / t})
+        print(f"explored prefill {M}x{N}x{K} (cuBLAS {flops / base / 1e9:.0f} TFLOP/s)", flush=True)
+        save(rows)
+    decode_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864), (1152, 896), (151936, 896)]
+    for (N, K), M in itertools.product(decode_shapes, (1, 16, 64)):
+        x, ws = operands(M, N, K, l2, rotate=True)
+        base = ms(rotating(F.linear, x, ws))
+        w_bytes = N * K * 2
+        default = decode_chunk(N, K, decode_block_m(M), ceil["sms"])
+        chunks = sorted({default, max(256, default // 2), default * 2} & set(range(256, 2 * K + 256, 256)))
+        for c, chunk in itertools.product(DECODE_CONFIGS["cuda"], chunks):
+            fn = lambda xx, ww, c=c, chunk=chunk: linear_decode_2d(xx, ww, None, config=c, k_chunk=chunk)
+            try:
+                t = ms(rotating(fn, x, ws))
+            except Exception as e:  # as above
+                print(f"  decode {c}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            rows.append({"kernel": "decode", "M": M, "N": N, "K": K, "config": f"{c} chunk={chunk}"
+                         + (" (default)" if chunk == default else ""), "ms": t,
+                         "tflops": 2 * M * N * K / t / 1e9, "vs_cublas": base / t,
+                         "weight_gbs": w_bytes / t / 1e6})
+        print(f"explored decode M={M} {N}x{K} (cuBLAS {w_bytes / base / 1e6:.0f} GB/s of weight)", flush=True)
+        save(rows)
+
+
+def bench(ceil: dict, rows: list, deadline: float, save) -> None:
+    l2 = int(ceil["l2_mb"] * 2**20)
+    for case in registry.get("linear").bench_cases():
+        if time.time() > deadline:
+            print("bench: out of time, remaining cases skipped", flush=True)
+            break
+        M, N, K = case["M"], case["N"], case["K"]
+        decode = M <= 64
+        x, ws = operands(M, N, K, l2, rotate=decode)
+        impls = {"cublas": F.linear, "auto": linear}
+        variants = ("decode",) if decode else ("prefill", "persistent")
+        impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
+        row = {"M": M, "N": N, "K": K}
+        for name, fn in impls.items():
+            row[f"{name}_ms"] = ms(rotating(fn, x, ws))
+            if decode:
+                row[f"graph_{name}_ms"] = ms(rotating(fn, x, ws), graph=True)
+        flops, w_bytes = 2 * M * N * K, N * K * 2
+        row["tflops_cublas"] = flops / row["cublas_ms"] / 1e9
+        row["tflops_auto"] = flops / row["auto_ms"] / 1e9
+        row["auto_vs_cublas"] = row["cublas_ms"] / row["auto_ms"]
+        if decode:
+            row["graph_auto_vs_cublas"] = row["graph_cublas_ms"] / row["graph_auto_ms"]
+            row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
+            row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
+        else:
+            row["persistent_vs_cublas"] = row["cublas_ms"] / row["persistent_ms"]
+            row["prefill_vs_cublas"] = row["cublas_ms"] / row["prefill_ms"]
+        rows.append(row)
+        save(rows)
+        del x, ws
+
+
+def write_csv(path: str, rows: list) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
+    p.add_argument("--explore", action="store_true", help="time every config alone on representative shapes")
+    p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
+    p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("tune_linear: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+        return 2
+    deadline = time.time() + args.budget_s
+    ceil = ceilings()
+    out = args.out or os.path.join("bench", "results", ceil["gpu"].replace(" ", "_"))
+    os.makedirs(out, exist_ok=True)
+    write_csv(os.path.join(out, "linear_ceilings.csv"), [ceil])
+    print(f"{ceil['gpu']}: {ceil['sms']} SMs, L2 {ceil['l2_mb']:.0f} MB, copy {ceil['copy_gbs']:.0f} GB/s, "
+          f"cuBLAS bf16 8192^3 {ceil['cublas_tflops']:.0f} TFLOP/s", flush=True)
+    if args.explore:
+        cfg_rows: list = []
+        explore(ceil, cfg_rows, lambda r: write_csv(os.path.join(out, "linear_configs.csv"), r))
+        best: dict = {}
+        for r in cfg_rows:
+            k = (r["kernel"], r["M"], r["N"], r["K"])
+            if k not in best or r["ms"] < best[k]["ms"]:
+                best[k] = r
+        print("\nbest config per kernel and shape (vs cuBLAS = cuBLAS time / kernel time):")
+        for (kern, M, N, K), r in best.items():
+            print(f"  {kern:10s} {M:5d}x{N:6d}x{K:5d} {r['ms'] * 1e3:9.1f} us  {r['vs_cublas']:5.2f}x  {r['config']}")
+    rows: list = []
+    if not args.skip_bench:
+        bench(ceil, rows, deadline, lambda r: write_csv(os.path.join(out, "linear_bench.csv"), r))
+    print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
+    print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
+          f"{'%copy':>6} {'tiled':>6} {'persist':>7}")
+    for r in rows:
+        graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
+        pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
+        tiled = f"{r['prefill_vs_cublas']:6.2f}" if "prefill_vs_cublas" in r else " " * 6
+        pers = f"{r['persistent_vs_cublas']:7.2f}" if "persistent_vs_cublas" in r else " " * 7
+        print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
