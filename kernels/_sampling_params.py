@@ -1,0 +1,216 @@
+"""Per-row sampling parameters packed for one batched launch (see ``kernels/sampling.py`` for the math).
+
+``SamplingTensors.build`` validates every request's parameters on the host, turns the prompt and output
+token lists into a sparse list of *edits* (the few vocabulary entries that a penalty or a logit bias
+touches), derives each row's random-number key from its seed and step, and copies everything to the
+device in five small transfers: one float32 [6, B] block of per-row floats, one int32 [4, B] block of
+per-row integers, the edit offsets, and two edit blocks. The named fields are views into those blocks.
+
+Edits are stored CSR-style: row ``r``'s edits are ``edit_token[edit_start[r]:edit_start[r+1]]``, each
+token appearing once per row, with its count among the generated tokens (frequency and presence
+penalties), whether it appears in the prompt or the output (repetition penalty) and its logit bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAX_LOGPROBS = 20
+NO_LOGPROBS = -1  # num_logprobs value of a row that asked for none
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+class SamplingParamsError(ValueError):
+    """A request's sampling parameters are out of range; the message names the row and the field."""
+
+
+def mix32(x: np.ndarray) -> np.ndarray:
+    """A 32-bit integer hash (xor-shift-multiply), the same one the kernel and the reference apply."""
+    x = x.astype(np.uint64) & _M32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & _M32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & _M32
+    x ^= x >> np.uint64(16)
+    return x
+
+
+def rng_keys(seeds: list[int], steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Two 32-bit keys per row from (seed, step): the row's noise depends on nothing else."""
+    s = np.array([int(v) % (1 << 64) for v in seeds], dtype=np.uint64)
+    step = np.array(steps, dtype=np.uint64) & _M32
+    lo, hi = s & _M32, s >> np.uint64(32)
+    k1 = mix32(lo ^ mix32(hi ^ mix32(step + np.uint64(0x632BE5AB))))
+    k2 = mix32(k1 ^ np.uint64(0x85EBCA6B))
+    return k1.astype(np.uint32).view(np.int32), k2.astype(np.uint32).view(np.int32)
+
+
+def _finite(name: str, row: int, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SamplingParamsError(f"row {row}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise SamplingParamsError(f"row {row}: {name} must be finite, got {value!r}")
+    return v
+
+
+def _check_row(row: int, p, vocab_size: int) -> tuple:
+    temperature = _finite("temperature", row, p.temperature)
+    if temperature < 0:
+        raise SamplingParamsError(f"row {row}: temperature must be >= 0 (0 = greedy), got {temperature}")
+    top_k = p.top_k if p.top_k is not None else 0
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise SamplingParamsError(f"row {row}: top_k must be an integer >= 0 (0 = off), got {p.top_k!r}")
+    top_p = _finite("top_p", row, 1.0 if p.top_p is None else p.top_p)
+    if not 0.0 < top_p <= 1.0:
+        raise SamplingParamsError(f"row {row}: top_p must lie in (0, 1] (1 = off), got {top_p}")
+    min_p = _finite("min_p", row, 0.0 if p.min_p is None else p.min_p)
+    if not 0.0 <= min_p <= 1.0:
+        raise SamplingParamsError(f"row {row}: min_p must lie in [0, 1] (0 = off), got {min_p}")
+    rep = _finite("repetition_penalty", row, p.repetition_penalty)
+    if rep <= 0:
+        raise SamplingParamsError(f"row {row}: repetition_penalty must be > 0 (1 = off), got {rep}")
+    pres = _finite("presence_penalty", row, p.presence_penalty)
+    freq = _finite("frequency_penalty", row, p.frequency_penalty)
+    n = p.logprobs
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_LOGPROBS):
+        raise SamplingParamsError(f"row {row}: logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {n!r}")
+    bias = p.logit_bias or {}
+    for tok, b in bias.items():
+        if isinstance(tok, bool) or not isinstance(tok, (int, np.integer)) or not 0 <= tok < vocab_size:
+            raise SamplingParamsError(f"row {row}: logit_bias token {tok!r} is not a token id in [0, {vocab_size})")
+        _finite(f"logit_bias[{tok}]", row, b)
+    top_k = 0 if top_k >= vocab_size else int(top_k)  # keeping the whole vocabulary is no filter
+    return temperature, top_k, top_p, min_p, rep, pres, freq, (NO_LOGPROBS if n is None else int(n)), bias
+
+
+def _token_array(ids, row: int, what: str, vocab_size: int) -> np.ndarray:
+    a = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if a.size and (a.min() < 0 or a.max() >= vocab_size):
+        raise SamplingParamsError(f"row {row}: {what} holds a token id outside [0, {vocab_size})")
+    return a
+
+
+def _row_edits(row, rep, pres, freq, bias, prompt, output, vocab_size):
+    """Sorted unique tokens touched by this row's penalties or bias, with their per-token facts."""
+    out = _token_array(output, row, "output_ids", vocab_size)
+    context = np.unique(np.concatenate([_token_array(prompt, row, "prompt_ids", vocab_size), out])) \
+        if rep != 1.0 else np.zeros(0, dtype=np.int64)
+    parts = [context]
+    if pres != 0.0 or freq != 0.0:
+        parts.append(out)
+    if bias:
+        parts.append(np.fromiter(bias.keys(), dtype=np.int64, count=len(bias)))
+    tokens = np.unique(np.concatenate(parts))
+    if tokens.size == 0:
+        return None
+    out_tok, out_cnt = np.unique(out, return_counts=True)
+    count = np.zeros(tokens.size, dtype=np.int64)
+    if out_tok.size:
+        pos = np.minimum(np.searchsorted(out_tok, tokens), out_tok.size - 1)
+        count = np.where(out_tok[pos] == tokens, out_cnt[pos], 0)
+    in_context = np.isin(tokens, context).astype(np.int64)
+    b = np.array([float(bias.get(int(t), 0.0)) for t in tokens], dtype=np.float32)
+    return tokens, count, in_context, b
+
+
+@dataclass
+class SamplingTensors:
+    """Per-row parameter tensors on the logits' device (views into a few packed blocks)."""
+
+    temperature: torch.Tensor        # float32 [B]; 0 = greedy
+    top_p: torch.Tensor              # float32 [B]; 1 = off
+    min_p: torch.Tensor              # float32 [B]; 0 = off
+    repetition_penalty: torch.Tensor  # float32 [B]; 1 = off
+    presence_penalty: torch.Tensor   # float32 [B]
+    frequency_penalty: torch.Tensor  # float32 [B]
+    top_k: torch.Tensor              # int32 [B]; 0 = off
+    rng_key1: torch.Tensor           # int32 [B]: 32-bit keys derived from (seed, step)
+    rng_key2: torch.Tensor           # int32 [B]
+    num_logprobs: torch.Tensor       # int32 [B]; -1 = none, 0 = chosen token only, n = top n too
+    edit_start: torch.Tensor         # int32 [B + 1]: CSR offsets into the edit arrays
+    edit_token: torch.Tensor         # int32 [E]
+    edit_count: torch.Tensor         # int32 [E]: occurrences among the generated tokens
+    edit_in_context: torch.Tensor    # int32 [E]: 1 if in prompt or output (repetition penalty applies)
+    edit_bias: torch.Tensor          # float32 [E]
+    vocab_size: int
+    max_logprobs: int | None         # widest top-logprobs request in the batch (None: no row asked)
+    has_edits: bool                  # some row has a penalty or a bias to apply
+    greedy_only: bool                # every row is greedy
+
+    @property
+    def batch(self) -> int:
+        return self.temperature.shape[0]
+
+    @staticmethod
+    def build(params: list, prompt_ids: list[list[int]], output_ids: list[list[int]], seeds: list[int],
+              vocab_size: int, device) -> SamplingTensors:
+        B = len(params)
+        if not (len(prompt_ids) == len(output_ids) == len(seeds) == B):
+            raise SamplingParamsError(
+                f"params, prompt_ids, output_ids and seeds need one entry per row; got {B}, {len(prompt_ids)}, "
+                f"{len(output_ids)} and {len(seeds)}")
+        if vocab_size < 1:
+            raise SamplingParamsError(f"vocab_size must be >= 1, got {vocab_size}")
+        floats = np.empty((6, B), dtype=np.float32)
+        ints = np.empty((4, B), dtype=np.int32)
+        starts = np.zeros(B + 1, dtype=np.int32)
+        edit_ints, edit_bias = [], []
+        max_n = NO_LOGPROBS
+        for r, p in enumerate(params):
+            t, k, tp, mp, rep, pres, freq, n, bias = _check_row(r, p, vocab_size)
+            floats[:, r] = (t, tp, mp, rep, pres, freq)
+            ints[0, r], ints[3, r] = k, n
+            max_n = max(max_n, n)
+            edits = _row_edits(r, rep, pres, freq, bias, prompt_ids[r], output_ids[r], vocab_size)
+            count = 0 if edits is None else edits[0].size
+            starts[r + 1] = starts[r] + count
+            if count:
+                edit_ints.append(np.stack(edits[:3]).astype(np.int32))
+                edit_bias.append(edits[3])
+        ints[1], ints[2] = rng_keys(seeds, [len(o) for o in output_ids])
+        E = int(starts[-1])
+        e_ints = np.concatenate(edit_ints, axis=1) if edit_ints else np.zeros((3, 1), dtype=np.int32)
+        e_bias = np.concatenate(edit_bias) if edit_bias else np.zeros(1, dtype=np.float32)
+        f_dev = torch.from_numpy(floats).to(device)
+        i_dev = torch.from_numpy(ints).to(device)
+        e_dev = torch.from_numpy(e_ints).to(device)
+        return SamplingTensors(
+            temperature=f_dev[0], top_p=f_dev[1], min_p=f_dev[2], repetition_penalty=f_dev[3],
+            presence_penalty=f_dev[4], frequency_penalty=f_dev[5],
+            top_k=i_dev[0], rng_key1=i_dev[1], rng_key2=i_dev[2], num_logprobs=i_dev[3],
+            edit_start=torch.from_numpy(starts).to(device),
+            edit_token=e_dev[0], edit_count=e_dev[1], edit_in_context=e_dev[2],
+            edit_bias=torch.from_numpy(e_bias).to(device),
+            vocab_size=vocab_size, max_logprobs=None if max_n <= 0 else max_n, has_edits=E > 0,
+            greedy_only=bool((floats[0] == 0).all()),
+        )
+
+
+@dataclass
+class SampleResult:
+    token_ids: torch.Tensor                # int64 [B]
+    logprobs: torch.Tensor                 # float32 [B]: the chosen token's log-probability
+    top_ids: torch.Tensor | None           # int64 [B, n]; n = widest request; -1 pads shorter requests
+    top_logprobs: torch.Tensor | None      # float32 [B, n]; -inf pads
+
+
+@dataclass
+class RequestParams:
+    """A plain parameter record with OpenAI/vLLM defaults, for tests, benchmarks and the CLI."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None

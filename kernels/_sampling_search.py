@@ -1,0 +1,136 @@
+"""Triton building blocks of the sampling kernel: row loads, the counter-based noise, the threshold search.
+
+All helpers work on one row of z = x / T (x: the logits after bias and penalties), streamed from memory
+in blocks, so a row of any vocabulary size fits; each streaming pass reads the row once.
+
+Noise. Token i of a row draws u_i = ((h_i >> 9) + 0.5) / 2^23 in (0, 1), with
+h_i = mix32(mix32(i ^ key1) ^ key2) and (key1, key2) derived on the host from the row's (seed, step)
+(``_sampling_params.rng_keys``). The Gumbel-max trick then samples exactly from softmax(z) restricted to a
+kept set K: argmax_{i in K} z_i - log(-log u_i). The draw depends on nothing but (seed, step, i, z), so a
+row samples the same token whatever else is in the batch, and the torch reference reproduces it.
+
+Threshold search. Every filter keeps the tokens with z >= tau for some tau; top-k and top-p need the
+largest token value v with F(v) >= target, where F(v) counts the tokens with z >= v (top-k: target k) or
+sums their mass exp(z - m) (top-p: target p * F(lo)). F is non-increasing, so one pass evaluates F at NPIV
+pivots spread over the bracket [lo, hi] at once, keeps the sub-bracket [p_a, p_a+1) that must hold the
+answer, and snaps it to the data (smallest value >= p_a, largest value < p_a+1). A pass only does the
+[SBLOCK, NPIV] work on blocks holding a value inside the bracket; tokens above it are counted in bulk. The
+search ends when the bracket holds one distinct value (exact, ties included) or after MAX_PASSES passes
+(then the lower end is used: a superset of the exact kept set; it takes a bracket wider than 30^MAX_PASSES
+float steps, which real logits do not produce). The vocabulary is never sorted.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mix32(x):
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _gumbel(offs, key1, key2):
+    h = _mix32(_mix32(offs.to(tl.uint32) ^ key1) ^ key2)
+    u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _load_z(logits_ptr, work_ptr, row_l, row_w, offs, mask, from_work, inv_t):
+    """z for the tokens ``offs`` of one row (masked lanes: -inf); edited rows read the fp32 workspace."""
+    if from_work:
+        x = tl.load(work_ptr + row_w + offs, mask=mask, other=float("-inf"))
+    else:
+        x = tl.load(logits_ptr + row_l + offs, mask=mask, other=float("-inf")).to(tl.float32)
+    return x * inv_t
+
+
+@triton.jit
+def _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2,
+                   BLOCK: tl.constexpr):
+    """One pass: the token maximising z + Gumbel noise among tokens with z >= tau (ties: lowest index)."""
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        z = _load_z(logits_ptr, work_ptr, row_l, row_w, offs, offs < V, from_work, inv_t)
+        score = tl.where(z >= tau, z + _gumbel(offs, key1, key2), float("-inf"))
+        better = score > best
+        best_idx = tl.where(better, offs, best_idx)
+        best = tl.where(better, score, best)
+    top = tl.max(best, 0)
+    return tl.min(tl.where(best == top, best_idx, V), 0)
+
+
+@triton.jit
+def _pick(values, j, which):
+    return tl.sum(tl.where(j == which, values, 0.0), 0)
+
+
+@triton.jit
+def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, lo, hi,
+                      target_abs, target_frac,
+                      USE_MASS: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr, MAX_PASSES: tl.constexpr):
+    """The largest token value v in [lo, hi] with F(v) >= target.
+
+    F counts tokens (``USE_MASS`` false) or sums exp(z - m) (true); target = max(target_abs,
+    target_frac * F(lo)). Requires lo <= hi, both finite, and hi a token value.
+    """
+    j = tl.arange(0, NPIV)
+    frac = j.to(tl.float32) / (NPIV - 1)
+    lo = lo.to(tl.float32)
+    hi = hi.to(tl.float32)
+    target = tl.zeros([], tl.float32) + target_abs
+    ans = lo
+    done = tl.zeros([], tl.int32)
+    for p in range(MAX_PASSES):
+        if done == 0:
+            piv = tl.where(j == NPIV - 1, hi, tl.where(j == 0, lo, lo + (hi - lo) * frac))
+            cnt = tl.zeros([NPIV], tl.float32)
+            mass = tl.zeros([NPIV], tl.float32)  # stays zero when counting
+            mn = tl.full([NPIV], float("inf"), tl.float32)
+            mx = tl.full([NPIV], float("-inf"), tl.float32)
+            cnt_above = tl.zeros([SBLOCK], tl.float32)
+            mass_above = tl.zeros([SBLOCK], tl.float32)
+            for start in range(0, V, SBLOCK):
+                offs = start + tl.arange(0, SBLOCK)
+                z = _load_z(logits_ptr, work_ptr, row_l, row_w, offs, offs < V, from_work, inv_t)
+                above = z > hi
+                cnt_above += above.to(tl.float32)
+                if USE_MASS:
+                    e = tl.exp(z - m)
+                    mass_above += tl.where(above, e, 0.0)
+                inside = (z >= lo) & (z <= hi)
+                if tl.max(inside.to(tl.int32), 0) > 0:
+                    zin = tl.where(inside, z, float("-inf"))
+                    ge = zin[:, None] >= piv[None, :]
+                    cnt += tl.sum(ge.to(tl.float32), 0)
+                    if USE_MASS:
+                        mass += tl.sum(tl.where(ge, e[:, None], 0.0), 0)
+                    mn = tl.minimum(mn, tl.min(tl.where(ge, zin[:, None], float("inf")), 0))
+                    mx = tl.maximum(mx, tl.max(tl.where(ge, float("-inf"), zin[:, None]), 0))
+            cnt += tl.sum(cnt_above, 0)
+            mass += tl.sum(mass_above, 0)
+            f_at = mass if USE_MASS else cnt
+            if p == 0:
+                target = tl.maximum(target, target_frac * _pick(f_at, j, 0))
+            a = tl.max(tl.where(f_at >= target, j, -1), 0)
+            a_safe = tl.maximum(a, 0)
+            mn_a = _pick(mn, j, a_safe)
+            mx_next = _pick(mx, j, a_safe + 1)
+            reached_top = a == NPIV - 1
+            ans = tl.where(reached_top, hi, tl.where(a < 0, lo, mn_a))
+            if reached_top | (a < 0) | (mn_a >= mx_next):
+                done = 1
+            else:
+                lo = mn_a
+                hi = mx_next
+    return ans
