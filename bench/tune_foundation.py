@@ -44,6 +44,9 @@ def rmsnorm_variants():
     from kernels.rmsnorm import rmsnorm
 
     yield "auto", rmsnorm
+    for rows in (1, 2, 4, 8, 16):
+        yield f"rows{rows}", lambda x, weight, eps=1e-6, residual=None, n=rows: rmsnorm(
+            x, weight, eps, residual, _rows_per_program=n)
 
 
 STUDIES = {

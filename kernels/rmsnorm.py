@@ -14,7 +14,8 @@ is accumulated in float32 whatever the input dtype; y and h are stored in the in
 sum h is rounded to the input dtype *before* it is normalised, as the unfused torch code would do, so the
 fused and unfused engine paths agree bit for bit in the sum.
 
-Kernel: one program per row, the whole row in registers (H <= 65536). Memory-bound: it reads x (and r)
+Kernel: each program normalises ROWS whole rows held in registers (H <= 65536); ROWS > 1 only for small
+hidden sizes, so that a program still moves a few thousand elements. Memory-bound: it reads x (and r)
 and w once and writes y (and h) once.
 """
 
@@ -34,26 +35,33 @@ MAX_HIDDEN = 65536
 def _rmsnorm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,
     stride_x, stride_r, stride_y, stride_h,
-    H, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    n_rows, H, eps,
+    HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < H
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    cols = tl.arange(0, BLOCK)[None, :]
+    mask = (rows < n_rows) & (cols < H)
+    x = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        r = tl.load(r_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-        tl.store(h_ptr + row * stride_h + cols, x, mask=mask)
+        tl.store(h_ptr + rows * stride_h + cols, x, mask=mask)
     xf = x.to(tl.float32)
-    inv_rms = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / H + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_y + cols, (xf * inv_rms * w).to(y_ptr.dtype.element_ty), mask=mask)
+    inv_rms = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / H + eps)[:, None]
+    w = tl.load(w_ptr + cols, mask=cols < H, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows * stride_y + cols, (xf * inv_rms * w).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _num_warps(block: int) -> int:
-    # Enough threads that each holds at most ~16 elements of a row, capped at a full SM quarter.
-    return max(1, min(16, block // 512))
+# Rows per program: small hidden sizes pack several rows into one program so that each program still
+# moves enough bytes to hide its latency; ROW_TILE is the element count aimed at.
+ROW_TILE = 4096
+
+
+def _launch_shape(rows: int, block: int, rows_per_program: int | None, num_warps: int | None) -> tuple[int, int]:
+    if rows_per_program is None:
+        rows_per_program = max(1, min(ROW_TILE // block, triton.next_power_of_2(rows)))
+    # Enough threads that each holds at most ~16 elements, capped at 16 warps.
+    return rows_per_program, num_warps or max(1, min(16, rows_per_program * block // 512))
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
@@ -78,8 +86,12 @@ def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
-            residual: torch.Tensor | None = None):
-    """``y = x / rms(x) * weight``; with ``residual``, returns ``(rmsnorm(x + residual), x + residual)``."""
+            residual: torch.Tensor | None = None, *, _rows_per_program: int | None = None,
+            _num_warps: int | None = None):
+    """``y = x / rms(x) * weight``; with ``residual``, returns ``(rmsnorm(x + residual), x + residual)``.
+
+    ``_rows_per_program``/``_num_warps`` force a launch shape; they exist for the tuning script only.
+    """
     _check(x, weight, residual)
     H = x.shape[-1]
     x2 = x.reshape(-1, H)
@@ -94,11 +106,12 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
         r2, h = x2, y  # unused by the kernel when HAS_RESIDUAL is False
     if rows > 0:
         block = triton.next_power_of_2(H)
-        _rmsnorm_kernel[(rows,)](
+        per_program, warps = _launch_shape(rows, block, _rows_per_program, _num_warps)
+        _rmsnorm_kernel[(triton.cdiv(rows, per_program),)](
             x2, r2, weight, y, h,
             x2.stride(0), r2.stride(0), y.stride(0), h.stride(0),
-            H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_num_warps(block),
+            rows, H, eps,
+            HAS_RESIDUAL=residual is not None, ROWS=per_program, BLOCK=block, num_warps=warps,
         )
     y = y.reshape(x.shape)
     return (y, h.reshape(x.shape)) if residual is not None else y
