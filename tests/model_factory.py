@@ -204,13 +204,15 @@ def llama_cpp_permute(rows, num_heads: int):
 
 
 def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qtype=None, permute: bool = True,
-                    tokenizer_metadata: bool = True, **hf_kwargs) -> Path:
+                    tokenizer_metadata: bool = True, quantizer=None, **hf_kwargs) -> Path:
     """Write a GGUF of a small ``arch`` model; 2-D weights quantized to ``qtype`` by gguf's own quantizer.
 
     ``qtype`` defaults to Q8_0 (any type ``gguf.quants.quantize`` implements: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
     BF16, F16, F32, TQ2_0, ...); norms stay F32. The HF model is built with ``make_hf_model`` into
     ``hf_dir`` (default: a sibling folder ``<stem>-hf``) so tests can compare against it. llama-arch q/k
     rows are permuted as llama.cpp's converter does (``permute=False`` writes them unpermuted).
+    ``quantizer(hf_name, array)`` may return ``(uint8 blocks, qtype)`` to write a tensor some other way
+    (e.g. random K-quant blocks, which gguf's Python quantizer cannot produce), or None for the default.
     """
     import gguf
     import numpy as np
@@ -252,7 +254,10 @@ def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qt
         elif permute and _GGUF_ARCH[arch] == "llama" and ".self_attn.k_proj." in name:
             array = llama_cpp_permute(array, kv_heads)
         target = embed_qtype if name == "model.embed_tokens.weight" else qtype
-        if array.ndim == 2 and target != gguf.GGMLQuantizationType.F32:
+        custom = quantizer(name, array) if quantizer is not None else None
+        if custom is not None:
+            writer.add_tensor(gguf_tensor_name(name), custom[0], raw_dtype=gguf.GGMLQuantizationType(custom[1]))
+        elif array.ndim == 2 and target != gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_tensor_name(name), gguf.quants.quantize(np.ascontiguousarray(array), target),
                               raw_dtype=target)
         else:

@@ -1,0 +1,177 @@
+"""GGUF loading: files written with the gguf package (its quantizer), read back to the HF weights.
+
+The expected values come from the HF checkpoint and gguf's own quantize/dequantize, never from the
+loader: a quantized weight must be bit-identical to ``quantize(original)`` after the loader undoes
+llama.cpp's q/k row permutation, since quantization works row by row.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engine.loader import GGUFWeight, ModelLoadError, UnsupportedModelError, load_model_source
+from engine.model_config import ModelConfig
+from engine.tokenizer import Tokenizer
+from tests.model_factory import make_gguf_model
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+TEXTS = ["Hello, world!", "東京 😀 café", "<|im_start|>user\nhi<|im_end|>\n", "  two  spaces\n\nnew lines"]
+# K-quants need K % 256 == 0, so those tests use a model this wide.
+WIDE = dict(hidden_size=256, intermediate_size=256, head_dim=64)
+
+
+def _hf_weights(hf_dir) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(hf_dir / "model.safetensors"))
+
+
+def _requant(array: np.ndarray, qtype) -> np.ndarray:
+    return gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(array, np.float32), qtype), qtype)
+
+
+@pytest.mark.parametrize(("arch", "qtype"), [("llama", Q.Q8_0), ("qwen2", Q.Q4_0), ("qwen3", Q.Q8_0)])
+def test_quantized_weights_equal_gguf_dequantization(tmp_path, arch, qtype):
+    path = make_gguf_model(tmp_path / "m.gguf", arch=arch, qtype=qtype, hf_dir=tmp_path / "hf")
+    source = load_model_source(str(path))
+    original = _hf_weights(tmp_path / "hf")
+    loaded = dict(source.iter_weights("cpu", torch.float32))
+    assert sorted(loaded) == sorted(original)
+    for name, weight in loaded.items():
+        if name.endswith("norm.weight") or name.endswith(".bias"):
+            assert isinstance(weight, torch.Tensor) and torch.equal(weight, torch.from_numpy(original[name])), name
+            continue
+        expected = _requant(original[name], qtype)
+        if name == "model.embed_tokens.weight":  # a gather, not a matmul: dequantized at load
+            assert isinstance(weight, torch.Tensor) and np.array_equal(weight.numpy(), expected)
+            continue
+        assert isinstance(weight, GGUFWeight), name
+        assert weight.qtype == int(qtype) and weight.shape == original[name].shape
+        assert weight.data.dtype == torch.uint8 and weight.data.shape[0] == original[name].shape[0]
+        assert np.array_equal(gguf.quants.dequantize(weight.data.numpy(), qtype), expected), name
+
+
+def test_llama_permuted_qk_load_back_to_hf_layout(tmp_path):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="llama", qtype=Q.F32, hf_dir=tmp_path / "hf")
+    original = _hf_weights(tmp_path / "hf")
+    loaded = dict(load_model_source(str(path)).iter_weights("cpu", torch.float32))
+    for name in original:
+        assert torch.equal(loaded[name], torch.from_numpy(original[name])), name
+
+
+def test_unpermuted_file_is_not_silently_equal(tmp_path):
+    """Control for the test above: without the converter's permutation the loader's un-permute shows."""
+    path = make_gguf_model(tmp_path / "m.gguf", arch="llama", qtype=Q.F32, hf_dir=tmp_path / "hf", permute=False)
+    original = _hf_weights(tmp_path / "hf")
+    loaded = dict(load_model_source(str(path)).iter_weights("cpu", torch.float32))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(loaded[name], torch.from_numpy(original[name]))
+    assert torch.equal(loaded["model.layers.0.self_attn.v_proj.weight"],
+                       torch.from_numpy(original["model.layers.0.self_attn.v_proj.weight"]))
+
+
+def test_qwen2_is_not_unpermuted_and_keeps_biases(tmp_path):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen2", qtype=Q.F32, hf_dir=tmp_path / "hf")
+    source = load_model_source(str(path))
+    assert source.config.attention_bias and not source.config.qk_norm
+    original = _hf_weights(tmp_path / "hf")
+    for name, tensor in source.iter_weights("cpu", torch.float32):
+        assert torch.equal(tensor, torch.from_numpy(original[name])), name
+
+
+@pytest.mark.parametrize("qtype", [Q.BF16, Q.F16])
+def test_half_precision_tensors_are_plain(tmp_path, qtype):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen3", qtype=qtype, hf_dir=tmp_path / "hf")
+    original = _hf_weights(tmp_path / "hf")
+    torch_dtype = torch.bfloat16 if qtype == Q.BF16 else torch.float16
+    for name, tensor in load_model_source(str(path)).iter_weights("cpu", torch_dtype):
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch_dtype
+        assert torch.equal(tensor, torch.from_numpy(original[name]).to(torch_dtype)), name
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K])
+def test_k_quant_rows_are_kept_byte_for_byte(tmp_path, qtype):
+    from kernels.gguf_formats import random_blocks
+
+    generator = torch.Generator().manual_seed(0)
+    written = {}
+
+    def k_quant(name, array):
+        if array.ndim != 2 or name == "model.embed_tokens.weight":
+            return None
+        blocks = random_blocks(int(qtype), array.shape[0], array.shape[1], generator=generator).numpy()
+        written[name] = blocks
+        return blocks, qtype
+
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen2", qtype=Q.F32, quantizer=k_quant, **WIDE)
+    loaded = dict(load_model_source(str(path)).iter_weights("cpu", torch.float32))
+    assert written
+    for name, blocks in written.items():
+        assert isinstance(loaded[name], GGUFWeight) and loaded[name].qtype == int(qtype)
+        assert np.array_equal(loaded[name].data.numpy(), blocks), name
+
+
+def test_type_without_kernel_is_dequantized_with_a_note(tmp_path, caplog):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen3", qtype=Q.TQ2_0, embed_qtype=Q.Q8_0,
+                           hf_dir=tmp_path / "hf", **WIDE)
+    original = _hf_weights(tmp_path / "hf")
+    with caplog.at_level(logging.INFO, logger="engine.loader.gguf_loader"):
+        loaded = dict(load_model_source(str(path)).iter_weights("cpu", torch.float32))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert isinstance(loaded[name], torch.Tensor)
+    assert np.array_equal(loaded[name].numpy(), _requant(original[name], Q.TQ2_0))
+    assert "TQ2_0" in caplog.text and "dequantizing" in caplog.text
+
+
+def test_config_from_metadata_matches_hf_config(tmp_path):
+    import json
+
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen3", hf_dir=tmp_path / "hf", tie_word_embeddings=True)
+    from_gguf = load_model_source(str(path)).config
+    from_hf = ModelConfig.from_hf(json.loads((tmp_path / "hf" / "config.json").read_text()))
+    for field in ("architecture", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta",
+                  "rope_scaling", "max_position_embeddings", "tie_word_embeddings", "attention_bias", "qk_norm",
+                  "bos_token_id"):
+        assert getattr(from_gguf, field) == getattr(from_hf, field), field
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tokenizer_rebuilt_from_metadata_matches_tokenizer_json(tmp_path, arch):
+    path = make_gguf_model(tmp_path / "m.gguf", arch=arch, hf_dir=tmp_path / "hf")
+    rebuilt = load_model_source(str(path)).tokenizer
+    original = Tokenizer.from_dir(tmp_path / "hf")
+    for text in TEXTS:
+        assert rebuilt.encode(text) == original.encode(text), text
+        assert rebuilt.decode(rebuilt.encode(text)) == original.decode(original.encode(text))
+    messages = [{"role": "user", "content": "hi"}]
+    assert rebuilt.apply_chat_template(messages) == original.apply_chat_template(messages)
+    assert rebuilt.eos_token_ids == [1] and rebuilt.bos_token_id == 0
+
+
+def test_tokenizer_json_beside_the_file(tmp_path):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="qwen2", hf_dir=tmp_path / "hf", tokenizer_metadata=False)
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
+        load_model_source(str(path))
+    shutil.copy(tmp_path / "hf" / "tokenizer.json", tmp_path)
+    shutil.copy(tmp_path / "hf" / "tokenizer_config.json", tmp_path)
+    assert load_model_source(str(path)).tokenizer.encode("hi") == Tokenizer.from_dir(tmp_path / "hf").encode("hi")
+
+
+def test_unsupported_gguf_architecture_lists_supported(tmp_path):
+    path = tmp_path / "phi.gguf"
+    writer = gguf.GGUFWriter(str(path), "phi3")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedModelError, match=r"'phi3'.*supported: llama, qwen2, qwen3"):
+        load_model_source(str(path))
