@@ -21,7 +21,8 @@ HF_FILE_PATTERNS = [
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "chat_template.json", "*.safetensors", "model.safetensors.index.json",
 ]
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<file>[\w.-]+\.gguf))?$")
+# Each part starts with a letter, digit or underscore, so "." and ".." can never be a part.
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/\w[\w.-]*)(?:/(?P<file>\w[\w.-]*\.gguf))?$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
