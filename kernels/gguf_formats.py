@@ -226,10 +226,10 @@ def gguf_dequantize_reference(data: torch.Tensor, qtype: int, dtype: torch.dtype
 # --- well-formed random blocks, for tests and benchmarks ---------------------------------------------
 
 # Field offsets of the f16 scales per format, and the magnitude drawn for each so that dequantized
-# weights land around 0.01 to 1, as trained weights do.
+# weights are typically a few hundredths, as trained weights are.
 _F16_FIELDS = {
-    Q8_0: {0: 2e-3}, Q4_0: {0: 2e-2}, Q4_1: {0: 2e-2, 2: 1e-1}, Q5_0: {0: 1e-2}, Q5_1: {0: 1e-2, 2: 1e-1},
-    Q4_K: {0: 2e-3, 2: 2e-3}, Q5_K: {0: 1e-3, 2: 2e-3}, Q6_K: {208: 2e-4},
+    Q8_0: {0: 5e-4}, Q4_0: {0: 1e-2}, Q4_1: {0: 5e-3, 2: 5e-2}, Q5_0: {0: 5e-3}, Q5_1: {0: 3e-3, 2: 5e-2},
+    Q4_K: {0: 2e-4, 2: 2e-4}, Q5_K: {0: 1e-4, 2: 2e-4}, Q6_K: {208: 1e-4},
 }
 
 

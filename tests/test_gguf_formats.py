@@ -53,7 +53,7 @@ def test_k_quants_match_gguf_on_random_blocks(qtype, shape):
     data = gf.random_blocks(qtype, *shape, generator=gen)
     ours = gf.gguf_dequantize_reference(data, qtype, torch.float32)
     ref = _gguf_dequant(data, qtype)
-    assert ref.abs().max() > 0.1  # not a degenerate all-zero block
+    assert ref.abs().max() > 0.01  # not a degenerate all-zero block
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
 
 

@@ -1,0 +1,227 @@
+"""Fused GGUF dequantize-matmul for decode: ``y = x @ dequant(data).T + bias`` from the raw blocks.
+
+x is [M, K] (fp16, bf16 or fp32), ``data`` the GGUF blocks of a weight of N rows by K (uint8
+[N, row_bytes], layouts in ``kernels.gguf_formats``), y is [M, N] in x's dtype.
+
+Decode (M <= DECODE_MAX_M) is bound by reading the weight, which is why a quantized model is fast: Q4_0
+is 4.5 bits per weight against bf16's 16. The kernel reads each quantized block once and never writes
+a dense weight. A program owns BLOCK_N weight rows and all of M (<= 16, one tl.dot tile); it walks K
+one GGUF block at a time (BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer
+quants with x on the tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
+fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
+
+For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
+dequantizes the weight once (``gguf_dequantize``) and runs a dense matmul: the extra 2-byte-per-weight
+write and read are small next to the M * N * K multiply-adds.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import alloc
+from kernels._dense_cache import dense_weight
+from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
+from kernels.device import interpreting
+from kernels.gguf_dequant import check_aligned, gguf_dequantize
+from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
+from kernels.quant_linear import m_bucket
+from kernels.registry import Op, register
+from kernels.tuning import Tuned
+
+
+@triton.jit
+def _gguf_linear_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K, M_BUCKET, row_bytes, stride_xm, stride_ym,
+    QTYPE: tl.constexpr, QK: tl.constexpr, TYPE_SIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, MAGIC_BITS: tl.constexpr, MAGIC_VALUE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+):
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    rows = w_ptr + offs_n.to(tl.int64) * row_bytes
+    n_blocks = K // QK
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for b0 in range(0, n_blocks, BLOCKS_PER_ITER):
+        for bi in tl.static_range(BLOCKS_PER_ITER):
+            b = b0 + bi
+            r_ok = n_ok & (tl.full([BLOCK_N], b, tl.int32) < n_blocks)  # false past the last block
+            blk = rows + b * TYPE_SIZE
+            k0 = b * QK
+            if QTYPE == 8:  # Q8_0
+                acc = q8_0_block(acc, x_rows, m_ok, k0, K, blk, r_ok, UPCAST)
+            elif QTYPE == 2:  # Q4_0
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 2, 0, 8, False,
+                                  UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            elif QTYPE == 3:  # Q4_1
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 4, 0, 0, True,
+                                  UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            elif QTYPE == 6:  # Q5_0
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 6, 2, 16, False,
+                                  UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            elif QTYPE == 7:  # Q5_1
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 8, 4, 0, True,
+                                  UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            elif QTYPE == 12:  # Q4_K
+                acc = q45_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, False, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            elif QTYPE == 13:  # Q5_K
+                acc = q45_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, True, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+            else:  # Q6_K
+                acc = q6_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# --- configs as data ------------------------------------------------------------------------------
+# BLOCK_M is 16 (decode only). Narrow programs keep every SM streaming; the simple formats unroll a few
+# 32-element blocks per loop trip so each trip moves enough bytes, the K-quants (256 elements) one.
+
+def _cfg(bn, blocks, warps, stages):
+    return dict(BLOCK_M=16, BLOCK_N=bn, BLOCKS_PER_ITER=blocks, num_warps=warps, num_stages=stages)
+
+
+CONFIGS = {
+    "cuda": [_cfg(16, 1, 4, 3), _cfg(32, 4, 4, 3), _cfg(64, 2, 4, 3), _cfg(16, 4, 4, 3), _cfg(32, 1, 4, 3),
+             _cfg(64, 1, 4, 3), _cfg(128, 1, 4, 2)],
+    "hip": [_cfg(16, 1, 4, 2), _cfg(32, 4, 4, 2), _cfg(64, 2, 4, 2), _cfg(32, 1, 4, 2), _cfg(64, 1, 4, 2)],
+}
+
+
+def _prune(configs, named_args, **kwargs):
+    """K-quant blocks are already 256 elements: one per loop trip. Simple formats: several."""
+    k_quant = kwargs.get("QTYPE", named_args.get("QTYPE")) >= Q4_K
+    kept = [c for c in configs if (c.kwargs["BLOCKS_PER_ITER"] == 1) == k_quant
+            or (not k_quant and c.kwargs["BLOCK_N"] >= 64)]
+    return kept or configs
+
+
+_gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "QTYPE"],
+                     prune_configs_by={"early_config_prune": _prune})
+
+# --- launcher ----------------------------------------------------------------------------------
+
+DECODE_MAX_M = 16
+X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0), torch.float32: (0, 0.0)}
+
+
+def _check(x, data, qtype, bias):
+    fmt, N, K = check_blocks(data, qtype)
+    if x.dtype not in X_DTYPES:
+        raise TypeError(f"gguf_linear: x must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != K:
+        raise ValueError(f"gguf_linear: x must be [M, K={K}] to match the {fmt.name} weight "
+                         f"({N} rows of {K}), got shape {tuple(x.shape)}")
+    if x.device != data.device:
+        raise ValueError(f"gguf_linear: x is on {x.device} but the weight is on {data.device}")
+    if bias is not None and (bias.shape != (N,) or not bias.dtype.is_floating_point or bias.device != x.device):
+        raise ValueError(f"gguf_linear: bias must be a float tensor of shape ({N},) on {x.device}, got "
+                         f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    return fmt, N, K
+
+
+def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with W given as raw GGUF blocks of ``qtype``; y [M, N] in x's dtype."""
+    fmt, N, K = _check(x, data, qtype, bias)
+    M = x.shape[0]
+    if M > DECODE_MAX_M:
+        w = gguf_dequantize(data, qtype, x.dtype)
+        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+    data = check_aligned(data)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    magic_bits, magic_value = _MAGIC[x.dtype]
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    _gguf_linear[grid](
+        x, data, bias if bias is not None else x, y,
+        M, N, K, m_bucket(M), data.shape[1], x.stride(0), y.stride(0),
+        QTYPE=fmt.qtype, QK=fmt.block_size, TYPE_SIZE=fmt.type_size, HAS_BIAS=bias is not None,
+        UPCAST=interpreting() and x.dtype == torch.bfloat16, MAGIC_BITS=magic_bits, MAGIC_VALUE=magic_value,
+    )
+    return y
+
+
+def gguf_linear_reference(x, data, qtype, bias=None):
+    """Pure torch, same signature: dequantize (``gguf_formats``), then a float32 (or float64) matmul."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.to(compute) @ gguf_dequantize_reference(data, qtype, compute).T
+    if bias is not None:
+        y = y + bias.to(compute)
+    return y.to(x.dtype)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+QTYPES = sorted(FORMATS)
+# (N, K) of Llama-3-8B's projections and the Qwen2.5-0.5B ones whose K is a multiple of 256.
+BENCH_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 896), (128, 896), (4864, 896), (896, 4864)]
+
+
+def _cases(profile: str):
+    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
+
+    if profile == "cpu":
+        m, n, units, dtypes = [1, 3, 17], [1, 17, 40], [1, 2], list(X_DTYPES)
+    else:  # bf16 at model sizes; the other dtypes are covered by the CPU profile
+        m, n, units, dtypes = [1, 4, 16, 40], [896, 4096, 4113], [14, 16], [torch.bfloat16]
+
+    def with_k(c):
+        unit = FORMATS[c["qtype"]].block_size if profile == "cpu" else 256
+        return {**{k: v for k, v in c.items() if k != "units"}, "K": c["units"] * unit}
+
+    return st.fixed_dictionaries({
+        "M": st.sampled_from(m), "N": st.sampled_from(n), "units": st.sampled_from(units),
+        "qtype": st.sampled_from(QTYPES), "dtype": st.sampled_from(dtypes), "bias": st.booleans(),
+    }).map(with_k)
+
+
+def _make_inputs(case, device, gen):
+    data = random_blocks(case["qtype"], case["N"], case["K"], generator=gen, device=device)
+    x = torch.randn(case["M"], case["K"], generator=gen, device=device).to(case["dtype"])
+    bias = (0.1 * torch.randn(case["N"], generator=gen, device=device)).to(case["dtype"]) if case["bias"] else None
+    return {"x": x, "data": data, "qtype": case["qtype"], "bias": bias}
+
+
+def gguf_cublas(x, data, qtype, bias=None):
+    """Baseline: x's-dtype cuBLAS matmul on the weight dequantized once (cached, not timed)."""
+    w = dense_weight(data, x.dtype, lambda: gguf_dequantize_reference(data, qtype, torch.float32))
+    return torch.nn.functional.linear(x, w, bias)
+
+
+def _bench_cases():
+    return [{"M": m, "N": n, "K": k, "qtype": q, "dtype": torch.bfloat16, "bias": False}
+            for q in QTYPES for n, k in BENCH_SHAPES for m in (1, 4, 16) if k % FORMATS[q].block_size == 0]
+
+
+def _bytes(c):
+    fmt = FORMATS[c["qtype"]]
+    weight = c["N"] * c["K"] // fmt.block_size * fmt.type_size
+    return weight + c["dtype"].itemsize * (c["M"] * c["K"] + c["M"] * c["N"])
+
+
+register(Op(
+    name="gguf_linear",
+    triton=gguf_linear,
+    torch=gguf_linear_reference,
+    cases=_cases,
+    make_inputs=_make_inputs,
+    bench_cases=_bench_cases,
+    smoke_cases=lambda: [{"M": m, "N": 17, "K": 2 * FORMATS[q].block_size, "qtype": q, "dtype": torch.float16,
+                          "bias": m == 1} for q in QTYPES for m in (1, 17)],
+    reduction_len=lambda c: c["K"],
+    flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],
+    bytes=_bytes,
+    baseline=gguf_cublas,
+    baseline_name="cuBLAS bf16",
+    tf32=True,
+))
