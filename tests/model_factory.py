@@ -219,6 +219,7 @@ def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qt
     from safetensors.torch import load_file
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     qtype = gguf.GGMLQuantizationType.Q8_0 if qtype is None else gguf.GGMLQuantizationType(qtype)
     embed_qtype = qtype if embed_qtype is None else gguf.GGMLQuantizationType(embed_qtype)
     hf_dir = Path(hf_dir) if hf_dir is not None else path.parent / f"{path.stem}-hf"
