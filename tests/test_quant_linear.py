@@ -1,0 +1,153 @@
+"""Weight-only quantized linear layers beyond the generic property test: quantizer round-trip bounds,
+the int4 packing contract, scale dtypes, strided x, input validation, and large bf16 shapes on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import registry
+from kernels.quant_linear import w4a16_linear, w4a16_linear_reference, w8a16_linear, w8a16_linear_reference
+from kernels.quant_pack import dequantize_w4, pack_int4, quantize_w4, quantize_w8, unpack_int4
+from kernels.testing import assert_close, run_case
+
+pytestmark = pytest.mark.quant_linear
+
+
+def _weight(n, k, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    # Rows of very different magnitude, and one row of a constant, exercise per-row/per-group scales.
+    w = torch.randn(n, k, generator=gen) * torch.logspace(-3, 0, n)[:, None]
+    w[0] = 0.25
+    return w.to(dtype)
+
+
+def test_pack_int4_nibble_order():
+    q = torch.tensor([[1, 2, 15, 0], [7, 8, 3, 12]])
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8
+    assert packed.tolist() == [[0x21, 0x0F], [0x87, 0xC3]]  # even k low nibble, odd k high nibble
+    assert torch.equal(unpack_int4(packed), q.to(torch.int32))
+
+
+def test_dequantize_w4_formula():
+    # Two rows, K = 64, group 32: W[n, k] = (q[n, k] - zeros[g, n]) * scales[g, n], written out by hand.
+    q = torch.arange(128).reshape(2, 64) % 16
+    scales = torch.tensor([[0.5, 2.0], [0.25, 1.0]])  # [groups, N]
+    zeros = torch.tensor([[8.0, 0.0], [3.0, 15.0]])
+    w = dequantize_w4(pack_int4(q), scales, zeros, 32)
+    assert w[0, 5].item() == (5 - 8) * 0.5
+    assert w[1, 3].item() == ((64 + 3) % 16 - 0) * 2.0
+    assert w[0, 40].item() == (40 % 16 - 3) * 0.25
+    assert w[1, 63].item() == (127 % 16 - 15) * 1.0
+
+
+def test_quantize_w8_round_trip_within_half_a_step():
+    w = _weight(37, 300)
+    q, s = quantize_w8(w)
+    assert q.dtype == torch.int8 and s.shape == (37,)
+    assert q.abs().max() <= 127
+    err = (q.float() * s[:, None] - w).abs()
+    assert (err <= 0.5 * s[:, None] * (1 + 1e-5)).all()
+    assert torch.allclose(q[0].float() * s[0], w[0])  # a constant row is exact
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_quantize_w4_round_trip_within_half_a_step(group):
+    w = _weight(19, 4 * group, seed=group)
+    qweight, scales, zeros = quantize_w4(w, group)
+    assert qweight.shape == (19, 2 * group) and scales.shape == zeros.shape == (4, 19)
+    assert torch.equal(zeros, zeros.round()) and zeros.min() >= 0 and zeros.max() <= 15
+    err = (dequantize_w4(qweight, scales, zeros, group) - w).abs()
+    step = scales.T.repeat_interleave(group, dim=1)
+    assert (err <= 0.5 * step * (1 + 1e-4) + 1e-7).all()
+    # The range is what 4 bits can do: the error is a fraction of the weights, not of their max.
+    assert err.max() < 0.07 * w.abs().max()
+
+
+def test_quantize_w4_bf16_weight_error_bound():
+    w = _weight(8, 256, dtype=torch.bfloat16)
+    qweight, scales, zeros = quantize_w4(w, 128)
+    assert scales.dtype == torch.bfloat16
+    err = (dequantize_w4(qweight, scales.float(), zeros.float(), 128) - w.float()).abs()
+    # bf16 scales are rounded before quantizing against them: at most one step off at the range's top.
+    assert (err <= 1.0 * scales.float().T.repeat_interleave(128, dim=1) + 1e-6).all()
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16])
+def test_scale_dtypes_and_strided_x(device, scale_dtype):
+    gen = torch.Generator().manual_seed(1)
+    w = (0.05 * torch.randn(45, 192, generator=gen)).to(device)
+    big_x = torch.randn(3, 400, generator=gen).to(device=device, dtype=torch.bfloat16)
+    x = big_x[:, 7:199]  # rows strided wider than K
+    bias = torch.randn(45, generator=gen).to(device=device, dtype=torch.bfloat16)
+    q8, s8 = quantize_w8(w.to(scale_dtype))
+    got = w8a16_linear(x, q8, s8, bias)
+    assert got.dtype == torch.bfloat16
+    assert_close(got, w8a16_linear_reference(x.double(), q8, s8, bias), dtype=torch.bfloat16, reduction_len=192)
+    q4, s4, z4 = quantize_w4(w.to(scale_dtype), 64)
+    got = w4a16_linear(x, q4, s4, z4, 64, bias)
+    assert_close(got, w4a16_linear_reference(x.double(), q4, s4, z4, 64, bias), dtype=torch.bfloat16,
+                 reduction_len=192)
+
+
+def test_kernel_is_not_the_reference_in_disguise(device):
+    # A wrong zero point must be visible: the fused correction term is exercised by non-trivial zeros.
+    w = (0.05 * torch.randn(33, 128, generator=torch.Generator().manual_seed(2)) + 0.02).to(device)
+    q4, s4, z4 = quantize_w4(w, 32)
+    assert z4.float().std() > 0.5
+    x = torch.randn(2, 128, device=device).half()
+    right = w4a16_linear(x, q4, s4, z4, 32)
+    wrong = w4a16_linear(x, q4, s4, z4 + 1, 32)
+    assert (right - wrong).abs().max() > 0.05
+
+
+def test_empty_batch(device):
+    q8, s8 = quantize_w8(torch.randn(16, 32, device=device))
+    assert w8a16_linear(torch.randn(0, 32, device=device).half(), q8, s8.half()).shape == (0, 16)
+
+
+def _w4_args(device, n=16, k=128, group=64):
+    q, s, z = quantize_w4(torch.randn(n, k, device=device), group)
+    return torch.randn(2, k, device=device).half(), q, s.half(), z.half(), group
+
+
+def test_rejects_bad_inputs(device):
+    q8, s8 = quantize_w8(torch.randn(16, 32, device=device))
+    x = torch.randn(2, 32, device=device).half()
+    with pytest.raises(ValueError, match="x has K=31 but the weight has K=32"):
+        w8a16_linear(x[:, :31], q8, s8)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        w8a16_linear(x.float(), q8, s8)
+    with pytest.raises(TypeError, match="int8"):
+        w8a16_linear(x, q8.to(torch.int16), s8)
+    with pytest.raises(ValueError, match=r"scales must have shape \(16,\)"):
+        w8a16_linear(x, q8, s8[:8])
+    with pytest.raises(TypeError, match="scales must be one of"):
+        w8a16_linear(x, q8, s8.to(torch.int32))
+    x4, q, s, z, g = _w4_args(device)
+    with pytest.raises(ValueError, match="group_size must be one of"):
+        w4a16_linear(x4, q, s, z, 48)
+    with pytest.raises(ValueError, match="group_size 128 does not divide K=192"):
+        q192, s192, z192 = quantize_w4(torch.randn(16, 192, device=device), 64)
+        w4a16_linear(torch.randn(2, 192, device=device).half(), q192, s192, z192, 128)
+    with pytest.raises(ValueError, match=r"zeros must have shape \(2, 16\)"):
+        w4a16_linear(x4, q, s, z[:1], g)
+    with pytest.raises(ValueError, match="x has K=64 but the weight has K=128"):
+        w4a16_linear(x4[:, :64], q, s, z, g)
+    with pytest.raises(TypeError, match="uint8"):
+        w4a16_linear(x4, q.to(torch.int8), s, z, g)
+    with pytest.raises(ValueError, match="group_size must be one of"):
+        quantize_w4(torch.randn(4, 96), 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_large_bf16_shapes_on_gpu(name, m, device):
+    op = registry.get(name)
+    for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (4113, 896)]:
+        case = {"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": m == 16}
+        if name == "linear_w4a16":
+            case["group_size"] = 128
+        run_case(op, case, device, seed=n + k + m)
