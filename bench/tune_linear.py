@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
 from kernels import registry
-from kernels.linear import linear
+from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_prefill import PERSISTENT_CONFIGS, TILED_CONFIGS, linear_persistent_2d, linear_tiled_2d
 
@@ -42,7 +42,9 @@ DEVICE = "cuda"
 
 def ms(fn, graph: bool = False) -> float:
     if graph:
-        return do_bench_cudagraph(fn, rep=60, return_mode="median")
+        # rep sets how many calls one captured graph unrolls (rep / estimated time, capped by capture
+        # cost); 10 ms keeps captures short and still averages hundreds of decode launches.
+        return do_bench_cudagraph(fn, rep=10, return_mode="median")
     return do_bench(fn, warmup=10, rep=60, return_mode="median")
 
 
@@ -74,9 +76,11 @@ def rotating(fn, x, ws):
     return lambda: fn(x, next(it))
 
 
-def explore(ceil: dict, rows: list, save) -> None:
+def explore(ceil: dict, rows: list, save, which: str) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
     prefill_shapes = [(4096, 4096, 4096), (4096, 14336, 4096), (8192, 28672, 4096), (2048, 4608, 3584)]
+    if which == "decode":
+        prefill_shapes = []
     for M, N, K in prefill_shapes:
         x, ws = operands(M, N, K, l2, rotate=False)
         w = ws[0]
@@ -94,17 +98,19 @@ def explore(ceil: dict, rows: list, save) -> None:
                              "tflops": flops / t / 1e9, "vs_cublas": base / t})
         print(f"explored prefill {M}x{N}x{K} (cuBLAS {flops / base / 1e9:.0f} TFLOP/s)", flush=True)
         save(rows)
-    decode_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864), (1152, 896), (151936, 896)]
-    for (N, K), M in itertools.product(decode_shapes, (1, 16, 64)):
+    decode_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864)]
+    if which == "prefill":
+        decode_shapes = []
+    for (N, K), M in itertools.product(decode_shapes, (1, 16)):
         x, ws = operands(M, N, K, l2, rotate=True)
-        base = ms(rotating(F.linear, x, ws))
+        base = ms(rotating(F.linear, x, ws), graph=True)
         w_bytes = N * K * 2
         default = decode_chunk(N, K, decode_block_m(M), ceil["sms"])
         chunks = sorted({default, max(256, default // 2), default * 2} & set(range(256, 2 * K + 256, 256)))
         for c, chunk in itertools.product(DECODE_CONFIGS["cuda"], chunks):
             fn = lambda xx, ww, c=c, chunk=chunk: linear_decode_2d(xx, ww, None, config=c, k_chunk=chunk)
             try:
-                t = ms(rotating(fn, x, ws))
+                t = ms(rotating(fn, x, ws), graph=True)
             except Exception as e:  # as above
                 print(f"  decode {c}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
@@ -112,7 +118,8 @@ def explore(ceil: dict, rows: list, save) -> None:
                          + (" (default)" if chunk == default else ""), "ms": t,
                          "tflops": 2 * M * N * K / t / 1e9, "vs_cublas": base / t,
                          "weight_gbs": w_bytes / t / 1e6})
-        print(f"explored decode M={M} {N}x{K} (cuBLAS {w_bytes / base / 1e6:.0f} GB/s of weight)", flush=True)
+        print(f"explored decode M={M} {N}x{K} (cuBLAS {w_bytes / base / 1e6:.0f} GB/s of weight, graph replay)",
+              flush=True)
         save(rows)
 
 
@@ -125,14 +132,18 @@ def bench(ceil: dict, rows: list, deadline: float, save) -> None:
         M, N, K = case["M"], case["N"], case["K"]
         decode = M <= 64
         x, ws = operands(M, N, K, l2, rotate=decode)
-        impls = {"cublas": F.linear, "auto": linear}
+        impls = {"cublas": F.linear}
         variants = ("decode",) if decode else ("prefill", "persistent")
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
-        row = {"M": M, "N": N, "K": K}
+        row = {"M": M, "N": N, "K": K, "auto": choose_linear_variant(M, N, K, BF16)}
         for name, fn in impls.items():
             row[f"{name}_ms"] = ms(rotating(fn, x, ws))
             if decode:
                 row[f"graph_{name}_ms"] = ms(rotating(fn, x, ws), graph=True)
+        # the dispatching entry point runs the chosen variant: its time is that variant's
+        row["auto_ms"] = row.get(f"{row['auto']}_ms", float("nan"))
+        if decode:
+            row["graph_auto_ms"] = row.get(f"graph_{row['auto']}_ms", float("nan"))
         flops, w_bytes = 2 * M * N * K, N * K * 2
         row["tflops_cublas"] = flops / row["cublas_ms"] / 1e9
         row["tflops_auto"] = flops / row["auto_ms"] / 1e9
@@ -162,7 +173,8 @@ def write_csv(path: str, rows: list) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
-    p.add_argument("--explore", action="store_true", help="time every config alone on representative shapes")
+    p.add_argument("--explore", choices=("all", "prefill", "decode"), default=None,
+                   help="time every config alone on representative shapes")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
@@ -178,7 +190,8 @@ def main() -> int:
           f"cuBLAS bf16 8192^3 {ceil['cublas_tflops']:.0f} TFLOP/s", flush=True)
     if args.explore:
         cfg_rows: list = []
-        explore(ceil, cfg_rows, lambda r: write_csv(os.path.join(out, "linear_configs.csv"), r))
+        explore(ceil, cfg_rows, lambda r: write_csv(os.path.join(out, f"linear_configs_{args.explore}.csv"), r),
+                args.explore)
         best: dict = {}
         for r in cfg_rows:
             k = (r["kernel"], r["M"], r["N"], r["K"])

@@ -8,9 +8,13 @@ rows. A tile grid over N alone gives N / BLOCK_N programs (a few dozen for a 896
 to fill 132 SMs. So K is cut into chunks as well:
 
     program (n_tile, s) computes   P[s, m, n] = sum over k in chunk s of x[m, k] * weight[n, k]
-    a second tiny kernel sums      y[m, n]    = P[0, m, n] + P[1, m, n] + ... (+ bias[n])
+    the last program of a tile     y[m, n]    = P[0, m, n] + P[1, m, n] + ... (+ bias[n])
 
-in that fixed order, in float32. With a single chunk the first kernel writes y directly (same sum).
+Each program stores its partial, then increments an arrival counter for its output tile (an atomic
+with acquire-release ordering); the one that sees the count reach ``splits`` adds the partials in
+split order -- not arrival order, so the result is deterministic -- writes y and re-arms the counter.
+One launch, no second reduction kernel: at a few microseconds per decode product the launch itself
+is a large share of the time. With a single chunk the program writes y directly (the same sum).
 
 Batch invariance. The chunk size is a function of (N, K, the M bucket) only -- never of M itself or of
 a tuned config -- see :func:`decode_chunk`; the M bucket is the row-tile height BLOCK_M (16, 32 or 64,
@@ -47,8 +51,8 @@ PROGRAMS_PER_SM = 4
 
 @triton.jit
 def _linear_decode_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK,
-    WRITE_PARTIALS: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -76,28 +80,31 @@ def _linear_decode_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     out_mask = in_m & (offs_n[None, :] < N)
-    if WRITE_PARTIALS:
-        p_rows = (split * M + offs_m).to(tl.int64)
-        tl.store(part_ptr + p_rows[:, None] * N + offs_n[None, :], acc, mask=out_mask)
+    if SPLITS > 1:
+        # Publish this split's partial sums, then count arrivals for this output tile; the program
+        # that arrives last adds all partials in split order (not arrival order) and writes y.
+        p_cols = offs_n[None, :]
+        tl.store(part_ptr + (split * M + offs_m).to(tl.int64)[:, None] * N + p_cols, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial store precedes the release below
+        tile = pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLITS - 1:
+            tl.debug_barrier()
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(0, SPLITS):
+                rows = (s * M + offs_m).to(tl.int64)
+                acc += tl.load(part_ptr + rows[:, None] * N + p_cols, mask=out_mask, other=0.0,
+                               cache_modifier=".cg")
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(count_ptr + tile, 0)  # re-arm the counter for the next launch
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
-
-
-@triton.jit
-def _splitk_reduce_kernel(part_ptr, b_ptr, y_ptr, M, N, SPLITS, stride_ym,
-                          HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    row = tl.program_id(1).to(tl.int64)
-    mask = offs_n < N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, SPLITS):  # fixed order: the result never depends on scheduling
-        acc += tl.load(part_ptr + (s * M + row) * N + offs_n, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # --- configs as data ----------------------------------------------------------------------------
@@ -127,9 +134,10 @@ def _divides_unit(c: dict) -> bool:
     return SPLIT_UNIT % c["BLOCK_K"] == 0
 
 
-def _quick_bench(fn, quantiles):
-    # Shorter than the autotuner's default per config (see kernels.linear_prefill).
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+def _graph_bench(fn, quantiles):
+    # A decode launch lasts a few microseconds, less than the host needs to launch it, so timing
+    # eager launches would rank configs by host noise; graph replays time the kernel alone.
+    return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -141,7 +149,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=_quick_bench,
+                do_bench=_graph_bench,
                prune_configs_by={"early_config_prune": _prune})
 
 
@@ -165,6 +173,25 @@ def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     return triton.cdiv(units, splits) * SPLIT_UNIT
 
 
+def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per output tile, reused across launches on one device and stream.
+
+    Each launch leaves them zero again (the last program of a tile re-arms its counter), so they are
+    allocated once, not per call; CUDA-graph replays reuse them too. Kept per stream because two
+    launches running at once on different streams must not share a tile's counter.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
 def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D contiguous-along-K operands by split-K weight streaming.
@@ -183,21 +210,18 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     chunk = k_chunk if k_chunk is not None else decode_chunk(N, K, block_m, sms)
     if chunk < 1:
         raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")
-    splits = triton.cdiv(K, chunk) if K > 0 else 1
+    splits = triton.cdiv(K, chunk)
     partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
+    # Enough counters for the smallest BLOCK_N any config uses.
+    min_block_n = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
+    counters = _arrival_counters(x.device, triton.cdiv(N, min_block_n) * triton.cdiv(M, block_m))
     upcast = interpreting() and x.dtype == torch.bfloat16
-    b = bias if bias is not None else y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, block_m))
-    args = (x, weight, b, y, partials, M, N, K, x.stride(0), weight.stride(0), y.stride(0), chunk)
-    flags = dict(WRITE_PARTIALS=splits > 1, HAS_BIAS=bias is not None, UPCAST=upcast,
-                 PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m)
+    args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
+            x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
+    flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m)
     if config is None:
         _decode[grid](*args, **flags)
     else:
         _linear_decode_kernel[grid](*args, **flags, **config)
-    if splits > 1:
-        block = min(1024, triton.next_power_of_2(N))
-        _splitk_reduce_kernel[(triton.cdiv(N, block), M)](
-            partials, b, y, M, N, splits, y.stride(0), HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-        )
     return y

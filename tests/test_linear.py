@@ -14,7 +14,7 @@ from kernels.linear import (
     linear,
     linear_reference,
 )
-from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_decode import _COUNTERS, SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.testing import assert_close
 
@@ -160,6 +160,15 @@ def test_split_k_reduction(k_chunk, dtype, device):
     assert_close(y, _expected(x, w, b), dtype=dtype, reduction_len=300)
 
 
+def test_split_k_counters_rearmed_and_deterministic(device):
+    """The arrival counters return to zero after every launch, so a second call sums the same way."""
+    x, w, b = _operands(3, 50, 200, device, seed=11)
+    first = linear_decode_2d(x, w, b, k_chunk=32)
+    counters = [t for key, t in _COUNTERS.items() if key[0] == device.type]
+    assert counters and all(int(t.abs().sum()) == 0 for t in counters)
+    assert torch.equal(linear_decode_2d(x, w, b, k_chunk=32), first)
+
+
 # --- the split rule and batch invariance ----------------------------------------------------------
 
 def test_decode_chunk_rule():
@@ -195,3 +204,15 @@ def test_real_shapes_bf16_gpu(variant, M, N, K, device):
     with alloc.poisoned():
         y = linear(x, w, b, variant=variant)
     assert_close(y, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
+
+
+@pytest.mark.gpu
+def test_split_k_has_no_race_gpu(device):
+    """Many splits racing for each tile's counter: every run must give the same bits and the right answer."""
+    x, w, b = _operands(16, 4096, 14336, device, dtype=torch.bfloat16, seed=5)
+    first = linear_decode_2d(x, w, b, k_chunk=256)
+    assert_close(first, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=14336)
+    for _ in range(20):
+        with alloc.poisoned():
+            again = linear_decode_2d(x, w, b, k_chunk=256)
+        assert torch.equal(again, first), "split-K result changed between identical runs (a race)"
