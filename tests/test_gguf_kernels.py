@@ -1,0 +1,107 @@
+"""The Triton GGUF kernels against the ``gguf`` package and the torch reference: dequantization of
+blocks the gguf package quantized, the fused decode matmul in every x dtype, the dense prefill path,
+unaligned buffers, input validation, and large bf16 shapes on the GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import gguf_formats as gf
+from kernels import registry
+from kernels.gguf_dequant import gguf_dequantize
+from kernels.gguf_linear import DECODE_MAX_M, gguf_linear, gguf_linear_reference
+from kernels.testing import assert_close, run_case
+
+pytestmark = pytest.mark.gguf
+
+SIMPLE = [gf.Q8_0, gf.Q4_0, gf.Q4_1, gf.Q5_0, gf.Q5_1]
+ALL = sorted(gf.GGUF_SUPPORTED)
+
+
+@pytest.mark.parametrize("qtype", SIMPLE, ids=gf.qtype_name)
+def test_triton_dequantize_matches_gguf_package(qtype, device):
+    gguf = pytest.importorskip("gguf")
+    w = np.random.default_rng(qtype).standard_normal((5, 96)).astype(np.float32)
+    data = gguf.quants.quantize(w, gguf.GGMLQuantizationType(qtype))
+    expected = torch.from_numpy(gguf.quants.dequantize(data, gguf.GGMLQuantizationType(qtype)))
+    got = gguf_dequantize(torch.from_numpy(data).to(device), qtype, torch.float32)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("qtype", ALL, ids=gf.qtype_name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_dequantize_matches_reference(qtype, dtype, device):
+    data = gf.random_blocks(qtype, 7, 2 * gf.block_size(qtype), generator=torch.Generator().manual_seed(qtype))
+    ref = gf.gguf_dequantize_reference(data, qtype, torch.float32)
+    got = gguf_dequantize(data.to(device), qtype, dtype).cpu()
+    assert got.dtype == dtype
+    assert_close(got, ref, dtype=dtype)
+
+
+def test_unaligned_blocks_are_handled(device):
+    data = gf.random_blocks(gf.Q4_0, 3, 64, generator=torch.Generator().manual_seed(4)).to(device)
+    buf = torch.empty(data.numel() + 1, dtype=torch.uint8, device=device)
+    buf[1:] = data.flatten()
+    odd = buf[1:].view(3, -1)  # f16 fields at odd addresses
+    assert odd.data_ptr() % 2 == 1
+    torch.testing.assert_close(gguf_dequantize(odd, gf.Q4_0), gguf_dequantize(data, gf.Q4_0))
+    x = torch.randn(1, 64, device=device).half()
+    torch.testing.assert_close(gguf_linear(x, odd, gf.Q4_0), gguf_linear(x, data, gf.Q4_0))
+
+
+@pytest.mark.parametrize("qtype", ALL, ids=gf.qtype_name)
+@pytest.mark.parametrize("m", [1, DECODE_MAX_M + 3])  # the fused decode kernel, then the dense path
+def test_linear_fp32_odd_rows(qtype, m, device):
+    gen = torch.Generator().manual_seed(m + qtype)
+    data = gf.random_blocks(qtype, 23, 2 * gf.block_size(qtype), generator=gen).to(device)
+    x = torch.randn(m, 2 * gf.block_size(qtype), generator=gen).to(device)
+    bias = torch.randn(23, generator=gen).to(device)
+    got = gguf_linear(x, data, qtype, bias)
+    assert got.shape == (m, 23) and got.dtype == torch.float32
+    ref = gguf_linear_reference(x.double(), data, qtype, bias.double())
+    assert_close(got, ref, dtype=torch.float32, reduction_len=x.shape[1], tf32=True)
+
+
+def test_linear_output_depends_on_every_block(device):
+    # Changing one byte of the last block of one row changes that output and only that one.
+    data = gf.random_blocks(gf.Q4_K, 17, 512, generator=torch.Generator().manual_seed(9)).to(device)
+    x = torch.randn(1, 512, device=device).half()
+    before = gguf_linear(x, data, gf.Q4_K)
+    data[5, -1] ^= 0xFF
+    after = gguf_linear(x, data, gf.Q4_K)
+    changed = ((after - before).abs() > 0).flatten().nonzero().flatten().tolist()
+    assert changed == [5]
+
+
+def test_rejects_bad_inputs(device):
+    data = gf.random_blocks(gf.Q4_0, 4, 64).to(device)
+    x = torch.randn(1, 64, device=device).half()
+    with pytest.raises(gf.UnsupportedQuantType, match=r"type 10 is not supported; supported types: .*Q6_K \(14\)"):
+        gguf_linear(x, data, 10)
+    with pytest.raises(gf.UnsupportedQuantType, match="supported types"):
+        gguf_dequantize(data, 0)  # F32 is not a block format
+    with pytest.raises(ValueError, match="whole number of 18-byte blocks, got 35 bytes"):
+        gguf_linear(x, data[:, :35], gf.Q4_0)
+    with pytest.raises(ValueError, match=r"x must be \[M, K=64\]"):
+        gguf_linear(x[:, :32], data, gf.Q4_0)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        gguf_linear(x.to(torch.int32), data, gf.Q4_0)
+    with pytest.raises(TypeError, match="uint8"):
+        gguf_linear(x, data.to(torch.int8), gf.Q4_0)
+    with pytest.raises(ValueError, match=r"bias must be a float tensor of shape \(4,\)"):
+        gguf_linear(x, data, gf.Q4_0, torch.zeros(5, device=device))
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        gguf_dequantize(data, gf.Q4_0, torch.int8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", ALL, ids=gf.qtype_name)
+def test_large_bf16_shapes_on_gpu(qtype, device):
+    linear, dequant = registry.get("gguf_linear"), registry.get("gguf_dequantize")
+    for n, k in [(4096, 4096), (4113, 14336)]:
+        for m in (1, 4, 16, 64):
+            run_case(linear, {"M": m, "N": n, "K": k, "qtype": qtype, "dtype": torch.bfloat16, "bias": m == 4},
+                     device, seed=m + n)
+        run_case(dequant, {"N": n, "K": k, "qtype": qtype, "dtype": torch.bfloat16}, device, seed=n)
