@@ -196,7 +196,7 @@ _decode_split = Tuned(_decode_split_kernel, CONFIGS, key=["split_size", "G_PAD",
 # --- launcher -------------------------------------------------------------------------------------
 
 def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None) -> int:
-    """Tokens per split: the largest power of two that still gives about two programs per SM.
+    """Tokens per split: the largest power of two that still gives at least two programs per SM.
 
     batch * num_kv_heads programs exist per split; long contexts in small batches are cut until
     batch * num_kv_heads * splits >= 2 * SMs, but never below MIN_SPLIT tokens (below that the partial
@@ -205,8 +205,8 @@ def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: 
     sms = num_sms() if sms is None else sms
     programs = max(1, batch * num_kv_heads)
     want_splits = max(1, -(-2 * sms // programs))
-    size = triton.next_power_of_2(max(1, -(-max_context_len // want_splits)))
-    return max(MIN_SPLIT, size)
+    size = max(1, -(-max_context_len // want_splits))
+    return max(MIN_SPLIT, 1 << (size.bit_length() - 1))  # round down: never fewer splits than wanted
 
 
 def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int:

@@ -1,0 +1,143 @@
+"""paged_decode_attention beyond the generic property test: split independence, GQA, edges, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import _decode_cases, _paged_checks
+from kernels.paged_decode import (
+    choose_split_size,
+    decode_sdpa_baseline,
+    paged_decode_attention,
+    paged_decode_attention_reference,
+)
+from kernels.prefill_attention import prefill_attention
+from kernels.registry import get
+from kernels.testing import assert_close, run_case
+
+pytestmark = pytest.mark.paged_decode_attention
+OP = get("paged_decode_attention")
+
+
+def _case(context_lens, q_heads=4, kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32, num_splits=None,
+          pass_max=True, layout="shuffled"):
+    return {"context_lens": tuple(context_lens), "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "block_size": block_size, "dtype": dtype, "num_splits": num_splits, "pass_max": pass_max,
+            "layout": layout}
+
+
+def _inputs(case, device, seed=0):
+    return _decode_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
+
+
+def test_context_lengths_around_block_edges(device):
+    run_case(OP, _case([1, 15, 16, 17, 64, 90]), device, seed=1)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 7, 8])
+def test_gqa_ratios(device, ratio):
+    run_case(OP, _case([40, 9], q_heads=2 * ratio, kv_heads=2), device, seed=ratio)
+
+
+@pytest.mark.parametrize("head_dim", [80, 96])
+def test_padded_head_dims(device, head_dim):
+    run_case(OP, _case([20, 33], head_dim=head_dim, dtype=torch.float16, num_splits=2), device, seed=2)
+
+
+def test_grid_sized_from_the_table_when_max_context_is_not_given(device):
+    run_case(OP, _case([3, 50], pass_max=False, block_size=32), device, seed=3)
+
+
+def test_result_does_not_depend_on_the_split_count(device):
+    inputs = _inputs(_case([100, 7, 64], q_heads=6, kv_heads=2), device, seed=4)
+    inputs.pop("num_splits", None)
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    outs = [paged_decode_attention(**inputs, num_splits=n) for n in (1, 2, 3, 7)]
+    outs.append(paged_decode_attention(**inputs, split_size=16))
+    for out in outs:
+        assert_close(out, ref, dtype=torch.float32, reduction_len=100, tf32=True)
+        # Against each other only rounding remains: far tighter than the reference tolerance.
+        torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_equals_the_last_row_of_causal_prefill(device):
+    """Two kernels, one answer: the newest token's attention over n cached tokens."""
+    torch.manual_seed(5)
+    n, Hq, Hkv, D, bs = 45, 6, 3, 32, 16
+    q, k, v = (torch.randn(n, h, D, device=device) for h in (Hq, Hkv, Hkv))
+    full = prefill_attention(q, k, v, torch.tensor([0, n], dtype=torch.int32, device=device), n)
+    table = torch.tensor([[2, 0, 3]], dtype=torch.int32, device=device)
+    pos = torch.arange(n, device=device)
+    k_cache, v_cache = torch.randn(2, 4, bs, Hkv, D, device=device)
+    rows = table[0].long()[pos // bs], pos % bs
+    k_cache[rows], v_cache[rows] = k, v
+    out = paged_decode_attention(q[-1:], k_cache, v_cache, table, torch.tensor([n], dtype=torch.int32, device=device),
+                                 num_splits=2)
+    assert_close(out, full[-1:], dtype=torch.float32, reduction_len=n, tf32=True)
+
+
+def test_choose_split_size_fills_the_card_for_small_batches():
+    sms = 132
+    size = choose_split_size(1, 8, 32768, sms)
+    assert size & (size - 1) == 0
+    assert 8 * -(-32768 // size) >= 2 * sms          # enough programs for two per SM
+    assert choose_split_size(256, 8, 4096, sms) >= 4096   # big batches: one split, no reduce
+    assert choose_split_size(1, 2, 100, sms) >= 64       # never tinier than MIN_SPLIT
+
+
+def test_sdpa_baseline_agrees_on_the_benchmark_layout(device):
+    inputs = _inputs(_case([48, 48], layout="contiguous"), device, seed=6)
+    inputs.pop("max_context_len")
+    torch.testing.assert_close(decode_sdpa_baseline(**inputs), paged_decode_attention_reference(**inputs),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_rejects_context_beyond_the_table(device):
+    inputs = _inputs(_case([20, 10]), device)
+    inputs["max_context_len"] = inputs["block_tables"].shape[1] * 16 + 1
+    with pytest.raises(ValueError, match="capacity"):
+        paged_decode_attention(**inputs)
+
+
+def test_rejects_heads_dims_and_dtypes(device):
+    inputs = _inputs(_case([20]), device)
+    with pytest.raises(ValueError, match="not a multiple"):
+        paged_decode_attention(**{**inputs, "q": torch.randn(1, 3, 32, device=device)})
+    with pytest.raises(ValueError, match="head_dim"):
+        paged_decode_attention(**{**inputs, "q": torch.randn(1, 4, 48, device=device)})
+    with pytest.raises(TypeError, match="must match"):
+        paged_decode_attention(**{**inputs, "q": inputs["q"].half()})
+    with pytest.raises(ValueError, match="num_splits"):
+        paged_decode_attention(**inputs, num_splits=0)
+
+
+def test_debug_checks_catch_bad_context_lengths_and_block_ids(device, monkeypatch):
+    inputs = _inputs(_case([20, 10]), device)
+    inputs.pop("max_context_len")
+    monkeypatch.setattr(_paged_checks, "DEBUG_CHECKS", True)
+    with pytest.raises(ValueError, match="capacity"):
+        paged_decode_attention(**{**inputs, "context_lens": torch.tensor([20, 999], dtype=torch.int32,
+                                                                          device=device)})
+    bad_table = inputs["block_tables"].clone()
+    bad_table[0, 0] = 10_000
+    with pytest.raises(ValueError, match="block ids"):
+        paged_decode_attention(**{**inputs, "block_tables": bad_table})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(32, 8), (14, 2)])
+def test_long_context_bf16_small_batch(device, heads):
+    case = _case([32768, 5000, 1], q_heads=heads[0], kv_heads=heads[1], head_dim=128, block_size=16,
+                 dtype=torch.bfloat16)
+    run_case(OP, case, device, seed=7)
+
+
+@pytest.mark.gpu
+def test_split_independence_bf16_on_gpu(device):
+    inputs = _inputs(_case([20000, 333, 4097], q_heads=32, kv_heads=8, head_dim=128, block_size=128,
+                           dtype=torch.bfloat16), device, seed=8)
+    outs = [paged_decode_attention(**inputs, num_splits=n).float() for n in (1, 5, 40)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1.6e-2, atol=2e-3)

@@ -1,0 +1,138 @@
+"""prefill_attention beyond the generic property test: edge lengths, GQA ratios, prefix + chunk, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import _paged_checks, _prefill_cases
+from kernels.kv_cache import kv_cache_write
+from kernels.prefill_attention import prefill_attention, prefill_attention_reference, prefill_sdpa_baseline
+from kernels.registry import get
+from kernels.testing import assert_close, run_case
+
+pytestmark = pytest.mark.prefill_attention
+OP = get("prefill_attention")
+
+
+def _case(seqlens, prefixes=None, q_heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, causal=True,
+          block_size=16):
+    return {"seqlens": tuple(seqlens), "prefixes": None if prefixes is None else tuple(prefixes),
+            "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim, "block_size": block_size,
+            "dtype": dtype, "causal": causal}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_lengths_around_tile_and_block_edges(device, causal):
+    # 1, block_size - 1, block_size, block_size + 1, and a long one next to short ones.
+    run_case(OP, _case([1, 15, 16, 17, 50], causal=causal), device, seed=1)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 8])
+def test_gqa_ratios(device, ratio):
+    run_case(OP, _case([9, 20], q_heads=2 * ratio, kv_heads=2), device, seed=ratio)
+
+
+@pytest.mark.parametrize("head_dim", [80, 96])
+def test_padded_head_dims(device, head_dim):
+    run_case(OP, _case([7, 18], q_heads=2, kv_heads=1, head_dim=head_dim, dtype=torch.float16), device, seed=3)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_prefix_plus_chunk_in_shuffled_blocks(device, causal):
+    run_case(OP, _case([5, 17, 1, 16], prefixes=[31, 0, 16, 1], causal=causal, block_size=16), device, seed=4)
+
+
+def test_bf16_through_the_interpreter_safe_path(device):
+    run_case(OP, _case([19, 3], prefixes=[20, 5], dtype=torch.bfloat16), device, seed=5)
+
+
+def test_chunked_prefill_equals_whole_prefill(device):
+    """The engine's flow: prefill 0..P, write its K/V to the cache, then prefill the chunk over it."""
+    torch.manual_seed(0)
+    P, C, Hq, Hkv, D, bs = 37, 21, 4, 2, 32, 16
+    q, k, v = (torch.randn(P + C, h, D, device=device) for h in (Hq, Hkv, Hkv))
+    cu = lambda n: torch.tensor([0, n], dtype=torch.int32, device=device)
+    whole = prefill_attention(q, k, v, cu(P + C), P + C)
+    k_cache, v_cache = torch.randn(2, 6, bs, Hkv, D, device=device)
+    table = torch.tensor([[5, 2, 0, 3]], dtype=torch.int32, device=device)
+    pos = torch.arange(P, device=device)
+    kv_cache_write(k[:P], v[:P], k_cache, v_cache, table[0].long()[pos // bs] * bs + pos % bs)
+    chunk = prefill_attention(q[P:], k[P:], v[P:], cu(C), C, k_cache=k_cache, v_cache=v_cache,
+                              block_tables=table, prefix_lens=torch.tensor([P], dtype=torch.int32, device=device))
+    assert_close(chunk, whole[P:], dtype=torch.float32, reduction_len=P + C, tf32=True)
+
+
+def test_custom_scale(device):
+    torch.manual_seed(1)
+    q, k, v = torch.randn(12, 2, 16, device=device), torch.randn(12, 1, 16, device=device), \
+        torch.randn(12, 1, 16, device=device)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32, device=device)
+    out = prefill_attention(q, k, v, cu, 7, scale=0.3)
+    ref = prefill_attention_reference(q.double(), k.double(), v.double(), cu, 7, scale=0.3)
+    assert_close(out, ref, dtype=torch.float32, reduction_len=7, tf32=True)
+
+
+def _qkv(device, q_heads=4, kv_heads=2, head_dim=32, tokens=6):
+    rand = lambda heads: torch.randn(tokens, heads, head_dim, device=device)
+    return rand(q_heads), rand(kv_heads), rand(kv_heads), torch.tensor([0, tokens], dtype=torch.int32, device=device)
+
+
+def test_rejects_heads_that_do_not_divide(device):
+    q, k, v, cu = _qkv(device, q_heads=6, kv_heads=4)
+    with pytest.raises(ValueError, match="not a multiple"):
+        prefill_attention(q, k, v, cu, 6)
+
+
+def test_rejects_unsupported_head_dim(device):
+    q, k, v, cu = _qkv(device, head_dim=72)
+    with pytest.raises(ValueError, match="head_dim 72"):
+        prefill_attention(q, k, v, cu, 6)
+
+
+def test_rejects_mixed_dtypes_and_device_max_seqlen(device):
+    q, k, v, cu = _qkv(device)
+    with pytest.raises(TypeError, match="share a dtype"):
+        prefill_attention(q.half(), k, v, cu, 6)
+    with pytest.raises(TypeError, match="host int"):
+        prefill_attention(q, k, v, cu, torch.tensor(6))
+
+
+def test_rejects_partial_cache_arguments(device):
+    q, k, v, cu = _qkv(device)
+    with pytest.raises(ValueError, match="all of k_cache"):
+        prefill_attention(q, k, v, cu, 6, k_cache=torch.randn(2, 16, 2, 32, device=device))
+
+
+def test_debug_checks_catch_block_ids_and_prefixes_beyond_the_table(device, monkeypatch):
+    q, k, v, cu = _qkv(device)
+    k_cache, v_cache = torch.randn(2, 3, 16, 2, 32, device=device)
+    monkeypatch.setattr(_paged_checks, "DEBUG_CHECKS", True)
+    too_long = torch.tensor([33], dtype=torch.int32, device=device)  # table holds 2 blocks of 16
+    with pytest.raises(ValueError, match="capacity"):
+        prefill_attention(q, k, v, cu, 6, k_cache=k_cache, v_cache=v_cache,
+                          block_tables=torch.tensor([[0, 1]], dtype=torch.int32, device=device), prefix_lens=too_long)
+    with pytest.raises(ValueError, match="block ids"):
+        prefill_attention(q, k, v, cu, 6, k_cache=k_cache, v_cache=v_cache,
+                          block_tables=torch.tensor([[0, 7]], dtype=torch.int32, device=device),
+                          prefix_lens=torch.tensor([20], dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="max_seqlen"):
+        prefill_attention(q, k, v, cu, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_bf16_sequences_match_sdpa(device, causal):
+    gen = torch.Generator(device=device).manual_seed(0)
+    case = _case([4096, 4096], q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, causal=causal)
+    inputs = _prefill_cases.make_inputs(case, device, gen)
+    out = prefill_attention(**inputs)
+    up = {n: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for n, t in inputs.items()}
+    assert_close(out, prefill_sdpa_baseline(**up), dtype=torch.bfloat16, reduction_len=4096)
+
+
+@pytest.mark.gpu
+def test_long_prefix_chunk_bf16(device):
+    case = _case([512, 300], prefixes=[4096, 1000], q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16,
+                 block_size=128)
+    run_case(OP, case, device, seed=1)
