@@ -180,7 +180,8 @@ class LLMEngine:
                 seq.finish_reason = "stop"
                 break
         if seq.is_finished and req.stops.stopped is None:
-            text += req.stops.flush()
+            piece, _ = req.stops.push(_undecoded_tail(req.detokenizer))
+            text += piece + req.stops.flush()
         return RequestOutput(seq.request_id, text, new_ids, seq.is_finished, seq.finish_reason, new_logprobs,
                              seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, error)
 
@@ -211,3 +212,12 @@ class LLMEngine:
         req = self._requests.get(request_id)
         return req.seq if req is not None else None
 
+
+def _undecoded_tail(detokenizer: IncrementalDetokenizer) -> str:
+    """Text of the tokens the detokenizer still holds back (an incomplete character, shown as U+FFFD), so
+    that a finished request's text is the decode of all its tokens."""
+    decode, ids = detokenizer.tokenizer.decode, detokenizer.ids
+    skip = detokenizer.skip_special_tokens
+    before = decode(ids[detokenizer.prefix_offset:detokenizer.read_offset], skip_special_tokens=skip)
+    after = decode(ids[detokenizer.prefix_offset:], skip_special_tokens=skip)
+    return after[len(before):] if len(after) > len(before) else ""

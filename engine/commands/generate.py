@@ -76,6 +76,8 @@ def run(args) -> int:
     if not args.model:
         print("tritonforge generate: give --model (a directory, .gguf file or hub id) or --url", file=sys.stderr)
         return 2
+    from engine.loader.errors import ModelLoadError
+
     prompts = args.prompts or [sys.stdin.read()]
     if not any(p.strip() for p in prompts):
         print("tritonforge generate: the prompt is empty", file=sys.stderr)
@@ -92,7 +94,7 @@ def run(args) -> int:
             _stream(engine, inputs[0], params, args.timeout)
         else:
             _batch(engine, prompts, inputs, params, args.timeout)
-    except (ValueError, TypeError, OSError, MemoryError) as err:
+    except (ModelLoadError, ValueError, TypeError, OSError, MemoryError) as err:
         print(f"tritonforge generate: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

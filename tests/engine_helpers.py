@@ -1,0 +1,76 @@
+"""Shared helpers for the engine tests: backends to parametrize over, engines on small factory models,
+and an independent greedy decoder built on Hugging Face transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# The torch references run the model on a CPU; the Triton kernels only on a GPU (a model forward in the
+# Triton interpreter would take minutes), so the "triton" cases carry the gpu marker.
+BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=pytest.mark.gpu)]
+
+
+def engine_device(backend: str) -> str:
+    return "cuda" if backend == "triton" else "cpu"
+
+
+def make_engine(model_dir, backend: str = "torch", **overrides):
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False)
+    kwargs.update(overrides)
+    return LLMEngine(EngineConfig(model=str(model_dir), **kwargs))
+
+
+def run_to_completion(engine, requests: list[tuple[object, object]]) -> dict[str, dict]:
+    """Add (prompt, params) pairs, step until done; returns request id -> {tokens, text, reason, ...}."""
+    ids = [engine.add_request(p, sp) for p, sp in requests]
+    results = {i: {"tokens": [], "text": "", "reason": None, "logprobs": [], "cached": 0} for i in ids}
+    while engine.has_unfinished():
+        for out in engine.step():
+            r = results[out.request_id]
+            r["tokens"] += out.new_token_ids
+            r["text"] += out.new_text
+            r["logprobs"] += out.logprobs or []
+            r["cached"] = out.num_cached_tokens
+            if out.finished:
+                r["reason"] = out.finish_reason
+    engine.scheduler.check_invariants()
+    return {i: results[i] for i in ids}
+
+
+@torch.no_grad()
+def hf_greedy(hf_model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation by full recomputation with transformers (no cache): the independent reference."""
+    ids = list(prompt_ids)
+    device = next(hf_model.parameters()).device
+    for _ in range(max_new_tokens):
+        logits = hf_model(torch.tensor([ids], device=device)).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt_ids):]
+
+
+@torch.no_grad()
+def hf_next_logits(hf_model, prompts: list[list[int]]) -> torch.Tensor:
+    device = next(hf_model.parameters()).device
+    return torch.stack([hf_model(torch.tensor([p], device=device)).logits[0, -1].float() for p in prompts])
+
+
+def prompt_batch(vocab_size: int, count: int, seed: int = 0, min_len: int = 3, max_len: int = 40) -> list[list[int]]:
+    """Random token prompts of varied lengths (special tokens 0..3 avoided)."""
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.randint(min_len, max_len + 1, (count,), generator=gen).tolist()
+    return [torch.randint(4, vocab_size, (n,), generator=gen).tolist() for n in lens]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded():
+    """Tiny models on a shared CPU: one intra-op thread is ~100x faster than several contending ones.
+
+    Autouse in every module that imports it; restores the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
