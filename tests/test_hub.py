@@ -100,6 +100,7 @@ def test_explicit_offline_flag_beats_environment(cache, monkeypatch):
 
 
 def test_gguf_file_in_a_hub_repo(cache, tmp_path):
+    pytest.importorskip("gguf")
     path = make_gguf_model(tmp_path / "src" / "tiny-q8_0.gguf", arch="llama")
     add_to_cache(cache, "org/tiny-GGUF", [path])
     source = load_model_source("org/tiny-GGUF/tiny-q8_0.gguf")

@@ -175,3 +175,32 @@ def test_unsupported_gguf_architecture_lists_supported(tmp_path):
     writer.close()
     with pytest.raises(UnsupportedModelError, match=r"'phi3'.*supported: llama, qwen2, qwen3"):
         load_model_source(str(path))
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_engine_on_gguf_generates_like_transformers_on_the_original(tmp_path, arch):
+    """End to end: a llama GGUF has permuted q/k; only a correct un-permute reproduces HF's greedy tokens."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+    from tests.model_factory import load_hf_model
+
+    path = make_gguf_model(tmp_path / "m.gguf", arch=arch, qtype=Q.F32, hf_dir=tmp_path / "hf")
+    llm = LLM(str(path), backend="torch", device="cpu", dtype="float32", num_kv_blocks=32, max_num_seqs=2)
+    prompt = llm.tokenizer.encode("The quick brown fox")
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))[0]
+    hf = load_hf_model(tmp_path / "hf")
+    expected = hf.generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert out.token_ids == expected[0, len(prompt):].tolist()
+
+
+@pytest.mark.gpu
+def test_gguf_weights_on_gpu_equal_cpu(tmp_path):
+    path = make_gguf_model(tmp_path / "m.gguf", arch="llama", qtype=Q.Q8_0)
+    source = load_model_source(str(path))
+    on_cpu = dict(source.iter_weights("cpu", torch.bfloat16))
+    for name, weight in source.iter_weights("cuda", torch.bfloat16):
+        if isinstance(weight, GGUFWeight):
+            assert weight.data.is_cuda and torch.equal(weight.data.cpu(), on_cpu[name].data), name
+        else:
+            assert weight.is_cuda and weight.dtype == torch.bfloat16 and torch.equal(weight.cpu(), on_cpu[name])

@@ -142,3 +142,12 @@ def test_pickle_beside_safetensors_is_ignored(llama_dir, tmp_path):
     directory = _copy(llama_dir, tmp_path / "m")
     (directory / "pytorch_model.bin").write_bytes(b"never unpickled")
     assert load_model_source(str(directory)).weight_files == [directory / "model.safetensors"]
+
+
+@pytest.mark.gpu
+def test_weights_on_gpu_equal_cpu(llama_dir):
+    source = load_model_source(str(llama_dir))
+    on_cpu = dict(source.iter_weights("cpu", torch.bfloat16))
+    for name, tensor in source.iter_weights("cuda", torch.bfloat16):
+        assert tensor.is_cuda and tensor.dtype == torch.bfloat16
+        assert torch.equal(tensor.cpu(), on_cpu[name]), name

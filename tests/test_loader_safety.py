@@ -25,6 +25,7 @@ def sharded_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory):
+    pytest.importorskip("gguf")
     return make_gguf_model(tmp_path_factory.mktemp("gguf") / "m.gguf", arch="llama")
 
 

@@ -13,6 +13,7 @@ from tests.test_hub import add_to_cache
 
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory):
+    pytest.importorskip("gguf")
     root = tmp_path_factory.mktemp("models")
     make_hf_model(root / "llama-tiny", arch="llama")
     make_hf_model(root / "nested" / "qwen3-tiny", arch="qwen3", tie_word_embeddings=True, max_shard_size="40KB")
