@@ -204,7 +204,8 @@ def llama_cpp_permute(rows, num_heads: int):
 
 
 def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qtype=None, permute: bool = True,
-                    tokenizer_metadata: bool = True, quantizer=None, **hf_kwargs) -> Path:
+                    tokenizer_metadata: bool = True, quantizer=None, extra_tensors: dict | None = None,
+                    **hf_kwargs) -> Path:
     """Write a GGUF of a small ``arch`` model; 2-D weights quantized to ``qtype`` by gguf's own quantizer.
 
     ``qtype`` defaults to Q8_0 (any type ``gguf.quants.quantize`` implements: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
@@ -213,6 +214,7 @@ def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qt
     rows are permuted as llama.cpp's converter does (``permute=False`` writes them unpermuted).
     ``quantizer(hf_name, array)`` may return ``(uint8 blocks, qtype)`` to write a tensor some other way
     (e.g. random K-quant blocks, which gguf's Python quantizer cannot produce), or None for the default.
+    ``extra_tensors`` (GGUF name -> float32 array) are written as they are (e.g. rope_freqs.weight).
     """
     import gguf
     import numpy as np
@@ -263,6 +265,8 @@ def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qt
                               raw_dtype=target)
         else:
             writer.add_tensor(gguf_tensor_name(name), np.ascontiguousarray(array, dtype=np.float32))
+    for name, array in (extra_tensors or {}).items():
+        writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

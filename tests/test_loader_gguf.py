@@ -204,3 +204,37 @@ def test_gguf_weights_on_gpu_equal_cpu(tmp_path):
             assert weight.data.is_cuda and torch.equal(weight.data.cpu(), on_cpu[name].data), name
         else:
             assert weight.is_cuda and weight.dtype == torch.bfloat16 and torch.equal(weight.cpu(), on_cpu[name])
+
+
+def _llama_cpp_rope_factors(head_dim, theta, factor, low=1.0, high=4.0, original=8192):
+    """rope_freqs as llama.cpp's converter computes them for a Llama 3.1 checkpoint."""
+    import math
+
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < original / high:
+            factors.append(1.0)
+        elif wavelen > original / low:
+            factors.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, np.float32)
+
+
+def test_llama3_rope_freqs_become_rope_scaling(tmp_path):
+    factors = _llama_cpp_rope_factors(16, 10000.0, 8.0)
+    assert 1.0 < factors[6] < 8.0 and factors[0] == 1.0 and factors[7] == 8.0  # all three regimes present
+    path = make_gguf_model(tmp_path / "m.gguf", arch="llama", extra_tensors={"rope_freqs.weight": factors})
+    source = load_model_source(str(path))
+    assert source.config.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert "rope_freqs.weight" not in dict(source.iter_weights("cpu", torch.float32))
+
+
+def test_unrecognised_rope_freqs_are_an_error(tmp_path):
+    factors = _llama_cpp_rope_factors(16, 10000.0, 8.0, original=4096)
+    path = make_gguf_model(tmp_path / "m.gguf", arch="llama", extra_tensors={"rope_freqs.weight": factors})
+    with pytest.raises(ModelLoadError, match="rope_freqs do not match"):
+        load_model_source(str(path))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from engine.loader.errors import ModelLoadError
-from engine.loader.gguf_names import config_from_metadata, hf_name, unpermute_rows
+from engine.loader.gguf_names import config_from_metadata, hf_name, llama3_scaling_from_rope_freqs, unpermute_rows
 from engine.loader.weights import GGUFWeight, check_weights
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,13 @@ def load_gguf_source(path: Path):
         if name is not None:
             by_hf_name[name] = t
     if "rope_freqs.weight" in tensors and config.rope_scaling is None:
-        log.warning("%s: the file carries llama3 rope frequencies (rope_freqs) but no rope scaling metadata; "
-                    "the model will use plain RoPE, which is exact only within the original context", path)
+        if int(tensors["rope_freqs.weight"].tensor_type) != F32:
+            raise ModelLoadError("rope_freqs must be an F32 tensor", path)
+        factors = _from_numpy(tensors["rope_freqs.weight"].data).float()
+        try:
+            config.rope_scaling = llama3_scaling_from_rope_freqs(factors, config.head_dim, config.rope_theta)
+        except ModelLoadError as err:
+            raise ModelLoadError(err.problem, path) from err
     shapes = {name: tuple(int(d) for d in reversed(t.shape)) for name, t in by_hf_name.items()}
     names = check_weights(config, shapes, path)
 

@@ -114,6 +114,33 @@ def _rope_scaling(get) -> dict | None:
     return scaling
 
 
+# (low_freq_factor, high_freq_factor, original_max_position_embeddings) of the Llama 3.1 / 3.2 / 3.3
+# releases; GGUF keeps only the resulting per-frequency factors (rope_freqs), not these parameters.
+LLAMA3_ROPE_CANDIDATES = [(1.0, 4.0, 8192)]
+
+
+def llama3_scaling_from_rope_freqs(factors: torch.Tensor, head_dim: int, theta: float) -> dict:
+    """The HF llama3 ``rope_scaling`` that reproduces llama.cpp's rope_freqs tensor, or ModelLoadError.
+
+    rope_freqs[i] is the divisor llama.cpp applies to RoPE frequency i, which is
+    ``inv_freq[i] / inv_freq_llama3[i]``; its maximum is the scaling factor, and the remaining
+    parameters are recovered by checking the known releases' values against every entry.
+    """
+    from kernels.rope import rope_inv_freq
+
+    factors = factors.double().flatten()
+    if factors.numel() != head_dim // 2:
+        raise ModelLoadError(f"rope_freqs has {factors.numel()} entries, expected head_dim / 2 = {head_dim // 2}")
+    plain = rope_inv_freq(head_dim, theta)
+    for low, high, original in LLAMA3_ROPE_CANDIDATES:
+        scaling = {"rope_type": "llama3", "factor": float(factors.max()), "low_freq_factor": low,
+                   "high_freq_factor": high, "original_max_position_embeddings": original}
+        if torch.allclose(plain / rope_inv_freq(head_dim, theta, scaling), factors, rtol=1e-4):
+            return scaling
+    raise ModelLoadError("the file's rope_freqs do not match llama3 rope scaling with any known parameters; "
+                         "the model's RoPE cannot be reproduced (use its safetensors release instead)")
+
+
 def unpermute_rows(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row permutation (interleaved rope pairs -> HF's two halves), row-wise.
 
