@@ -27,7 +27,7 @@ from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
 from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
-from kernels.quant_linear import m_bucket
+from kernels.quant_linear import launcher, m_bucket
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -51,7 +51,7 @@ def _gguf_linear_kernel(
     for b0 in range(0, n_blocks, BLOCKS_PER_ITER):
         for bi in tl.static_range(BLOCKS_PER_ITER):
             b = b0 + bi
-            r_ok = n_ok & (tl.full([BLOCK_N], b, tl.int32) < n_blocks)  # false past the last block
+            r_ok = n_ok & ((b + tl.zeros([BLOCK_N], tl.int32)) < n_blocks)  # false past the last block
             blk = rows + b * TYPE_SIZE
             k0 = b * QK
             if QTYPE == 8:  # Q8_0
@@ -128,8 +128,12 @@ def _check(x, data, qtype, bias):
     return fmt, N, K
 
 
-def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` with W given as raw GGUF blocks of ``qtype``; y [M, N] in x's dtype."""
+def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Tensor | None = None, *,
+                config: dict | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with W given as raw GGUF blocks of ``qtype``; y [M, N] in x's dtype.
+
+    ``config`` pins one entry of ``CONFIGS`` for the decode kernel instead of autotuning (tuning scripts).
+    """
     fmt, N, K = _check(x, data, qtype, bias)
     M = x.shape[0]
     if M > DECODE_MAX_M:
@@ -142,7 +146,7 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
-    _gguf_linear[grid](
+    launcher(_gguf_linear, config)[grid](
         x, data, bias if bias is not None else x, y,
         M, N, K, m_bucket(M), data.shape[1], x.stride(0), y.stride(0),
         QTYPE=fmt.qtype, QK=fmt.block_size, TYPE_SIZE=fmt.type_size, HAS_BIAS=bias is not None,

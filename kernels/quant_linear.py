@@ -175,6 +175,20 @@ def prune_by_m(configs, named_args, **kwargs):
     return kept or configs
 
 
+class Pinned:
+    """A kernel launched with one fixed config instead of autotuning (tuning scripts time each config)."""
+
+    def __init__(self, kernel, config: dict):
+        self.kernel, self.config = kernel, config
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **self.config)
+
+
+def launcher(tuned: Tuned, config: dict | None):
+    return tuned if config is None else Pinned(tuned.kernel, config)
+
+
 _w8a16 = Tuned(_w8a16_kernel, W8_CONFIGS, key=["M_BUCKET", "N", "K"],
                prune_configs_by={"early_config_prune": prune_by_m})
 _w4a16 = Tuned(_w4a16_kernel, W4_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP"],
@@ -221,8 +235,11 @@ def _prepare_x(x: torch.Tensor) -> torch.Tensor:
 
 
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ (qweight * scales[:, None]).T + bias`` with int8 ``qweight`` [N, K] and ``scales`` [N]."""
+                 bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
+    """``x @ (qweight * scales[:, None]).T + bias`` with int8 ``qweight`` [N, K] and ``scales`` [N].
+
+    ``config`` pins one entry of ``W8_CONFIGS`` instead of autotuning (for tuning scripts).
+    """
     if qweight.dtype != torch.int8 or qweight.dim() != 2:
         raise TypeError(f"w8a16_linear: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
                         f"{tuple(qweight.shape)}")
@@ -236,7 +253,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if M == 0 or N == 0:
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
-    _w8a16[grid](
+    launcher(_w8a16, config)[grid](
         x, qweight, scales.contiguous(), bias if bias is not None else scales, y,
         M, N, K, m_bucket(M), x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, UPCAST=_upcast(x),
@@ -257,8 +274,11 @@ def _check_w4(qweight, scales, zeros, group_size, K_packed):
 
 
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring)."""
+                 group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
+    """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring).
+
+    ``config`` pins one entry of ``W4_CONFIGS`` instead of autotuning (for tuning scripts).
+    """
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise TypeError(f"w4a16_linear: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
                         f"got {qweight.dtype} {tuple(qweight.shape)}")
@@ -273,7 +293,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
-    _w4a16[grid](
+    launcher(_w4a16, config)[grid](
         x, qweight, scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales, y,
         M, N, K, m_bucket(M), x.stride(0), y.stride(0),
         GROUP=group_size, HAS_BIAS=bias is not None, UPCAST=_upcast(x),
