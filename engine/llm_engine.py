@@ -90,6 +90,8 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []
         self._seed_rng = random.Random(cfg.seed)
         self.num_steps = 0
+        # (sequences, tokens, decode sequences) of the last step that ran the model: for benchmarks.
+        self.last_step_shape: tuple[int, int, int] = (0, 0, 0)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class LLMEngine:
         if batch.is_empty:
             return outputs
         self.num_steps += 1
+        self.last_step_shape = (len(batch.seqs), batch.num_batched_tokens, batch.num_decodes)
         seeds = [self._requests[s.request_id].seed for s in batch.seqs]
         try:
             result = self.runner.execute(batch.seqs, batch.num_new_tokens, seeds)

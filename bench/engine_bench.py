@@ -1,0 +1,304 @@
+"""End-to-end engine benchmark: single-stream decode and offline throughput against HF transformers.
+
+    PYTHONPATH=. python3 bench/engine_bench.py --out bench/results/<gpu>
+
+Models: Qwen2.5-0.5B- and Llama-3.2-1B-shaped (exact configs, random bf16 weights, written to a temporary
+HF directory with a locally trained tokenizer: nothing is downloaded), loaded through the engine's normal
+loader. For each model:
+
+- single stream: a 128-token prompt, 256 new tokens (greedy, ignore_eos). Decode tok/s is compared with
+  the bandwidth limit, ``copy bandwidth / weight bytes per token`` (the bytes every decode step must
+  read: all weights except the embedding table, which is read once more as the LM head when tied),
+  where the copy bandwidth is measured on this card in this run; and with HF transformers' eager
+  ``generate`` (its default attention) on the same prompt.
+- offline: nano-vllm's workload, 256 requests with input and output lengths uniform in 100..1024 and
+  random token ids, ignore_eos; output tok/s against HF transformers' batched ``generate`` of the same
+  requests (left-padded, each batch generating its longest output; only each request's own tokens are
+  counted). HF runs on a subset (``--hf-requests``) and its rate is extrapolated: the output says so.
+- TTFT and decode-step time percentiles from the engine runs.
+
+Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out``, with the GPU name.
+Needs torch, triton, transformers, safetensors, tokenizers; not gguf or fastapi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MODELS = {
+    "qwen2.5-0.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+        "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "head_dim": 64, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+        "tie_word_embeddings": True, "attention_bias": True, "hidden_act": "silu",
+    },
+    "llama-3.2-1b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 64, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+        "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
+}
+
+
+# --- the models ---------------------------------------------------------------------------------
+
+def write_model(directory: Path, config: dict, device: torch.device, seed: int = 0) -> Path:
+    """An HF directory with ``config``'s exact shapes, random bf16 weights and a small local tokenizer."""
+    from safetensors.torch import save_file
+
+    from engine.demo_model import build_demo_tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    build_demo_tokenizer(directory)
+    eos = [0]
+    full = dict(config, torch_dtype="bfloat16", bos_token_id=None, eos_token_id=eos)
+    (directory / "config.json").write_text(json.dumps(full, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h, inter, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    d = config["head_dim"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+
+    def rand(*shape, scale=None):
+        t = torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
+        return (t * (scale or shape[-1] ** -0.5)).to(torch.bfloat16).cpu()
+
+    ones = lambda n: torch.ones(n, dtype=torch.bfloat16)
+    weights = {"model.embed_tokens.weight": rand(v, h, scale=0.5), "model.norm.weight": ones(h)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        weights.update({
+            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "self_attn.q_proj.weight": rand(q, h), p + "self_attn.k_proj.weight": rand(kv, h),
+            p + "self_attn.v_proj.weight": rand(kv, h), p + "self_attn.o_proj.weight": rand(h, q),
+            p + "mlp.gate_proj.weight": rand(inter, h), p + "mlp.up_proj.weight": rand(inter, h),
+            p + "mlp.down_proj.weight": rand(h, inter),
+        })
+        if config.get("attention_bias"):
+            for name, n in (("q", q), ("k", kv), ("v", kv)):
+                weights[p + f"self_attn.{name}_proj.bias"] = rand(n, scale=0.02)
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def decode_weight_bytes(config: dict) -> int:
+    """Bytes of weights one decode step must read (bf16): every matrix, the norms, and the LM head."""
+    h, inter, v, layers = config["hidden_size"], config["intermediate_size"], config["vocab_size"], \
+        config["num_hidden_layers"]
+    d = config["head_dim"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter + 2 * h
+    return 2 * (layers * per_layer + v * h + h)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted), best of a few runs."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(10):
+        torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / best
+
+
+# --- engine runs --------------------------------------------------------------------------------
+
+def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
+    """Submit all requests at once and step to completion; timing per step and per request."""
+    from engine.sampling_params import SamplingParams
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    ids = [engine.add_request(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)) for p, n in requests]
+    first_token: dict[str, float] = {}
+    decode_steps: list[float] = []
+    out_tokens = 0
+    while engine.has_unfinished():
+        t = time.perf_counter()
+        steps_before = engine.num_steps
+        outs = engine.step()
+        now = time.perf_counter()
+        if engine.num_steps > steps_before:
+            seqs, _, decodes = engine.last_step_shape
+            if decodes == seqs:
+                decode_steps.append(now - t)
+        for o in outs:
+            out_tokens += len(o.new_token_ids)
+            if o.new_token_ids and o.request_id not in first_token:
+                first_token[o.request_id] = now - start
+    elapsed = time.perf_counter() - start
+    ttft = sorted(first_token[i] for i in ids)
+    return {"elapsed_s": elapsed, "output_tokens": out_tokens, "output_tok_per_s": out_tokens / elapsed,
+            "ttft_ms": _percentiles(ttft, 1000), "decode_step_ms": _percentiles(decode_steps, 1000),
+            "decode_steps": len(decode_steps), "decode_time_s": sum(decode_steps)}
+
+
+def _percentiles(values: list[float], scale: float) -> dict:
+    if not values:
+        return {}
+    v = sorted(values)
+    pick = lambda q: v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] * scale
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": statistics.fmean(v) * scale}
+
+
+# --- HF transformers baselines ------------------------------------------------------------------
+
+@torch.inference_mode()
+def hf_generate_time(model, batch: list[list[int]], new_tokens: int) -> float:
+    """Seconds for HF ``generate`` (greedy, no early stop) of a left-padded batch."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(batch):
+        ids[row, width - len(p):] = torch.tensor(p, device=device)
+        mask[row, width - len(p):] = 1
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False, pad_token_id=0, eos_token_id=None)
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def hf_offline(model, requests, subset: int, batch_size: int) -> dict:
+    reqs = requests[:subset]
+    elapsed, useful = 0.0, 0
+    for i in range(0, len(reqs), batch_size):
+        group = reqs[i:i + batch_size]
+        elapsed += hf_generate_time(model, [p for p, _ in group], max(n for _, n in group))
+        useful += sum(n for _, n in group)
+    return {"requests_run": len(reqs), "batch_size": batch_size, "elapsed_s": elapsed, "output_tokens": useful,
+            "output_tok_per_s": useful / elapsed,
+            "note": f"run on the first {len(reqs)} of {len(requests)} requests; rate extrapolated to all"}
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    device = torch.device("cuda")
+    rng = random.Random(0)
+    vocab = config["vocab_size"]
+    model_dir = write_model(workdir / name, config, device)
+    print(f"[{name}] model written; loading the engine", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype=torch.bfloat16, max_model_len=4096,
+                                    max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens,
+                                    enforce_eager=args.enforce_eager, enable_prefix_cache=False))
+    load_s = time.perf_counter() - t
+    result = {"model": name, "engine_load_s": load_s, "kv_blocks": engine.runner.num_blocks,
+              "weight_bytes_per_token": decode_weight_bytes(config)}
+
+    # Warm-up: autotune prefill and decode buckets outside the timed runs.
+    run_engine(engine, [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], 8) for _ in range(16)])
+    prompt = [rng.randrange(vocab) for _ in range(128)]
+    run_engine(engine, [(prompt, 16)])
+
+    single = run_engine(engine, [(prompt, 256)])
+    decode_tok_s = single["decode_steps"] / single["decode_time_s"]
+    bw = copy_bandwidth(device)
+    limit = bw / result["weight_bytes_per_token"]
+    result["single_stream"] = {**single, "decode_tok_per_s": decode_tok_s, "copy_bandwidth_GBps": bw / 1e9,
+                               "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
+    print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
+          f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
+
+    requests = [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], rng.randint(100, 1024))
+                for _ in range(args.num_requests)]
+    offline = run_engine(engine, requests)
+    result["offline"] = offline
+    print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
+          file=sys.stderr, flush=True)
+    del engine
+    torch.cuda.empty_cache()
+
+    if not args.skip_hf:
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(device).eval()
+        attn = getattr(hf.config, "_attn_implementation", "default")
+        hf_generate_time(hf, [prompt], 8)  # warm-up
+        hf_single = 256 / hf_generate_time(hf, [prompt], 256)
+        hf_off = hf_offline(hf, requests, args.hf_requests, args.hf_batch)
+        result["hf"] = {"attention": attn, "single_stream_tok_per_s": hf_single, "offline": hf_off}
+        result["speedup_single_stream"] = decode_tok_s / hf_single
+        result["speedup_offline"] = offline["output_tok_per_s"] / hf_off["output_tok_per_s"]
+        print(f"[{name}] HF eager: {hf_single:.0f} tok/s single stream, {hf_off['output_tok_per_s']:.0f} tok/s "
+              f"offline ({hf_off['note']}); speedups {result['speedup_single_stream']:.1f}x / "
+              f"{result['speedup_offline']:.1f}x", file=sys.stderr, flush=True)
+        del hf
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory for engine_bench.json and engine_bench.csv")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--num-requests", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-batched-tokens", type=int, default=16384)
+    parser.add_argument("--hf-requests", type=int, default=32, help="requests HF runs (its rate is extrapolated)")
+    parser.add_argument("--hf-batch", type=int, default=32)
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--enforce-eager", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("engine_bench needs a GPU", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name(0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
+        for name in args.models:
+            results.append(bench_model(name, MODELS[name], Path(tmp), args))
+    report = {"gpu": gpu, "torch": torch.__version__, "results": results}
+    (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
+    with open(out / "engine_bench.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["gpu", "model", "metric", "value"])
+        for r in results:
+            s, o = r["single_stream"], r["offline"]
+            rows = [("single_decode_tok_per_s", s["decode_tok_per_s"]),
+                    ("bandwidth_limit_tok_per_s", s["bandwidth_limit_tok_per_s"]),
+                    ("fraction_of_bandwidth_limit", s["fraction_of_limit"]),
+                    ("single_ttft_ms", s["ttft_ms"].get("p50")), ("single_step_ms_p50", s["decode_step_ms"].get("p50")),
+                    ("offline_output_tok_per_s", o["output_tok_per_s"]), ("offline_ttft_ms_p50", o["ttft_ms"]["p50"]),
+                    ("offline_ttft_ms_p99", o["ttft_ms"]["p99"]),
+                    ("offline_decode_step_ms_p50", o["decode_step_ms"].get("p50")),
+                    ("offline_decode_step_ms_p99", o["decode_step_ms"].get("p99"))]
+            if "hf" in r:
+                rows += [("hf_single_tok_per_s", r["hf"]["single_stream_tok_per_s"]),
+                         ("hf_offline_tok_per_s_extrapolated", r["hf"]["offline"]["output_tok_per_s"]),
+                         ("speedup_single_stream", r["speedup_single_stream"]),
+                         ("speedup_offline", r["speedup_offline"])]
+            for metric, value in rows:
+                w.writerow([gpu, r["model"], metric, value])
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
