@@ -3,7 +3,8 @@
 A case is a dict: per-sequence ``context_lens``, ``q_heads``, ``kv_heads``, ``head_dim``, ``block_size``,
 ``dtype``, ``num_splits`` (None: the kernel chooses), ``pass_max`` (hand max_context_len to the op) and
 ``layout``: "shuffled" (blocks in random order, spare table entries pointing at other blocks) or
-"contiguous" (the benchmark layout that SDPA can read as a plain tensor).
+"contiguous" (the benchmark layout that SDPA can read as a plain tensor). Benchmark cases, where every
+sequence has one length, say ``batch`` and ``context`` instead (shorter to print).
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ def cases(profile: str):
     return case()
 
 
+def context_lens_of(case) -> tuple[int, ...]:
+    return tuple(case["context_lens"]) if "context_lens" in case else (case["context"],) * case["batch"]
+
+
 def make_inputs(case, device, gen):
-    ctx, Hq, Hkv, D, bs, dt = (case[k] for k in ("context_lens", "q_heads", "kv_heads", "head_dim",
+    ctx = context_lens_of(case)
+    Hq, Hkv, D, bs, dt = (case[k] for k in ("q_heads", "kv_heads", "head_dim",
                                                  "block_size", "dtype"))
     B = len(ctx)
     need = [-(-n // bs) for n in ctx]
@@ -95,22 +101,22 @@ def bench_cases():
                 for ctx in (512, 1024, 4096, 8192, 16384, 32768):
                     if batch * ctx > MAX_BENCH_TOKENS:
                         continue
-                    out.append({"context_lens": (ctx,) * batch, "q_heads": Hq, "kv_heads": Hkv, "head_dim": 128,
+                    out.append({"batch": batch, "context": ctx, "q_heads": Hq, "kv_heads": Hkv, "head_dim": 128,
                                 "block_size": bs, "dtype": torch.bfloat16, "num_splits": None, "pass_max": True,
                                 "layout": "contiguous"})
     return out
 
 
 def reduction_len(case):
-    return max(case["context_lens"])
+    return max(context_lens_of(case))
 
 
 def flops(case):
-    return 4.0 * case["head_dim"] * case["q_heads"] * sum(case["context_lens"])
+    return 4.0 * case["head_dim"] * case["q_heads"] * sum(context_lens_of(case))
 
 
 def bytes_moved(case):
     """KV bytes read, plus q read and o written (the block table is noise)."""
     e, D = case["dtype"].itemsize, case["head_dim"]
-    B = len(case["context_lens"])
-    return e * D * (2 * case["kv_heads"] * sum(case["context_lens"]) + 2 * B * case["q_heads"])
+    ctx = context_lens_of(case)
+    return e * D * (2 * case["kv_heads"] * sum(ctx) + 2 * len(ctx) * case["q_heads"])

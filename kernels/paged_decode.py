@@ -43,9 +43,8 @@ from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
-from kernels.device import interpreting, num_sms
+from kernels.device import interpreting, num_sms, vendor
 from kernels.registry import Op, register
-from kernels.tuning import Tuned
 
 LOG2E = 1.4426950408889634
 MIN_SPLIT, SPLIT_ALIGN = 64, 16
@@ -160,37 +159,28 @@ def _decode_reduce_kernel(
 
 
 # --- configs (data) -------------------------------------------------------------------------------
-# The 16-token tile is the interpreter's (least CPU time per program at the test shapes).
+# One tile per vendor and padded head dim, measured by bench/tune_attention.py (bf16); a fixed table
+# rather than triton.autotune for the reason given in kernels/prefill_attention.py. The interpreter
+# runs 16-token tiles (least CPU time per program at the test shapes).
 
-CONFIGS = {
-    "cuda": [
-        dict(BLOCK_N=16, num_warps=4, num_stages=1),
-        dict(BLOCK_N=64, num_warps=4, num_stages=3),
-        dict(BLOCK_N=64, num_warps=4, num_stages=4),
-        dict(BLOCK_N=128, num_warps=4, num_stages=3),
-        dict(BLOCK_N=32, num_warps=4, num_stages=4),
-    ],
-    "hip": [
-        dict(BLOCK_N=64, num_warps=4, num_stages=1),
-        dict(BLOCK_N=128, num_warps=4, num_stages=1),
-    ],
+TILES = {
+    "cuda": {
+        64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+        128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+        256: dict(BLOCK_N=32, num_warps=4, num_stages=3),
+    },
+    "hip": {  # not measured yet
+        128: dict(BLOCK_N=64, num_warps=4, num_stages=1),
+        256: dict(BLOCK_N=32, num_warps=4, num_stages=1),
+    },
+    "interpreter": {256: dict(BLOCK_N=16)},
 }
 
 
-def _keep(c) -> bool:
-    return (c["BLOCK_N"] == 16) == interpreting()
-
-
-def _prune(configs, named_args, **kwargs):
-    """No tile longer than a split; keep big tiles for head_dim <= 128 only (registers)."""
-    args = {**named_args, **kwargs}
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, args["split_size"])
-            and c.kwargs["BLOCK_N"] * args["D_PAD"] <= 128 * 128]
-    return kept or configs
-
-
-_decode_split = Tuned(_decode_split_kernel, CONFIGS, key=["split_size", "G_PAD", "D_PAD", "PAGE", "DIRECT"],
-                      keep=_keep, prune_configs_by={"early_config_prune": _prune})
+def pick_tile(d_pad: int) -> dict:
+    """The launch tile for a padded head dim on this machine (looked up at launch, never at import)."""
+    table = TILES["interpreter" if interpreting() else vendor()]
+    return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
 
 
 # --- launcher -------------------------------------------------------------------------------------
@@ -258,11 +248,12 @@ def _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len) -> 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
                            max_context_len: int | None = None, num_splits: int | None = None,
-                           split_size: int | None = None) -> torch.Tensor:
+                           split_size: int | None = None, *, _tile: dict | None = None) -> torch.Tensor:
     """Attention of ``q [B, Hq, D]`` over each sequence's paged cache; returns ``o [B, Hq, D]``.
 
     ``max_context_len`` (host int, an upper bound of context_lens) sizes the grid; ``num_splits`` or
-    ``split_size`` override :func:`choose_split_size` (``split_size`` wins if both are given).
+    ``split_size`` override :func:`choose_split_size` (``split_size`` wins if both are given). ``_tile``
+    (benchmarks only) overrides the launch tile from :data:`TILES`.
     """
     max_context = _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len)
     if checks.debug_checks():
@@ -286,13 +277,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
-    _decode_split[(batch, kv_heads, max_splits)](
+    _decode_split_kernel[(batch, kv_heads, max_splits)](
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), o.stride(0), o.stride(1),
         scale * LOG2E, group, q_heads, size, max_splits,
         HEAD_DIM=D, D_PAD=d_pad, G_PAD=max(16, triton.next_power_of_2(group)), PAGE=k_cache.shape[1],
-        DIRECT=direct, UPCAST=interpreting(),
+        DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad)),
     )
     if not direct:
         _decode_reduce_kernel[(batch, q_heads)](

@@ -37,9 +37,8 @@ from kernels import _paged_checks as checks
 from kernels import _prefill_cases as cases
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
-from kernels.device import interpreting
+from kernels.device import interpreting, vendor
 from kernels.registry import Op, register
-from kernels.tuning import Tuned
 
 LOG2E = 1.4426950408889634
 
@@ -71,7 +70,7 @@ def _prefill_kernel(
     k_cache_ptr, v_cache_ptr, bt_ptr, prefix_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_cb, stride_co, stride_ch, stride_bt,
-    qk_scale, group, seq_bucket,
+    qk_scale, group,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PAGE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -144,41 +143,31 @@ def _prefill_kernel(
 
 
 # --- configs (data) -------------------------------------------------------------------------------
-# BLOCK_M must be a multiple of BLOCK_N (the causal loop split relies on it). The 16x16 tile is the
-# interpreter's: same code path, far less CPU time per program at the small test shapes.
+# One tile per vendor and padded head dim, measured by bench/tune_attention.py (bf16). A fixed table
+# rather than triton.autotune: every (head dim, dtype, causal, prefix) variant would otherwise compile
+# and time five tiles at its first launch, seconds of stall per variant in the engine and in the GPU
+# tests. BLOCK_M must be a multiple of BLOCK_N (the causal loop split relies on it). The interpreter
+# runs 16x16 tiles: the same code path, far less CPU time per program at the test shapes.
 
-CONFIGS = {
-    "cuda": [
-        dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
-        dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-        dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-        dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-        dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-    ],
-    "hip": [
-        dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
-        dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
-        dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-    ],
+TILES = {
+    "cuda": {
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    },
+    "hip": {  # not measured yet: the tutorial's MI300 shapes
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
+        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    },
+    "interpreter": {256: dict(BLOCK_M=16, BLOCK_N=16)},
 }
 
 
-def _keep(c) -> bool:
-    return (c["BLOCK_M"] == 16) == interpreting()
-
-
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles too big for the head dim (register spills, shared memory) before timing anything."""
-    d = {**named_args, **kwargs}["D_PAD"]
-    keep = [c for c in configs if d <= 64 or c.kwargs["BLOCK_N"] * d <= 128 * 128]
-    if d >= 256:
-        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or keep
-    return keep or configs
-
-
-_prefill = Tuned(_prefill_kernel, CONFIGS, key=["seq_bucket", "D_PAD", "CAUSAL", "HAS_PREFIX", "group"],
-                 keep=_keep, prune_configs_by={"early_config_prune": _prune})
+def pick_tile(d_pad: int) -> dict:
+    """The launch tile for a padded head dim on this machine (looked up at launch, never at import)."""
+    table = TILES["interpreter" if interpreting() else vendor()]
+    return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
 
 
 # --- launcher -------------------------------------------------------------------------------------
@@ -241,8 +230,11 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                       max_seqlen: int, scale: float | None = None, causal: bool = True,
                       k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
                       block_tables: torch.Tensor | None = None,
-                      prefix_lens: torch.Tensor | None = None) -> torch.Tensor:
-    """Flash attention over packed sequences ``q [T, Hq, D]``, ``k/v [T, Hkv, D]``; returns ``o [T, Hq, D]``."""
+                      prefix_lens: torch.Tensor | None = None, *, _tile: dict | None = None) -> torch.Tensor:
+    """Flash attention over packed sequences ``q [T, Hq, D]``, ``k/v [T, Hkv, D]``; returns ``o [T, Hq, D]``.
+
+    ``_tile`` (benchmarks only) overrides the launch tile from :data:`TILES`.
+    """
     _check(q, k, v, cu_seqlens, max_seqlen, k_cache, v_cache, block_tables, prefix_lens)
     if checks.debug_checks():
         _debug_check_values(q, cu_seqlens, max_seqlen, k_cache, block_tables, prefix_lens)
@@ -255,15 +247,16 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     has_prefix = k_cache is not None
     if not has_prefix:  # unused pointers when HAS_PREFIX is False
         k_cache, v_cache, block_tables, prefix_lens = k, v, cu_seqlens[None], cu_seqlens
-    grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, Hq)
-    _prefill[grid](
+    d_pad = triton.next_power_of_2(D)
+    tile = _tile or pick_tile(d_pad)
+    _prefill_kernel[(triton.cdiv(max_seqlen, tile["BLOCK_M"]), batch, Hq)](
         q, k, v, o, cu_seqlens, k_cache, v_cache, block_tables, prefix_lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
         k_cache.stride(0), k_cache.stride(1) if has_prefix else 0, k_cache.stride(2) if has_prefix else 0,
         block_tables.stride(0),
-        scale * LOG2E, Hq // k.shape[1], triton.next_power_of_2(max_seqlen),
-        HEAD_DIM=D, D_PAD=triton.next_power_of_2(D), CAUSAL=bool(causal), HAS_PREFIX=has_prefix,
-        PAGE=k_cache.shape[1] if has_prefix else 16, UPCAST=interpreting(),
+        scale * LOG2E, Hq // k.shape[1],
+        HEAD_DIM=D, D_PAD=d_pad, CAUSAL=bool(causal), HAS_PREFIX=has_prefix,
+        PAGE=k_cache.shape[1] if has_prefix else 16, UPCAST=interpreting(), **tile,
     )
     return o
 
@@ -289,11 +282,10 @@ def prefill_sdpa_baseline(q, k, v, cu_seqlens, max_seqlen, scale=None, causal=Tr
                           k_cache=None, v_cache=None, block_tables=None, prefix_lens=None):
     """torch SDPA on the same batch viewed as dense [B, H, S, D]; equal-length sequences only.
 
-    With a prefix (equal for every sequence; passed as ``prefix_len`` below through the block table's
-    width is not possible without a sync, so the prefix length is taken from the block table's first
-    row capacity) SDPA cannot read a paged cache: the prefix is gathered into a contiguous tensor first
-    (part of the timed cost, as it would be for an engine built on SDPA) and the causal mask is aligned
-    bottom-right.
+    SDPA cannot read a paged cache, so with a prefix the cached tokens are first gathered into a
+    contiguous tensor (part of the timed cost, as for an engine built on SDPA) and the causal mask is
+    aligned bottom-right. The prefix length is read without a sync off the block table's width, which
+    the benchmark cases fill exactly.
     """
     T, Hq, D = q.shape
     batch = T // max_seqlen
@@ -302,7 +294,7 @@ def prefill_sdpa_baseline(q, k, v, cu_seqlens, max_seqlen, scale=None, causal=Tr
     dense = lambda t: t.view(batch, -1, t.shape[1], D).transpose(1, 2)
     keys, values, mask = dense(k), dense(v), None
     if k_cache is not None:
-        prefix = block_tables.shape[1] * k_cache.shape[1]  # bench cases fill every table entry exactly
+        prefix = block_tables.shape[1] * k_cache.shape[1]
         gather = lambda c: c[block_tables.long()].reshape(batch, prefix, c.shape[2], D).transpose(1, 2)
         keys, values = torch.cat([gather(k_cache), keys], 2), torch.cat([gather(v_cache), values], 2)
         if causal:
