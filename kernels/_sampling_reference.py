@@ -92,7 +92,9 @@ def kept_mask(z: torch.Tensor, st: SamplingTensors, slack: float = 0.0) -> torch
     target = (top_p + slack).clamp(max=1.0) * cum[:, -1:]
     first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)
     tau = torch.where(top_p < 1, torch.maximum(tau, sorted_z.gather(1, first)), tau)
-    return (z >= tau - slack * (1 + tau.abs())) & (z > -torch.inf)
+    if slack:
+        tau = torch.where(torch.isfinite(tau), tau - slack * (1 + tau.abs()), tau)
+    return (z >= tau) & (z > -torch.inf)
 
 
 def _sample_sorted(logits: torch.Tensor, st: SamplingTensors, noise) -> SampleResult:

@@ -27,18 +27,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _mix32(x):
-    x ^= x >> 16
-    x *= 0x7FEB352D
-    x ^= x >> 15
-    x *= 0x846CA68B
-    x ^= x >> 16
-    return x
-
-
-@triton.jit
 def _gumbel(offs, key1, key2):
-    h = _mix32(_mix32(offs.to(tl.uint32) ^ key1) ^ key2)
+    # Two rounds of a 32-bit xor-shift-multiply hash, written out: the interpreter pays per helper call.
+    h = offs.to(tl.uint32) ^ key1
+    h ^= h >> 16
+    h *= 0x7FEB352D
+    h ^= h >> 15
+    h *= 0x846CA68B
+    h ^= h >> 16
+    h ^= key2
+    h ^= h >> 16
+    h *= 0x7FEB352D
+    h ^= h >> 15
+    h *= 0x846CA68B
+    h ^= h >> 16
     u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
     return -tl.log(-tl.log(u))
 
@@ -68,11 +70,6 @@ def _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau,
         best = tl.where(better, score, best)
     top = tl.max(best, 0)
     return tl.min(tl.where(best == top, best_idx, V), 0)
-
-
-@triton.jit
-def _pick(values, j, which):
-    return tl.sum(tl.where(j == which, values, 0.0), 0)
 
 
 @triton.jit
@@ -121,11 +118,11 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
             mass += tl.sum(mass_above, 0)
             f_at = mass if USE_MASS else cnt
             if p == 0:
-                target = tl.maximum(target, target_frac * _pick(f_at, j, 0))
+                target = tl.maximum(target, target_frac * tl.sum(tl.where(j == 0, f_at, 0.0), 0))
             a = tl.max(tl.where(f_at >= target, j, -1), 0)
             a_safe = tl.maximum(a, 0)
-            mn_a = _pick(mn, j, a_safe)
-            mx_next = _pick(mx, j, a_safe + 1)
+            mn_a = tl.sum(tl.where(j == a_safe, mn, 0.0), 0)
+            mx_next = tl.sum(tl.where(j == a_safe + 1, mx, 0.0), 0)
             reached_top = a == NPIV - 1
             ans = tl.where(reached_top, hi, tl.where(a < 0, lo, mn_a))
             if reached_top | (a < 0) | (mn_a >= mx_next):
