@@ -38,24 +38,32 @@ class StepBatch:
 
 def build_step_batch(seqs, num_new_tokens: list[int], block_size: int, device: torch.device) -> StepBatch:
     order = [i for i, n in enumerate(num_new_tokens) if n == 1] + [i for i, n in enumerate(num_new_tokens) if n > 1]
-    num_decodes = sum(1 for n in num_new_tokens if n == 1)
+    num_decodes = len(order) - sum(1 for n in num_new_tokens if n > 1)
     max_blocks = max(1, max(len(s.block_table) for s in seqs))
     tokens: list[int] = []
-    positions, slots, lens = [], [], []
+    positions: list[int] = []
+    slots: list[int] = []
+    lens: list[int] = []
     tables = np.zeros((len(order), max_blocks), dtype=np.int32)
     cu = [0]
     logits_rows, sampled = [], []
     for row, i in enumerate(order):
         seq, n = seqs[i], num_new_tokens[i]
         start = seq.num_computed_tokens
+        table = seq.block_table
         assert n >= 1 and start + n <= seq.num_tokens, "the scheduler asked for tokens the sequence does not have"
-        assert len(seq.block_table) * block_size >= start + n, "blocks were not allocated for the new tokens"
-        tokens.extend(seq.token_ids[start:start + n])
-        pos = np.arange(start, start + n, dtype=np.int64)
-        table = np.asarray(seq.block_table, dtype=np.int64)
-        positions.append(pos)
-        slots.append(table[pos // block_size] * block_size + pos % block_size)
+        assert len(table) * block_size >= start + n, "blocks were not allocated for the new tokens"
         tables[row, : len(table)] = table
+        if n == 1:  # the common case, kept to plain integer arithmetic (no per-row numpy calls)
+            tokens.append(seq.token_ids[start])
+            positions.append(start)
+            slots.append(table[start // block_size] * block_size + start % block_size)
+        else:
+            tokens.extend(seq.token_ids[start:start + n])
+            pos = np.arange(start, start + n, dtype=np.int64)
+            positions.extend(pos.tolist())
+            slots.extend((np.asarray(table, dtype=np.int64)[pos // block_size] * block_size
+                          + pos % block_size).tolist())
         if row < num_decodes:
             lens.append(start + 1)
         else:
@@ -66,10 +74,8 @@ def build_step_batch(seqs, num_new_tokens: list[int], block_size: int, device: t
             sampled.append(i)
     T = len(tokens)
     num_prefills = len(order) - num_decodes
-    prefill_seqlens = np.diff(np.asarray(cu, dtype=np.int64))
-    host64 = np.concatenate([np.asarray(tokens, dtype=np.int64), *positions, *slots,
-                             np.asarray(logits_rows, dtype=np.int64)])
-    host32 = np.concatenate([tables.reshape(-1), np.asarray(lens, dtype=np.int32), np.asarray(cu, dtype=np.int32)])
+    host64 = np.array(tokens + positions + slots + logits_rows, dtype=np.int64)
+    host32 = np.concatenate([tables.reshape(-1), np.array(lens + cu, dtype=np.int32)])
     dev64 = _to_device(host64, device)
     dev32 = _to_device(host32, device)
     token_ids, pos_t, slot_t, rows_t = dev64.split([T, T, T, len(logits_rows)])
@@ -77,19 +83,19 @@ def build_step_batch(seqs, num_new_tokens: list[int], block_size: int, device: t
     tables_t = dev32[:nt].view(len(order), max_blocks)
     lens_t = dev32[nt: nt + len(order)]
     cu_t = dev32[nt + len(order):]
-    decode_lens = lens[:num_decodes]
+    prefill_lens = lens[num_decodes:]
     meta = AttentionMetadata(
         slot_mapping=slot_t,
         num_decode_tokens=num_decodes,
         decode_block_tables=tables_t[:num_decodes],
         decode_context_lens=lens_t[:num_decodes],
-        max_decode_context_len=max(decode_lens, default=0),
+        max_decode_context_len=max(lens[:num_decodes], default=0),
         num_prefills=num_prefills,
         prefill_cu_seqlens=cu_t,
-        prefill_max_seqlen=int(prefill_seqlens.max()) if num_prefills else 0,
+        prefill_max_seqlen=max(num_new_tokens[i] for i in order[num_decodes:]) if num_prefills else 0,
         prefill_block_tables=tables_t[num_decodes:],
         prefill_prefix_lens=lens_t[num_decodes:],
-        prefill_has_prefix=any(c > 0 for c in lens[num_decodes:]),
+        prefill_has_prefix=any(c > 0 for c in prefill_lens),
     )
     return StepBatch(token_ids, pos_t, meta, rows_t, sampled, num_decodes, T)
 
