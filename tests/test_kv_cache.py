@@ -7,7 +7,7 @@ import torch
 
 from kernels import _paged_checks
 from kernels._attention_ref import gather_paged
-from kernels.kv_cache import kv_cache_write, kv_cache_write_reference
+from kernels.kv_cache import kv_cache_write, kv_cache_write_baseline, kv_cache_write_reference
 
 pytestmark = pytest.mark.kv_cache_write
 
@@ -95,5 +95,15 @@ def test_large_bf16_write_is_exact(device):
     slots = torch.randperm(k_cache.shape[0] * block_size, device=device)[:tokens]
     slots[::7] = -1
     kv_cache_write(key, value, k_cache, v_cache, slots)
+    kv_cache_write_reference(key, value, k_ref, v_ref, slots)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+def test_index_copy_baseline_agrees_without_padding(device):
+    k_cache, v_cache = _caches(3, 16, 2, 32, device)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    key, value = torch.randn(20, 2, 32, device=device), torch.randn(20, 2, 32, device=device)
+    slots = torch.randperm(48, device=device)[:20]
+    kv_cache_write_baseline(key, value, k_cache, v_cache, slots)
     kv_cache_write_reference(key, value, k_ref, v_ref, slots)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)

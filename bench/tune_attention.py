@@ -1,0 +1,182 @@
+"""Tile study and target check for the attention and KV-paging kernels, in one GPU run.
+
+Measures the card's copy bandwidth in the same process, then for each kernel:
+
+1. ``explore``: times candidate launch tiles on a few representative shapes (each checked against the
+   baseline first), to choose the per-head-dim entries of ``TILES`` in the kernel modules;
+2. ``sweep``: times the shipped tile on every registered benchmark case next to the baseline (SDPA for
+   attention, torch's index_copy_ for the KV write), on rotated inputs with L2 flushed; launches under
+   20 us are re-timed as CUDA-graph replays, the baseline too;
+2. ``explore`` (with --explore): times candidate launch tiles on a few representative shapes (each
+   checked against the baseline first), to choose the per-head-dim entries of ``TILES``.
+
+Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
+
+    PYTHONPATH=. python3 bench/tune_attention.py "$OUT" [kv prefill decode] [--explore] [--no-sweep]
+        [--deadline-s=SECONDS]   (start no new case after that many seconds; what is done is written)
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.ceilings import measure
+from bench.sweep import GRAPH_BELOW_MS
+from bench.timing import input_sets_for, time_rotating
+from kernels import registry
+
+PREFILL_TILES = [
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+]
+DECODE_TILES = [
+    dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_N=64, num_warps=4, num_stages=4),
+    dict(BLOCK_N=32, num_warps=4, num_stages=4),
+    dict(BLOCK_N=128, num_warps=4, num_stages=3),
+    dict(BLOCK_N=32, num_warps=2, num_stages=6),
+]
+BF16 = torch.bfloat16
+
+
+def _prefill(batch, seq, D, Hq, Hkv, causal, prefix=0, bs=16):
+    return {"batch": batch, "seqlen": seq, "prefix": prefix, "q_heads": Hq, "kv_heads": Hkv, "head_dim": D,
+            "block_size": bs, "dtype": BF16, "causal": causal}
+
+
+def _decode(batch, ctx, Hq, Hkv, bs, D=128):
+    return {"batch": batch, "context": ctx, "q_heads": Hq, "kv_heads": Hkv, "head_dim": D, "block_size": bs,
+            "dtype": BF16, "num_splits": None, "pass_max": True, "layout": "contiguous"}
+
+
+EXPLORE = {
+    "prefill_attention": (PREFILL_TILES, [
+        _prefill(4, 4096, 128, 32, 32, True), _prefill(4, 4096, 64, 16, 16, True),
+        _prefill(2, 2048, 256, 16, 16, True), _prefill(8, 512, 128, 32, 8, True, prefix=4096),
+    ]),
+    "paged_decode_attention": (DECODE_TILES, [
+        _decode(1, 32768, 32, 8, 16), _decode(64, 4096, 32, 8, 16), _decode(8, 16384, 14, 2, 128),
+    ]),
+}
+STUDY_OPS = {"kv": "kv_cache_write", "prefill": "prefill_attention", "decode": "paged_decode_attention"}
+
+
+def _short(case) -> str:
+    keep = ("tokens", "batch", "seqlen", "prefix", "context", "q_heads", "kv_heads", "head_dim", "block_size",
+            "causal")
+    return " ".join(f"{k}={case[k]}" for k in keep if k in case)
+
+
+def _tile_name(tile) -> str:
+    return "/".join(f"{v}" for v in tile.values()) if tile else "shipped"
+
+
+def _check(op, fn, inputs) -> float:
+    """Relative error of ``fn`` against the baseline (float32 inputs where it returns a tensor)."""
+    fresh = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    out = fn(**fresh)
+    if out is None:  # in place: compare the caches the baseline writes
+        ref_inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        op.baseline(**ref_inputs)
+        return max(float((fresh[k].float() - ref_inputs[k].float()).abs().max()) for k in op.mutates)
+    up = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    ref = op.baseline(**up)
+    return float((out.float() - ref).norm() / ref.norm())
+
+
+def _time(fns, sets):
+    times = {label: time_rotating(fn, sets) for label, fn in fns.items()}
+    if min(times.values()) < GRAPH_BELOW_MS:
+        return {label: time_rotating(fn, sets, graph=True) for label, fn in fns.items()}, "graph"
+    return times, "events"
+
+
+DEADLINE = [float("inf")]
+
+
+def run_cases(op, cases, tiles, ceilings, study):
+    rows = []
+    for case in cases:
+        if time.monotonic() > DEADLINE[0]:
+            print(f"deadline reached: {op.name} {study} stopped before {_short(case)}", flush=True)
+            break
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        nbytes, flops = op.bytes(case), op.flops(case)
+        sets = [op.make_inputs(case, "cuda", gen) for _ in range(input_sets_for(nbytes, ceilings.l2_bytes))]
+        fns = {}
+        for tile in tiles:
+            fn = op.triton if tile is None else (lambda t: lambda **kw: op.triton(**kw, _tile=t))(tile)
+            try:
+                err = _check(op, fn, sets[0])
+            except Exception as e:  # a tile that does not compile (shared memory) is reported, not fatal
+                print(f"  {_tile_name(tile)}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            if err > 2e-2:
+                print(f"  {_tile_name(tile)}: WRONG (relative error {err:.3g}); not timed", flush=True)
+                continue
+            fns[_tile_name(tile)] = fn
+        fns["baseline"] = op.baseline
+        times, timing = _time(fns, sets)
+        base = times["baseline"]
+        for label, ms in times.items():
+            rows.append({
+                "study": study, "op": op.name, "tile": label, "case": _short(case), "median_us": ms * 1e3,
+                "tflops": flops / ms / 1e9, "gbps": nbytes / ms / 1e6,
+                "pct_of_copy": 100 * nbytes / ms / 1e6 / ceilings.copy_gbps,
+                "vs_baseline": base / ms, "timing": timing, "gpu": ceilings.gpu, "copy_gbps": ceilings.copy_gbps,
+            })
+        best = min((ms, label) for label, ms in times.items() if label != "baseline")
+        print(f"{op.name[:14]:14s} {_short(case):78s} best {best[1]:12s} {best[0] * 1e3:9.1f} us "
+              f"{flops / best[0] / 1e9:6.1f} TF {100 * nbytes / best[0] / 1e6 / ceilings.copy_gbps:5.1f}%copy "
+              f"| base {base * 1e3:9.1f} us x{base / best[0]:5.2f} [{timing}]", flush=True)
+        del sets
+        torch.cuda.empty_cache()
+    return rows
+
+
+def write(rows, out_dir, name):
+    if not rows:
+        return
+    path = Path(out_dir) / f"attention_{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    print(f"wrote {path}", flush=True)
+
+
+def main(argv) -> int:
+    out_dir = argv[0] if argv else "bench/results/tune"
+    explore = "--explore" in argv
+    for a in argv:
+        if a.startswith("--deadline-s="):
+            DEADLINE[0] = time.monotonic() + float(a.split("=", 1)[1])
+    studies = [a for a in argv[1:] if a in STUDY_OPS] or list(STUDY_OPS)
+    ceilings = measure()
+    print(f"{ceilings.gpu}: copy {ceilings.copy_gbps:.0f} GB/s, bf16 matmul {ceilings.matmul_tflops:.0f} TFLOP/s, "
+          f"L2 {ceilings.l2_bytes >> 20} MiB, {torch.cuda.get_device_properties(0).multi_processor_count} SMs",
+          flush=True)
+    # The sweeps first (what gets committed), then the tile studies with whatever time is left.
+    if "--no-sweep" not in argv:
+        for study in studies:
+            op = registry.get(STUDY_OPS[study])
+            write(run_cases(op, op.bench_cases(), [None], ceilings, "sweep"), out_dir, study)
+    for study in studies if explore else []:
+        op = registry.get(STUDY_OPS[study])
+        if op.name in EXPLORE:
+            tiles, cases = EXPLORE[op.name]
+            write(run_cases(op, cases, tiles, ceilings, "explore"), out_dir, f"{study}_explore")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
