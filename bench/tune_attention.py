@@ -2,9 +2,7 @@
 
 Measures the card's copy bandwidth in the same process, then for each kernel:
 
-1. ``explore``: times candidate launch tiles on a few representative shapes (each checked against the
-   baseline first), to choose the per-head-dim entries of ``TILES`` in the kernel modules;
-2. ``sweep``: times the shipped tile on every registered benchmark case next to the baseline (SDPA for
+1. ``sweep``: times the shipped tile on every registered benchmark case next to the baseline (SDPA for
    attention, torch's index_copy_ for the KV write), on rotated inputs with L2 flushed; launches under
    20 us are re-timed as CUDA-graph replays, the baseline too;
 2. ``explore`` (with --explore): times candidate launch tiles on a few representative shapes (each
