@@ -9,8 +9,8 @@ store each row of K values as K / block_size blocks of type_size bytes: a weight
 What is kept how:
 - F32 / F16 / BF16 tensors become plain tensors of the requested dtype;
 - 2-D linear weights of a type in ``kernels.gguf_formats.GGUF_SUPPORTED`` stay quantized (GGUFWeight);
-- the token embedding (a row gather, not a matmul) and every other type are dequantized at load with
-  gguf's own dequantizer, with a logged note.
+- the token embedding (a row gather, not a matmul) is dequantized at load on the device; every other
+  type is dequantized at load with gguf's own dequantizer, with a logged note.
 llama-arch q_proj/k_proj rows were permuted by llama.cpp's converter for its interleaved RoPE; they are
 un-permuted here so the model uses HF's half-rotation RoPE for every format.
 """
@@ -35,7 +35,6 @@ GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
 F32, F16, BF16 = 0, 1, 30
 _FLOAT_TYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
-_BASE_SUPPORTED = frozenset({2, 8, 12, 14})  # Q4_0, Q8_0, Q4_K, Q6_K: used until kernels.gguf_formats exists
 
 
 def check_gguf_header(path: Path) -> int:
@@ -133,10 +132,8 @@ def load_gguf_source(path: Path):
 
 
 def _supported_types() -> frozenset[int]:
-    try:
-        from kernels.gguf_formats import GGUF_SUPPORTED
-    except ImportError:
-        return _BASE_SUPPORTED
+    from kernels.gguf_formats import GGUF_SUPPORTED
+
     return frozenset(int(q) for q in GGUF_SUPPORTED)
 
 
@@ -154,6 +151,11 @@ def _load_tensor(path: Path, name: str, t, config, supported, device, dtype):
         if permute_heads:
             data = unpermute_rows(data, permute_heads)
         return GGUFWeight(data=data, qtype=qtype, shape=shape)
+    elif qtype in supported:  # the token embedding: decoded on the device, never as fp32 in host memory
+        from kernels.gguf_formats import gguf_dequantize_reference
+
+        data = _from_numpy(t.data).to(device, copy=True).reshape(shape[0], -1)
+        tensor = gguf_dequantize_reference(data, qtype, torch.float32).reshape(shape)
     else:
         tensor = _dequantize(path, name, t, qtype).to(device).reshape(shape)
     if permute_heads:
