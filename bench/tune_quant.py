@@ -31,10 +31,13 @@ import torch
 
 from bench.ceilings import measure
 from bench.timing import input_sets_for, time_rotating
-from kernels import registry
 from kernels.gguf_formats import Q4_0, Q4_K, qtype_name
+from kernels.gguf_linear import GGUF_LINEAR_OP
+from kernels.quant_linear import W4A16_OP, W8A16_OP
 
 DEVICE = "cuda"
+# The op records themselves, not a registry lookup, which would import every other kernel module too.
+OPS = {op.name: op for op in (W4A16_OP, W8A16_OP, GGUF_LINEAR_OP)}
 TARGETS = {"linear_w4a16": 2.5, "linear_w8a16": 1.6, ("gguf_linear", Q4_0): 2.0, ("gguf_linear", Q4_K): 2.0}
 
 
@@ -64,8 +67,7 @@ def time_case(op, case, sets, impl=None) -> float:
 
 def bench(ceil, rows, deadline, save) -> None:
     cases = []
-    for name in ("linear_w4a16", "linear_w8a16", "gguf_linear"):
-        op = registry.get(name)
+    for op in OPS.values():
         cases += [(op, c) for c in op.bench_cases()]
     # Targets first, then the other M = 1 cases, then the rest.
     cases.sort(key=lambda oc: (target_of(oc[0].name, oc[1]) is None, oc[1]["M"] != 1))
@@ -102,7 +104,7 @@ def explore(ceil, rows, save) -> None:
         ("gguf_linear", {"qtype": Q4_K}, gl.CONFIGS["cuda"]),
     ]
     for name, extra, configs in plans:
-        op = registry.get(name)
+        op = OPS[name]
         for n, k in ((4096, 4096), (4096, 14336)):
             case = {"M": 1, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, **extra}
             sets = input_sets(op, case, ceil.l2_bytes, seed=1)

@@ -191,7 +191,7 @@ def _torch_dequant_baseline(data, qtype, dtype=torch.float16):
     return gguf_dequantize_reference(data, qtype, dtype)
 
 
-register(Op(
+GGUF_DEQUANTIZE_OP = register(Op(
     name="gguf_dequantize",
     triton=gguf_dequantize,
     torch=gguf_dequantize_reference,

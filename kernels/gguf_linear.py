@@ -213,7 +213,7 @@ def _bytes(c):
     return weight + c["dtype"].itemsize * (c["M"] * c["K"] + c["M"] * c["N"])
 
 
-register(Op(
+GGUF_LINEAR_OP = register(Op(
     name="gguf_linear",
     triton=gguf_linear,
     torch=gguf_linear_reference,

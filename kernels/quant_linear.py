@@ -391,7 +391,7 @@ def _act_bytes(c):
     return c["dtype"].itemsize * (c["M"] * c["K"] + c["M"] * c["N"] + (c["N"] if c.get("bias") else 0))
 
 
-register(Op(
+W8A16_OP = register(Op(
     name="linear_w8a16",
     triton=w8a16_linear,
     torch=w8a16_linear_reference,
@@ -407,7 +407,7 @@ register(Op(
     baseline_name="cuBLAS bf16",
 ))
 
-register(Op(
+W4A16_OP = register(Op(
     name="linear_w4a16",
     triton=w4a16_linear,
     torch=w4a16_linear_reference,

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from kernels import gguf_formats as gf
-from kernels import registry
-from kernels.gguf_dequant import gguf_dequantize
-from kernels.gguf_linear import DECODE_MAX_M, gguf_linear, gguf_linear_reference
+from kernels.gguf_dequant import GGUF_DEQUANTIZE_OP, gguf_dequantize
+from kernels.gguf_linear import DECODE_MAX_M, GGUF_LINEAR_OP, gguf_linear, gguf_linear_reference
 from kernels.testing import assert_close, run_case
 
 pytestmark = pytest.mark.gguf
@@ -99,7 +98,7 @@ def test_rejects_bad_inputs(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("qtype", ALL, ids=gf.qtype_name)
 def test_large_bf16_shapes_on_gpu(qtype, device):
-    linear, dequant = registry.get("gguf_linear"), registry.get("gguf_dequantize")
+    linear, dequant = GGUF_LINEAR_OP, GGUF_DEQUANTIZE_OP
     for n, k in [(4096, 4096), (4113, 14336)]:
         for m in (1, 4, 16, 64):
             run_case(linear, {"M": m, "N": n, "K": k, "qtype": qtype, "dtype": torch.bfloat16, "bias": m == 4},
