@@ -5,8 +5,8 @@ Everything comes from the registry: each op's ``bench_cases()``, ``make_inputs``
 
 1. measures the card's ceilings (copy bandwidth, bf16 matmul rate) in this process;
 2. per op, checks the implementation on the op's smoke cases (nothing wrong gets timed);
-3. per case, times the implementation and the baseline (median of device events with L2 flushed, inputs
-   rotated; launches under 20 µs are re-timed as CUDA-graph replays so launch gaps do not dominate);
+3. per case, times the implementation and the baseline as CUDA-graph replays over rotated inputs (see
+   bench.timing: launch overhead excluded, working set beyond L2), medians;
 4. writes ``<out>/<op>.csv`` and ``<out>/<op>.png`` and prints a table.
 
 On a CPU it refuses to time (the interpreter's speed says nothing about a GPU's); ``--correctness`` runs
@@ -25,7 +25,6 @@ from typing import Any
 from bench.check import OpModuleBroken, check_op, format_results, select_ops, use_interpreter_without_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GRAPH_BELOW_MS = 0.02
 QUICK_CASES = 8
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -86,24 +85,17 @@ def time_case(op, case, impl: str, ceilings) -> tuple[float, float | None, str]:
     """(impl ms, baseline ms or None, timing method) for one case, on rotated fresh inputs."""
     import torch
 
-    from bench.timing import input_sets_for, time_rotating
+    from bench.timing import input_sets_for, time_each
 
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     n_sets = input_sets_for(op.bytes(case), ceilings.l2_bytes)
     sets = [op.make_inputs(case, device, gen) for _ in range(n_sets)]
     fns = [op.impl(impl)] + ([op.baseline] if op.baseline is not None else [])
-    times = [time_rotating(fn, sets) for fn in fns]
-    timing = "events"
-    if times[0] < GRAPH_BELOW_MS:
-        try:
-            times = [time_rotating(fn, sets, graph=True) for fn in fns]
-            timing = "graph"
-        except RuntimeError as e:  # an op that syncs with the host cannot be captured; keep the event times
-            print(f"  ({op.name}: CUDA-graph timing failed, keeping event timing: {str(e).splitlines()[0]})")
+    times, method = time_each(fns, sets)
     del sets
     torch.cuda.empty_cache()
-    return times[0], (times[1] if len(times) > 1 else None), timing
+    return times[0], (times[1] if len(times) > 1 else None), method
 
 
 def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) -> list[dict[str, Any]]:

@@ -1,10 +1,13 @@
-"""Timing a callable on the GPU: device events, median of many repeats, warm-up excluded, cold L2.
+"""Timing callables on the GPU: device events, median of many repeats, warm-up excluded, cold inputs.
 
-``time_ms(fn)`` times one callable with ``triton.testing.do_bench`` (which flushes L2 before every repeat
-and times each with CUDA events). ``time_rotating(fn, input_sets)`` cycles through several input sets so
-consecutive calls never find their operands in L2 even where the flush is skipped (CUDA-graph replays,
-which remove the launch gaps that dominate kernels of a few microseconds). ``input_sets_for`` says how
-many sets a working set needs: enough to exceed twice L2, within a memory cap.
+Kernels of a few microseconds cannot be timed launch by launch: the host's launch overhead (tens of
+microseconds in Python) lands between the events. So :func:`time_each` captures each callable, called
+over and over, in a CUDA graph and times the replays (``triton.testing.do_bench_cudagraph``, median of
+the replays). Graph replays skip do_bench's L2 flush, so the calls rotate through several input sets
+whose total exceeds twice L2 (:func:`input_sets_for`); only tiny problems, latency-bound anyway, stay in
+L2 (the capped number of sets fits in it), much as they would inside a model step, where the previous
+kernel has just written them. Callables that cannot be captured (they synchronise with the host) fall
+back to ``triton.testing.do_bench``: events around each call, L2 flushed before each.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from typing import Any
 
 WARMUP_MS = 25
 REP_MS = 100
-MAX_SETS = 32
+MAX_SETS = 128
 MAX_ROTATION_BYTES = 2 << 30
 
 
-def time_ms(fn: Callable[[], Any], *, warmup_ms: int = WARMUP_MS, rep_ms: int = REP_MS, graph: bool = False) -> float:
-    """Median milliseconds of ``fn()`` on the current device (the first calls, which compile, excluded)."""
+def time_ms(fn: Callable[[], Any], *, graph: bool = False, warmup_ms: int = WARMUP_MS, rep_ms: int = REP_MS) -> float:
+    """Median milliseconds of ``fn()`` on the current device (the first call, which compiles, excluded)."""
+    import torch
     import triton.testing
 
     fn()  # compile / autotune outside the timed region
+    torch.cuda.synchronize()
     if graph:
         return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
@@ -37,7 +42,18 @@ def input_sets_for(set_bytes: float, l2_bytes: int) -> int:
     return max(1, min(wanted, MAX_SETS, int(MAX_ROTATION_BYTES // set_bytes)))
 
 
-def time_rotating(fn: Callable[..., Any], input_sets: Sequence[dict[str, Any]], **kwargs) -> float:
+def time_rotating(fn: Callable[..., Any], input_sets: Sequence[dict[str, Any]], *, graph: bool = False) -> float:
     """Median milliseconds of ``fn(**inputs)``, each call taking the next of ``input_sets``."""
     cycle = itertools.cycle(input_sets)
-    return time_ms(lambda: fn(**next(cycle)), **kwargs)
+    return time_ms(lambda: fn(**next(cycle)), graph=graph)
+
+
+def time_each(fns: Sequence[Callable[..., Any]], input_sets: Sequence[dict[str, Any]]) -> tuple[list[float], str]:
+    """Times of every callable on the same rotated inputs, all by one method: ``"graph"`` or ``"events"``."""
+    try:
+        return [time_rotating(fn, input_sets, graph=True) for fn in fns], "graph"
+    except RuntimeError:  # a host sync inside fn makes capture fail: time every callable with events instead
+        import torch
+
+        torch.cuda.synchronize()
+        return [time_rotating(fn, input_sets, graph=False) for fn in fns], "events"

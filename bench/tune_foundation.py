@@ -1,9 +1,8 @@
 """Block-shape study for the memory-bound foundation kernels (SiLU-and-mul, RoPE, RMSNorm), one GPU run.
 
 Measures the copy bandwidth in the same run, then times each kernel's automatic choice next to forced
-block shapes and the torch eager baseline, on rotated inputs (L2 flushed between repeats; launches under
-20 µs re-timed as CUDA-graph replays, the baseline too). Prints a short table per kernel and writes every
-number to ``<out>/tune_foundation.csv``::
+block shapes and the torch eager baseline, as CUDA-graph replays over rotated inputs (bench.timing).
+Prints a short table per kernel and writes every number to ``<out>/tune_foundation.csv``::
 
     PYTHONPATH=. python3 bench/tune_foundation.py "$OUT"
 """
@@ -18,8 +17,7 @@ import torch
 
 from bench.ceilings import measure
 from bench.report import dtype_name, shape_string
-from bench.sweep import GRAPH_BELOW_MS
-from bench.timing import input_sets_for, time_rotating
+from bench.timing import input_sets_for, time_each
 from kernels import registry
 
 
@@ -82,11 +80,8 @@ def study(name, variants, cases, ceilings, device):
                 if isinstance(a, tuple):
                     a, b = a[0], b[0]
                 torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=f"{name} {label}")
-        times = {label: time_rotating(fn, sets) for label, fn in fns}
-        timing = "events"
-        if min(times.values()) < GRAPH_BELOW_MS:
-            times = {label: time_rotating(fn, sets, graph=True) for label, fn in fns}
-            timing = "graph"
+        ms, timing = time_each([fn for _, fn in fns], sets)
+        times = dict(zip([label for label, _ in fns], ms, strict=True))
         floor_ms, _ = ceilings.roofline_ms(op.flops(case), op.bytes(case))
         for label, ms in times.items():
             rows.append({

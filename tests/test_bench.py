@@ -81,7 +81,8 @@ def test_select_cases_quick_and_dtypes():
 
 
 def test_input_sets_rotate_past_l2():
-    assert timing.input_sets_for(1 << 20, 50 << 20) == timing.MAX_SETS  # tiny sets: capped
+    assert timing.input_sets_for(1 << 20, 50 << 20) == 101  # 101 x 1 MiB > 100 MiB
+    assert timing.input_sets_for(1 << 10, 50 << 20) == timing.MAX_SETS  # tiny sets: capped
     assert timing.input_sets_for(30 << 20, 50 << 20) == 4  # 4 x 30 MiB > 100 MiB
     assert timing.input_sets_for(1 << 30, 50 << 20) == 1
 

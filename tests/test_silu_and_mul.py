@@ -57,11 +57,11 @@ def test_every_block_shape_covers_the_output(device, rows, d):
         torch.testing.assert_close(out.double(), _independent(x), rtol=1e-5, atol=1e-6)
 
 
-def test_pick_narrows_for_few_tokens():
-    rows_block, block, _ = _pick(1, 18944)
-    assert rows_block == 1 and block < 2048  # the narrow tile, so decode spreads over SMs
-    rows_block, block, _ = _pick(4096, 64)
-    assert rows_block * block >= 1024  # small d: several rows per program
+def test_pick_splits_wide_rows_and_packs_narrow_ones():
+    rows_block, block, _ = _pick(18944)
+    assert rows_block == 1 and block < 18944  # one decode token still spans several programs
+    rows_block, block, _ = _pick(64)
+    assert rows_block > 1 and block == 64  # small d: several rows per program
 
 
 def test_reference_and_baseline_match_the_formula():

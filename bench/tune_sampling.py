@@ -1,0 +1,132 @@
+"""Time the sample op on one GPU against the sort-based torch sampler, torch.argmax and the copy ceiling.
+
+Run from the repository root on a GPU machine::
+
+    PYTHONPATH=. python3 bench/tune_sampling.py --out DIR [--explore]
+
+In one process, so every number comes from the same card:
+
+1. the copy bandwidth (bytes read + written of a 1 GiB device copy);
+2. with ``--explore``: every CUDA config of the kernel, fixed (no autotuning), on each benchmark case
+   (``sampling_configs.csv``): what the config list in kernels/sampling.py is chosen from;
+3. the op's benchmark cases (``registry.get("sample").bench_cases()``): the autotuned kernel, the baseline
+   ("torch sort": the same pipeline with a full sort, ``sample_baseline``) and ``torch.argmax`` over the
+   same logits, plus a mixed batch (half greedy, half sampled) (``sampling_bench.csv``).
+
+Timing: ``triton.testing.do_bench`` medians (L2 cleared before every call), inputs rotated among enough
+sets to exceed twice L2. Both the kernel and the baseline check for NaN logits and so synchronise once per
+call, as the engine would. Speedup = baseline / kernel; argmax ratio = greedy-batch kernel / torch.argmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import time
+
+import torch
+
+from bench.ceilings import copy_bandwidth_gbps
+from bench.timing import input_sets_for, time_rotating
+from kernels import registry
+from kernels._sampling_registration import bench_params
+from kernels.sampling import CONFIGS, SamplingTensors, launch
+
+DEVICE = "cuda"
+
+
+def input_sets(op, case, l2_bytes: int) -> list[dict]:
+    n = input_sets_for(op.bytes(case), l2_bytes)
+    gen = torch.Generator(device=DEVICE)
+    return [op.make_inputs(case, torch.device(DEVICE), gen.manual_seed(i)) for i in range(n)]
+
+
+def mixed_inputs(case, l2_bytes: int) -> list[dict]:
+    """Half greedy, half sampled rows (the sampled half with the benchmark's filters and penalties)."""
+    B, V = case["batch"], case["vocab"]
+    rng = random.Random(0)
+    sets = []
+    for i in range(input_sets_for(B * V * 4, l2_bytes)):
+        params = [bench_params("bench-greedy" if r % 2 else "bench-sampled") for r in range(B)]
+        prompts = [[rng.randrange(V) for _ in range(256)] for _ in range(B)]
+        outputs = [[rng.randrange(V) for _ in range(128)] for _ in range(B)]
+        st = SamplingTensors.build(params, prompts, outputs, [i * B + r for r in range(B)], V, DEVICE)
+        sets.append({"logits": 3 * torch.randn(B, V, device=DEVICE), "st": st})
+    return sets
+
+
+def explore(op, l2_bytes: int, rows: list, save) -> None:
+    for case in op.bench_cases():
+        sets = input_sets(op, case, l2_bytes)
+        for i, config in enumerate(CONFIGS["cuda"]):
+            try:
+                t = time_rotating(lambda logits, st, c=config: launch(logits, st, config=c), sets)
+            except Exception as e:  # a config that cannot compile or run here is reported, not fatal
+                print(f"  config {i} {config}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                continue
+            rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": i,
+                         "params": str(config), "ms": t})
+        print(f"explored {case['mode']} B={case['batch']} V={case['vocab']}", flush=True)
+        save(rows)
+
+
+def bench(op, copy_gbs: float, l2_bytes: int, rows: list, save) -> None:
+    cases = op.bench_cases()
+    cases += [dict(c, mode="mixed-half-greedy") for c in cases if c["mode"] == "bench-sampled" and c["batch"] > 1]
+    for case in cases:
+        sets = mixed_inputs(case, l2_bytes) if case["mode"] == "mixed-half-greedy" else input_sets(op, case, l2_bytes)
+        B, V = case["batch"], case["vocab"]
+        t_kernel = time_rotating(op.triton, sets)
+        t_base = time_rotating(op.baseline, sets)
+        t_argmax = time_rotating(lambda logits, st: torch.argmax(logits, -1), sets)
+        nbytes = op.bytes(case)
+        rows.append({
+            "mode": case["mode"], "batch": B, "vocab": V, "kernel_ms": t_kernel, "torch_sort_ms": t_base,
+            "argmax_ms": t_argmax, "speedup": t_base / t_kernel, "vs_argmax": t_kernel / t_argmax,
+            "kernel_gbs": nbytes / t_kernel / 1e6, "pct_copy_bw": 100 * nbytes / t_kernel / 1e6 / copy_gbs,
+        })
+        print(f"{case['mode']:>18} B={B:<4} V={V:<7} kernel {t_kernel * 1e3:8.1f} us  torch sort "
+              f"{t_base * 1e3:8.1f} us  x{t_base / t_kernel:5.1f}  argmax {t_argmax * 1e3:7.1f} us", flush=True)
+        save(rows)
+
+
+def writer(path: str):
+    def save(rows: list) -> None:
+        if rows:
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+    return save
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--explore", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    op = registry.get("sample")
+    props = torch.cuda.get_device_properties(0)
+    l2 = int(getattr(props, "L2_cache_size", 50 << 20))
+    copy_gbs = copy_bandwidth_gbps()
+    print(f"{props.name}: copy {copy_gbs:.0f} GB/s, L2 {l2 >> 20} MiB", flush=True)
+    t0 = time.time()
+    if args.explore:
+        explore(op, l2, [], writer(os.path.join(args.out, "sampling_configs.csv")))
+        print(f"explore took {time.time() - t0:.0f} s", flush=True)
+    rows: list = []
+    bench(op, copy_gbs, l2, rows, writer(os.path.join(args.out, "sampling_bench.csv")))
+    print(f"\n{props.name}, copy {copy_gbs:.0f} GB/s; times in microseconds (median, do_bench)")
+    print(f"{'mode':>18} {'B':>4} {'V':>7} {'kernel':>9} {'torch sort':>10} {'speedup':>7} {'argmax':>8} "
+          f"{'k/argmax':>8} {'%copy':>6}")
+    for r in rows:
+        print(f"{r['mode']:>18} {r['batch']:>4} {r['vocab']:>7} {r['kernel_ms'] * 1e3:9.1f} "
+              f"{r['torch_sort_ms'] * 1e3:10.1f} {r['speedup']:7.1f} {r['argmax_ms'] * 1e3:8.1f} "
+              f"{r['vs_argmax']:8.2f} {r['pct_copy_bw']:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
