@@ -125,18 +125,22 @@ class Attention:
         # RoPE rotates q and k in place; views into the fused qkv output are fine (unit stride on D).
         self.ops.rope(q, k, positions, cos_sin_cache)
         self.ops.kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
-        out = torch.empty_like(q)
         nd = meta.num_decode_tokens
+        decoded = prefilled = None
         if nd > 0:
-            out[:nd] = self.ops.paged_decode_attention(
+            decoded = self.ops.paged_decode_attention(
                 q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens,
                 scale=self.scale, max_context_len=meta.max_decode_context_len)
         if meta.num_prefills > 0:
             cached = (k_cache, v_cache, meta.prefill_block_tables, meta.prefill_prefix_lens) \
                 if meta.prefill_has_prefix else (None, None, None, None)
-            out[nd:] = self.ops.prefill_attention(
+            prefilled = self.ops.prefill_attention(
                 q[nd:], k[nd:], v[nd:], meta.prefill_cu_seqlens, meta.prefill_max_seqlen, scale=self.scale,
                 causal=True, k_cache=cached[0], v_cache=cached[1], block_tables=cached[2], prefix_lens=cached[3])
+        if decoded is None or prefilled is None:
+            out = decoded if prefilled is None else prefilled
+        else:
+            out = torch.cat([decoded, prefilled])
         return self.o_proj(out.reshape(T, H * D))
 
 
