@@ -25,7 +25,7 @@ def silu_variants():
     from kernels.silu_and_mul import silu_and_mul
 
     yield "auto", silu_and_mul
-    for tile, warps in ((512, 2), (1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 8)):
+    for tile, warps in ((512, 2), (2048, 4), (4096, 8)):
         yield f"tile{tile}_w{warps}", lambda x, t=tile, w=warps: silu_and_mul(x, _tile=t, _num_warps=w)
 
 
@@ -33,7 +33,7 @@ def rope_variants():
     from kernels.rope import rotary_embedding
 
     yield "auto", rotary_embedding
-    for heads in (1, 2, 4, 8, 16, 32):
+    for heads in (4, 16):
         yield f"heads{heads}", lambda q, k, positions, cos_sin_cache, h=heads: rotary_embedding(
             q, k, positions, cos_sin_cache, _heads=h)
 
@@ -42,7 +42,7 @@ def rmsnorm_variants():
     from kernels.rmsnorm import rmsnorm
 
     yield "auto", rmsnorm
-    for rows in (1, 2, 4, 8):
+    for rows in (1, 2, 4):
         yield f"rows{rows}", lambda x, weight, eps=1e-6, residual=None, n=rows: rmsnorm(
             x, weight, eps, residual, _rows_per_program=n)
 
@@ -54,7 +54,8 @@ STUDIES = {
     "rope": (rope_variants, [
         {"tokens": t, "q_heads": hq, "kv_heads": hk, "head_dim": 128, "dtype": torch.bfloat16, "fused": True}
         for hq, hk in ((28, 4), (64, 8)) for t in (1, 16, 256, 4096, 16384)
-    ]),
+    ] + [{"tokens": t, "q_heads": 14, "kv_heads": 2, "head_dim": 64, "dtype": torch.float16, "fused": False}
+         for t in (4096, 16384)]),
     "rmsnorm": (rmsnorm_variants, [
         {"tokens": t, "hidden": h, "dtype": torch.bfloat16, "residual": r}
         for h in (896, 2048, 4096, 8192) for t in (1, 4096, 16384) for r in (False, True)
