@@ -129,3 +129,13 @@ def test_real_sweep_on_gpu(tmp_path):
     assert sweep.run(_args(tmp_path, ops=["silu_and_mul"], dtypes=["bf16"], quick=True)) == 0
     rows = report.read_csv(tmp_path / "silu_and_mul.csv")
     assert rows and all(float(r["median_ms"]) > 0 and 0 < float(r["pct_of_ceiling"]) < 200 for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_gpu_suite_refuses_without_a_gpu(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_suite.sh"
+    out = subprocess.run(["bash", str(script), str(tmp_path / "suite")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no GPU visible" in out.stderr
