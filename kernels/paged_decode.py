@@ -43,6 +43,7 @@ from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
+from kernels._flash import load_tile, softmax_step
 from kernels.device import interpreting, num_sms, vendor
 from kernels.registry import Op, register
 
@@ -52,36 +53,17 @@ MIN_SPLIT, SPLIT_ALIGN = 64, 16
 
 @triton.jit
 def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, valid, qk_scale,
-                 stride_cb, stride_co, d_ok, PAGE: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+                 stride_cb, stride_co, d_ok, PAGE: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+                 UPCAST: tl.constexpr):
     """Load the tokens ``pos`` [N] through the block table and fold them into the online softmax.
 
     ``k_head_ptr``/``v_head_ptr`` already point at this KV head's first dim (plus the D offsets, [1, D]).
     """
-    if MASKED:
-        block = tl.load(bt_row_ptr + pos // PAGE, mask=valid, other=0)
-        kv_mask = valid[:, None] & d_ok
-    else:
-        block = tl.load(bt_row_ptr + pos // PAGE)
-        kv_mask = d_ok
+    block = tl.load(bt_row_ptr + pos // PAGE, mask=valid, other=0 if MASKED else None)  # valid is None unmasked
     rows = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None]
-    k = tl.load(k_head_ptr + rows, mask=kv_mask, other=0.0)
-    v = tl.load(v_head_ptr + rows, mask=kv_mask, other=0.0)
-    # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
-    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
-    s = s * qk_scale
-    if MASKED:
-        s = tl.where(valid[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    p = p.to(v.dtype)
-    if UPCAST:
-        acc += tl.dot(p.to(tl.float32), v.to(tl.float32))
-    else:
-        acc = tl.dot(p, v, acc)
-    return acc, m_new, l_i
+    k = load_tile(k_head_ptr + rows, valid, d_ok, MASKED, EVEN_D)
+    v = load_tile(v_head_ptr + rows, valid, d_ok, MASKED, EVEN_D)
+    return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid[None, :] if MASKED else None, MASKED, UPCAST)
 
 
 @triton.jit
@@ -92,13 +74,16 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
     DIRECT: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(ctx_ptr + seq)
     start = split * split_size
-    if start >= ctx and not DIRECT:
-        return  # past this sequence's end: the reduce never reads this split
+    # Nested on purpose: Triton has no `and` between a constexpr and a tensor.
+    if not DIRECT:  # noqa: SIM102
+        if start >= ctx:
+            return  # past this sequence's end: the reduce never reads this split
     end = tl.minimum(start + split_size, ctx)
 
     g = tl.arange(0, G_PAD)
@@ -119,11 +104,11 @@ def _decode_split_kernel(
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     for start_n in range(start, full_end, BLOCK_N):
         acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, k_head, v_head, bt_row, start_n + offs_n, None,
-                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, False, UPCAST)
+                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, False, EVEN_D, UPCAST)
     if full_end < end:
         pos = full_end + offs_n
         acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, k_head, v_head, bt_row, pos, pos < end,
-                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, True, UPCAST)
+                                     qk_scale, stride_cb, stride_co, d_ok, PAGE, True, EVEN_D, UPCAST)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty context (never valid input) gives zeros
     out_mask = head_ok[:, None] & d_ok

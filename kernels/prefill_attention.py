@@ -37,31 +37,11 @@ from kernels import _paged_checks as checks
 from kernels import _prefill_cases as cases
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
+from kernels._flash import load_tile, softmax_step
 from kernels.device import interpreting, vendor
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, UPCAST: tl.constexpr):
-    """One key tile of the online softmax; q [M, D], k/v [N, D], valid [M, N] (used if MASKED)."""
-    # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
-    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
-    s = s * qk_scale
-    if MASKED:
-        s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    p = p.to(v.dtype)
-    if UPCAST:
-        acc += tl.dot(p.to(tl.float32), v.to(tl.float32))
-    else:
-        acc = tl.dot(p, v, acc)
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -74,6 +54,7 @@ def _prefill_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PAGE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest causal tiles first
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -93,24 +74,27 @@ def _prefill_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    all_rows = offs_m[:, None] >= 0  # an always-true [M, 1] mask broadcast against column masks
 
     if HAS_PREFIX:
         prefix_len = tl.load(prefix_ptr + seq)
         cache_head = kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
-        for start_n in range(0, prefix_len, BLOCK_N):
+        bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+        full_end = (prefix_len // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_end, BLOCK_N):
             pos = start_n + offs_n
+            block = tl.load(bt_row + pos // PAGE)
+            slot = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None] + cache_head
+            k = load_tile(k_cache_ptr + slot, pos, d_ok, False, EVEN_D)
+            v = load_tile(v_cache_ptr + slot, pos, d_ok, False, EVEN_D)
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, None, False, UPCAST)
+        if full_end < prefix_len:
+            pos = full_end + offs_n
             in_prefix = pos < prefix_len
-            block = tl.load(bt_ptr + seq.to(tl.int64) * stride_bt + pos // PAGE, mask=in_prefix, other=0)
-            slot = block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co
-            kv_mask = in_prefix[:, None] & d_ok
-            k = tl.load(k_cache_ptr + slot[:, None] + cache_head, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache_ptr + slot[:, None] + cache_head, mask=kv_mask, other=0.0)
-            if start_n + BLOCK_N <= prefix_len:
-                acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, all_rows, False, UPCAST)
-            else:
-                acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale,
-                                              all_rows & in_prefix[None, :], True, UPCAST)
+            block = tl.load(bt_row + pos // PAGE, mask=in_prefix, other=0)
+            slot = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None] + cache_head
+            k = load_tile(k_cache_ptr + slot, in_prefix, d_ok, True, EVEN_D)
+            v = load_tile(v_cache_ptr + slot, in_prefix, d_ok, True, EVEN_D)
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, in_prefix[None, :], True, UPCAST)
 
     # The chunk's own keys: tiles before `free_end` need no mask, the rest are masked.
     if CAUSAL:
@@ -123,19 +107,18 @@ def _prefill_kernel(
     v_base = v_ptr + kv_head.to(tl.int64) * stride_vh + offs_d[None, :]
     for start_n in range(0, free_end, BLOCK_N):
         key_rows = (row0 + start_n + offs_n).to(tl.int64)[:, None]
-        k = tl.load(k_base + key_rows * stride_kt, mask=d_ok, other=0.0)
-        v = tl.load(v_base + key_rows * stride_vt, mask=d_ok, other=0.0)
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, all_rows, False, UPCAST)
+        k = load_tile(k_base + key_rows * stride_kt, offs_n, d_ok, False, EVEN_D)
+        v = load_tile(v_base + key_rows * stride_vt, offs_n, d_ok, False, EVEN_D)
+        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, None, False, UPCAST)
     for start_n in range(free_end, end, BLOCK_N):
         cols = start_n + offs_n
         key_rows = (row0 + cols).to(tl.int64)[:, None]
-        kv_mask = (cols[:, None] < seqlen) & d_ok
-        k = tl.load(k_base + key_rows * stride_kt, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + key_rows * stride_vt, mask=kv_mask, other=0.0)
-        valid = all_rows & (cols[None, :] < seqlen)
+        k = load_tile(k_base + key_rows * stride_kt, cols < seqlen, d_ok, True, EVEN_D)
+        v = load_tile(v_base + key_rows * stride_vt, cols < seqlen, d_ok, True, EVEN_D)
+        valid = cols[None, :] < seqlen
         if CAUSAL:
             valid = valid & (cols[None, :] <= offs_m[:, None])
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
+        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
 
     out = acc / l_i[:, None]
     tl.store(o_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],

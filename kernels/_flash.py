@@ -1,0 +1,47 @@
+"""Triton building blocks shared by the prefill and decode attention kernels.
+
+``softmax_step`` folds one tile of keys into an online softmax (flash attention): with a running row max
+m, row sum l and an fp32 accumulator, a tile of scores s = q k^T * scale * log2(e) updates
+
+    m' = max(m, max_j s_j),   l' = l * 2^(m - m') + sum_j 2^(s_j - m'),   acc' = acc * 2^(m - m') + P v
+
+``load_tile`` loads a [rows, D_PAD] tile, masking only what can be out of range.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """Rows past ``row_ok`` (if ROW_MASK) and padded dims (unless EVEN_D) read as zero."""
+    if ROW_MASK:
+        x = tl.load(ptrs, mask=row_ok[:, None] & d_ok, other=0.0)
+    elif EVEN_D:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=d_ok, other=0.0)
+    return x
+
+
+@triton.jit
+def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """One key tile: q [M, D], k/v [N, D]; ``valid`` ([M, N] or [1, N]) is applied only if MASKED."""
+    # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
+    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+    if MASKED:
+        s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    p = p.to(v.dtype)
+    if UPCAST:
+        acc += tl.dot(p.to(tl.float32), v.to(tl.float32))
+    else:
+        acc = tl.dot(p, v, acc)
+    return acc, m_new, l_i
