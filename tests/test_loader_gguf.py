@@ -238,3 +238,11 @@ def test_unrecognised_rope_freqs_are_an_error(tmp_path):
     path = make_gguf_model(tmp_path / "m.gguf", arch="llama", extra_tensors={"rope_freqs.weight": factors})
     with pytest.raises(ModelLoadError, match="rope_freqs do not match"):
         load_model_source(str(path))
+
+
+def test_directory_with_one_gguf_file(tmp_path):
+    make_gguf_model(tmp_path / "only" / "m.gguf", arch="qwen2", hf_dir=tmp_path / "hf")
+    assert load_model_source(str(tmp_path / "only")).format == "gguf"
+    shutil.copy(tmp_path / "only" / "m.gguf", tmp_path / "only" / "n.gguf")
+    with pytest.raises(ModelLoadError, match=r"several GGUF files \(m\.gguf, n\.gguf\)"):
+        load_model_source(str(tmp_path / "only"))

@@ -50,6 +50,13 @@ def load_model_source(path_or_id: str, revision: str | None = None, offline: boo
     from engine.loader.hub import resolve_model_path
 
     path = resolve_model_path(str(path_or_id), revision=revision, offline=offline)
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:  # a directory holding one GGUF file (e.g. a downloaded GGUF repo)
+            path = ggufs[0]
+        elif ggufs:
+            raise ModelLoadError(f"no config.json, and several GGUF files ({', '.join(g.name for g in ggufs)}); "
+                                 "name the one to load", path)
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError("a model file must be a .gguf file; for safetensors pass the model directory", path)
