@@ -87,7 +87,8 @@ def _check_row(row: int, p, vocab_size: int) -> tuple:
             raise SamplingParamsError(f"row {row}: logit_bias token {tok!r} is not a token id in [0, {vocab_size})")
         _finite(f"logit_bias[{tok}]", row, b)
     top_k = 0 if top_k >= vocab_size else int(top_k)  # keeping the whole vocabulary is no filter
-    return temperature, top_k, top_p, min_p, rep, pres, freq, (NO_LOGPROBS if n is None else int(n)), bias
+    n = NO_LOGPROBS if n is None else min(int(n), vocab_size)  # a tiny vocabulary has fewer than n tokens
+    return temperature, top_k, top_p, min_p, rep, pres, freq, n, bias
 
 
 def _token_array(ids, row: int, what: str, vocab_size: int) -> np.ndarray:

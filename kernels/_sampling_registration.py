@@ -52,7 +52,7 @@ def _cases(profile: str):
     if profile == "cpu":
         batch, vocab = st.sampled_from([1, 3, 6]), st.sampled_from([1, 17, 64, 123, 300])
     else:
-        batch, vocab = st.sampled_from([1, 7, 64, 200]), st.sampled_from([*MODEL_VOCABS, 32000, 4113, 123])
+        batch, vocab = st.sampled_from([1, 7, 64]), st.sampled_from([*MODEL_VOCABS, 32000, 4113, 123])
     return st.fixed_dictionaries({
         "batch": batch, "vocab": vocab, "dtype": st.sampled_from(DTYPES),
         "mode": st.sampled_from(["mixed", "greedy", "sampled", "penalties"]),
@@ -79,19 +79,18 @@ def _compare(out, ref, kernel_inputs, ref_inputs, case):
     st = ref_inputs["st"]
     z = processed_logits(ref_inputs["logits"], st)
     B, V = z.shape
-    tokens = out.token_ids.to("cpu")
+    tokens = out.token_ids
     if tokens.dtype != torch.int64 or tokens.shape != (B,):
         raise AssertionError(f"{where}: token_ids must be int64 [{B}], got {tokens.dtype} {tuple(tokens.shape)}")
-    if ((tokens < 0) | (tokens >= V)).any():
-        raise AssertionError(f"{where}: token ids outside [0, {V}) (unwritten output?): {tokens.tolist()}")
-    z = z.to("cpu")
-    tok = tokens[:, None]
-    greedy = (st.temperature == 0).to("cpu")
+    if bool(((tokens < 0) | (tokens >= V)).any()):
+        raise AssertionError(f"{where}: token ids outside [0, {V}) (unwritten output?): {tokens.tolist()[:16]}")
+    tok = tokens[:, None].to(z.device)
+    greedy = st.temperature == 0
     zmax = z.max(-1).values
     argmax_ok = z.gather(1, tok)[:, 0] >= zmax - ROUNDING_SLACK * (1 + zmax.abs())
-    allowed = kept_mask(z, _on_cpu(st), slack=ROUNDING_SLACK).gather(1, tok)[:, 0]
+    allowed = kept_mask(z, st, slack=ROUNDING_SLACK).gather(1, tok)[:, 0]
     ok = torch.where(greedy, argmax_ok, allowed)
-    if not ok.all():
+    if not bool(ok.all()):
         r = int((~ok).nonzero()[0])
         raise AssertionError(f"{where}: row {r} drew token {int(tokens[r])}, which the reference "
                              f"{'argmax' if greedy[r] else 'filters'} exclude (reference drew {int(ref.token_ids[r])})")
@@ -104,19 +103,14 @@ def _compare(out, ref, kernel_inputs, ref_inputs, case):
         return
     if out.top_ids is None:
         raise AssertionError(f"{where}: top logprobs were requested but not returned")
-    ids, lps = out.top_ids.to("cpu"), out.top_logprobs.to("cpu")
-    pad = ref.top_ids.to("cpu") < 0
-    if not torch.equal(ids < 0, pad) or not torch.isneginf(lps[pad]).all():
+    ids, lps = out.top_ids.to(z.device), out.top_logprobs.to(z.device)
+    pad = ref.top_ids < 0
+    if ids.shape != pad.shape or not torch.equal(ids < 0, pad) or not bool(torch.isneginf(lps[pad]).all()):
         raise AssertionError(f"{where}: top-logprob padding (-1 / -inf) differs from the requested widths")
-    assert_close(lps[~pad], ref.top_logprobs.to("cpu")[~pad], dtype=torch.float32, reduction_len=V,
+    assert_close(lps[~pad], ref.top_logprobs[~pad], dtype=torch.float32, reduction_len=V,
                  what=f"{where}: top logprobs")
     assert_close(lps[~pad], logp.gather(1, ids.clamp(min=0))[~pad], dtype=torch.float32, reduction_len=V,
                  what=f"{where}: logprobs of the returned top ids")
-
-
-def _on_cpu(st: SamplingTensors) -> SamplingTensors:
-    fields = {k: (v.to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in vars(st).items()}
-    return SamplingTensors(**fields)
 
 
 def bench_params(mode: str) -> RequestParams:
