@@ -6,7 +6,7 @@
 #
 # Runs from the checkout (PYTHONPATH=.), installs nothing. With ops named, runs every test of those ops;
 # otherwise every GPU-marked test and the generic op tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
-# the sweep's dtypes. PACK=1 packs the results into one suite.tar.gz in OUT_DIR (for transports that
+# the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs). PACK=1 packs the results into one suite.tar.gz in OUT_DIR (for transports that
 # return only a few files).
 # Exit code: nonzero if any step failed; every step runs regardless.
 set -uo pipefail
@@ -53,7 +53,10 @@ SWEEP_FLAGS=()
 [ -n "$OPS" ] && SWEEP_FLAGS+=(--ops $OPS)
 # shellcheck disable=SC2206
 [ -n "${DTYPES:-}" ] && SWEEP_FLAGS+=(--dtypes $DTYPES)
-step sweep "$PY" -m bench.sweep "${SWEEP_FLAGS[@]}" --out "$WORK"
+TIMEOUT=()
+[ -n "${SWEEP_TIMEOUT:-}" ] && TIMEOUT=(timeout "$SWEEP_TIMEOUT")
+step sweep "${TIMEOUT[@]}" "$PY" -m bench.sweep "${SWEEP_FLAGS[@]}" --out "$WORK"
+step summary "$PY" -m bench.summarize "$WORK"
 
 if [ "${PACK:-0}" = 1 ]; then
     mkdir -p "$DIR"

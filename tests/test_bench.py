@@ -139,3 +139,15 @@ def test_gpu_suite_refuses_without_a_gpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_suite.sh"
     out = subprocess.run(["bash", str(script), str(tmp_path / "suite")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no GPU visible" in out.stderr
+
+
+def test_summary_of_targets(tmp_path, capsys):
+    from bench import summarize
+
+    small = _row(case={"tokens": 1, "hidden": 8, "dtype": torch.bfloat16}, nbytes=1e3, median_ms=0.002,
+                 baseline_ms=0.001)  # 0.5x, latency-bound
+    big = _row()  # 2 GB: beyond 2x L2, 80%, 2x
+    report.write_csv([small, big], tmp_path / "x.csv")
+    assert summarize.main([str(tmp_path), "50"]) == 0
+    out = capsys.readouterr().out
+    assert "beyond 2xL2 (1): min  80.0%" in out and "slowest speedup 0.50x at tokens=1 hidden=8" in out
