@@ -5,7 +5,8 @@ tokens to ``postprocess()``. A batch is built in this order, under two limits (`
 tokens in all, ``max_num_seqs`` sequences):
 
 1. running sequences that decode (one new token each), in arrival order;
-2. running sequences in the middle of a chunked prefill (their next chunk);
+2. running sequences in the middle of a chunked prefill (their next chunk, shrunk to the free blocks
+   before anyone is preempted for it);
 3. waiting sequences in arrival order (first-come-first-served: if the head does not fit, nothing behind
    it is admitted), each first matched against the prefix cache.
 
@@ -16,9 +17,14 @@ When a running sequence needs a block and none is free, the most recently arrive
 is not yet in this step's batch is *preempted by recompute*: its blocks are freed, ``num_computed_tokens``
 goes back to 0 and it rejoins the waiting queue in arrival order. Its generated tokens are kept and
 recomputed with the prompt when it resumes (cached full blocks make that cheap). No new sequence is
-admitted in a step that preempted. The earliest arrival can always take the whole pool, so the engine
-always makes progress: a sequence may hold at most ``max_len`` tokens (the pool's size, the model's
-``max_model_len``, and the token budget when chunked prefill is off) and finishes with "length" there.
+admitted in a step that preempted.
+
+Progress: a sequence may hold at most ``max_len`` tokens (the pool's size, the model's ``max_model_len``,
+and the token budget when chunked prefill is off; it finishes with "length" there), so any one sequence
+fits the pool alone. Victims are the latest arrivals not yet in the batch, so the first sequence placed in
+a step could have evicted every other one: each step with pending work runs at least one sequence, and
+since lengths are bounded and admission is first-come-first-served, every request finishes
+(tests/test_scheduler_state_machine.py drives thousands of random steps through this).
 
 The scheduler and its KV-cache manager are owned by one engine loop; nothing here takes a lock.
 """
@@ -129,6 +135,7 @@ class Scheduler:
             "kv_free_blocks": self.kv.num_free_blocks,
             "kv_total_blocks": self.kv.num_blocks,
             "prefix_cache_blocks": len(self.kv.prefix_cache),
+            "prefix_cache_hit_rate": self.kv.prefix_cache.hit_rate(),
         }
 
     def get(self, request_id: str) -> Sequence | None:

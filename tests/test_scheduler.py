@@ -169,6 +169,7 @@ def test_preemption_by_recompute_keeps_tokens_and_resumes_in_arrival_order():
     # b resumes first and recomputes prompt + generated tokens, less its blocks still in the prefix cache.
     assert out.seqs[0] is b
     assert b.num_computed_tokens == b.num_tokens - 1
+    assert b.num_cached_tokens == 0  # its own blocks coming back are not prompt-cache hits
     while s.has_unfinished():
         step(s)
     for x in (a, b, c):

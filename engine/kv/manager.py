@@ -86,7 +86,8 @@ class KVCacheManager:
         if reused:
             self._holders[id(seq)] = seq
         seq.num_computed_tokens = reused
-        seq.num_cached_tokens = min(reused, seq.num_prompt_tokens)
+        if not seq.num_preemptions:  # a resumed sequence's own blocks coming back are not prompt-cache hits
+            seq.num_cached_tokens = min(reused, seq.num_prompt_tokens)
         return reused
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
