@@ -192,7 +192,7 @@ class Scheduler:
             num_new = self._chunk_size(seq, budget)
             if num_new == 0:
                 continue
-            if num_new > 1:
+            if num_new > 1 and self.config.enable_chunked_prefill:
                 # A prefill chunk shrinks to the free room before anyone is preempted for it.
                 num_new = min(num_new, self.kv.num_allocatable_tokens(seq)) or 1
             while not self.kv.allocate_slots(seq, num_new):
