@@ -40,13 +40,16 @@ import triton.language as tl
 
 from kernels import alloc
 from kernels.device import interpreting, num_sms
-from kernels.linear_prefill import _precision
+from kernels.linear_prefill import _precision, cdiv, next_power_of_2
 from kernels.tuning import Tuned
 
-# Chunks are whole multiples of this many K elements (every BLOCK_K below divides it).
-SPLIT_UNIT = 256
-# Aim for this many programs per multiprocessor (with BLOCK_N = 64) when choosing the split.
-PROGRAMS_PER_SM = 4
+# Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
+# aims at this many programs per multiprocessor (counting BLOCK_N = 64 column tiles). Measured on an
+# H200 (bench/results/NVIDIA_H200/linear_configs_decode.csv, CUDA-graph timing): with 256 and 4, the
+# chunks were too small -- twice the chunk ran 3-11% faster on all four shapes tried (fewer partials
+# to write and reduce, longer unmasked K loops); 512 and 2 give those measured-best chunk sizes.
+SPLIT_UNIT = 512
+PROGRAMS_PER_SM = 2
 
 
 @triton.jit
@@ -155,7 +158,7 @@ _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"]
 
 def decode_block_m(M: int) -> int:
     """The M bucket: row-tile height 16, 32 or 64 (tl.dot needs at least 16 rows)."""
-    return min(64, max(16, triton.next_power_of_2(max(M, 1))))
+    return min(64, max(16, next_power_of_2(max(M, 1))))
 
 
 def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
@@ -166,11 +169,11 @@ def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     per split, written then read) stay under a quarter of the weight's 2*N*K bytes at M = block_m.
     Depends on the shape and the card, never on M: this is what keeps decode batch-invariant.
     """
-    units = triton.cdiv(K, SPLIT_UNIT)
-    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, triton.cdiv(N, 64))
+    units = cdiv(K, SPLIT_UNIT)
+    wanted = cdiv(PROGRAMS_PER_SM * sms, cdiv(N, 64))
     cap = max(1, K // (16 * block_m))
     splits = max(1, min(wanted, cap, units))
-    return triton.cdiv(units, splits) * SPLIT_UNIT
+    return cdiv(units, splits) * SPLIT_UNIT
 
 
 def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
@@ -190,6 +193,8 @@ def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
 
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
+# Enough counters for the smallest BLOCK_N any config uses.
+_MIN_BLOCK_N = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
 
 
 def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -210,13 +215,11 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     chunk = k_chunk if k_chunk is not None else decode_chunk(N, K, block_m, sms)
     if chunk < 1:
         raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")
-    splits = triton.cdiv(K, chunk)
+    splits = cdiv(K, chunk)
     partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
-    # Enough counters for the smallest BLOCK_N any config uses.
-    min_block_n = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
-    counters = _arrival_counters(x.device, triton.cdiv(N, min_block_n) * triton.cdiv(M, block_m))
+    counters = _arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, block_m))
     upcast = interpreting() and x.dtype == torch.bfloat16
-    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, block_m))
+    grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, block_m))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
     flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m)
