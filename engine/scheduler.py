@@ -182,8 +182,10 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         scheduled: set[int] = set()
-        decodes = [seq for seq in self.running if seq.num_uncomputed_tokens == 1]
-        prefills = [seq for seq in self.running if seq.num_uncomputed_tokens > 1]
+        decodes: list[Sequence] = []
+        prefills: list[Sequence] = []
+        for seq in self.running:
+            (decodes if seq.num_uncomputed_tokens == 1 else prefills).append(seq)
         for seq in decodes + prefills:
             if budget == 0:
                 break

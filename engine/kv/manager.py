@@ -93,12 +93,13 @@ class KVCacheManager:
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Make room for ``num_new_tokens`` more tokens of ``seq``; False (and no change) if it cannot."""
         needed = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        if needed <= 0:
+            return True  # the common decode step: the last block still has room
         if needed > self.num_free_blocks:
             return False
         for _ in range(needed):
             seq.block_table.append(self._take_block())
-        if seq.block_table:
-            self._holders[id(seq)] = seq
+        self._holders[id(seq)] = seq
         return True
 
     def commit(self, seq: Sequence) -> None:
@@ -107,6 +108,8 @@ class KVCacheManager:
             return
         bs = self.block_size
         num_full = min(seq.num_computed_tokens, seq.num_tokens) // bs
+        if num_full <= len(seq.block_hashes):
+            return
         parent = seq.block_hashes[-1] if seq.block_hashes else None
         for i in range(len(seq.block_hashes), num_full):
             hash_ = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
