@@ -221,12 +221,13 @@ def _sample_kernel(
 
 CONFIGS = {
     # The first entry is what the interpreter runs: small blocks so CPU tests cross block boundaries.
+    # None of these spills registers on sm_90 (ptxas -v); BLOCK=8192 with 16 warps did.
     "cuda": [
         dict(BLOCK=256, SBLOCK=128, NPIV=8, num_warps=4),
         dict(BLOCK=2048, SBLOCK=256, NPIV=16, num_warps=8),
         dict(BLOCK=4096, SBLOCK=512, NPIV=16, num_warps=8),
         dict(BLOCK=4096, SBLOCK=512, NPIV=16, num_warps=16),
-        dict(BLOCK=8192, SBLOCK=1024, NPIV=32, num_warps=16),
+        dict(BLOCK=4096, SBLOCK=512, NPIV=32, num_warps=16),
     ],
     "hip": [
         dict(BLOCK=256, SBLOCK=128, NPIV=8, num_warps=4),

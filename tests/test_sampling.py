@@ -13,7 +13,7 @@ import torch
 
 from kernels._sampling_params import RequestParams as P
 from kernels._sampling_reference import kept_mask, processed_logits
-from kernels.sampling import SamplingParamsError, SamplingTensors, sample, sample_reference
+from kernels.sampling import CONFIGS, SamplingParamsError, SamplingTensors, launch, sample, sample_reference
 
 pytestmark = pytest.mark.sample
 
@@ -224,3 +224,20 @@ def test_shape_and_type_errors(device):
         sample(torch.ones(2, 16, dtype=torch.int32, device=device), st)
     with pytest.raises(TypeError, match="SamplingTensors"):
         sample(torch.randn(2, 16, device=device), {"temperature": 1.0})
+
+
+@pytest.mark.parametrize("config", range(len(CONFIGS["cuda"])))
+def test_every_config_draws_the_reference_tokens(device, config):
+    # Each config's block and pivot counts change the kernel's loops; all must give the same draws.
+    g = torch.Generator(device=device).manual_seed(6)
+    V = 700
+    logits = 2.0 * torch.randn(4, V, generator=g, device=device)
+    params = [P(temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.2, frequency_penalty=0.5),
+              P(temperature=1.3, min_p=0.05, logprobs=5), P(temperature=0.0, logprobs=3),
+              P(temperature=1.0, top_p=0.3, logit_bias={5: 4.0})]
+    st = build(params, device, V, prompts=[[1, 2, 699]] * 4, outputs=[[3, 3, 600]] * 4, seeds=[9, 8, 7, 6])
+    out = launch(logits, st, config=CONFIGS["cuda"][config])
+    ref = sample_reference(logits.double(), st)
+    assert out.token_ids.tolist() == ref.token_ids.tolist()
+    assert out.top_ids.tolist() == ref.top_ids.tolist()
+    torch.testing.assert_close(out.logprobs, ref.logprobs, rtol=1e-5, atol=1e-5)
