@@ -11,6 +11,7 @@ loading, paging, batching, sampling and streaming, on whatever device is present
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 import torch
@@ -42,9 +43,11 @@ def build_demo_tokenizer(directory: Path, vocab_size: int = 512) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([DEMO_TEXT] * 8 + DEMO_TEXT.split(". "), trainer=trainer)
+    # Only ASCII characters, no lone UTF-8 bytes in the vocabulary: whatever the model samples decodes
+    # to readable text.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    # string.printable puts every ASCII character (newlines too, for chat templates) in the alphabet.
+    tok.train_from_iterator([DEMO_TEXT] * 8 + DEMO_TEXT.split(". ") + [string.printable], trainer=trainer)
     tok.save(str(directory / "tokenizer.json"))
     added = {str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
                                        "normalized": False, "single_word": False} for t in SPECIAL_TOKENS}
@@ -55,10 +58,12 @@ def build_demo_tokenizer(directory: Path, vocab_size: int = 512) -> int:
     return tok.get_vocab_size(with_added_tokens=True)
 
 
-def build_demo_model(directory, arch: str = "qwen3", hidden_size: int = 256, num_layers: int = 4,
-                     num_heads: int = 8, num_kv_heads: int = 2, intermediate_size: int = 768,
-                     max_position: int = 2048, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
-    """Write a random-weight ``arch`` model directory; returns its path."""
+def build_demo_model(directory, arch: str = "qwen3", hidden_size: int = 128, num_layers: int = 2,
+                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 384,
+                     max_position: int = 2048, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                     train_steps: int = 0) -> Path:
+    """Write an ``arch`` model directory (random weights, then ``train_steps`` of training on the demo
+    text, see :mod:`engine.demo_training`); returns its path."""
     from safetensors.torch import save_file
 
     if arch not in ARCHS:
@@ -83,10 +88,10 @@ def build_demo_model(directory, arch: str = "qwen3", hidden_size: int = 256, num
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
-        return (torch.randn(*shape, generator=gen) / shape[-1] ** 0.5).to(dtype)
+        return torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
 
     def norm(n):
-        return (1.0 + 0.1 * torch.randn(n, generator=gen)).to(dtype)
+        return 1.0 + 0.1 * torch.randn(n, generator=gen)
 
     q, kv = num_heads * head_dim, num_kv_heads * head_dim
     weights = {"model.embed_tokens.weight": rand(vocab, hidden_size) * 4, "model.norm.weight": norm(hidden_size)}
@@ -103,6 +108,13 @@ def build_demo_model(directory, arch: str = "qwen3", hidden_size: int = 256, num
         if arch == "qwen3":
             weights[p + "self_attn.q_norm.weight"] = norm(head_dim)
             weights[p + "self_attn.k_norm.weight"] = norm(head_dim)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"),
+    if train_steps > 0:
+        from tokenizers import Tokenizer
+
+        from engine.demo_training import train
+
+        ids = Tokenizer.from_file(str(directory / "tokenizer.json")).encode(DEMO_TEXT * 2).ids
+        train(weights, config, ids, train_steps, seed=seed)
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"),
               metadata={"format": "pt"})
     return directory
