@@ -37,8 +37,9 @@ from kernels.registry import Op, register, register_impl
 
 VARIANTS = ("prefill", "persistent", "decode")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Up to this many rows the weight read dominates and split-K streaming wins (H100 measurements,
-# bench/results/): beyond it the tiled kernels' operand reuse pays.
+# Up to this many rows the product is under 64 flops per weight byte, far below an H100/H200's ~250
+# bf16 flops per byte, so reading the weight dominates and split-K streaming fits; the crossover to the
+# tiled kernels between 64 and ~256 rows has not been measured yet.
 DECODE_MAX_M = 64
 
 _KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "decode": linear_decode_2d}
