@@ -187,12 +187,16 @@ def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
     key = (device.type, device.index, stream)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < tiles:
+        if buf is not None:
+            # A CUDA graph captured earlier may still point at the smaller buffer: keep it alive.
+            _RETIRED_COUNTERS.append(buf)
         buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
 
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
+_RETIRED_COUNTERS: list[torch.Tensor] = []
 # Enough counters for the smallest BLOCK_N any config uses.
 _MIN_BLOCK_N = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
 
