@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -145,3 +146,51 @@ def test_download_command_cache_dir_option(tmp_path, model_files, monkeypatch, c
     download.configure(parser)
     assert download.run(parser.parse_args(["org/tiny", "--cache-dir", str(other)])) == 0
     assert str(other) in capsys.readouterr().out
+
+
+def _fake_hub(monkeypatch, tmp_path, index: dict | None):
+    """Stand-ins for the two huggingface_hub calls, recording what an online download would ask for."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    asked = {}
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text("{}")
+
+    def hf_hub_download(repo_id, filename, revision=None, cache_dir=None, local_files_only=False):
+        asked.setdefault("files", []).append(filename)
+        if index is None:
+            raise errors.EntryNotFoundError(f"{filename} not found")  # the base of the hub's remote error
+        path = tmp_path / filename
+        path.write_text(json.dumps(index))
+        return str(path)
+
+    def snapshot_download(repo_id, revision=None, cache_dir=None, allow_patterns=None, local_files_only=False):
+        asked["patterns"] = allow_patterns
+        asked["local_files_only"] = local_files_only
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return asked
+
+
+def test_online_sharded_download_fetches_only_indexed_shards(monkeypatch, tmp_path):
+    from engine.loader.hub import download_model
+
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    asked = _fake_hub(monkeypatch, tmp_path, {"weight_map": {"a": shards[0], "b": shards[1], "c": shards[0]}})
+    download_model("org/sharded", cache_dir=tmp_path / "cache")
+    assert asked["local_files_only"] is False
+    assert "*.safetensors" not in asked["patterns"] and set(shards) <= set(asked["patterns"])
+    assert "config.json" in asked["patterns"] and "tokenizer.json" in asked["patterns"]
+
+
+def test_online_unsharded_download_uses_the_plain_patterns(monkeypatch, tmp_path):
+    from engine.loader.hub import download_model
+
+    asked = _fake_hub(monkeypatch, tmp_path, None)
+    download_model("org/single", cache_dir=tmp_path / "cache")
+    assert asked["patterns"] == HF_FILE_PATTERNS

@@ -84,13 +84,16 @@ def download_model(repo_id: str, revision: str | None = None, filename: str | No
             path = Path(huggingface_hub.hf_hub_download(
                 repo_id, filename, revision=revision, cache_dir=cache, local_files_only=offline))
         else:
+            patterns = HF_FILE_PATTERNS if offline else _needed_patterns(repo_id, revision, cache)
             path = Path(huggingface_hub.snapshot_download(
-                repo_id, revision=revision, cache_dir=cache, allow_patterns=HF_FILE_PATTERNS,
-                local_files_only=offline))
+                repo_id, revision=revision, cache_dir=cache, allow_patterns=patterns, local_files_only=offline))
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as err:
-        raise ModelNotFoundError(
-            f"{where} is not in the hub cache at {cache} and offline mode is on (HF_HUB_OFFLINE); run "
-            f"`tritonforge download {repo_id}` where the network is reachable, or pass a local path") from err
+        if offline:
+            raise ModelNotFoundError(
+                f"{where} is not in the hub cache at {cache} and offline mode is on (HF_HUB_OFFLINE); run "
+                f"`tritonforge download {repo_id}` where the network is reachable, or pass a local path") from err
+        raise ModelNotFoundError(f"{where} is not in the hub cache at {cache} and the hub could not be "
+                                 f"reached: {err}") from err
     except errors.GatedRepoError as err:
         raise ModelNotFoundError(f"{where} is gated: accept its license on the hub and log in "
                                  "(HF_TOKEN) first") from err
@@ -102,3 +105,21 @@ def download_model(repo_id: str, revision: str | None = None, filename: str | No
         raise ModelLoadError(f"{where} has no config.json in its snapshot; it is not a Hugging Face "
                              "transformers model (for a GGUF repo name the file: org/name/file.gguf)", path)
     return path
+
+
+def _needed_patterns(repo_id: str, revision: str | None, cache: Path) -> list[str]:
+    """HF_FILE_PATTERNS narrowed to the shards a sharded checkpoint's index names.
+
+    Some repos carry the same weights twice (e.g. a ``consolidated.safetensors`` beside the HF shards);
+    when an index exists, only the files it names are fetched.
+    """
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    from engine.loader.safetensors_loader import INDEX_FILE, index_files
+
+    try:
+        index = huggingface_hub.hf_hub_download(repo_id, INDEX_FILE, revision=revision, cache_dir=cache)
+    except errors.EntryNotFoundError:  # not sharded (also raised, as LocalEntryNotFoundError, when unreachable)
+        return HF_FILE_PATTERNS
+    return [p for p in HF_FILE_PATTERNS if p != "*.safetensors"] + index_files(Path(index))

@@ -42,7 +42,7 @@ def find_weight_files(model_dir: Path) -> list[Path]:
     index = model_dir / INDEX_FILE
     if index.exists():
         check_inside(model_dir, index, "index file")
-        return [safe_child(model_dir, name, "shard named in the index") for name in _index_files(index)]
+        return [safe_child(model_dir, name, "shard named in the index") for name in index_files(index)]
     files = sorted(p for p in model_dir.glob("*.safetensors"))
     if files:
         return [safe_child(model_dir, p.name, "weights file") for p in files]
@@ -55,7 +55,8 @@ def find_weight_files(model_dir: Path) -> list[Path]:
     raise ModelLoadError("no *.safetensors weights found in the model directory", model_dir)
 
 
-def _index_files(index: Path) -> list[str]:
+def index_files(index: Path) -> list[str]:
+    """The distinct weight files an index's weight_map names (validated to be .safetensors names)."""
     try:
         data = json.loads(index.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
