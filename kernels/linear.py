@@ -51,7 +51,7 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
     - M <= 64: ``"decode"`` (weight-bandwidth bound; the tiled kernels would leave most SMs idle);
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill
       products where the one-program-per-tile kernel reached 0.72-0.85x
-      (bench/results/NVIDIA_H200/linear_configs.csv); its pipelining across tiles hides each tile's
+      (bench/results/NVIDIA_H200/linear_configs_run1.csv); its pipelining across tiles hides each tile's
       epilogue. On AMD (no measurements yet) the same rule applies.
     ``N``, ``K`` and ``dtype`` are part of the signature so that a rule tuned for another card can use them.
     """

@@ -45,7 +45,7 @@ from kernels.tuning import Tuned
 
 # Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
 # aims at this many programs per multiprocessor (counting BLOCK_N = 64 column tiles). Measured on an
-# H200 (bench/results/NVIDIA_H200/linear_configs_decode.csv, CUDA-graph timing): with 256 and 4, the
+# H200 (bench/results/NVIDIA_H200/linear_configs_decode_run2.csv, CUDA-graph timing): with 256 and 4, the
 # chunks were too small -- twice the chunk ran 3-11% faster on all four shapes tried (fewer partials
 # to write and reduce, longer unmasked K loops); 512 and 2 give those measured-best chunk sizes.
 SPLIT_UNIT = 512
@@ -144,16 +144,15 @@ def _graph_bench(fn, quantiles):
 
 
 def _prune(configs, named_args, **kwargs):
-    # float32 is the checking dtype (exact IEEE dots, never a hot path): one config, the first, is
-    # enough, and skips compiling configs whose float32 tiles would not fit in shared memory anyway.
+    # float32 is the checking dtype (exact IEEE dots, never a hot path): the first kept config is
+    # enough, and tuning it would compile every config once more for nothing.
     if named_args["x_ptr"].dtype == torch.float32:
         return configs[:1]
     return configs
 
 
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=_graph_bench,
-               prune_configs_by={"early_config_prune": _prune})
+                do_bench=_graph_bench, prune_configs_by={"early_config_prune": _prune})
 
 
 def decode_block_m(M: int) -> int:

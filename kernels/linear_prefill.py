@@ -132,7 +132,7 @@ _TILED_HIP = [
          waves_per_eu=2, matrix_instr_nonkdim=16, kpack=1),
 ]
 TILED_CONFIGS = {"cuda": _TILED_CUDA, "hip": _TILED_HIP}
-# Measured on an H200 (bench/results/NVIDIA_H200/linear_configs.csv): FLATTEN=True (the next tile's
+# Measured on an H200 (bench/results/NVIDIA_H200/linear_configs_run1.csv): FLATTEN=True (the next tile's
 # loads pipelined under this tile's epilogue) beat FLATTEN=False in every config, by 2-25%.
 PERSISTENT_CONFIGS = {
     "cuda": [
@@ -166,19 +166,17 @@ def _quick_bench(fn, quantiles):
 
 
 def _prune(configs, named_args, **kwargs):
-    # float32 is the checking dtype (exact IEEE dots, never a hot path): one config, the first, is
-    # enough, and skips compiling configs whose float32 tiles would not fit in shared memory anyway.
+    # float32 is the checking dtype (exact IEEE dots, never a hot path): the first kept config is
+    # enough, and tuning it would compile every config once more for nothing.
     if named_args["x_ptr"].dtype == torch.float32:
         return configs[:1]
     return configs
 
 
 _tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
-               do_bench=_quick_bench,
-               prune_configs_by={"early_config_prune": _prune})
+               do_bench=_quick_bench, prune_configs_by={"early_config_prune": _prune})
 _persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
-                    do_bench=_quick_bench,
-               prune_configs_by={"early_config_prune": _prune})
+                    do_bench=_quick_bench, prune_configs_by={"early_config_prune": _prune})
 
 
 def cdiv(a: int, b: int) -> int:
