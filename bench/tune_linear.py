@@ -2,13 +2,14 @@
 
 Run from the repository root on a GPU machine::
 
-    PYTHONPATH=. python3 bench/tune_linear.py --out DIR [--explore] [--skip-bench]
+    PYTHONPATH=. python3 bench/tune_linear.py [--out DIR] [--explore {all,prefill,decode}] [--skip-bench]
 
 It measures, in one process so that every number comes from the same card:
 
 1. the ceilings: device-to-device copy bandwidth (bytes read + written) and a cuBLAS bf16 8192^3 product;
-2. with ``--explore``: every config of every kernel, timed alone on a few representative shapes
-   (``linear_configs.csv``), which is what the config lists in kernels/linear_*.py are chosen from;
+2. with ``--explore``: every config of the chosen kernels (and, for decode, three split sizes), timed alone
+   on a few representative shapes (``linear_configs_<which>.csv``): the config lists and the split rule in
+   kernels/linear_*.py are chosen from these;
 3. the op's benchmark cases (``registry.get("linear").bench_cases()``): cuBLAS (``F.linear``), the
    dispatching ``linear`` and each variant, autotuned (``linear_bench.csv``).
 
