@@ -49,6 +49,7 @@ from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
 MIN_SPLIT, SPLIT_ALIGN = 64, 16
+REDUCE_SPLITS = 16  # partial outputs combined per step of the reduce (a [16, D] fp32 tile in registers)
 
 
 @triton.jit
@@ -124,23 +125,33 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
+    """Combine one (sequence, head)'s splits, S_BLOCK at a time with a running max (any split count)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     n_splits = tl.cdiv(tl.load(ctx_ptr + seq), split_size)
-    s = tl.arange(0, S_PAD)
-    s_ok = s < n_splits
     offs_d = tl.arange(0, D_PAD)
-    part = (seq.to(tl.int64) * num_q_heads + head) * max_splits + s
-    lse = tl.load(part_lse_ptr + part, mask=s_ok, other=float("-inf"))
-    top = tl.where(n_splits > 0, tl.max(lse, 0), 0.0)
-    w = tl.where(s_ok, tl.math.exp2(lse - top), 0.0)
-    o = tl.load(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
-                mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    out = tl.sum(w[:, None] * o, 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    d_ok = offs_d < HEAD_DIM
+    base = (seq.to(tl.int64) * num_q_heads + head) * max_splits
+    top = tl.full([], float("-inf"), tl.float32)
+    den = tl.zeros([], tl.float32)
+    acc = tl.zeros([D_PAD], tl.float32)
+    for s0 in range(0, n_splits, S_BLOCK):
+        s = s0 + tl.arange(0, S_BLOCK)
+        s_ok = s < n_splits
+        lse = tl.load(part_lse_ptr + base + s, mask=s_ok, other=float("-inf"))
+        new_top = tl.maximum(top, tl.max(lse, 0))  # finite: split s0 exists
+        w = tl.where(s_ok, tl.math.exp2(lse - new_top), 0.0)
+        o = tl.load(part_o_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        rescale = tl.math.exp2(top - new_top)
+        acc = acc * rescale + tl.sum(w[:, None] * o, 0)
+        den = den * rescale + tl.sum(w, 0)
+        top = new_top
+    out = acc / tl.maximum(den, 1e-30)  # no splits (an empty context) gives zeros
     tl.store(o_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+             mask=d_ok)
 
 
 # --- configs (data) -------------------------------------------------------------------------------
@@ -148,23 +159,29 @@ def _decode_reduce_kernel(
 # rather than triton.autotune for the reason given in kernels/prefill_attention.py. The interpreter
 # runs 16-token tiles (least CPU time per program at the test shapes).
 
-TILES = {
+TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
     "cuda": {
-        64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
-        128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
-        256: dict(BLOCK_N=32, num_warps=4, num_stages=3),
+        2: {
+            64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+            128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+            256: dict(BLOCK_N=32, num_warps=4, num_stages=3),
+        },
+        4: {
+            128: dict(BLOCK_N=32, num_warps=4, num_stages=3),
+            256: dict(BLOCK_N=16, num_warps=8, num_stages=3),  # 4 warps spill registers here
+        },
     },
     "hip": {  # not measured yet
-        128: dict(BLOCK_N=64, num_warps=4, num_stages=1),
-        256: dict(BLOCK_N=32, num_warps=4, num_stages=1),
+        2: {128: dict(BLOCK_N=64, num_warps=4, num_stages=1), 256: dict(BLOCK_N=32, num_warps=4, num_stages=1)},
+        4: {128: dict(BLOCK_N=32, num_warps=4, num_stages=1), 256: dict(BLOCK_N=16, num_warps=4, num_stages=1)},
     },
-    "interpreter": {256: dict(BLOCK_N=16)},
+    "interpreter": {2: {256: dict(BLOCK_N=16)}, 4: {256: dict(BLOCK_N=16)}},
 }
 
 
-def pick_tile(d_pad: int) -> dict:
-    """The launch tile for a padded head dim on this machine (looked up at launch, never at import)."""
-    table = TILES["interpreter" if interpreting() else vendor()]
+def pick_tile(d_pad: int, itemsize: int) -> dict:
+    """The launch tile for a padded head dim and element size here (looked up at launch, never at import)."""
+    table = TILES["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
     return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
 
 
@@ -268,12 +285,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         block_tables.stride(0), o.stride(0), o.stride(1),
         scale * LOG2E, group, q_heads, size, max_splits,
         HEAD_DIM=D, D_PAD=d_pad, G_PAD=max(16, triton.next_power_of_2(group)), PAGE=k_cache.shape[1],
-        DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad)),
+        DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad, q.element_size())),
     )
     if not direct:
         _decode_reduce_kernel[(batch, q_heads)](
             part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
-            HEAD_DIM=D, D_PAD=d_pad, S_PAD=triton.next_power_of_2(max_splits), num_warps=4,
+            HEAD_DIM=D, D_PAD=d_pad, S_BLOCK=REDUCE_SPLITS, num_warps=4,
         )
     return o
 

@@ -132,24 +132,33 @@ def _prefill_kernel(
 # tests. BLOCK_M must be a multiple of BLOCK_N (the causal loop split relies on it). The interpreter
 # runs 16x16 tiles: the same code path, far less CPU time per program at the test shapes.
 
-TILES = {
+TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
     "cuda": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+        2: {
+            64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+            128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+            256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        },
+        # float32 tiles take twice the shared memory: 128x64 with 3 stages would need 256 KiB at D=128.
+        4: {
+            128: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+            256: dict(BLOCK_M=64, BLOCK_N=16, num_warps=8, num_stages=2),
+        },
     },
     "hip": {  # not measured yet: the tutorial's MI300 shapes
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
-        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+        2: {
+            128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, waves_per_eu=2),
+            256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+        },
+        4: {256: dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)},
     },
-    "interpreter": {256: dict(BLOCK_M=16, BLOCK_N=16)},
+    "interpreter": {2: {256: dict(BLOCK_M=16, BLOCK_N=16)}, 4: {256: dict(BLOCK_M=16, BLOCK_N=16)}},
 }
 
 
-def pick_tile(d_pad: int) -> dict:
-    """The launch tile for a padded head dim on this machine (looked up at launch, never at import)."""
-    table = TILES["interpreter" if interpreting() else vendor()]
+def pick_tile(d_pad: int, itemsize: int) -> dict:
+    """The launch tile for a padded head dim and element size here (looked up at launch, never at import)."""
+    table = TILES["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
     return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
 
 
@@ -231,7 +240,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     if not has_prefix:  # unused pointers when HAS_PREFIX is False
         k_cache, v_cache, block_tables, prefix_lens = k, v, cu_seqlens[None], cu_seqlens
     d_pad = triton.next_power_of_2(D)
-    tile = _tile or pick_tile(d_pad)
+    tile = _tile or pick_tile(d_pad, q.element_size())
     _prefill_kernel[(triton.cdiv(max_seqlen, tile["BLOCK_M"]), batch, Hq)](
         q, k, v, o, cu_seqlens, k_cache, v_cache, block_tables, prefix_lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),

@@ -56,10 +56,13 @@ def test_result_does_not_depend_on_the_split_count(device):
                                               else t for n, t in inputs.items()})
     outs = [paged_decode_attention(**inputs, num_splits=n) for n in (1, 2, 3, 7)]
     outs.append(paged_decode_attention(**inputs, split_size=16))
+    outs.append(paged_decode_attention(**inputs, split_size=4))  # 25 splits: the reduce's chunked loop
+    # Against each other only rounding remains. The interpreter's fp32 dots are exact, so that is float32
+    # summation order; on a GPU the dots are TF32 and each split rounds its own probabilities.
+    tight = 1e-5 if device.type == "cpu" else 2e-3
     for out in outs:
         assert_close(out, ref, dtype=torch.float32, reduction_len=100, tf32=True)
-        # Against each other only rounding remains: far tighter than the reference tolerance.
-        torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, outs[0], rtol=tight, atol=tight)
 
 
 def test_decode_equals_the_last_row_of_causal_prefill(device):
@@ -91,7 +94,7 @@ def test_sdpa_baseline_agrees_on_the_benchmark_layout(device):
     inputs = _inputs(_case([48, 48], layout="contiguous"), device, seed=6)
     inputs.pop("max_context_len")
     torch.testing.assert_close(decode_sdpa_baseline(**inputs), paged_decode_attention_reference(**inputs),
-                               rtol=1e-4, atol=1e-5)
+                               rtol=1e-3, atol=1e-4)
 
 
 def test_rejects_context_beyond_the_table(device):
