@@ -246,3 +246,61 @@ def test_directory_with_one_gguf_file(tmp_path):
     shutil.copy(tmp_path / "only" / "m.gguf", tmp_path / "only" / "n.gguf")
     with pytest.raises(ModelLoadError, match=r"several GGUF files \(m\.gguf, n\.gguf\)"):
         load_model_source(str(tmp_path / "only"))
+
+
+def _spm_metadata():
+    """A SentencePiece-style vocabulary (pieces + scores, byte pieces) as a llama GGUF stores it."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from tests.model_factory import CORPUS
+
+    trained = Backend(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trained.train_from_iterator(CORPUS[:6] * 4, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    pieces = sorted(trained.get_vocab().items(), key=lambda item: item[1])
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [p for p, _ in pieces]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    # BPE training appends merged pieces in merge order, so a falling score reproduces that order.
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0}
+    return meta
+
+
+def _spm_reference_encode(text: str, meta: dict) -> list[int]:
+    """SentencePiece BPE, naively: merge the adjacent pair whose union scores highest; bytes for the rest."""
+    tokens, scores, types = (meta[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    score = {t: scores[i] for i, t in enumerate(tokens) if types[i] == 1}
+    ids = {t: i for i, t in enumerate(tokens)}
+    pieces = list("▁" + text.replace(" ", "▁"))
+    while True:
+        best = None
+        for i in range(len(pieces) - 1):
+            union = pieces[i] + pieces[i + 1]
+            if union in score and (best is None or score[union] > best[0]):
+                best = (score[union], i)
+        if best is None:
+            break
+        i = best[1]
+        pieces[i:i + 2] = [pieces[i] + pieces[i + 1]]
+    out = []
+    for piece in pieces:
+        out.extend([ids[piece]] if piece in score else [ids[f"<0x{b:02X}>"] for b in piece.encode()])
+    return out
+
+
+@pytest.mark.parametrize("text", ["Hello, world!", "The quick brown fox jumps over the lazy dog.",
+                                  "  two  spaces", "東京 😀 unknown characters", "line\nbreak"])
+def test_sentencepiece_tokenizer_rebuilt_from_metadata(tmp_path, text):
+    from engine.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    meta = _spm_metadata()
+    tok = tokenizer_from_gguf(meta, tmp_path / "m.gguf")
+    expected = _spm_reference_encode(text, meta)
+    assert len(expected) < len(text.encode())  # merges happened: the test is not about bytes only
+    assert tok.encode(text, add_special_tokens=False) == expected
+    assert tok.encode(text) == [1, *expected]  # llama SentencePiece models add BOS
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.eos_token_ids == [2]
