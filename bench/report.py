@@ -26,7 +26,7 @@ from bench.ceilings import Ceilings
 COLUMNS = [
     "op", "impl", "shape", "dtype", "median_ms", "tflops", "gbps", "pct_of_ceiling", "bound",
     "baseline", "baseline_ms", "baseline_pct_of_ceiling", "speedup", "timing",
-    "gpu", "copy_gbps", "matmul_tflops", "commit", "date",
+    "gpu", "copy_gbps", "matmul_tflops", "l2_mib", "commit", "date",
 ]
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
@@ -63,7 +63,7 @@ def derive_row(*, op: str, impl: str, case: dict[str, Any], flops: float, nbytes
         "speedup": baseline_ms / median_ms if has_baseline else "",
         "timing": timing, "gpu": ceilings.gpu,
         "copy_gbps": ceilings.copy_gbps, "matmul_tflops": ceilings.matmul_tflops,
-        "commit": commit, "date": date,
+        "l2_mib": ceilings.l2_bytes / 2**20, "commit": commit, "date": date,
     }
 
 

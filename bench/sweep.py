@@ -99,12 +99,18 @@ def time_case(op, case, impl: str, ceilings) -> tuple[float, float | None, str]:
 
 
 def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) -> list[dict[str, Any]]:
+    """Time every selected case of ``op``; write its CSV and plot; return the rows (cases that failed to
+    time are reported and left out)."""
     from bench import report
 
     cases = select_cases(op.bench_cases(), dtypes, args.quick)
     rows = []
     for case in cases:
-        ms, base_ms, timing = time_case(op, case, args.impl, ceilings)
+        try:
+            ms, base_ms, timing = time_case(op, case, args.impl, ceilings)
+        except RuntimeError as e:  # out of memory, say: report the case and go on with the others
+            print(f"  {op.name} {report.shape_string(case)}: not timed: {str(e).splitlines()[0]}", flush=True)
+            continue
         rows.append(report.derive_row(
             op=op.name, impl=args.impl, case=case, flops=op.flops(case), nbytes=op.bytes(case), median_ms=ms,
             baseline=op.baseline_name if op.baseline is not None else None, baseline_ms=base_ms,
@@ -165,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             all_rows += sweep_op(op, args, dtypes, ceilings, out_dir, commit, date)
     if all_rows:
+        from bench.summarize import summarize
+
         print("\n" + report.format_table(all_rows))
+        print("\n" + "\n".join(summarize(all_rows, ceilings.l2_bytes / 2**20)))
         print(f"\nCSVs and plots in {out_dir}")
     if skipped:
         print("not timed: " + "; ".join(skipped))

@@ -148,6 +148,6 @@ def test_summary_of_targets(tmp_path, capsys):
                  baseline_ms=0.001)  # 0.5x, latency-bound
     big = _row()  # 2 GB: beyond 2x L2, 80%, 2x
     report.write_csv([small, big], tmp_path / "x.csv")
-    assert summarize.main([str(tmp_path), "50"]) == 0
+    assert summarize.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "beyond 2xL2 (1): min  80.0%" in out and "slowest speedup 0.50x at tokens=1 hidden=8" in out
