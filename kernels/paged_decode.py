@@ -27,8 +27,9 @@ in coarse steps. An engine that needs bitwise batch invariance passes one consta
 result depends on the split size only through rounding (tested). With a single split the kernel writes
 the output directly and the reduce is skipped.
 
-No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int) or, if it is not
-given, from the block table's capacity; programs past a sequence's end exit at once.
+No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int, an upper bound of
+context_lens: a smaller value would drop tokens, which TRITONFORGE_DEBUG_CHECKS=1 catches) or, if it is
+not given, from the block table's capacity; programs past a sequence's end exit at once.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Layouts (packed varlen, no padding between sequences):
 
     q            [T, Hq, D]     k, v [T, Hkv, D]     o [T, Hq, D]      (unit stride on D)
     cu_seqlens   [B + 1] int32  sequence b owns rows cu_seqlens[b] .. cu_seqlens[b+1]-1
-    max_seqlen   host int       the longest chunk, which sizes the grid without a device sync
+    max_seqlen   host int       >= the longest chunk; sizes the grid without a device sync (a smaller value
+                                leaves rows unwritten: TRITONFORGE_DEBUG_CHECKS=1 catches that)
     k_cache, v_cache, block_tables, prefix_lens: the paged layout of kernels/kv_cache.py; prefix_lens [B]
 
 Kernel (flash attention): one program per (tile of BLOCK_M queries, sequence, query head). It walks

@@ -107,3 +107,11 @@ def test_index_copy_baseline_agrees_without_padding(device):
     kv_cache_write_baseline(key, value, k_cache, v_cache, slots)
     kv_cache_write_reference(key, value, k_ref, v_ref, slots)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+def test_rejects_tensors_on_different_devices(device):
+    k_cache, v_cache = _caches(2, 16, 2, 32, device)
+    key = torch.randn(3, 2, 32, device=device)
+    elsewhere = torch.empty(3, 2, 32, device="meta")  # a second device that exists on any machine
+    with pytest.raises(ValueError, match="is on meta"):
+        kv_cache_write(key, elsewhere, k_cache, v_cache, torch.arange(3, device=device))

@@ -144,3 +144,9 @@ def test_split_independence_bf16_on_gpu(device):
     outs = [paged_decode_attention(**inputs, num_splits=n).float() for n in (1, 5, 40)]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], rtol=1.6e-2, atol=2e-3)
+
+
+def test_rejects_tensors_on_different_devices(device):
+    inputs = _inputs(_case([20]), device)
+    with pytest.raises(ValueError, match="is on meta"):
+        paged_decode_attention(**{**inputs, "context_lens": torch.empty(1, dtype=torch.int32, device="meta")})
