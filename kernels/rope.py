@@ -82,7 +82,7 @@ def _rope_kernel(
 
 # --- configs as data ------------------------------------------------------------------------------
 # Elements per program: a [HEADS, D/2] pair of tiles, HEADS the largest power of two up to the head count
-# with HEADS * D/2 <= MAX_TILE. Measured on an H200 (bench/results): 8 heads of 128 beat 4 and 32 by 10-60%
+# with HEADS * D/2 <= MAX_TILE. Measured on an H200 (bench/results): 8 heads of 128 beat 4 and 32 by 10-25%
 # at 4096+ tokens; at decode sizes every choice is launch-latency bound.
 MAX_TILE = 512
 

@@ -49,7 +49,7 @@ def _silu_and_mul_kernel(
 
 # --- configs as data ------------------------------------------------------------------------------
 # Elements per program and warps. 1024 elements over 4 warps is 8 per thread: one 16-byte access in 16-bit
-# dtypes. Measured on an H200 (bench/results): within a few percent of the best of 512..8192-element tiles
+# dtypes. Measured on an H200 (bench/results): within a few percent of the best of 512-4096-element tiles
 # at every size, and the 2-D grid already gives even one decode token d/1024 programs.
 CONFIGS = {
     "cuda": dict(TILE=1024, num_warps=4),
