@@ -304,3 +304,17 @@ def test_sentencepiece_tokenizer_rebuilt_from_metadata(tmp_path, text):
     assert tok.encode(text) == [1, *expected]  # llama SentencePiece models add BOS
     assert tok.decode(tok.encode(text)) == text
     assert tok.eos_token_ids == [2]
+
+
+def test_incremental_detokenizer_with_sentencepiece_spaces(tmp_path):
+    from engine.detokenizer import IncrementalDetokenizer
+    from engine.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    tok = tokenizer_from_gguf(_spm_metadata(), tmp_path / "m.gguf")
+    prompt = tok.encode("The quick")
+    output = tok.encode(" brown fox 😀 jumps", add_special_tokens=False)[1:]  # drop the dummy-prefix piece
+    detok = IncrementalDetokenizer(tok, prompt)
+    streamed = "".join(detok.push(i) for i in output)
+    full = tok.decode(prompt + output)
+    assert full.startswith(tok.decode(prompt)) and streamed == full[len(tok.decode(prompt)):]
+    assert "😀" in streamed and " brown" in streamed

@@ -165,3 +165,28 @@ def test_no_stop_strings_passes_everything():
     matcher = StopStringMatcher([])
     assert matcher.push("anything") == ("anything", False)
     assert matcher.flush() == ""
+
+
+# The constructs real templates (Qwen, Llama 3) rely on: namespace, loop controls, slicing, tojson, strftime.
+RICH_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages[::-1] -%}{%- if m['role'] == 'system' -%}{%- continue -%}{%- endif -%}"
+    "[{{ m['role'] | upper }}:{{ m['content'] | trim }}]{%- if loop.index0 == 0 %} last={{ ns.last_user }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if tools %} tools={{ tools | tojson }}{% endif -%}"
+    "{%- if add_generation_prompt %} date={{ strftime_now('%Y') | length }}{% endif -%}"
+)
+
+
+def test_rich_chat_template_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    directory = make_tokenizer(tmp_path, chat_template=RICH_TEMPLATE)
+    ours = Tokenizer.from_dir(directory)
+    theirs = transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": " q1 "},
+                {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2 ü"}]
+    tools = [{"name": "lookup", "description": "find ü", "parameters": {"type": "object"}}]
+    expected = theirs.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert ours.apply_chat_template(messages, tools=tools) == expected
