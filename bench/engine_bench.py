@@ -210,8 +210,10 @@ def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
     result = {"model": name, "engine_load_s": load_s, "kv_blocks": engine.runner.num_blocks,
               "weight_bytes_per_token": decode_weight_bytes(config)}
 
-    # Warm-up: autotune prefill and decode buckets outside the timed runs.
-    run_engine(engine, [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], 8) for _ in range(16)])
+    # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
+    # and mixed-step shapes (token-count buckets) here rather than inside the timed runs.
+    run_engine(engine, [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], 4)
+                        for _ in range(args.num_requests)])
     prompt = [rng.randrange(vocab) for _ in range(128)]
     run_engine(engine, [(prompt, 16)])
 

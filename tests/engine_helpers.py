@@ -19,7 +19,10 @@ def make_engine(model_dir, backend: str = "torch", **overrides):
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False)
+    # A fixed, small KV cache: several engines live at once in a test session, and the default (90% of
+    # the free GPU memory) would leave nothing for the next one.
+    kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False,
+                  num_kv_blocks=256)
     kwargs.update(overrides)
     return LLMEngine(EngineConfig(model=str(model_dir), **kwargs))
 
