@@ -318,3 +318,46 @@ def test_incremental_detokenizer_with_sentencepiece_spaces(tmp_path):
     full = tok.decode(prompt + output)
     assert full.startswith(tok.decode(prompt)) and streamed == full[len(tok.decode(prompt)):]
     assert "😀" in streamed and " brown" in streamed
+
+
+def test_pre_tokenizer_regexes_agree_with_transformers():
+    mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    theirs = getattr(mapping, "GGUF_PRE_TOKENIZER_SPLITS", None)
+    if theirs is None:
+        pytest.skip("this transformers version has no GGUF pre-tokenizer table to compare with")
+    from engine.loader.gguf_tokenizer import PRE_TOKENIZER_SPLITS
+
+    compared = [name for name, split in PRE_TOKENIZER_SPLITS.items() if split is not None and name in theirs]
+    assert {"llama-bpe", "qwen2", "tekken"} <= set(compared)
+    for name in compared:
+        assert PRE_TOKENIZER_SPLITS[name] == theirs[name], name
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe"])
+def test_regex_pre_tokenizers_match_a_reference_tokenizer(tmp_path, pre):
+    """GGUF 'pre' names rebuild the reference pre-tokenizer (regex from transformers, not from the loader)."""
+    import json
+
+    from tokenizers import Regex, pre_tokenizers
+
+    from engine.loader.gguf_tokenizer import tokenizer_from_gguf
+    from tests.model_factory import make_tokenizer
+
+    mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    regex = getattr(mapping, "GGUF_PRE_TOKENIZER_SPLITS", {}).get(pre) or pytest.skip("no reference regex")
+    reference = Tokenizer.from_dir(make_tokenizer(tmp_path))
+    reference.backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    data = json.loads(reference.backend.to_str())
+    vocab = dict(data["model"]["vocab"])
+    tokens = sorted(vocab, key=vocab.get)
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]],
+            "tokenizer.ggml.token_type": [3 if i < 4 else 1 for i in range(len(tokens))],
+            "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 1}
+    rebuilt = tokenizer_from_gguf(meta, tmp_path / "m.gguf")
+    for text in ["12345 numbers 3.14159", "It's the dog's, isn't it?", "  spaces\n\n\nlines", "東京 😀"]:
+        assert rebuilt.encode(text) == reference.encode(text), text
+    words = [w for w, _ in rebuilt.backend.pre_tokenizer.pre_tokenize_str("12345")]
+    assert words == (["1", "2", "3", "4", "5"] if pre == "qwen2" else ["123", "45"])  # the regexes differ here
