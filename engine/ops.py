@@ -53,7 +53,10 @@ class OpTable:
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_") or name not in ENGINE_OPS:
             raise AttributeError(name)
-        return self.get(name)
+        fn = self.get(name)
+        # Cache as an instance attribute: later lookups skip __getattr__ (thousands per step).
+        setattr(self, name, fn)
+        return fn
 
     def describe(self) -> dict[str, str]:
         """Op name -> chosen implementation name, for logs and ``stats()``."""
