@@ -20,9 +20,9 @@ so that the token at slot s is ``k_cache.view(-1, num_kv_heads, head_dim)[s]`` w
 contiguous (the kernel uses the real strides, so a strided cache works too).
 
 Kernel ``kv_cache_write``: ``k_cache[slot // bs, slot % bs] = key[t]`` (and V) for every t with
-slot >= 0. One program per (token, tile of heads): it reads one [heads, head_dim] tile of key and value
-and writes it once, so it moves the minimum of bytes; the tile is a few KiB so the copy is wide and
-coalesced. Slots must be distinct (two tokens written to one slot leave either value there).
+slot >= 0. One program per (a few tokens, tile of heads): it reads each token's [heads, head_dim] tile
+of key and value and writes it once, so it moves the minimum of bytes, in 16-byte accesses. Slots must
+be distinct (two tokens written to one slot leave either value there).
 """
 
 from __future__ import annotations
@@ -40,34 +40,38 @@ def _kv_cache_write_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_cb, stride_co, stride_ch,
-    num_kv_heads, head_dim,
-    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    num_tokens, num_kv_heads, head_dim,
+    BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_D)
-    slot = tl.load(slot_ptr + token).to(tl.int64)
-    # Padding tokens (slot -1) are masked rather than returned early so the kernel stays branch-free.
-    # (The slot test is broadcast by a comparison on a full tile: a scalar boolean operand of `&`
-    # breaks the interpreter's masked load.)
     in_tile = (heads[:, None] < num_kv_heads) & (dims[None, :] < head_dim)
-    mask = in_tile & ((heads[:, None] * 0 + slot) >= 0)
-    block = slot // BLOCK_SIZE
-    offset = slot % BLOCK_SIZE
-    src_k = key_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :]
-    src_v = value_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
-    dst = block * stride_cb + offset * stride_co + heads[:, None] * stride_ch + dims[None, :]
-    k = tl.load(src_k, mask=mask)
-    v = tl.load(src_v, mask=mask)
-    tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    # Unrolled over BLOCK_T tokens: their loads are independent, so all are in flight together.
+    for i in tl.static_range(BLOCK_T):
+        token = tl.program_id(0).to(tl.int64) * BLOCK_T + i
+        slot = tl.load(slot_ptr + token, mask=token < num_tokens, other=-1).to(tl.int64)
+        # Padding (slot -1) and tokens past the end are masked, not branched around. The slot test is
+        # broadcast by a comparison on a full tile: a scalar boolean operand of `&` breaks the
+        # interpreter's masked load.
+        mask = in_tile & ((heads[:, None] * 0 + slot) >= 0)
+        src_k = key_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :]
+        src_v = value_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
+        dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_co + heads[:, None] * stride_ch \
+            + dims[None, :]
+        k = tl.load(src_k, mask=mask)
+        v = tl.load(src_v, mask=mask)
+        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _tile(num_kv_heads: int, head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_H, BLOCK_D, num_warps): about 4096 elements a program, enough bytes in flight per SM."""
+def _tile(num_kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_H, BLOCK_D, num_warps): up to 4096 elements per token tile, 8 per thread (16-byte
+    accesses in 16-bit dtypes), and enough tokens per program that each moves ~16 KiB."""
     block_d = triton.next_power_of_2(head_dim)
     block_h = min(triton.next_power_of_2(num_kv_heads), max(1, 4096 // block_d))
-    return block_h, block_d, 4 if block_h * block_d >= 2048 else 2
+    elements = block_h * block_d
+    warps = max(1, min(8, elements // 256))
+    return max(1, min(8, 4096 // elements)), block_h, block_d, warps
 
 
 def _check(key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -104,14 +108,14 @@ def kv_cache_write(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     tokens, kv_heads, d = key.shape
     if tokens == 0:
         return
-    block_h, block_d, warps = _tile(kv_heads, d)
-    grid = (tokens, triton.cdiv(kv_heads, block_h))
+    block_t, block_h, block_d, warps = _tile(kv_heads, d)
+    grid = (triton.cdiv(tokens, block_t), triton.cdiv(kv_heads, block_h))
     _kv_cache_write_kernel[grid](
         key, value, k_cache, v_cache, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        kv_heads, d,
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps,
+        tokens, kv_heads, d,
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps,
     )
 
 
