@@ -3,8 +3,8 @@
 Measures the card's copy bandwidth in the same process, then for each kernel:
 
 1. ``sweep``: times the shipped tile on every registered benchmark case next to the baseline (SDPA for
-   attention, torch's index_copy_ for the KV write), on rotated inputs with L2 flushed; launches under
-   20 us are re-timed as CUDA-graph replays, the baseline too;
+   attention, torch's index_copy_ for the KV write), on rotated inputs, timed as the registry sweep
+   times them (bench.timing.time_each: CUDA-graph replays, device events where capture fails);
 2. ``explore`` (with --explore): times candidate launch tiles on a few representative shapes (each
    checked against the baseline first), to choose the per-head-dim entries of ``TILES``.
 
@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.ceilings import measure
-from bench.sweep import GRAPH_BELOW_MS
-from bench.timing import input_sets_for, time_rotating
+from bench.timing import input_sets_for, time_each
 from kernels import registry
 
 PREFILL_TILES = [
@@ -91,10 +90,9 @@ def _check(op, fn, inputs) -> float:
 
 
 def _time(fns, sets):
-    times = {label: time_rotating(fn, sets) for label, fn in fns.items()}
-    if min(times.values()) < GRAPH_BELOW_MS:
-        return {label: time_rotating(fn, sets, graph=True) for label, fn in fns.items()}, "graph"
-    return times, "events"
+    """The team's method (bench.timing.time_each): CUDA-graph replays, events where capture fails."""
+    times, timing = time_each(list(fns.values()), sets)
+    return dict(zip(fns, times, strict=True)), timing
 
 
 DEADLINE = [float("inf")]
