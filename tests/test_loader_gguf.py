@@ -361,3 +361,13 @@ def test_regex_pre_tokenizers_match_a_reference_tokenizer(tmp_path, pre):
         assert rebuilt.encode(text) == reference.encode(text), text
     words = [w for w, _ in rebuilt.backend.pre_tokenizer.pre_tokenize_str("12345")]
     assert words == (["1", "2", "3", "4", "5"] if pre == "qwen2" else ["123", "45"])  # the regexes differ here
+
+
+def test_metadata_fallback_for_older_gguf_equals_contents(tmp_path):
+    from engine.loader.gguf_loader import _field_value, open_gguf
+
+    reader = open_gguf(make_gguf_model(tmp_path / "m.gguf", arch="qwen2", hf_dir=tmp_path / "hf"))
+    if not hasattr(next(iter(reader.fields.values())), "contents"):
+        pytest.skip("this gguf release has no ReaderField.contents() to compare with")
+    for key, field in reader.fields.items():
+        assert _field_value(field) == field.contents(), key

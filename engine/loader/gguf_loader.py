@@ -78,8 +78,21 @@ def read_metadata(reader) -> dict:
     meta = {}
     for key, field in reader.fields.items():
         if not key.startswith("GGUF."):
-            meta[key] = field.contents()
+            meta[key] = field.contents() if hasattr(field, "contents") else _field_value(field)
     return meta
+
+
+def _field_value(field):
+    """ReaderField.contents() for gguf releases that predate it."""
+    from gguf import GGUFValueType
+
+    def one(kind, index):
+        part = field.parts[index]
+        return bytes(part).decode("utf-8") if kind == GGUFValueType.STRING else part.tolist()[0]
+
+    if field.types and field.types[0] == GGUFValueType.ARRAY:
+        return [one(field.types[-1], i) for i in field.data]
+    return one(field.types[0], field.data[0])
 
 
 def load_gguf_source(path: Path):
