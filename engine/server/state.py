@@ -1,0 +1,88 @@
+"""What every route shares: the async engine, the served model's name, the defaults; and the one way a
+handler waits for its request's events (with disconnect checks and a last-resort deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from engine.server.async_engine import AsyncEngine, EngineDeadError, RequestGroup
+from engine.server.openai_stream import LogprobFormatter
+from engine.server.protocol import APIError
+
+log = logging.getLogger("engine.server")
+
+POLL_S = 0.5          # how often a waiting non-streaming handler checks that its client is still there
+DEADLINE_GRACE_S = 5  # the engine enforces timeouts; this backstop only fires if the engine loop is stuck
+
+
+class ClientGone(Exception):
+    """The client closed the connection; its request has been aborted."""
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    model_name: str
+    api_key: str | None
+    request_timeout_s: float | None
+    formatter: LogprobFormatter
+    created: int
+
+    @property
+    def llm(self):
+        return self.engine.engine
+
+    def check_model(self, name: str | None) -> None:
+        if name and name != self.model_name:
+            raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r} "
+                           "(see GET /v1/models)", param="model", code="model_not_found")
+
+    def timeout_for(self, requested: float | None) -> float | None:
+        return requested if requested is not None else self.request_timeout_s
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+async def events(state: ServerState, group: RequestGroup, request=None):
+    """Yield (index, RequestOutput) until every request of the group has finished.
+
+    Raises the APIError an event carries, APIError(500) when the engine dies, APIError(408) when the
+    backstop deadline passes, and ClientGone when ``request`` (given for non-streaming handlers) has
+    disconnected; in the last two cases the group is aborted first.
+    """
+    remaining = len(group.request_ids)
+    deadline = (group.submitted + group.timeout_s + DEADLINE_GRACE_S) if group.timeout_s is not None else None
+    while remaining:
+        try:
+            index, item = await asyncio.wait_for(group.queue.get(), POLL_S)
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            if request is not None and await request.is_disconnected():
+                state.engine.abort(group)
+                log.info("request %s: client disconnected; aborted", group.id)
+                raise ClientGone(group.id) from None
+            if deadline is not None and time.monotonic() > deadline:
+                state.engine.abort(group)
+                raise APIError(408, f"request timed out after {group.timeout_s}s", code="timeout") from None
+            continue
+        if isinstance(item, APIError):
+            raise item
+        if isinstance(item, EngineDeadError):
+            raise APIError(500, f"{item}", code="engine_error")
+        if isinstance(item, Exception):
+            raise APIError(500, f"internal error: {item}", code="engine_error")
+        if item.finished:
+            remaining -= 1
+            if item.finish_reason == "error":
+                raise APIError(500, f"the engine failed on this request: {item.error}", code="engine_error")
+        yield index, item
+
+
+def timeout_error(group: RequestGroup) -> APIError:
+    return APIError(408, f"request {group.id} timed out after {group.timeout_s}s (set \"timeout\" in the request, "
+                    "or the server's --request-timeout)", code="timeout")
