@@ -97,7 +97,7 @@ def download_model(repo_id: str, revision: str | None = None, filename: str | No
     except errors.GatedRepoError as err:
         raise ModelNotFoundError(f"{where} is gated: accept its license on the hub and log in "
                                  "(HF_TOKEN) first") from err
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.RemoteEntryNotFoundError) as err:
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, _remote_entry_missing(errors)) as err:
         raise ModelNotFoundError(f"{where} does not exist on the hub (check the id and revision)") from err
     except (errors.HfHubHTTPError, errors.HFValidationError, OSError) as err:
         raise ModelNotFoundError(f"cannot fetch {where}: {err}") from err
@@ -105,6 +105,11 @@ def download_model(repo_id: str, revision: str | None = None, filename: str | No
         raise ModelLoadError(f"{where} has no config.json in its snapshot; it is not a Hugging Face "
                              "transformers model (for a GGUF repo name the file: org/name/file.gguf)", path)
     return path
+
+
+def _remote_entry_missing(errors) -> type:
+    """The hub's "file not in the repo" error: RemoteEntryNotFoundError, or EntryNotFoundError before 1.0."""
+    return getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
 
 
 def _needed_patterns(repo_id: str, revision: str | None, cache: Path) -> list[str]:
