@@ -42,6 +42,7 @@ DECODE_TILES = [
     dict(BLOCK_N=32, num_warps=2, num_stages=6),
 ]
 BF16 = torch.bfloat16
+DEVICE = "cuda"
 
 
 def _prefill(batch, seq, D, Hq, Hkv, causal, prefix=0, bs=16):
@@ -104,9 +105,9 @@ def run_cases(op, cases, tiles, ceilings, study):
         if time.monotonic() > DEADLINE[0]:
             print(f"deadline reached: {op.name} {study} stopped before {_short(case)}", flush=True)
             break
-        gen = torch.Generator(device="cuda").manual_seed(0)
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
         nbytes, flops = op.bytes(case), op.flops(case)
-        sets = [op.make_inputs(case, "cuda", gen) for _ in range(input_sets_for(nbytes, ceilings.l2_bytes))]
+        sets = [op.make_inputs(case, DEVICE, gen) for _ in range(input_sets_for(nbytes, ceilings.l2_bytes))]
         fns = {}
         for tile in tiles:
             fn = op.triton if tile is None else (lambda t: lambda **kw: op.triton(**kw, _tile=t))(tile)
@@ -119,6 +120,9 @@ def run_cases(op, cases, tiles, ceilings, study):
                 print(f"  {_tile_name(tile)}: WRONG (relative error {err:.3g}); not timed", flush=True)
                 continue
             fns[_tile_name(tile)] = fn
+        if not fns:
+            print(f"{op.name} {_short(case)}: no tile gave a right answer; nothing timed", flush=True)
+            continue
         fns["baseline"] = op.baseline
         times, timing = _time(fns, sets)
         base = times["baseline"]

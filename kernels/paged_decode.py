@@ -313,14 +313,15 @@ def decode_sdpa_baseline(q, k_cache, v_cache, block_tables, context_lens, scale=
     """torch SDPA on the same KV laid out contiguously, as in the benchmark cases.
 
     Valid only for the benchmark layout: sequence b owns blocks b*n .. b*n+n-1 in order and every
-    context fills its n blocks, so the cache *is* a contiguous [B, n*block_size, Hkv, D] tensor (a view,
-    no copy).
+    context has max_context_len tokens (the table's capacity if it is not given), so the cache *is* a
+    contiguous [B, n*block_size, Hkv, D] tensor, sliced to the context (a view, no copy).
     """
     batch, q_heads, D = q.shape
     num_blocks, _, kv_heads, _ = k_cache.shape
     if num_blocks != batch * block_tables.shape[1]:
         raise ValueError("decode_sdpa_baseline needs the benchmark layout (cache blocks == batch * table width)")
-    dense = lambda c: c.view(batch, -1, kv_heads, D).transpose(1, 2)
+    length = block_tables.shape[1] * k_cache.shape[1] if max_context_len is None else max_context_len
+    dense = lambda c: c.view(batch, -1, kv_heads, D)[:, :length].transpose(1, 2)
     o = torch.nn.functional.scaled_dot_product_attention(
         q[:, :, None, :], dense(k_cache), dense(v_cache), scale=scale, enable_gqa=kv_heads != q_heads)
     return o[:, :, 0, :]

@@ -242,6 +242,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         k_cache, v_cache, block_tables, prefix_lens = k, v, cu_seqlens[None], cu_seqlens
     d_pad = triton.next_power_of_2(D)
     tile = _tile or pick_tile(d_pad, q.element_size())
+    if tile["BLOCK_M"] % tile["BLOCK_N"]:
+        raise ValueError(f"prefill_attention: tile {tile} needs BLOCK_M to be a multiple of BLOCK_N")
     _prefill_kernel[(triton.cdiv(max_seqlen, tile["BLOCK_M"]), batch, Hq)](
         q, k, v, o, cu_seqlens, k_cache, v_cache, block_tables, prefix_lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),

@@ -91,8 +91,7 @@ def test_choose_split_size_fills_the_card_for_small_batches():
 
 
 def test_sdpa_baseline_agrees_on_the_benchmark_layout(device):
-    inputs = _inputs(_case([48, 48], layout="contiguous"), device, seed=6)
-    inputs.pop("max_context_len")
+    inputs = _inputs(_case([40, 40], layout="contiguous"), device, seed=6)  # 40 of the table's 48 slots
     torch.testing.assert_close(decode_sdpa_baseline(**inputs), paged_decode_attention_reference(**inputs),
                                rtol=1e-3, atol=1e-4)
 

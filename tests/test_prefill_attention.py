@@ -136,3 +136,18 @@ def test_long_prefix_chunk_bf16(device):
     case = _case([512, 300], prefixes=[4096, 1000], q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16,
                  block_size=128)
     run_case(OP, case, device, seed=1)
+
+
+def test_every_shipped_tile_keeps_the_causal_split_valid():
+    from kernels.prefill_attention import TILES
+
+    for vendor, by_size in TILES.items():
+        for size, by_dim in by_size.items():
+            for d, tile in by_dim.items():
+                assert tile["BLOCK_M"] % tile["BLOCK_N"] == 0, (vendor, size, d, tile)
+
+
+def test_rejects_a_tile_that_breaks_the_causal_split(device):
+    q, k, v, cu = _qkv(device)
+    with pytest.raises(ValueError, match="multiple of BLOCK_N"):
+        prefill_attention(q, k, v, cu, 6, _tile=dict(BLOCK_M=16, BLOCK_N=32))
