@@ -75,11 +75,16 @@ def _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau,
 @triton.jit
 def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, lo, hi,
                       target_abs, target_frac,
-                      USE_MASS: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr, MAX_PASSES: tl.constexpr):
+                      USE_MASS: tl.constexpr, BLOCK: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr,
+                      MAX_PASSES: tl.constexpr):
     """The largest token value v in [lo, hi] with F(v) >= target.
 
     F counts tokens (``USE_MASS`` false) or sums exp(z - m) (true); target = max(target_abs,
     target_frac * F(lo)). Requires lo <= hi, both finite, and hi a token value.
+
+    A pass streams the row in BLOCK chunks and reduces once per chunk (does it touch the bracket?);
+    chunks that do are re-read in SBLOCK pieces whose per-pivot statistics accumulate per lane in
+    [SBLOCK, NPIV] registers, reduced once at the end of the pass: no cross-thread reduction per piece.
     """
     j = tl.arange(0, NPIV)
     frac = j.to(tl.float32) / (NPIV - 1)
@@ -91,31 +96,34 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
     for p in range(MAX_PASSES):
         if done == 0:
             piv = tl.where(j == NPIV - 1, hi, tl.where(j == 0, lo, lo + (hi - lo) * frac))
-            cnt = tl.zeros([NPIV], tl.float32)
-            mass = tl.zeros([NPIV], tl.float32)  # stays zero when counting
-            mn = tl.full([NPIV], float("inf"), tl.float32)
-            mx = tl.full([NPIV], float("-inf"), tl.float32)
-            cnt_above = tl.zeros([SBLOCK], tl.float32)
-            mass_above = tl.zeros([SBLOCK], tl.float32)
-            for start in range(0, V, SBLOCK):
-                offs = start + tl.arange(0, SBLOCK)
+            cnt2 = tl.zeros([SBLOCK, NPIV], tl.float32)
+            mass2 = tl.zeros([SBLOCK, NPIV], tl.float32)  # stays zero when counting
+            mn2 = tl.full([SBLOCK, NPIV], float("inf"), tl.float32)
+            mx2 = tl.full([SBLOCK, NPIV], float("-inf"), tl.float32)
+            cnt_above = tl.zeros([BLOCK], tl.float32)
+            mass_above = tl.zeros([BLOCK], tl.float32)
+            for start in range(0, V, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
                 z = _load_z(logits_ptr, work_ptr, row_l, row_w, offs, offs < V, from_work, inv_t)
                 above = z > hi
                 cnt_above += above.to(tl.float32)
                 if USE_MASS:
-                    e = tl.exp(z - m)
-                    mass_above += tl.where(above, e, 0.0)
-                inside = (z >= lo) & (z <= hi)
-                if tl.max(inside.to(tl.int32), 0) > 0:
-                    zin = tl.where(inside, z, float("-inf"))
-                    ge = zin[:, None] >= piv[None, :]
-                    cnt += tl.sum(ge.to(tl.float32), 0)
-                    if USE_MASS:
-                        mass += tl.sum(tl.where(ge, e[:, None], 0.0), 0)
-                    mn = tl.minimum(mn, tl.min(tl.where(ge, zin[:, None], float("inf")), 0))
-                    mx = tl.maximum(mx, tl.max(tl.where(ge, float("-inf"), zin[:, None]), 0))
-            cnt += tl.sum(cnt_above, 0)
-            mass += tl.sum(mass_above, 0)
+                    mass_above += tl.where(above, tl.exp(z - m), 0.0)
+                if tl.max(((z >= lo) & (z <= hi)).to(tl.int32), 0) > 0:
+                    for sub in tl.static_range(0, BLOCK, SBLOCK):
+                        so = start + sub + tl.arange(0, SBLOCK)
+                        zs = _load_z(logits_ptr, work_ptr, row_l, row_w, so, so < V, from_work, inv_t)
+                        zin = tl.where((zs >= lo) & (zs <= hi), zs, float("-inf"))[:, None]
+                        ge = zin >= piv[None, :]
+                        cnt2 += ge.to(tl.float32)
+                        if USE_MASS:
+                            mass2 += tl.where(ge, tl.exp(zin - m), 0.0)
+                        mn2 = tl.minimum(mn2, tl.where(ge, zin, float("inf")))
+                        mx2 = tl.maximum(mx2, tl.where(ge, float("-inf"), zin))
+            cnt = tl.sum(cnt2, 0) + tl.sum(cnt_above, 0)
+            mass = tl.sum(mass2, 0) + tl.sum(mass_above, 0)
+            mn = tl.min(mn2, 0)
+            mx = tl.max(mx2, 0)
             f_at = mass if USE_MASS else cnt
             if p == 0:
                 target = tl.maximum(target, target_frac * tl.sum(tl.where(j == 0, f_at, 0.0), 0))
