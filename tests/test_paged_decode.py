@@ -7,6 +7,7 @@ import torch
 
 from kernels import _decode_cases, _paged_checks
 from kernels.paged_decode import (
+    TILES,
     choose_split_size,
     decode_sdpa_baseline,
     paged_decode_attention,
@@ -149,3 +150,17 @@ def test_rejects_tensors_on_different_devices(device):
     inputs = _inputs(_case([20]), device)
     with pytest.raises(ValueError, match="is on meta"):
         paged_decode_attention(**{**inputs, "context_lens": torch.empty(1, dtype=torch.int32, device="meta")})
+
+
+SHIPPED_BLOCK_N = sorted({t["BLOCK_N"] for by_dim in TILES["cuda"].values() for t in by_dim.values()})
+
+
+@pytest.mark.parametrize("block_n", SHIPPED_BLOCK_N)
+def test_gpu_tile_shapes_through_the_same_checks(device, block_n):
+    """The GPU's tiles (tiles spanning several 16-token pages, splits not a multiple of the tile)."""
+    inputs = _inputs(_case([1, 300, 64, 65, 129], q_heads=14, kv_heads=2), device, seed=9)
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    for splits in (None, 3):
+        out = paged_decode_attention(**{**inputs, "num_splits": splits}, _tile=dict(BLOCK_N=block_n))
+        assert_close(out, ref, dtype=torch.float32, reduction_len=300, tf32=True)

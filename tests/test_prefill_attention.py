@@ -151,3 +151,21 @@ def test_rejects_a_tile_that_breaks_the_causal_split(device):
     q, k, v, cu = _qkv(device)
     with pytest.raises(ValueError, match="multiple of BLOCK_N"):
         prefill_attention(q, k, v, cu, 6, _tile=dict(BLOCK_M=16, BLOCK_N=32))
+
+
+def _shipped_tiles():
+    from kernels.prefill_attention import TILES
+
+    shapes = {(t["BLOCK_M"], t["BLOCK_N"]) for by_dim in TILES["cuda"].values() for t in by_dim.values()}
+    return sorted(shapes)
+
+
+@pytest.mark.parametrize("block_m,block_n", _shipped_tiles())
+def test_gpu_tile_shapes_through_the_same_checks(device, block_m, block_n):
+    """The GPU's tiles (several diagonal tiles per query tile, pages smaller than a tile) on any device."""
+    case = _case([130, 1, 64, 200], prefixes=[70, 0, 128, 3], causal=block_m != 64 or block_n != 32)
+    inputs = _prefill_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(7))
+    out = prefill_attention(**inputs, _tile=dict(BLOCK_M=block_m, BLOCK_N=block_n))
+    ref = prefill_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                         else t for n, t in inputs.items()})
+    assert_close(out, ref, dtype=torch.float32, reduction_len=400, tf32=True)
