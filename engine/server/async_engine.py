@@ -102,7 +102,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._live: dict[str, _Timing] = {}                              # loop-thread side
-        self._stats: dict = dict(engine.scheduler.stats())
+        self._stats: dict = dict(engine.scheduler.stats(), num_steps=engine.num_steps)
         self._stats_time = 0.0
 
     # --- lifecycle (event loop) --------------------------------------------------------------------
@@ -274,7 +274,8 @@ class AsyncEngine:
     def _refresh_stats(self, force: bool) -> None:
         now = time.monotonic()
         if force or now - self._stats_time >= STATS_INTERVAL_S:
-            self._stats = stats = dict(self.engine.scheduler.stats())
+            stats = dict(self.engine.scheduler.stats(), num_steps=self.engine.num_steps)
+            self._stats = stats
             self._stats_time = now
             self.metrics.observe_stats(stats)
 
