@@ -74,7 +74,8 @@ def prefill_variants():
         types = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "k_cache_ptr", "v_cache_ptr")}
         types |= {"cu_ptr": "*i32", "bt_ptr": "*i32", "prefix_ptr": "*i32", "qk_scale": "fp32"}
         for causal, prefix in ((True, False), (False, False), (True, True)):
-            consts = dict(HEAD_DIM=D, D_PAD=d_pad, CAUSAL=causal, HAS_PREFIX=prefix, PAGE=16, UPCAST=False, **tile)
+            consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, CAUSAL=causal, HAS_PREFIX=prefix, PAGE=16,
+                          UPCAST=False, **tile)
             label = f"prefill {dt} D{D} causal={causal} prefix={prefix} {tile}"
             yield label, prefill_attention._prefill_kernel, types, consts, options
 
@@ -91,7 +92,8 @@ def decode_variants():
         types |= {"bt_ptr": "*i32", "ctx_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
                   "qk_scale": "fp32"}
         g_pad = max(16, triton.next_power_of_2(group))
-        consts = dict(HEAD_DIM=D, D_PAD=d_pad, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False, **tile)
+        consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
+                      **tile)
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}

@@ -74,9 +74,8 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
     qk_scale, group, num_q_heads, split_size, max_splits,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
-    DIRECT: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+    DIRECT: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -285,7 +284,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), o.stride(0), o.stride(1),
         scale * LOG2E, group, q_heads, size, max_splits,
-        HEAD_DIM=D, D_PAD=d_pad, G_PAD=max(16, triton.next_power_of_2(group)), PAGE=k_cache.shape[1],
+        HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
+        PAGE=k_cache.shape[1],
         DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad, q.element_size())),
     )
     if not direct:

@@ -53,9 +53,8 @@ def _prefill_kernel(
     stride_cb, stride_co, stride_ch, stride_bt,
     qk_scale, group,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    PAGE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest causal tiles first
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -250,7 +249,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         k_cache.stride(0), k_cache.stride(1) if has_prefix else 0, k_cache.stride(2) if has_prefix else 0,
         block_tables.stride(0),
         scale * LOG2E, Hq // k.shape[1],
-        HEAD_DIM=D, D_PAD=d_pad, CAUSAL=bool(causal), HAS_PREFIX=has_prefix,
+        HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, CAUSAL=bool(causal), HAS_PREFIX=has_prefix,
         PAGE=k_cache.shape[1] if has_prefix else 16, UPCAST=interpreting(), **tile,
     )
     return o
