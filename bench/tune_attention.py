@@ -12,6 +12,14 @@ Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
 
     PYTHONPATH=. python3 bench/tune_attention.py "$OUT" [kv prefill decode] [--explore] [--no-sweep]
         [--deadline-s=SECONDS]   (start no new case after that many seconds; what is done is written)
+
+The slice's whole GPU check is one call: its tests (GPU-marked ones included), then this script::
+
+    PYTHONPATH=. python3 -m pytest -q -m "kv_cache_write or prefill_attention or paged_decode_attention" \
+        tests/test_kv_cache.py tests/test_prefill_attention.py tests/test_paged_decode.py tests/test_ops.py
+    PYTHONPATH=. python3 bench/tune_attention.py "$OUT" --explore --deadline-s=240
+
+then commit ``$OUT/attention_*.csv`` under ``bench/results/<gpu name>/``.
 """
 
 from __future__ import annotations
