@@ -116,6 +116,14 @@ class GenerateRequest(_Strict):
     timeout: float | None = Field(default=None, gt=0)
 
 
+# Fields that accept several shapes: pydantic reports each alternative's failure; say what is accepted.
+UNION_FIELDS = {
+    "prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of content parts",
+}
+
+
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -132,6 +140,9 @@ def parse_request(model: type[_Strict], raw: bytes) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else None
+        if field in UNION_FIELDS and first["type"] != "missing":
+            raise APIError(400, f"{field} must be {UNION_FIELDS[field]}", param=field) from None
         param = ".".join(str(p) for p in first["loc"]) or None
         given = f" (got {first['input']!r})" if "input" in first and first["type"] != "missing" else ""
         message = f"{param}: {first['msg']}{given}" if param else first["msg"]
