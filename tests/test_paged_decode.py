@@ -164,3 +164,13 @@ def test_gpu_tile_shapes_through_the_same_checks(device, block_n):
     for splits in (None, 3):
         out = paged_decode_attention(**{**inputs, "num_splits": splits}, _tile=dict(BLOCK_N=block_n))
         assert_close(out, ref, dtype=torch.float32, reduction_len=300, tf32=True)
+
+
+def test_fixed_split_size_makes_a_sequence_batch_invariant(device):
+    """With one split size, a sequence's output is bit-identical alone and inside a bigger batch."""
+    inputs = _inputs(_case([100, 37, 250], q_heads=6, kv_heads=2), device, seed=10)
+    inputs.pop("max_context_len")
+    batched = paged_decode_attention(**inputs, split_size=32)
+    alone = paged_decode_attention(inputs["q"][:1], inputs["k_cache"], inputs["v_cache"], inputs["block_tables"][:1],
+                                   inputs["context_lens"][:1], split_size=32, max_context_len=100)
+    assert torch.equal(alone, batched[:1])
