@@ -74,3 +74,26 @@ def test_cli_op_flag_selects_the_variant(model_dir, capsys):
     assert CALLS[name] > 0
     captured = capsys.readouterr()
     assert "3 tokens" in captured.err
+
+
+def test_a_failing_kernel_finishes_its_requests_with_error(model_dir):
+    """A kernel that raises (here: once) ends that step's requests with reason "error"; the engine lives on."""
+    inner = registry.get("silu_and_mul").impl("torch")
+    failures = {"left": 1}
+
+    def flaky(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected kernel failure")
+        return inner(*args, **kwargs)
+
+    registry.register_impl("silu_and_mul", "flaky_silu_and_mul", flaky)
+    engine = make_engine(model_dir, "torch", op_overrides={"silu_and_mul": "flaky_silu_and_mul"})
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    first = engine.add_request([5, 6, 7], params)
+    (out,) = engine.step()
+    assert out.request_id == first and out.finished and out.finish_reason == "error"
+    assert "injected kernel failure" in out.error
+    assert engine.stats()["kv_free_blocks"] == engine.stats()["kv_total_blocks"]
+    (result,) = run_to_completion(engine, [([5, 6, 7], params)]).values()
+    assert result["reason"] == "length" and len(result["tokens"]) == 3
