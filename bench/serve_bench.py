@@ -1,0 +1,344 @@
+"""Serving benchmark: streaming HTTP clients against a tritonforge server, and the same workload offline.
+
+    PYTHONPATH=. python3 bench/serve_bench.py --spawn-model qwen2.5-0.5b --concurrency 1,16,64 --out DIR
+    PYTHONPATH=. python3 bench/serve_bench.py --url http://127.0.0.1:8000 --concurrency 16 --out DIR
+
+``--spawn-model`` starts ``tritonforge serve`` itself on a loopback port (a subprocess, so the load
+generator never competes with the engine loop for the GIL) on a model of that shape from
+``bench/engine_bench.py`` (random bf16 weights, nothing downloaded) or on a local model directory.
+Requests are random token-id prompts of ``--input-len`` tokens asking for exactly ``--output-len``
+tokens (greedy, ignore_eos), sent through ``POST /generate/stream``, which reports each engine step's
+token ids: so TTFT and inter-token latency are per token, even where the random model's tokens decode to
+no text. For every concurrency (requests in flight) and request rate (Poisson arrivals; ``inf`` = all at
+once, still capped by the concurrency) it reports request throughput, output tok/s, TTFT, inter-token
+latency (ITL), time per output token (TPOT) and end-to-end latency percentiles.
+
+With ``--spawn-model`` the server is then stopped and the same requests run offline through
+``LLMEngine`` in this process with the same engine settings and the same cap on requests in flight;
+``server_vs_offline`` is server output tok/s / offline output tok/s (target: >= 0.7 at 64 clients).
+Writes ``serve_bench.json`` and ``serve_bench.csv`` under ``--out``, with the GPU name.
+Needs httpx; the spawned server needs fastapi and uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVER_START_TIMEOUT_S = 600
+
+
+# --- the workload -------------------------------------------------------------------------------
+
+def make_requests(count: int, input_len: int, output_len: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    # Ids above the few special tokens of the local tokenizers; the model's vocabulary bounds the rest.
+    return [([rng.randrange(8, vocab) for _ in range(input_len)], output_len) for _ in range(count)]
+
+
+def arrival_gaps(count: int, rate: float, seed: int) -> list[float]:
+    if rate == float("inf"):
+        return [0.0] * count
+    rng = random.Random(seed)
+    return [rng.expovariate(rate) for _ in range(count)]
+
+
+# --- the HTTP load generator --------------------------------------------------------------------
+
+async def one_request(client, prompt: list[int], output_len: int, timeout: float) -> dict:
+    body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "timeout": timeout}
+    start = time.perf_counter()
+    token_times: list[float] = []
+    record = {"output_tokens": 0, "error": None}
+    try:
+        async with client.stream("POST", "/generate/stream", json=body) as response:
+            if response.status_code != 200:
+                record["error"] = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return record
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    record["error"] = event["error"].get("message")
+                    break
+                now = time.perf_counter()
+                token_times += [now] * len(event["token_ids"])
+    except Exception as err:  # the benchmark records any client-side failure and goes on
+        record["error"] = f"{type(err).__name__}: {err}"
+    end = time.perf_counter()
+    record["output_tokens"] = len(token_times)
+    if token_times:
+        record["ttft"] = token_times[0] - start
+        record["itl"] = [b - a for a, b in itertools.pairwise(token_times)]
+        record["e2e"] = end - start
+    return record
+
+
+async def run_level(url: str, requests, concurrency: int, rate: float, seed: int, timeout: float) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    gate = asyncio.Semaphore(concurrency)
+    gaps = arrival_gaps(len(requests), rate, seed)
+
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout + 60), limits=limits) as client:
+        async def gated(prompt, n):
+            async with gate:
+                return await one_request(client, prompt, n, timeout)
+
+        start = time.perf_counter()
+        tasks = []
+        for (prompt, n), gap in zip(requests, gaps, strict=True):
+            if gap:
+                await asyncio.sleep(gap)
+            tasks.append(asyncio.create_task(gated(prompt, n)))
+        records = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+    return summarize(records, duration)
+
+
+def summarize(records: list[dict], duration: float) -> dict:
+    done = [r for r in records if r["error"] is None and "ttft" in r]
+    tokens = sum(r["output_tokens"] for r in done)
+    tpot = [(r["e2e"] - r["ttft"]) / (r["output_tokens"] - 1) for r in done if r["output_tokens"] > 1]
+    errors = [r["error"] for r in records if r["error"] is not None]
+    return {"completed": len(done), "failed": len(errors), "first_errors": errors[:3], "duration_s": duration,
+            "request_per_s": len(done) / duration, "output_tok_per_s": tokens / duration, "output_tokens": tokens,
+            "ttft_ms": percentiles([r["ttft"] for r in done]),
+            "itl_ms": percentiles([gap for r in done for gap in r["itl"]]),
+            "tpot_ms": percentiles(tpot), "e2e_ms": percentiles([r["e2e"] for r in done])}
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    v = sorted(values)
+    pick = lambda q: 1000 * v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))]
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": 1000 * statistics.fmean(v)}
+
+
+# --- the offline run of the same workload ---------------------------------------------------------
+
+def run_offline(engine, requests, concurrency: int) -> dict:
+    """The same requests through LLMEngine.step, at most ``concurrency`` in flight (a new one starts when one
+    finishes), as the HTTP clients do."""
+    import torch
+
+    from engine.sampling_params import SamplingParams
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    pending = list(requests)
+    in_flight, tokens = 0, 0
+    sync()
+    start = time.perf_counter()
+    while pending or engine.has_unfinished():
+        while pending and in_flight < concurrency:
+            prompt, n = pending.pop(0)
+            engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True))
+            in_flight += 1
+        for out in engine.step():
+            tokens += len(out.new_token_ids)
+            in_flight -= out.finished
+    sync()
+    duration = time.perf_counter() - start
+    return {"duration_s": duration, "output_tokens": tokens, "output_tok_per_s": tokens / duration,
+            "request_per_s": len(requests) / duration}
+
+
+# --- the spawned server ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine_settings(args) -> dict:
+    settings = {"dtype": args.dtype, "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
+                "max_num_batched_tokens": args.max_batched_tokens, "num_kv_blocks": args.num_kv_blocks,
+                "enforce_eager": args.enforce_eager, "backend": args.backend, "device": args.device}
+    return {k: v for k, v in settings.items() if v not in (None, False)}
+
+
+def spawn_server(model_dir: Path, settings: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", "--max-queue", "100000"]
+    for key, value in settings.items():
+        cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    log = open(log_path, "w")  # noqa: SIM115  (kept open for the server's lifetime, closed by the OS at exit)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    import httpx
+
+    end = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the server did not become healthy in {SERVER_START_TIMEOUT_S}s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def model_for(name: str, workdir: Path) -> tuple[Path, int]:
+    """A model directory and its vocabulary size: a local directory, or a shape from engine_bench."""
+    from bench.engine_bench import MODELS, write_model
+
+    if Path(name).is_dir():
+        config = json.loads((Path(name) / "config.json").read_text())
+        return Path(name), int(config["vocab_size"])
+    if name not in MODELS:
+        raise SystemExit(f"--spawn-model: {name!r} is neither a model directory nor one of {sorted(MODELS)}")
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return write_model(workdir / name, MODELS[name], device), MODELS[name]["vocab_size"]
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server (no offline comparison then)")
+    where.add_argument("--spawn-model", help="start a server on this engine_bench shape or model directory")
+    p.add_argument("--out", required=True, help="directory for serve_bench.json and serve_bench.csv")
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated requests in flight")
+    p.add_argument("--request-rate", default="inf", help="comma-separated requests/s (Poisson); inf = no pacing")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default 4 x concurrency, >= 8)")
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=None, help="prompt token-id range with --url (default 256)")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout sent to the server")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-offline", action="store_true")
+    engine = p.add_argument_group("engine settings (spawned server and offline run alike)")
+    engine.add_argument("--dtype", default=None, help="default bfloat16 on a GPU, the model's on a CPU")
+    engine.add_argument("--max-model-len", type=int, default=4096)
+    engine.add_argument("--max-num-seqs", type=int, default=256)
+    engine.add_argument("--max-batched-tokens", type=int, default=16384)
+    engine.add_argument("--num-kv-blocks", type=int, default=None)
+    engine.add_argument("--enforce-eager", action="store_true")
+    engine.add_argument("--backend", default=None)
+    engine.add_argument("--device", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rates = [float(r) for r in args.request_rate.split(",")]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if args.dtype is None and torch.cuda.is_available():
+        args.dtype = "bfloat16"
+    report = {"gpu": gpu, "torch": torch.__version__, "input_len": args.input_len, "output_len": args.output_len,
+              "levels": []}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        proc = None
+        if args.spawn_model:
+            model_dir, vocab = model_for(args.spawn_model, Path(tmp))
+            settings = engine_settings(args)
+            report.update(model=args.spawn_model, engine_settings=settings)
+            log_path = out / "serve_bench_server.log"
+            proc, url = spawn_server(model_dir, settings, log_path)
+            print(f"server starting at {url} (log: {log_path})", file=sys.stderr, flush=True)
+            wait_healthy(url, proc, log_path)
+        else:
+            url, vocab = args.url.rstrip("/"), args.vocab or 256
+            report.update(model=url)
+        try:
+            warm = make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99)
+            asyncio.run(run_level(url, warm, max(levels), float("inf"), args.seed, args.timeout))
+            for concurrency in levels:
+                count = args.num_prompts or max(8, 4 * concurrency)
+                requests = make_requests(count, args.input_len, args.output_len, vocab, args.seed + concurrency)
+                for rate in rates:
+                    result = asyncio.run(run_level(url, requests, concurrency, rate, args.seed, args.timeout))
+                    report["levels"].append({"concurrency": concurrency, "request_rate": str(rate), "num_prompts": count,
+                                             "server": result})
+                    print(f"c={concurrency:<4} rate={rate:<5} {result['output_tok_per_s']:9.1f} out tok/s  "
+                          f"TTFT p50 {result['ttft_ms'].get('p50', float('nan')):8.1f} ms  ITL p50 "
+                          f"{result['itl_ms'].get('p50', float('nan')):7.2f} ms  failed {result['failed']}",
+                          file=sys.stderr, flush=True)
+        finally:
+            if proc is not None:
+                stop_server(proc)
+        if args.spawn_model and not args.skip_offline:
+            offline_comparison(report, model_dir, vocab, levels, args)
+    write_report(report, out)
+    return 0
+
+
+def offline_comparison(report: dict, model_dir: Path, vocab: int, levels: list[int], args) -> None:
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(model_dir), **engine_settings(args)))
+    run_offline(engine, make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99), max(levels))
+    for concurrency in levels:
+        count = args.num_prompts or max(8, 4 * concurrency)
+        offline = run_offline(engine, make_requests(count, args.input_len, args.output_len, vocab,
+                                                    args.seed + concurrency), concurrency)
+        for level in report["levels"]:
+            if level["concurrency"] == concurrency:
+                level["offline"] = offline
+                level["server_vs_offline"] = level["server"]["output_tok_per_s"] / offline["output_tok_per_s"]
+        print(f"c={concurrency:<4} offline {offline['output_tok_per_s']:9.1f} out tok/s", file=sys.stderr, flush=True)
+
+
+def write_report(report: dict, out: Path) -> None:
+    (out / "serve_bench.json").write_text(json.dumps(report, indent=2))
+    with open(out / "serve_bench.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["gpu", "model", "concurrency", "request_rate", "num_prompts", "completed", "failed",
+                    "request_per_s", "output_tok_per_s", "offline_output_tok_per_s", "server_vs_offline",
+                    "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "tpot_ms_mean", "e2e_ms_p50"])
+        for lv in report["levels"]:
+            s = lv["server"]
+            w.writerow([report["gpu"], report["model"], lv["concurrency"], lv["request_rate"], lv["num_prompts"],
+                        s["completed"], s["failed"], s["request_per_s"], s["output_tok_per_s"],
+                        lv.get("offline", {}).get("output_tok_per_s", ""), lv.get("server_vs_offline", ""),
+                        s["ttft_ms"].get("p50"), s["ttft_ms"].get("p99"), s["itl_ms"].get("p50"),
+                        s["itl_ms"].get("p99"), s["tpot_ms"].get("mean"), s["e2e_ms"].get("p50")])
+    print(json.dumps({"gpu": report["gpu"], "levels": [
+        {k: lv.get(k) for k in ("concurrency", "request_rate", "server_vs_offline")}
+        | {"server_tok_s": lv["server"]["output_tok_per_s"], "offline_tok_s": lv.get("offline", {}).get(
+            "output_tok_per_s")} for lv in report["levels"]]}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
