@@ -288,8 +288,8 @@ def main(argv=None) -> int:
                 requests = make_requests(count, args.input_len, args.output_len, vocab, args.seed + concurrency)
                 for rate in rates:
                     result = asyncio.run(run_level(url, requests, concurrency, rate, args.seed, args.timeout))
-                    report["levels"].append({"concurrency": concurrency, "request_rate": str(rate), "num_prompts": count,
-                                             "server": result})
+                    report["levels"].append({"concurrency": concurrency, "request_rate": str(rate),
+                                             "num_prompts": count, "server": result})
                     print(f"c={concurrency:<4} rate={rate:<5} {result['output_tok_per_s']:9.1f} out tok/s  "
                           f"TTFT p50 {result['ttft_ms'].get('p50', float('nan')):8.1f} ms  ITL p50 "
                           f"{result['itl_ms'].get('p50', float('nan')):7.2f} ms  failed {result['failed']}",
