@@ -74,6 +74,13 @@ class LLMEngine:
         self.generation_defaults = dict(source.generation_defaults or {})
         self.dtype = resolve_dtype(cfg.dtype, mc.dtype, cfg.device)
         limits = [mc.max_position_embeddings] + ([cfg.max_model_len] if cfg.max_model_len else [])
+        window = getattr(mc, "sliding_window", None)
+        if window and window < min(limits):
+            # Attention here is over the whole context, which equals sliding-window attention only up to
+            # the window: cap sequences there rather than return subtly different text beyond it.
+            log.warning("the model attends within a %d-token sliding window; sequences are capped at %d tokens",
+                        window, window)
+            limits.append(window)
         self.max_model_len = min(limits)
         self.ops = OpTable(cfg.backend, cfg.device, cfg.op_overrides)
         self.runner = ModelRunner(cfg, mc, source.iter_weights(cfg.device, self.dtype), self.ops, self.dtype,
