@@ -139,3 +139,36 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
                 lo = mn_a
                 hi = mx_next
     return ans
+
+
+@triton.jit
+def _gather_candidates(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, cz_ptr, ci_ptr, row_c,
+                       BLOCK: tl.constexpr, CAND: tl.constexpr):
+    """Copy the tokens with z >= tau, in index order, to the row's candidate buffers (at most CAND of
+    them); return how many there are (possibly more than CAND: then the buffers are incomplete)."""
+    count = tl.zeros([], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        z = _load_z(logits_ptr, work_ptr, row_l, row_w, offs, offs < V, from_work, inv_t)
+        keep = (z >= tau).to(tl.int32)
+        found = tl.sum(keep, 0)
+        if found > 0:
+            pos = count + tl.cumsum(keep, 0) - 1
+            ok = (keep != 0) & (pos < CAND)
+            tl.store(cz_ptr + row_c + pos, z, mask=ok)
+            tl.store(ci_ptr + row_c + pos, offs, mask=ok)
+        count += found
+    return count
+
+
+@triton.jit
+def _draw_from_candidates(cz_ptr, ci_ptr, row_c, count, tau, key1, key2, CAND: tl.constexpr):
+    """The Gumbel-max draw over the gathered candidates with z >= tau: the token a full-row draw picks."""
+    jj = tl.arange(0, CAND)
+    valid = jj < count
+    z = tl.load(cz_ptr + row_c + jj, mask=valid, other=float("-inf"))
+    idx = tl.load(ci_ptr + row_c + jj, mask=valid, other=0)
+    score = tl.where(valid & (z >= tau), z + _gumbel(idx, key1, key2), float("-inf"))
+    best = tl.max(score, 0)
+    # Candidates sit in index order, so the lowest index among equal scores is the full draw's choice.
+    return tl.min(tl.where(valid & (score == best), idx, 2147483647), 0)

@@ -33,9 +33,10 @@ Kernel: one program per row, the row streamed in blocks. Edited rows (bias or pe
 row to a float32 workspace and patch their few edited entries there. Pass 0 computes the max, the softmax
 sum, the argmax and the minimum; greedy rows and rows without filters (their Gumbel argmax is fused into
 pass 0) are done after it. Top-k and top-p find their thresholds by a pivot search (``_sampling_search``),
-a few passes each, never a sort of the vocabulary; one final pass draws. Rows asking for top logprobs
-search the n-th largest value and gather the tokens above it. Bytes: the logits are read once per pass,
-from L2 when a row fits there.
+a few passes each, never a sort of the vocabulary; one final pass draws. A row with top-k <= 1024 and
+top-p gathers its top-k survivors once into a small per-row buffer and runs top-p and the draw there.
+Rows asking for top logprobs search the n-th largest value and gather the tokens above it. Bytes: the
+logits are read once per pass, from L2 when a row fits there.
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ from kernels import alloc
 from kernels._sampling_params import MAX_LOGPROBS, SampleResult, SamplingParamsError, SamplingTensors
 from kernels._sampling_reference import sample_baseline, sample_reference
 from kernels._sampling_registration import op_fields
-from kernels._sampling_search import _gumbel, _gumbel_argmax, _load_z, _threshold_search
+from kernels._sampling_search import (
+    _draw_from_candidates,
+    _gather_candidates,
+    _gumbel,
+    _gumbel_argmax,
+    _load_z,
+    _threshold_search,
+)
+from kernels.device import interpreting
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -125,9 +134,9 @@ def _sample_kernel(
     logits_ptr, work_ptr, stride_l, V,
     temp_ptr, topp_ptr, minp_ptr, rep_ptr, pres_ptr, freq_ptr, topk_ptr, key1_ptr, key2_ptr, nlp_ptr,
     estart_ptr, etok_ptr, ecnt_ptr, ectx_ptr, ebias_ptr,
-    token_ptr, lp_ptr, top_ids_ptr, top_lp_ptr, tie_ptr, status_ptr, width, batch_bucket,
+    token_ptr, lp_ptr, top_ids_ptr, top_lp_ptr, tie_ptr, cand_z_ptr, cand_idx_ptr, status_ptr, width, batch_bucket,
     HAS_EDITS: tl.constexpr, TOPN: tl.constexpr, BLOCK: tl.constexpr, SBLOCK: tl.constexpr,
-    NPIV: tl.constexpr, MAX_PASSES: tl.constexpr, EBLOCK: tl.constexpr,
+    NPIV: tl.constexpr, CAND: tl.constexpr, MAX_PASSES: tl.constexpr, EBLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_l = row.to(tl.int64) * stride_l
@@ -197,10 +206,23 @@ def _sample_kernel(
             v_k = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zmin, m,
                                     top_k, 0.0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
             tau = tl.maximum(tau, v_k)
-        if top_p < 1.0:
-            tau = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m,
-                                       tl.maximum(tau, zmin), m, 0.0, top_p, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
-        token = _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2, BLOCK)
+        n_cand = tl.full([], CAND + 1, tl.int32)
+        row_c = row.to(tl.int64) * CAND
+        if (top_p < 1.0) & (top_k > 0) & (top_k <= CAND):
+            # Top-p only looks at the few top-k survivors: gather them once, then search and draw there.
+            n_cand = _gather_candidates(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau,
+                                        cand_z_ptr, cand_idx_ptr, row_c, BLOCK, CAND)
+            tl.debug_barrier()  # the candidates were written by other threads of this program
+        if n_cand <= CAND:
+            tau = _threshold_search(logits_ptr, cand_z_ptr, row_l, row_c, n_cand, True, 1.0, m,
+                                    tau, m, 0.0, top_p, True, CAND, SBLOCK, NPIV, MAX_PASSES)
+            token = _draw_from_candidates(cand_z_ptr, cand_idx_ptr, row_c, n_cand, tau, key1, key2, CAND)
+        else:
+            if top_p < 1.0:
+                tau = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m,
+                                        tl.maximum(tau, zmin), m, 0.0, top_p, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+            token = _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2,
+                                   BLOCK)
     tl.store(token_ptr + row, token.to(tl.int64))
     z_tok = _load_z(logits_ptr, work_ptr, row_l, row_w, token, token < V, from_work, inv_t)
     tl.store(lp_ptr + row, z_tok - lse)
@@ -221,8 +243,9 @@ def _sample_kernel(
 
 CONFIGS = {
     # The first entry is what the interpreter runs: small blocks so CPU tests cross block boundaries.
-    # None of these spills registers on sm_90 (ptxas -v; fp32 and bf16 logits, with edits and top logprobs); BLOCK=8192
-    # with 16 warps did, and so did (4096, 256, 16) with 16 warps.
+    # ptxas -v for sm_90 (fp32 and bf16 logits, with and without edits and top logprobs): no spills, except
+    # 20-84 bytes in the largest ones once the candidate path was added; BLOCK=8192 with 16 warps spilled
+    # hundreds of bytes and was dropped. Not yet timed on a GPU: the autotuner chooses at first launch.
     "cuda": [
         dict(BLOCK=256, SBLOCK=128, NPIV=8, num_warps=2),
         dict(BLOCK=2048, SBLOCK=256, NPIV=16, num_warps=8),
@@ -240,6 +263,10 @@ CONFIGS = {
 _sample = Tuned(_sample_kernel, CONFIGS, key=["V", "batch_bucket", "HAS_EDITS", "TOPN"])
 MAX_PASSES = 8
 EBLOCK = 128
+# Candidate buffer per row: top-k <= CAND rows with top-p gather their survivors and finish there. The
+# interpreter uses a small one so that CPU tests reach both paths with small vocabularies.
+CAND_GPU = 1024
+CAND_INTERPRETER = 128
 
 
 def _check(logits: torch.Tensor, st: SamplingTensors) -> None:
@@ -290,6 +317,9 @@ def launch(logits: torch.Tensor, st: SamplingTensors, config: dict | None = None
     top_ids = alloc.empty(B, width, dtype=torch.int64, device=dev) if width else tokens
     top_lp = alloc.empty(B, width, dtype=torch.float32, device=dev) if width else lps
     ties = torch.empty(B, topn, dtype=torch.int32, device=dev) if width else status
+    cand = CAND_INTERPRETER if interpreting() else CAND_GPU
+    cand_z = torch.empty(B, cand, dtype=torch.float32, device=dev)
+    cand_idx = torch.empty(B, cand, dtype=torch.int32, device=dev)
     if B:
         kernel = _sample[(B,)] if config is None else _fixed(config, B)
         kernel(
@@ -297,8 +327,8 @@ def launch(logits: torch.Tensor, st: SamplingTensors, config: dict | None = None
             st.temperature, st.top_p, st.min_p, st.repetition_penalty, st.presence_penalty,
             st.frequency_penalty, st.top_k, st.rng_key1, st.rng_key2, st.num_logprobs,
             st.edit_start, st.edit_token, st.edit_count, st.edit_in_context, st.edit_bias,
-            tokens, lps, top_ids, top_lp, ties, status, width, _batch_bucket(B),
-            HAS_EDITS=st.has_edits, TOPN=topn, MAX_PASSES=MAX_PASSES, EBLOCK=EBLOCK,
+            tokens, lps, top_ids, top_lp, ties, cand_z, cand_idx, status, width, _batch_bucket(B),
+            HAS_EDITS=st.has_edits, TOPN=topn, CAND=cand, MAX_PASSES=MAX_PASSES, EBLOCK=EBLOCK,
         )
         if bool(status.any()):
             _raise_invalid(status)

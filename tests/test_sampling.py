@@ -231,13 +231,27 @@ def test_every_config_draws_the_reference_tokens(device, config):
     # Each config's block and pivot counts change the kernel's loops; all must give the same draws.
     g = torch.Generator(device=device).manual_seed(6)
     V = 700
-    logits = 2.0 * torch.randn(4, V, generator=g, device=device)
+    logits = 2.0 * torch.randn(5, V, generator=g, device=device)
     params = [P(temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.2, frequency_penalty=0.5),
               P(temperature=1.3, min_p=0.05, logprobs=5), P(temperature=0.0, logprobs=3),
-              P(temperature=1.0, top_p=0.3, logit_bias={5: 4.0})]
-    st = build(params, device, V, prompts=[[1, 2, 699]] * 4, outputs=[[3, 3, 600]] * 4, seeds=[9, 8, 7, 6])
+              P(temperature=1.0, top_p=0.3, logit_bias={5: 4.0}),
+              P(temperature=0.9, top_k=300, top_p=0.9)]  # top-k above the candidate buffer: full-row top-p
+    st = build(params, device, V, prompts=[[1, 2, 699]] * 5, outputs=[[3, 3, 600]] * 5, seeds=[9, 8, 7, 6, 5])
     out = launch(logits, st, config=CONFIGS["cuda"][config])
     ref = sample_reference(logits.double(), st)
     assert out.token_ids.tolist() == ref.token_ids.tolist()
     assert out.top_ids.tolist() == ref.top_ids.tolist()
     torch.testing.assert_close(out.logprobs, ref.logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_ties_overflowing_the_candidate_buffer_keep_the_whole_tie(device):
+    # 300 tokens tied at the top: top-k 2 keeps all of them (ties at a threshold are kept), more than the
+    # candidate buffer holds, so top-p runs over the full row; draws must stay inside the tie.
+    V = 1000
+    logits = torch.randn(6, V, device=device, generator=torch.Generator(device=device).manual_seed(8)) - 10.0
+    logits[:, 100:400] = 5.0
+    st = build([P(temperature=1.0, top_k=2, top_p=0.5)] * 6, device, V, seeds=[3 * i for i in range(6)])
+    out = sample(logits, st)
+    assert ((out.token_ids >= 100) & (out.token_ids < 400)).all()
+    assert out.token_ids.tolist() == sample_reference(logits.double(), st).token_ids.tolist()
+    assert len(set(out.token_ids.tolist())) > 1
