@@ -5,8 +5,10 @@ token. Capturing the whole forward once per batch size and replaying it removes 
 replay on fixed addresses, so the step's inputs are copied into static buffers first; a batch of n
 sequences runs the graph of the smallest captured size >= n, with the padded rows made harmless: their
 KV write slot is -1 (skipped by ``kv_cache_write``) and they attend to one token of the scratch block.
-``max_context_len`` is fixed at the model's maximum so the decode kernel's launch grid never depends on
-the batch. Steps with prefill chunks, or larger than the biggest graph, run eagerly.
+``max_context_len`` is fixed at capture (:data:`GRAPH_MAX_CONTEXT`, or the model's maximum if smaller) so
+the decode kernel's launch grid never depends on the batch; a larger bound would launch mostly idle
+programs on every step. Steps with prefill chunks, with a longer context, or larger than the biggest
+graph run eagerly (there the kernels' own work dwarfs the launch overhead a graph saves).
 
 Each size is run once eagerly before capture so that autotuned kernels pick their configs outside the
 graph (benchmarking inside a capture is not allowed).
@@ -25,13 +27,15 @@ from engine.models.layers import AttentionMetadata
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+GRAPH_MAX_CONTEXT = 8192
 
 
 class DecodeGraphs:
     def __init__(self, runner, max_batch: int):
         self.runner = runner
         dev = runner.device
-        self.max_blocks = math.ceil(runner.max_model_len / runner.block_size)
+        self.max_context = min(runner.max_model_len, GRAPH_MAX_CONTEXT)
+        self.max_blocks = math.ceil(self.max_context / runner.block_size)
         self.sizes = sorted({s for s in BATCH_SIZES if s < max_batch} | {max_batch})
         n = self.sizes[-1]
         self.token_ids = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -48,7 +52,7 @@ class DecodeGraphs:
         empty = torch.zeros(0, dtype=torch.int32, device=dev)
         return AttentionMetadata(
             slot_mapping=self.slots[:bs], num_decode_tokens=bs, decode_block_tables=self.tables[:bs],
-            decode_context_lens=self.context_lens[:bs], max_decode_context_len=self.runner.max_model_len,
+            decode_context_lens=self.context_lens[:bs], max_decode_context_len=self.max_context,
             num_prefills=0, prefill_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev), prefill_max_seqlen=0,
             prefill_block_tables=self.tables[:0], prefill_prefix_lens=empty, prefill_has_prefix=False)
 
@@ -75,7 +79,9 @@ class DecodeGraphs:
         log.info("captured decode graphs for batch sizes %s", self.sizes)
 
     def fits(self, batch) -> bool:
-        return batch.num_tokens <= self.sizes[-1] and batch.meta.decode_block_tables.shape[1] <= self.max_blocks
+        meta = batch.meta
+        return (batch.num_tokens <= self.sizes[-1] and meta.max_decode_context_len <= self.max_context
+                and meta.decode_block_tables.shape[1] <= self.max_blocks)
 
     def run(self, batch) -> torch.Tensor:
         n = batch.num_tokens

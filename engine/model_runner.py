@@ -72,7 +72,11 @@ class ModelRunner:
         if self.device.type == "cuda" and not config.enforce_eager:
             from engine.decode_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(self, max_batch=min(config.max_num_seqs, 256))
+            try:
+                self.graphs = DecodeGraphs(self, max_batch=min(config.max_num_seqs, 256))
+            except RuntimeError as err:  # a kernel that cannot be captured: slower, but still correct
+                log.warning("CUDA graph capture failed (%s); decoding eagerly", err)
+                torch.cuda.synchronize(self.device)
 
     # --- KV cache sizing -------------------------------------------------------------------------
 
