@@ -16,6 +16,19 @@ In one process, so every number comes from the same card:
 Timing: ``triton.testing.do_bench`` medians (L2 cleared before every call), inputs rotated among enough
 sets to exceed twice L2. Both the kernel and the baseline check for NaN logits and so synchronise once per
 call, as the engine would. Speedup = baseline / kernel; argmax ratio = greedy-batch kernel / torch.argmax.
+
+Notes (no GPU run yet; the first run should be ``--explore`` plus ``pytest -m sample``):
+
+- Floor: the logits must be read once: B * V * 4 bytes (608 KB a row at V = 151936; 156 MB at B = 256,
+  about 50 us at 3.3 TB/s). torch.argmax is one such read.
+- The kernel reads a row once per pass: greedy and unfiltered rows 1 pass; the benchmark's sampled rows
+  (penalties, top-k 50, top-p 0.9) about 2 (copy to the fp32 workspace: read + write) + 1 (max, sum) +
+  2-3 (top-k pivot search) + 1 (gather of the top-k survivors), then top-p and the draw on <= 1024
+  candidates. Prediction: greedy batches within 1.3x of torch.argmax; sampled batch 256 about 6-7 reads,
+  so 300-400 us; batch 1 is one program on one SM, bound by load latency rather than bandwidth: the
+  risk for the 5x target at batch 1 (a row split over several programs would be the next step).
+- The baseline costs ~70 launches and two host syncs plus a full sort: hundreds of microseconds even at
+  batch 1.
 """
 
 from __future__ import annotations
@@ -74,7 +87,8 @@ def explore(op, l2_bytes: int, rows: list, save) -> None:
 
 def bench(op, copy_gbs: float, l2_bytes: int, rows: list, save) -> None:
     cases = op.bench_cases()
-    cases += [dict(c, mode="mixed-half-greedy") for c in cases if c["mode"] == "bench-sampled" and c["batch"] > 1]
+    cases = cases + [dict(c, mode="mixed-half-greedy") for c in cases
+                     if c["mode"] == "bench-sampled" and c["batch"] > 1]
     for case in cases:
         sets = mixed_inputs(case, l2_bytes) if case["mode"] == "mixed-half-greedy" else input_sets(op, case, l2_bytes)
         B, V = case["batch"], case["vocab"]
