@@ -82,3 +82,21 @@ def test_demo_command_runs(capsys):
     # The demo model was fitted to its text by a plain-torch forward (engine/demo_training.py); the engine
     # continuing a prompt from that text with the text shows both compute the same function.
     assert "jumps over the lazy dog" in out
+
+
+def test_generate_command_batch_and_chat(model_dir, capsys):
+    from engine.cli import main
+
+    code = main(["generate", "--model", str(model_dir), "--max-tokens", "4", "--temperature", "0", "--chat",
+                 "--system", "Be brief.", "Hello", "What is paged attention?"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "--- [0] 'Hello'" in out.out and "--- [1] 'What is paged attention?'" in out.out
+    assert "2/2 done" in out.err
+
+
+def test_generate_command_rejects_bad_op_flag(model_dir, capsys):
+    from engine.cli import main
+
+    assert main(["generate", "--model", str(model_dir), "--op", "rmsnorm", "Hello"]) == 1
+    assert "NAME=IMPL" in capsys.readouterr().err
