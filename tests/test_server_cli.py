@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -82,35 +86,39 @@ def test_client_errors_are_reported(server, capsys, monkeypatch):
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_serve_command_starts_and_stops(model_dir, monkeypatch):
-    """``tritonforge serve`` end to end: uvicorn on a loopback port, stopped through its exit flag."""
-    import uvicorn
-
+def test_serve_command_drains_in_flight_streams_on_sigterm(model_dir):
+    """``tritonforge serve`` as a real process: serves, and on SIGTERM finishes the stream in flight, then exits."""
     port = free_port()
-    started: list = []
-
-    def run_in_test(app, **kwargs):
-        config = uvicorn.Config(app, **kwargs)
-        server = uvicorn.Server(config)
-        started.append(server)
-        server.run()
-
-    monkeypatch.setattr(uvicorn, "run", run_in_test)
-    args = ["serve", "--model", str(model_dir), "--port", str(port), "--backend", "torch", "--device", "cpu",
-                "--num-kv-blocks", "16", "--log-level", "warning"]
-    thread = threading.Thread(target=main, args=(args,), daemon=True)
-    thread.start()
-    for _ in range(600):
-        if started and started[0].started:
-            break
-        thread.join(0.05)
-    assert started and started[0].started
-    body = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
-                      json={"prompt": "Hi", "max_tokens": 2, "ignore_eos": True}, timeout=30).json()
-    assert body["model"] == "tiny" and body["usage"]["completion_tokens"] == 2
-    started[0].should_exit = True
-    thread.join(30)
-    assert not thread.is_alive()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--port",
+                             str(port), "--backend", "torch", "--device", "cpu", "--num-kv-blocks", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(1200):
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited early:\n{proc.stdout.read()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        body = {"prompt": "Hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+        with httpx.Client(base_url=url, timeout=60) as client, \
+                client.stream("POST", "/v1/completions", json=body) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]"
+        chunks = [json.loads(x[6:]) for x in [first, *rest[:-1]]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        # uvicorn re-raises the signal it caught once shutdown is complete, so the exit status is SIGTERM's.
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        log = proc.stdout.read()
+        assert "shutting down: stopping the engine loop" in log and "Traceback" not in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_reports_a_missing_model(tmp_path, capsys):

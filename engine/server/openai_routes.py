@@ -13,12 +13,20 @@ disconnects has its request aborted, which frees its KV-cache blocks at once.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from engine.server import engine_requests as er
 from engine.server import openai_stream as fmt
 from engine.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
-from engine.server.state import ClientGone, ServerState, events, log, new_id, timeout_error
+from engine.server.state import (
+    ClientGone,
+    GroupStreamingResponse,
+    ServerState,
+    events,
+    log,
+    new_id,
+    timeout_error,
+)
 
 router = APIRouter()
 
@@ -54,7 +62,7 @@ async def _serve(request: Request, state: ServerState, body, prompts, params, ch
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream(state, group, chat, params.logprobs is not None, include_usage, prompt_tokens)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return GroupStreamingResponse(state, group, stream, headers)
     try:
         result = await _collect(state, group, request, chat, params.logprobs is not None, prompt_tokens, body.n)
     except ClientGone:
@@ -127,7 +135,3 @@ async def _stream(state, group, chat: bool, want_logprobs: bool, include_usage: 
         log.warning("request %s failed mid-stream: %s", group.id, err.message)
         yield fmt.sse(err.body())
         yield fmt.DONE
-    finally:
-        if not group.done:
-            log.info("request %s: stream closed before the end (client gone?); aborting", group.id)
-        state.engine.abort(group)

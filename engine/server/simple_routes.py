@@ -18,12 +18,20 @@ Errors use OpenAI's error body, as everywhere else; a timed-out /generate answer
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from engine.server import engine_requests as er
 from engine.server import openai_stream as fmt
 from engine.server.protocol import APIError, GenerateRequest, parse_request
-from engine.server.state import ClientGone, ServerState, events, log, new_id, timeout_error
+from engine.server.state import (
+    ClientGone,
+    GroupStreamingResponse,
+    ServerState,
+    events,
+    log,
+    new_id,
+    timeout_error,
+)
 
 router = APIRouter()
 
@@ -73,10 +81,8 @@ async def generate_stream(request: Request):
         except APIError as err:
             yield fmt.sse(err.body())
             yield fmt.DONE
-        finally:
-            state.engine.abort(group)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Request-Id": group.id})
+    return GroupStreamingResponse(state, group, stream(), {"X-Request-Id": group.id})
 
 
 @router.get("/status/{request_id}")

@@ -9,6 +9,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from fastapi.responses import StreamingResponse
+
 from engine.server.async_engine import AsyncEngine, EngineDeadError, RequestGroup
 from engine.server.openai_stream import LogprobFormatter
 from engine.server.protocol import APIError
@@ -43,6 +45,23 @@ class ServerState:
 
     def timeout_for(self, requested: float | None) -> float | None:
         return requested if requested is not None else self.request_timeout_s
+
+
+class GroupStreamingResponse(StreamingResponse):
+    """A streaming response that aborts its request group however the response ends: a generator that
+    Starlette never started (the client left first) has no ``finally`` of its own to run."""
+
+    def __init__(self, state: ServerState, group: RequestGroup, content, headers: dict[str, str]):
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.state, self.group = state, group
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.group.done:
+                log.info("request %s: stream ended before the request did (client gone?); aborting", self.group.id)
+            self.state.engine.abort(self.group)
 
 
 def new_id(prefix: str) -> str:
