@@ -93,3 +93,18 @@ def test_prefix_cache_reuse(model_dir, alone):
     b = next(iter(run_to_completion(warm, [(second, GREEDY)]).values()))
     assert b["cached"] == 48  # the three full blocks of the shared 50 tokens
     assert [a["tokens"], b["tokens"]] == expected
+
+
+def test_everything_at_once(model_dir, prompts, alone):
+    """Shared prefixes, tiny chunks, a pool small enough to preempt, prefix cache on: still the same tokens."""
+    backend, expected = alone
+    engine = make_engine(model_dir, backend, num_kv_blocks=10, max_num_batched_tokens=24, max_num_seqs=6)
+    # Requests 0..11 twice over: the second copies find their prompts' full blocks in the prefix cache
+    # (when those blocks survived eviction), the rest is recomputed after preemptions.
+    picked = list(range(12)) * 2
+    results = list(run_to_completion(engine, [(prompts[i], GREEDY) for i in picked]).values())
+    assert [r["tokens"] for r in results] == [expected[i] for i in picked]
+    stats = engine.stats()
+    assert stats["num_preemptions"] > 0
+    assert stats["prefix_cache_hit_rate"] > 0
+    assert stats["kv_free_blocks"] == stats["kv_total_blocks"]  # cached but unreferenced blocks count as free
