@@ -102,15 +102,18 @@ def _top_logprobs(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zm
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         z = _load_z(logits_ptr, work_ptr, row_l, row_w, offs, offs < V, from_work, inv_t)
-        gt = z > vn
-        eq = z == vn
-        pos = n_gt + tl.cumsum(gt.to(tl.int32), 0) - 1
-        tl.store(top_ids_ptr + out + pos, offs.to(tl.int64), mask=gt & (pos < n))
-        tl.store(top_lp_ptr + out + pos, z - lse, mask=gt & (pos < n))
-        pos = n_eq + tl.cumsum(eq.to(tl.int32), 0) - 1
-        tl.store(tie_ptr + row * TOPN + pos, offs, mask=eq & (pos < TOPN))
-        n_gt += tl.sum(gt.to(tl.int32), 0)
-        n_eq += tl.sum(eq.to(tl.int32), 0)
+        gt = (z > vn).to(tl.int32)
+        eq = (z == vn).to(tl.int32)
+        found_gt = tl.sum(gt, 0)
+        found_eq = tl.sum(eq, 0)
+        if found_gt + found_eq > 0:  # most chunks hold none of the top n: skip their scans
+            pos = n_gt + tl.cumsum(gt, 0) - 1
+            tl.store(top_ids_ptr + out + pos, offs.to(tl.int64), mask=(gt != 0) & (pos < n))
+            tl.store(top_lp_ptr + out + pos, z - lse, mask=(gt != 0) & (pos < n))
+            pos = n_eq + tl.cumsum(eq, 0) - 1
+            tl.store(tie_ptr + row * TOPN + pos, offs, mask=(eq != 0) & (pos < TOPN))
+        n_gt += found_gt
+        n_eq += found_eq
     tl.debug_barrier()
     n_gt = tl.minimum(n_gt, n)
     fill = (jj < n_eq) & (n_gt + jj < n)
