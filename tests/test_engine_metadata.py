@@ -43,3 +43,11 @@ def test_mixed_batch_layout():
     # Logits for b (its decode) and c (its chunk reaches the end); a is mid-prompt.
     assert batch.logits_rows.tolist() == [0, 26]
     assert batch.sampled_seqs == [1, 2]
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    from engine.model_config import UnsupportedModelError
+    from engine.models import model_class
+
+    with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3"):
+        model_class("gpt2")
