@@ -76,6 +76,9 @@ def run(args) -> int:
     except (ModelLoadError, ValueError, TypeError, OSError, MemoryError) as err:
         print(f"tritonforge serve: {err}", file=sys.stderr)
         return 1
+    # The engine loop thread and the HTTP event loop share the GIL; Python's default 5 ms switch interval
+    # can hold the engine back that long after each GPU wait, so hand the GIL over sooner.
+    sys.setswitchinterval(0.001)
     # uvicorn installs SIGTERM/SIGINT handlers: stop accepting, drain, then run the app's shutdown.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_timeout)
