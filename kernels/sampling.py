@@ -57,7 +57,7 @@ from kernels._sampling_search import (
     _load_z,
     _threshold_search,
 )
-from kernels.device import interpreting
+from kernels.device import check_backend, interpreting
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -285,6 +285,7 @@ def _check(logits: torch.Tensor, st: SamplingTensors) -> None:
                          f"{st.vocab_size}; build it with the logits' batch and vocabulary size")
     if st.temperature.device != logits.device:
         raise ValueError(f"sample: st is on {st.temperature.device}, logits on {logits.device}")
+    check_backend("triton", logits.device)  # a CPU tensor needs the interpreter: say so instead of crashing
 
 
 def _raise_invalid(status: torch.Tensor) -> None:
