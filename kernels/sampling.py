@@ -20,10 +20,12 @@ this order, which is vLLM's (v1 sampler):
 Every filter is a threshold on z, so tokens tied at a threshold are all kept (top-k may keep more than k
 tokens when the k-th value is tied; vLLM's sort would cut the tie arbitrarily).
 
-Logprobs are those of the *processed* distribution log_softmax(z) after steps 1-4 and before the filters
-(vLLM's ``processed_logprobs`` mode), with T taken as 1 for greedy rows: the chosen token's is always
-returned; a row with ``logprobs = n > 0`` also gets its n most likely tokens (ties: lowest index first),
-padded with id -1 and -inf up to the batch's widest request.
+Logprobs are those of log_softmax(z): after bias, penalties and temperature (steps 1-4), before the
+filters, with T taken as 1 for greedy rows. (vLLM returns the raw model logprobs by default; this is the
+distribution the filters start from, so a kept token's logprob says how likely the request's settings made
+it before truncation.) The chosen token's is always returned; a row with ``logprobs = n > 0`` also gets
+its n most likely tokens (ties: lowest index first), padded with id -1 and -inf up to the batch's widest
+request.
 
 Invalid logits: a row holding NaN or +inf, or no finite logit at all, makes ``sample`` raise ValueError
 naming the rows (the kernel flags them; the launcher reads the flags, one small device-to-host copy).
