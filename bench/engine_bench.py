@@ -141,6 +141,9 @@ def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
             if decodes == seqs:
                 decode_steps.append(now - t)
         for o in outs:
+            if o.finished and o.finish_reason == "error":
+                # The engine keeps serving after a failed step; a benchmark must not count such a run.
+                raise RuntimeError(f"request {o.request_id} failed inside the engine: {o.error}")
             out_tokens += len(o.new_token_ids)
             if o.new_token_ids and o.request_id not in first_token:
                 first_token[o.request_id] = now - start
@@ -218,6 +221,8 @@ def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
     run_engine(engine, [(prompt, 16)])
 
     single = run_engine(engine, [(prompt, 256)])
+    if single["output_tokens"] != 256:
+        raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of 256")
     decode_tok_s = single["decode_steps"] / single["decode_time_s"]
     bw = copy_bandwidth(device)
     limit = bw / result["weight_bytes_per_token"]
