@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -167,3 +168,29 @@ def test_shutdown_lets_in_flight_streams_finish_then_stops_the_loop(model_dir):
     assert sum(1 for c in chunks if c["choices"][0]["text"]) >= 1
     assert not async_engine.alive and async_engine.stopping
     assert not engine.has_unfinished()
+
+
+def test_a_stuck_step_makes_health_fail_until_it_returns(model_dir, monkeypatch):
+    import engine.server.async_engine as async_engine_module
+
+    monkeypatch.setattr(async_engine_module, "STALL_S", 0.3)
+    engine = make_engine(model_dir, num_kv_blocks=16)
+    release, step = threading.Event(), engine.step
+
+    def stuck_step():
+        release.wait(30)
+        return step()
+
+    engine.step = stuck_step
+    with running_server(engine) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        with client.stream("POST", "/v1/completions", json={**SHORT, "stream": True}) as response:
+            for _ in range(200):
+                health = client.get("/health")
+                if health.status_code == 503:
+                    break
+                time.sleep(0.05)
+            assert health.status_code == 503 and "stalled" in health.json()["reason"]
+            release.set()
+            events = _events(response.iter_lines(), 1000)
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert client.get("/health").status_code == 200

@@ -1,6 +1,7 @@
 """The HTTP app: ``create_app(engine, ...)`` wires the routes, the API key, request ids and metrics.
 
-    GET  /health    200 {"status": "ok"} while the engine loop runs; 503 once it has died or is stopping
+    GET  /health    200 {"status": "ok"} while the engine loop runs; 503 once it has died, is stopping, or
+                    has been stuck in one step for over two minutes
     GET  /ready     200 when the engine accepts requests (503 otherwise), with the scheduler's counters
     GET  /stats     the scheduler's statistics as of the last step (KV blocks free/used, running, waiting)
     GET  /metrics   Prometheus text format (see engine.server.metrics)
@@ -73,9 +74,11 @@ def create_app(engine, model_name: str | None = None, api_key: str | None = None
 
     @app.get("/health")
     async def health():
-        if async_engine.alive and not async_engine.stopping:
+        stalled = async_engine.stalled_for
+        if async_engine.alive and not async_engine.stopping and not stalled:
             return {"status": "ok"}
-        reason = f"engine failed: {async_engine.error}" if async_engine.error else "engine not running"
+        reason = (f"engine failed: {async_engine.error}" if async_engine.error
+                  else f"engine loop stalled for {stalled:.0f}s" if stalled else "engine not running")
         return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
 
     @app.get("/ready")

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5          # how long an idle loop sleeps before looking at the inbox again
 STATS_INTERVAL_S = 0.05    # scheduler statistics are mirrored at most this often while busy
 FINISHED_KEPT = 1024       # finished groups remembered for GET /status
+STALL_S = 120.0            # a loop iteration longer than this marks the engine unhealthy (first-launch
+                           # autotuning of a new shape can take tens of seconds, a hung GPU forever)
 
 
 class EngineDeadError(RuntimeError):
@@ -104,6 +106,7 @@ class AsyncEngine:
         self._live: dict[str, _Timing] = {}                              # loop-thread side
         self._stats: dict = dict(engine.scheduler.stats(), num_steps=engine.num_steps)
         self._stats_time = 0.0
+        self.heartbeat = time.monotonic()   # written by the loop thread at every iteration
 
     # --- lifecycle (event loop) --------------------------------------------------------------------
 
@@ -126,6 +129,12 @@ class AsyncEngine:
     @property
     def alive(self) -> bool:
         return self.error is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stalled_for(self) -> float:
+        """Seconds since the loop last came round, when that is more than STALL_S; else 0."""
+        quiet = time.monotonic() - self.heartbeat
+        return quiet if quiet > STALL_S else 0.0
 
     def stats(self) -> dict:
         """The scheduler statistics as of the last step (a snapshot published by the loop thread)."""
@@ -194,6 +203,7 @@ class AsyncEngine:
         engine = self.engine
         try:
             while True:
+                self.heartbeat = time.monotonic()
                 self._wake.clear()
                 if not self._drain_inbox():
                     break
