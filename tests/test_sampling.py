@@ -11,9 +11,11 @@ import math
 import pytest
 import torch
 
+from kernels import registry
 from kernels._sampling_params import RequestParams as P
 from kernels._sampling_reference import kept_mask, processed_logits
 from kernels.sampling import CONFIGS, SamplingParamsError, SamplingTensors, launch, sample, sample_reference
+from kernels.testing import run_case
 
 pytestmark = pytest.mark.sample
 
@@ -255,3 +257,11 @@ def test_ties_overflowing_the_candidate_buffer_keep_the_whole_tie(device):
     assert ((out.token_ids >= 100) & (out.token_ids < 400)).all()
     assert out.token_ids.tolist() == sample_reference(logits.double(), st).token_ids.tolist()
     assert len(set(out.token_ids.tolist())) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("index", range(12))
+def test_benchmark_cases_pass_the_op_check(device, index):
+    # The shapes the sweep times (real vocabularies, batch up to 256) must also be right.
+    op = registry.get("sample")
+    run_case(op, op.bench_cases()[index], device, seed=index)
