@@ -38,7 +38,7 @@ def _dot(x_rows, m_ok, k, K, q, UPCAST: tl.constexpr, MAGIC_BITS: tl.constexpr):
     x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
     # Statements rather than ternaries: each branch is chosen at compile time on a constexpr.
     if MAGIC_BITS != 0:
-        w = (q | MAGIC_BITS).to(x.dtype, bitcast=True)
+        w = (q.to(tl.int16) | MAGIC_BITS).to(x.dtype, bitcast=True)
     elif UPCAST:  # the interpreter also converts integers to bf16 wrongly
         w = q.to(tl.float32)
     else:
@@ -105,7 +105,7 @@ def q45_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, HAS_QH: tl.constexpr,
     for c in tl.static_range(4):
         qs = _bytes(blk, (48 if HAS_QH else 16) + 32 * c + l, r_ok)
         for par in tl.static_range(2):
-            s: tl.constexpr = 2 * c + par
+            s = 2 * c + par  # a constexpr: the sub-block index
             if par == 0:  # noqa: SIM108  (a compile-time branch, kept as a statement)
                 q = qs & 0xF
             else:

@@ -24,60 +24,60 @@ import triton.language as tl
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
+from kernels._split_k import finish_tile
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
 from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
-from kernels.quant_linear import launcher, m_bucket
+from kernels.quant_linear import decode_split, launcher, m_bucket
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
 
 @triton.jit
 def _gguf_linear_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
-    M, N, K, M_BUCKET, row_bytes, stride_xm, stride_ym,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, K, M_BUCKET, row_bytes, stride_xm, stride_ym, B_CHUNK, SPLITS,
     QTYPE: tl.constexpr, QK: tl.constexpr, TYPE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, MAGIC_BITS: tl.constexpr, MAGIC_VALUE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
 ):
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = offs_m < M, offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     rows = w_ptr + offs_n.to(tl.int64) * row_bytes
-    n_blocks = K // QK
+    b_start = split * B_CHUNK
+    b_end = tl.minimum(b_start + B_CHUNK, K // QK)
+    k_end = b_end * QK  # x columns past this split's blocks are masked off
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for b0 in range(0, n_blocks, BLOCKS_PER_ITER):
+    for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
         for bi in tl.static_range(BLOCKS_PER_ITER):
             b = b0 + bi
-            r_ok = n_ok & ((b + tl.zeros([BLOCK_N], tl.int32)) < n_blocks)  # false past the last block
+            r_ok = n_ok & ((b + tl.zeros([BLOCK_N], tl.int32)) < b_end)  # false past this split's blocks
             blk = rows + b * TYPE_SIZE
             k0 = b * QK
             if QTYPE == 8:  # Q8_0
-                acc = q8_0_block(acc, x_rows, m_ok, k0, K, blk, r_ok, UPCAST)
+                acc = q8_0_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, UPCAST)
             elif QTYPE == 2:  # Q4_0
-                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 2, 0, 8, False,
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, 2, 0, 8, False,
                                   UPCAST, MAGIC_BITS, MAGIC_VALUE)
             elif QTYPE == 3:  # Q4_1
-                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 4, 0, 0, True,
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, 4, 0, 0, True,
                                   UPCAST, MAGIC_BITS, MAGIC_VALUE)
             elif QTYPE == 6:  # Q5_0
-                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 6, 2, 16, False,
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, 6, 2, 16, False,
                                   UPCAST, MAGIC_BITS, MAGIC_VALUE)
             elif QTYPE == 7:  # Q5_1
-                acc = q4_q5_block(acc, x_rows, m_ok, k0, K, blk, r_ok, 8, 4, 0, True,
+                acc = q4_q5_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, 8, 4, 0, True,
                                   UPCAST, MAGIC_BITS, MAGIC_VALUE)
             elif QTYPE == 12:  # Q4_K
-                acc = q45_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, False, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+                acc = q45_k_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, False, UPCAST, MAGIC_BITS, MAGIC_VALUE)
             elif QTYPE == 13:  # Q5_K
-                acc = q45_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, True, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+                acc = q45_k_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, True, UPCAST, MAGIC_BITS, MAGIC_VALUE)
             else:  # Q6_K
-                acc = q6_k_block(acc, x_rows, m_ok, k0, K, blk, r_ok, UPCAST, MAGIC_BITS, MAGIC_VALUE)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+                acc = q6_k_block(acc, x_rows, m_ok, k0, k_end, blk, r_ok, UPCAST, MAGIC_BITS, MAGIC_VALUE)
+    finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
 # --- configs as data ------------------------------------------------------------------------------
@@ -145,10 +145,14 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     if M == 0 or N == 0:
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
-    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    # K is split in whole units: 4 blocks of a simple format (BLOCKS_PER_ITER divides 4), 1 of a K-quant.
+    per_unit = 1 if fmt.block_size == 256 else 4
+    n_blocks = K // fmt.block_size
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device)
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_gguf_linear, config)[grid](
-        x, data, bias if bias is not None else x, y,
-        M, N, K, m_bucket(M), data.shape[1], x.stride(0), y.stride(0),
+        x, data, bias if bias is not None else x, y, partials, counters,
+        M, N, K, m_bucket(M), data.shape[1], x.stride(0), y.stride(0), units * per_unit, splits,
         QTYPE=fmt.qtype, QK=fmt.block_size, TYPE_SIZE=fmt.type_size, HAS_BIAS=bias is not None,
         UPCAST=interpreting() and x.dtype == torch.bfloat16, MAGIC_BITS=magic_bits, MAGIC_VALUE=magic_value,
     )

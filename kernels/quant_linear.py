@@ -35,6 +35,7 @@ import triton.language as tl
 
 from kernels import alloc
 from kernels._dense_cache import dense_weight
+from kernels._split_k import arrival_counters, finish_tile, split_plan
 from kernels.device import interpreting
 from kernels.quant_pack import GROUP_SIZES, dequantize_w4, quantize_w4, quantize_w8
 from kernels.registry import Op, register
@@ -43,65 +44,64 @@ from kernels.tuning import Tuned
 
 @triton.jit
 def _w8a16_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr,
-    M, N, K, M_BUCKET, stride_xm, stride_ym,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     m_ok, n_ok = offs_m < M, offs_n < N
+    k_start = split * K_CHUNK
+    k_end = tl.minimum(k_start + K_CHUNK, K)
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     w_cols = w_ptr + offs_n.to(tl.int64)[None, :] * K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         kk = k0 + offs_k
-        k_ok = kk < K
+        k_ok = kk < k_end
         x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_cols + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)  # [BK, BN] int8
         if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact there
             acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
         else:
             acc += tl.dot(x, w.to(x.dtype))
-    y = acc * tl.load(s_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    acc *= tl.load(s_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
 @triton.jit
 def _w4a16_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
-    M, N, K, M_BUCKET, stride_xm, stride_ym,
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_ym, stride_qn, G_CHUNK, SPLITS,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
     MAGIC_BITS: tl.constexpr, MAGIC_VALUE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
 ):
     HALF: tl.constexpr = GROUP // 2
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, HALF)
     m_ok, n_ok = offs_m < M, offs_n < N
-    n_groups = K // GROUP
+    g_start = split * G_CHUNK
+    g_end = tl.minimum(g_start + G_CHUNK, K // GROUP)
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    q_cols = q_ptr + offs_n.to(tl.int64)[None, :] * (K // 2)
+    q_cols = q_ptr + offs_n.to(tl.int64)[None, :] * stride_qn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g0 in range(0, n_groups, GROUPS_PER_ITER):
+    for g0 in range(g_start, g_end, GROUPS_PER_ITER):
         for gi in tl.static_range(GROUPS_PER_ITER):
             g = g0 + gi
             byte = g * HALF + offs_j  # byte column within the row
-            j_ok = byte < K // 2  # false past the last group, when GROUPS_PER_ITER does not divide it
+            j_ok = byte < g_end * HALF  # false past this split's last group
             qb = tl.load(q_cols + byte[:, None], mask=j_ok[:, None] & n_ok[None, :], other=0)  # [HALF, BN]
             x_mask = m_ok[:, None] & j_ok[None, :]
             x_even = tl.load(x_rows + 2 * byte[None, :], mask=x_mask, other=0.0)
             x_odd = tl.load(x_rows + 2 * byte[None, :] + 1, mask=x_mask, other=0.0)
-            lo, hi = qb & 0xF, qb >> 4
-            w_lo = (lo.to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)  # MAGIC_VALUE + lo
-            w_hi = (hi.to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)
+            w_lo = ((qb & 0xF).to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)  # MAGIC_VALUE + q
+            w_hi = ((qb >> 4).to(tl.int16) | MAGIC_BITS).to(x_even.dtype, bitcast=True)
             if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact there
                 part = tl.dot(x_even.to(tl.float32), w_lo.to(tl.float32))
                 part += tl.dot(x_odd.to(tl.float32), w_hi.to(tl.float32))
@@ -110,14 +110,11 @@ def _w4a16_kernel(
                 part += tl.dot(x_odd, w_hi)
             x_sum = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)
             gn = g * N + offs_n
-            gn_ok = n_ok & (gn < n_groups * N)
+            gn_ok = n_ok & (gn < g_end * N)
             s = tl.load(s_ptr + gn, mask=gn_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + gn, mask=gn_ok, other=0.0).to(tl.float32) + MAGIC_VALUE
             acc += (part - x_sum[:, None] * z[None, :]) * s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
 # --- configs as data ------------------------------------------------------------------------------
@@ -152,13 +149,14 @@ def _w4(bm, bn, gpi, warps, stages):
 
 W4_CONFIGS = {
     "cuda": [
-        _w4(16, 16, 2, 4, 4), _w4(16, 32, 1, 4, 4), _w4(16, 32, 2, 4, 3), _w4(16, 64, 1, 4, 4),
-        _w4(16, 16, 4, 4, 3), _w4(16, 64, 2, 4, 3), _w4(16, 128, 1, 4, 3), _w4(16, 32, 4, 4, 3),
-        _w4(64, 64, 1, 4, 4), _w4(64, 128, 1, 4, 3), _w4(128, 128, 1, 8, 3), _w4(128, 64, 1, 4, 4),
+        _w4(16, 16, 2, 4, 4), _w4(16, 32, 2, 4, 3), _w4(16, 64, 1, 4, 4), _w4(16, 64, 2, 4, 3),
+        _w4(16, 128, 1, 4, 3), _w4(16, 128, 1, 8, 3), _w4(16, 256, 1, 8, 3),
+        # Prefill: sizes whose registers fit without spilling (checked in the compiler's report).
+        _w4(64, 64, 1, 4, 4), _w4(64, 64, 1, 8, 4), _w4(64, 128, 1, 8, 3), _w4(128, 64, 1, 8, 3),
     ],
     "hip": [
-        _w4(16, 32, 1, 4, 2), _w4(16, 32, 2, 4, 2), _w4(16, 64, 1, 4, 2),
-        _w4(64, 64, 1, 4, 2), _w4(128, 128, 1, 8, 2),
+        _w4(16, 32, 1, 4, 2), _w4(16, 64, 1, 4, 2), _w4(16, 128, 1, 4, 2),
+        _w4(64, 64, 1, 4, 2), _w4(128, 64, 1, 8, 2),
     ],
 }
 
@@ -225,6 +223,16 @@ def _check_vec(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtypes:
         raise ValueError(f"{op}: {name} is on {t.device} but the weight is on {device}")
 
 
+def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device):
+    """(splits, units per split, fp32 partials, arrival counters) for one launch; one split above M = 16."""
+    if M > 16:
+        return 1, units, torch.empty(1, dtype=torch.float32, device=device), arrival_counters(device, 1)
+    splits, per_split = split_plan(N, units, weight_bytes, device)
+    partials = torch.empty(splits * M * N if splits > 1 else 1, dtype=torch.float32, device=device)
+    # Enough counters for the narrowest config (BLOCK_N = 16).
+    return splits, per_split, partials, arrival_counters(device, triton.cdiv(N, 16) * triton.cdiv(M, 16))
+
+
 def _upcast(x: torch.Tensor) -> bool:
     # The interpreter multiplies bf16 dot operands as raw bits; its fp16 and fp32 dots are right.
     return interpreting() and x.dtype == torch.bfloat16
@@ -252,10 +260,12 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
-    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    # K is split in whole 512-element chunks (every BLOCK_K divides 512).
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(K, 512), N * K, x.device)
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_w8a16, config)[grid](
-        x, qweight, scales.contiguous(), bias if bias is not None else scales, y,
-        M, N, K, m_bucket(M), x.stride(0), y.stride(0),
+        x, qweight, scales.contiguous(), bias if bias is not None else scales, y, partials, counters,
+        M, N, K, m_bucket(M), x.stride(0), y.stride(0), units * 512, splits,
         HAS_BIAS=bias is not None, UPCAST=_upcast(x),
     )
     return y
@@ -292,10 +302,13 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     if M == 0 or N == 0:
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
-    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(M, META["BLOCK_M"]))
+    # K is split in whole chunks of 4 groups (GROUPS_PER_ITER divides 4).
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(K // group_size, 4), N * K // 2,
+                                                     x.device)
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_w4a16, config)[grid](
         x, qweight, scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales, y,
-        M, N, K, m_bucket(M), x.stride(0), y.stride(0),
+        partials, counters, M, N, K, m_bucket(M), x.stride(0), y.stride(0), qweight.stride(0), units * 4, splits,
         GROUP=group_size, HAS_BIAS=bias is not None, UPCAST=_upcast(x),
         MAGIC_BITS=magic_bits, MAGIC_VALUE=magic_value,
     )

@@ -1,0 +1,90 @@
+"""Split-K for the decode kernels of the quantized linears, reduced inside the same launch.
+
+At decode (M <= 16) a [N, K] weight tiled only along N gives N / BLOCK_N programs: 32 for a 4096-wide
+layer at BLOCK_N = 128, a quarter of an H100's multiprocessors, and the others' share of the memory
+bandwidth is lost. So K is cut into ``splits`` chunks as well:
+
+    program (n_tile, s, m_tile) computes  P[s, m, n] = sum over k in chunk s of x[m, k] * W[n, k]
+    the last program of a tile           y[m, n]    = P[0, m, n] + ... + P[splits-1, m, n] (+ bias)
+
+Each program stores its fp32 partial, then increments an arrival counter for its output tile (an
+atomic with acquire-release ordering, after a barrier so that every thread's stores precede it); the
+program that sees the count reach ``splits`` adds the partials in split order -- not arrival order, so
+the result is deterministic -- writes y, and re-arms the counter to zero for the next launch.
+
+The split count depends on the shape and the card only (``split_plan``), never on M within the decode
+bucket or on the tuned config, so a row's output is the same whichever batch it was decoded in.
+Partials are [splits, M, N] fp32; the count is capped so that writing and reading them at M = 16 costs
+at most a quarter of the weight's bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.device import num_sms
+
+PROGRAMS_PER_SM = 2  # aim: about this many programs per SM, counting 64-row tiles of N
+REFERENCE_BLOCK_N = 64
+DECODE_ROWS = 16  # the M bucket whose partials the cap is computed for
+
+
+def split_plan(N: int, units: int, weight_bytes: int, device: torch.device) -> tuple[int, int]:
+    """(splits, units per split) for a decode product whose K is ``units`` indivisible chunks."""
+    n_tiles = triton.cdiv(N, REFERENCE_BLOCK_N)
+    wanted = triton.cdiv(PROGRAMS_PER_SM * num_sms(device.index or 0), n_tiles)
+    cap = max(1, weight_bytes // (4 * 8 * DECODE_ROWS * max(N, 1)))
+    splits = max(1, min(wanted, cap, units))
+    per_split = triton.cdiv(units, splits)
+    return triton.cdiv(units, per_split), per_split
+
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown buffers a captured CUDA graph may still point at
+
+
+def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per output tile, shared by launches on one device and stream.
+
+    Every launch leaves them zero (the last program of a tile re-arms its counter), so they are made
+    once; two streams get separate buffers because launches on them may overlap.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+@triton.jit
+def finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS,
+                HAS_BIAS: tl.constexpr):
+    """Write y for this tile directly (one split) or through the partials and the arrival counter."""
+    out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    if SPLITS > 1:
+        cols = offs_n[None, :]
+        tl.store(part_ptr + (split * M + offs_m).to(tl.int64)[:, None] * N + cols, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial store happens before the release below
+        tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLITS - 1:
+            tl.debug_barrier()
+            acc = tl.zeros(acc.shape, dtype=tl.float32)
+            for s in range(0, SPLITS):
+                rows = (s * M + offs_m).to(tl.int64)
+                acc += tl.load(part_ptr + rows[:, None] * N + cols, mask=out_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(count_ptr + tile, 0)  # re-arm for the next launch
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
