@@ -194,3 +194,14 @@ def test_a_stuck_step_makes_health_fail_until_it_returns(model_dir, monkeypatch)
             events = _events(response.iter_lines(), 1000)
         assert events[-1]["choices"][0]["finish_reason"] == "length"
         assert client.get("/health").status_code == 200
+
+
+def test_engine_failure_mid_stream_sends_an_error_event(model_dir):
+    engine = fail_steps(slow_steps(make_engine(model_dir, num_kv_blocks=16), 0.01), after=3)
+    with running_server(engine) as server, httpx.Client(base_url=server.url, timeout=30) as client, \
+            client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
+        lines = list(response.iter_lines())
+    events = [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "injected engine failure" in error["message"]
