@@ -124,3 +124,16 @@ def test_serve_command_drains_in_flight_streams_on_sigterm(model_dir):
 def test_serve_reports_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_generate_url_chat_uses_the_servers_template(server, model_dir, capsys):
+    code = main(["generate", "--url", server.url, "--chat", "--system", "Be brief.", "--max-tokens", "5",
+                 "--temperature", "0", "--ignore-eos", "Hello, world!"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    tokenizer = server.async_engine.engine.tokenizer
+    rendered = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello, world!<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    expected = hf_greedy(load_hf_model(model_dir), tokenizer.encode(rendered, add_special_tokens=False), 5)
+    assert out.out.rstrip("\n") == tokenizer.decode(expected)
+    assert "5 tokens, finish: length" in out.err and "[request chatcmpl-" in out.err

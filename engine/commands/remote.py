@@ -3,10 +3,12 @@
     tritonforge status REQUEST_ID --url http://127.0.0.1:8000
     tritonforge cancel REQUEST_ID --url http://127.0.0.1:8000
     tritonforge generate --url http://127.0.0.1:8000 "Once upon a time" --max-tokens 64
+    tritonforge generate --url http://127.0.0.1:8000 --chat --system "Be brief." "What is paged attention?"
 
-``generate --url`` streams through ``POST /generate/stream``, printing text as it arrives and the request
-id on stderr (so another terminal can ``status`` or ``cancel`` it). The API key comes from ``--api-key``
-or the TRITONFORGE_API_KEY environment variable. Exit codes: 0 done, 1 the server refused or failed,
+``generate --url`` streams through ``POST /generate/stream`` (with ``--chat``: ``/v1/chat/completions``,
+where the server applies the model's chat template), printing text as it arrives and the request id on
+stderr (so another terminal can ``status`` or ``cancel`` it). The API key comes from ``--api-key`` (status
+and cancel) or the TRITONFORGE_API_KEY environment variable. Exit codes: 0 done, 1 the server refused or failed,
 2 bad usage, 3 the server could not be reached.
 """
 
@@ -80,11 +82,17 @@ def _request_body(prompt: str, args) -> dict:
 
 
 def _stream_one(client, prompt: str, args) -> int:
+    """Stream one prompt: ``/generate/stream``, or with ``--chat`` the chat-completions route (the server
+    applies the model's chat template)."""
     if args.chat:
-        print("tritonforge generate: --chat is not available with --url; use the /v1/chat/completions API",
-              file=sys.stderr)
-        return 2
-    with client.stream("POST", "/generate/stream", json=_request_body(prompt, args)) as response:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}]
+        body = {k: v for k, v in _request_body(prompt, args).items() if k != "prompt"}
+        route, body = "/v1/chat/completions", {**body, "messages": messages, "stream": True,
+                                                "stream_options": {"include_usage": True}}
+    else:
+        route, body = "/generate/stream", _request_body(prompt, args)
+    with client.stream("POST", route, json=body) as response:
         if response.status_code != 200:
             response.read()
             print(f"tritonforge generate: {_error_message(response)}", file=sys.stderr)
@@ -101,12 +109,22 @@ def _stream_one(client, prompt: str, args) -> int:
             if "error" in event:
                 print(f"\ntritonforge generate: {event['error'].get('message')}", file=sys.stderr)
                 return 1
-            sys.stdout.write(event["text"])
+            text, count, finish = _chat_piece(event) if args.chat else (
+                event["text"], len(event["token_ids"]), event["finish_reason"])
+            sys.stdout.write(text)
             sys.stdout.flush()
-            tokens += len(event["token_ids"])
-            reason = event["finish_reason"] if event["finished"] else reason
+            tokens += count
+            reason = finish or reason
     print(f"\n[{tokens} tokens, finish: {reason}]", file=sys.stderr)
     return 0
+
+
+def _chat_piece(chunk: dict) -> tuple[str, int, str | None]:
+    """(text, tokens, finish_reason) of a chat-completion chunk; the token count comes with the usage chunk."""
+    if not chunk["choices"]:
+        return "", (chunk.get("usage") or {}).get("completion_tokens", 0), None
+    choice = chunk["choices"][0]
+    return choice["delta"].get("content") or "", 0, choice["finish_reason"]
 
 
 def _headers(args) -> dict:
