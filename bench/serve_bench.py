@@ -174,10 +174,12 @@ def engine_settings(args) -> dict:
     return {k: v for k, v in settings.items() if v not in (None, False)}
 
 
-def spawn_server(model_dir: Path, settings: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+def spawn_server(model_dir: Path, settings: dict, log_path: Path,
+                 stream_interval: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--max-queue", "100000"]
+           "--port", str(port), "--log-level", "warning", "--max-queue", "100000",
+           "--stream-interval", str(stream_interval)]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     log = open(log_path, "w")  # noqa: SIM115  (kept open for the server's lifetime, closed by the OS at exit)
@@ -242,6 +244,8 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout sent to the server")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-offline", action="store_true")
+    p.add_argument("--stream-interval", type=float, default=0.0,
+                   help="the spawned server's --stream-interval (least seconds between writes of one stream)")
     engine = p.add_argument_group("engine settings (spawned server and offline run alike)")
     engine.add_argument("--dtype", default=None, help="default bfloat16 on a GPU, the model's on a CPU")
     engine.add_argument("--max-model-len", type=int, default=4096)
@@ -272,9 +276,9 @@ def main(argv=None) -> int:
         if args.spawn_model:
             model_dir, vocab = model_for(args.spawn_model, Path(tmp))
             settings = engine_settings(args)
-            report.update(model=args.spawn_model, engine_settings=settings)
+            report.update(model=args.spawn_model, engine_settings=settings, stream_interval_s=args.stream_interval)
             log_path = out / "serve_bench_server.log"
-            proc, url = spawn_server(model_dir, settings, log_path)
+            proc, url = spawn_server(model_dir, settings, log_path, args.stream_interval)
             print(f"server starting at {url} (log: {log_path})", file=sys.stderr, flush=True)
             wait_healthy(url, proc, log_path)
         else:

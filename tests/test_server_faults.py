@@ -205,3 +205,16 @@ def test_engine_failure_mid_stream_sends_an_error_event(model_dir):
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error" and "injected engine failure" in error["message"]
+
+
+def test_stream_interval_batches_writes_without_changing_the_stream(model_dir):
+    engine = slow_steps(make_engine(model_dir, num_kv_blocks=16), 0.005)
+    body = {**SHORT, "max_tokens": 20}
+    with running_server(engine, stream_interval_s=0.05) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        whole = client.post("/generate", json=body).json()
+        with client.stream("POST", "/generate/stream", json=body) as response:
+            events = _events(response.iter_lines(), 1000)
+    assert "".join(e["text"] for e in events) == whole["text"]
+    assert [t for e in events for t in e["token_ids"]] == whole["token_ids"] and len(whole["token_ids"]) == 20
+    assert events[-1]["finish_reason"] == "length"

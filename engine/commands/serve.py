@@ -28,6 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="default per-request timeout in seconds (a request's 'timeout' field overrides it)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds in-flight requests get to finish on SIGTERM")
+    parser.add_argument("--stream-interval", type=float, default=0.0,
+                        help="least seconds between two writes of one stream (0: send tokens as they come); "
+                             "larger values cost the server fewer writes per token under many streams")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     engine = parser.add_argument_group("engine")
     engine.add_argument("--backend", choices=["triton", "torch"], help="default: triton on a GPU, torch on a CPU")
@@ -72,7 +75,8 @@ def run(args) -> int:
     try:
         engine = build_engine(args)
         app = create_app(engine, model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
-                         request_timeout_s=args.request_timeout, shutdown_timeout_s=args.shutdown_timeout)
+                         request_timeout_s=args.request_timeout, shutdown_timeout_s=args.shutdown_timeout,
+                         stream_interval_s=args.stream_interval)
     except (ModelLoadError, ValueError, TypeError, OSError, MemoryError) as err:
         print(f"tritonforge serve: {err}", file=sys.stderr)
         return 1

@@ -38,16 +38,19 @@ OPEN_PATHS = ("/health", "/ready", "/metrics")
 
 
 def create_app(engine, model_name: str | None = None, api_key: str | None = None, max_queue: int = 1024,
-               request_timeout_s: float | None = None, shutdown_timeout_s: float = 10.0) -> FastAPI:
+               request_timeout_s: float | None = None, shutdown_timeout_s: float = 10.0,
+               stream_interval_s: float = 0.0) -> FastAPI:
     """An app serving ``engine`` (an :class:`engine.llm_engine.LLMEngine`, owned by the app from now on)."""
     if max_queue < 1:
         raise ValueError(f"max_queue must be >= 1, got {max_queue}")
     if request_timeout_s is not None and request_timeout_s <= 0:
         raise ValueError(f"request_timeout_s must be > 0 when given, got {request_timeout_s}")
+    if stream_interval_s < 0:
+        raise ValueError(f"stream_interval_s must be >= 0, got {stream_interval_s}")
     async_engine = AsyncEngine(engine, max_queue=max_queue)
     name = model_name or Path(str(engine.config.model).rstrip("/")).name or str(engine.config.model)
     state = ServerState(async_engine, name, api_key or None, request_timeout_s, LogprobFormatter(engine.tokenizer),
-                        int(time.time()))
+                        int(time.time()), stream_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -33,6 +33,7 @@ class ServerState:
     request_timeout_s: float | None
     formatter: LogprobFormatter
     created: int
+    stream_interval_s: float = 0.0   # least time between two writes of one stream (0: write as tokens come)
 
     @property
     def llm(self):
@@ -52,7 +53,8 @@ class GroupStreamingResponse(StreamingResponse):
     Starlette never started (the client left first) has no ``finally`` of its own to run."""
 
     def __init__(self, state: ServerState, group: RequestGroup, content, headers: dict[str, str]):
-        super().__init__(_coalesce(group, content), media_type="text/event-stream", headers=headers)
+        super().__init__(_coalesce(group, content, state.stream_interval_s), media_type="text/event-stream",
+                         headers=headers)
         self.state, self.group = state, group
 
     async def __call__(self, scope, receive, send) -> None:
@@ -64,12 +66,15 @@ class GroupStreamingResponse(StreamingResponse):
             self.state.engine.abort(self.group)
 
 
-async def _coalesce(group: RequestGroup, chunks):
+async def _coalesce(group: RequestGroup, chunks, interval_s: float):
     """Join the SSE events that are ready together into one write.
 
     Each write costs a socket send and the HTTP layer's framing, a large share of the server's work per
     token. A client that keeps up gets one event per write; when the handler falls behind (many
     streams, fast steps), the events already queued for its group go out in one write instead of many.
+    With ``interval_s`` > 0 a stream waits that long after each write, so that the events of several
+    steps go out together (fewer writes per token, coarser arrival of tokens; the first write is not
+    delayed).
     """
     pending: list[str] = []
     async for chunk in chunks:
@@ -77,6 +82,8 @@ async def _coalesce(group: RequestGroup, chunks):
         if group.queue.empty():
             yield "".join(pending)
             pending.clear()
+            if interval_s > 0 and not group.done:
+                await asyncio.sleep(interval_s)
     if pending:
         yield "".join(pending)
 
