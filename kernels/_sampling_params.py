@@ -3,8 +3,13 @@
 ``SamplingTensors.build`` validates every request's parameters on the host, turns the prompt and output
 token lists into a sparse list of *edits* (the few vocabulary entries that a penalty or a logit bias
 touches), derives each row's random-number key from its seed and step, and copies everything to the
-device in five small transfers: one float32 [6, B] block of per-row floats, one int32 [4, B] block of
-per-row integers, the edit offsets, and two edit blocks. The named fields are views into those blocks.
+device in one transfer of one int32 host block (the floats travel as their bits): a float32 [6, B] block of
+per-row floats, an int32 [4, B] block of per-row integers, the edit offsets and the edit arrays. The named
+fields are views into that block.
+
+Host cost matters here (it is paid on every engine step): parameters are checked column-wise over the
+batch (a row that fails is checked again alone, for a message naming it), and only rows with a penalty
+or a bias look at their token lists; the token lists of the other rows are neither read nor checked.
 
 Edits are stored CSR-style: row ``r``'s edits are ``edit_token[edit_start[r]:edit_start[r+1]]``, each
 token appearing once per row, with its count among the generated tokens (frequency and presence
@@ -98,26 +103,69 @@ def _token_array(ids, row: int, what: str, vocab_size: int) -> np.ndarray:
     return a
 
 
+def _check_rows(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Every row's checked parameters as columns: floats [6, B] (temperature, top_p, min_p, repetition,
+    presence, frequency), ints [2, B] (top_k, num_logprobs) and each row's logit bias.
+
+    The common rows (plain numbers in range, integer top_k and logprobs) are checked column-wise; if any
+    row is doubtful every row goes through ``_check_row``, which accepts the same rows with the same values
+    and raises the message naming the row and the field for the bad one."""
+    try:
+        floats = np.array([(p.temperature, 1.0 if p.top_p is None else p.top_p, 0.0 if p.min_p is None else p.min_p,
+                            p.repetition_penalty, p.presence_penalty, p.frequency_penalty) for p in params],
+                          dtype=np.float64).reshape(len(params), 6).T
+        top_k = [0 if p.top_k is None else p.top_k for p in params]
+        logprobs = [p.logprobs for p in params]
+        biases = [p.logit_bias or {} for p in params]
+    except (TypeError, ValueError):
+        floats = None
+    if (floats is not None and all(type(k) is int for k in top_k)
+            and all(n is None or type(n) is int for n in logprobs)):
+        t, tp, mp, rep = floats[0], floats[1], floats[2], floats[3]
+        ints = np.array([top_k, [NO_LOGPROBS if n is None else n for n in logprobs]],
+                        dtype=np.int64).reshape(2, len(params))
+        asked = np.array([n is not None for n in logprobs], dtype=bool)
+        ok = (np.isfinite(floats).all() and (t >= 0).all() and ((tp > 0) & (tp <= 1)).all()
+              and ((mp >= 0) & (mp <= 1)).all() and (rep > 0).all() and (ints[0] >= 0).all()
+              and ((ints[1][asked] >= 0) & (ints[1][asked] <= MAX_LOGPROBS)).all())
+        if ok and not any(biases):
+            ints[0][ints[0] >= vocab_size] = 0  # keeping the whole vocabulary is no filter
+            np.minimum(ints[1], vocab_size, out=ints[1])  # a tiny vocabulary has fewer than n tokens
+            return floats, ints, biases
+    rows = [_check_row(r, p, vocab_size) for r, p in enumerate(params)]
+    floats = np.array([(t, tp, mp, rep, pres, freq) for t, _, tp, mp, rep, pres, freq, _, _ in rows],
+                      dtype=np.float64).reshape(len(params), 6).T
+    ints = np.array([(k, n) for _, k, _, _, _, _, _, n, _ in rows], dtype=np.int64).reshape(len(params), 2).T
+    return floats, ints, [row[-1] for row in rows]
+
+
 def _row_edits(row, rep, pres, freq, bias, prompt, output, vocab_size):
-    """Sorted unique tokens touched by this row's penalties or bias, with their per-token facts."""
+    """Sorted unique tokens touched by this row's penalties or bias, with their per-token facts.
+
+    ``prompt`` may be given as its sorted unique tokens (``Sequence.prompt_token_set``): only membership
+    matters, and a long prompt is then not sorted again on every step."""
     out = _token_array(output, row, "output_ids", vocab_size)
-    context = np.unique(np.concatenate([_token_array(prompt, row, "prompt_ids", vocab_size), out])) \
-        if rep != 1.0 else np.zeros(0, dtype=np.int64)
-    parts = [context]
-    if pres != 0.0 or freq != 0.0:
-        parts.append(out)
+    out_tok, out_cnt = np.unique(out, return_counts=True)
+    if rep != 1.0:
+        context = np.union1d(_token_array(prompt, row, "prompt_ids", vocab_size), out_tok)
+        tokens = context
+    else:
+        context = np.zeros(0, dtype=np.int64)
+        tokens = out_tok if pres != 0.0 or freq != 0.0 else context
     if bias:
-        parts.append(np.fromiter(bias.keys(), dtype=np.int64, count=len(bias)))
-    tokens = np.unique(np.concatenate(parts))
+        bias_tok = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        tokens = np.union1d(tokens, bias_tok)
     if tokens.size == 0:
         return None
-    out_tok, out_cnt = np.unique(out, return_counts=True)
     count = np.zeros(tokens.size, dtype=np.int64)
     if out_tok.size:
         pos = np.minimum(np.searchsorted(out_tok, tokens), out_tok.size - 1)
         count = np.where(out_tok[pos] == tokens, out_cnt[pos], 0)
-    in_context = np.isin(tokens, context).astype(np.int64)
-    b = np.array([float(bias.get(int(t), 0.0)) for t in tokens], dtype=np.float32)
+    in_context = (np.ones(tokens.size, dtype=np.int64) if tokens is context
+                  else np.isin(tokens, context).astype(np.int64))
+    b = np.zeros(tokens.size, dtype=np.float32)
+    if bias:
+        b[np.searchsorted(tokens, bias_tok)] = np.array([float(v) for v in bias.values()], dtype=np.float32)
     return tokens, count, in_context, b
 
 
@@ -159,39 +207,57 @@ class SamplingTensors:
                 f"{len(output_ids)} and {len(seeds)}")
         if vocab_size < 1:
             raise SamplingParamsError(f"vocab_size must be >= 1, got {vocab_size}")
-        floats = np.empty((6, B), dtype=np.float32)
-        ints = np.empty((4, B), dtype=np.int32)
-        starts = np.zeros(B + 1, dtype=np.int32)
-        edit_ints, edit_bias = [], []
-        max_n = NO_LOGPROBS
-        for r, p in enumerate(params):
-            t, k, tp, mp, rep, pres, freq, n, bias = _check_row(r, p, vocab_size)
-            floats[:, r] = (t, tp, mp, rep, pres, freq)
-            ints[0, r], ints[3, r] = k, n
-            max_n = max(max_n, n)
-            edits = _row_edits(r, rep, pres, freq, bias, prompt_ids[r], output_ids[r], vocab_size)
-            count = 0 if edits is None else edits[0].size
-            starts[r + 1] = starts[r] + count
-            if count:
-                edit_ints.append(np.stack(edits[:3]).astype(np.int32))
-                edit_bias.append(edits[3])
+        floats64, ints64, biases = _check_rows(params, vocab_size)
+        rep, pres, freq = floats64[3], floats64[4], floats64[5]
+        # Most rows have no penalty and no bias: only the others look at their token lists.
+        has_bias = np.array([bool(b) for b in biases], dtype=bool)
+        edited = np.flatnonzero((rep != 1.0) | (pres != 0.0) | (freq != 0.0) | has_bias)
+        counts = np.zeros(B, dtype=np.int32)
+        edit_parts = []
+        for r in edited.tolist():
+            edits = _row_edits(r, rep[r], pres[r], freq[r], biases[r], prompt_ids[r], output_ids[r], vocab_size)
+            if edits is not None:
+                counts[r] = edits[0].size
+                edit_parts.append(edits)
+        E = int(counts.sum())
+        # One int32 host block, one copy to the device, sliced there (floats travel as their bits):
+        #   floats [6, B] | top_k, key1, key2, num_logprobs [4, B] | edit_start [B + 1] | edits [3, E'] | bias [E']
+        E1 = max(E, 1)  # kernels index the edit arrays even when no row edits: keep them non-empty
+        host = np.zeros(10 * B + B + 1 + 4 * E1, dtype=np.int32)
+        host[:6 * B].view(np.float32)[:] = floats64.reshape(-1)
+        ints = host[6 * B:10 * B].reshape(4, B)
+        ints[0], ints[3] = ints64[0], ints64[1]
         ints[1], ints[2] = rng_keys(seeds, [len(o) for o in output_ids])
-        E = int(starts[-1])
-        e_ints = np.concatenate(edit_ints, axis=1) if edit_ints else np.zeros((3, 1), dtype=np.int32)
-        e_bias = np.concatenate(edit_bias) if edit_bias else np.zeros(1, dtype=np.float32)
-        f_dev = torch.from_numpy(floats).to(device)
-        i_dev = torch.from_numpy(ints).to(device)
-        e_dev = torch.from_numpy(e_ints).to(device)
+        np.cumsum(counts, out=host[10 * B + 1:11 * B + 1])
+        if E:
+            e_ints = host[11 * B + 1:11 * B + 1 + 3 * E1].reshape(3, E1)
+            for row, part in enumerate(zip(*(e[:3] for e in edit_parts), strict=True)):
+                np.concatenate(part, out=e_ints[row], casting="unsafe")
+            np.concatenate([e[3] for e in edit_parts], out=host[11 * B + 1 + 3 * E1:].view(np.float32))
+        dev = _to_device(host, device)
+        f_dev = dev[:6 * B].view(torch.float32).view(6, B)
+        i_dev = dev[6 * B:10 * B].view(4, B)
+        e_dev = dev[11 * B + 1:11 * B + 1 + 3 * E1].view(3, E1)
+        max_n = int(ints64[1].max()) if B else NO_LOGPROBS
         return SamplingTensors(
             temperature=f_dev[0], top_p=f_dev[1], min_p=f_dev[2], repetition_penalty=f_dev[3],
             presence_penalty=f_dev[4], frequency_penalty=f_dev[5],
             top_k=i_dev[0], rng_key1=i_dev[1], rng_key2=i_dev[2], num_logprobs=i_dev[3],
-            edit_start=torch.from_numpy(starts).to(device),
+            edit_start=dev[10 * B:11 * B + 1],
             edit_token=e_dev[0], edit_count=e_dev[1], edit_in_context=e_dev[2],
-            edit_bias=torch.from_numpy(e_bias).to(device),
+            edit_bias=dev[11 * B + 1 + 3 * E1:].view(torch.float32),
             vocab_size=vocab_size, max_logprobs=None if max_n <= 0 else max_n, has_edits=E > 0,
-            greedy_only=bool((floats[0] == 0).all()),
+            greedy_only=bool((host[:B].view(np.float32) == 0).all()),
         )
+
+
+def _to_device(host: np.ndarray, device) -> torch.Tensor:
+    t = torch.from_numpy(host)
+    if torch.device(device).type == "cpu":
+        return t
+    # Pinned (from torch's caching host allocator, which keeps the block until the copy is done) so the
+    # copy is asynchronous: the step does not wait here for the GPU to drain.
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
