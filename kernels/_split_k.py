@@ -12,10 +12,10 @@ atomic with acquire-release ordering, after a barrier so that every thread's sto
 program that sees the count reach ``splits`` adds the partials in split order -- not arrival order, so
 the result is deterministic -- writes y, and re-arms the counter to zero for the next launch.
 
-The split count depends on the shape and the card only (``split_plan``), never on M within the decode
-bucket or on the tuned config, so a row's output is the same whichever batch it was decoded in.
-Partials are [splits, M, N] fp32; the count is capped so that writing and reading them at M = 16 costs
-at most a quarter of the weight's bytes.
+The split count depends on the shape, the card and the M bucket (1-4 or 5-16) only (``split_plan``),
+never on the tuned config, so a row's output is the same whichever batch of its bucket it was decoded
+in. Partials are [splits, M, N] fp32; the count is capped so that writing and reading them at the
+bucket's largest M costs at most a quarter of the weight's bytes.
 """
 
 from __future__ import annotations
@@ -26,16 +26,19 @@ import triton.language as tl
 
 from kernels.device import num_sms
 
-PROGRAMS_PER_SM = 2  # aim: about this many programs per SM, counting 64-row tiles of N
-REFERENCE_BLOCK_N = 64
-DECODE_ROWS = 16  # the M bucket whose partials the cap is computed for
+PROGRAMS_PER_SM = 2  # aim: about this many programs per SM, counting 128-row tiles of N
+REFERENCE_BLOCK_N = 128
 
 
-def split_plan(N: int, units: int, weight_bytes: int, device: torch.device) -> tuple[int, int]:
-    """(splits, units per split) for a decode product whose K is ``units`` indivisible chunks."""
+def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.device) -> tuple[int, int]:
+    """(splits, units per split) for a decode product whose K is ``units`` indivisible chunks.
+
+    Depends on M only through its bucket (1-4 or 5-16), whose largest M bounds the partials' bytes.
+    """
     n_tiles = triton.cdiv(N, REFERENCE_BLOCK_N)
     wanted = triton.cdiv(PROGRAMS_PER_SM * num_sms(device.index or 0), n_tiles)
-    cap = max(1, weight_bytes // (4 * 8 * DECODE_ROWS * max(N, 1)))
+    rows = 4 if M <= 4 else 16
+    cap = max(1, weight_bytes // (4 * 8 * rows * max(N, 1)))
     splits = max(1, min(wanted, cap, units))
     per_split = triton.cdiv(units, splits)
     return triton.cdiv(units, per_split), per_split

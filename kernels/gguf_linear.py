@@ -89,17 +89,18 @@ def _cfg(bn, blocks, warps, stages):
 
 
 CONFIGS = {
-    "cuda": [_cfg(16, 1, 4, 3), _cfg(32, 4, 4, 3), _cfg(64, 2, 4, 3), _cfg(16, 4, 4, 3), _cfg(32, 1, 4, 3),
-             _cfg(64, 1, 4, 3), _cfg(128, 1, 4, 2)],
-    "hip": [_cfg(16, 1, 4, 2), _cfg(32, 4, 4, 2), _cfg(64, 2, 4, 2), _cfg(32, 1, 4, 2), _cfg(64, 1, 4, 2)],
+    "cuda": [_cfg(16, 1, 4, 3), _cfg(32, 4, 4, 3), _cfg(64, 2, 4, 3), _cfg(128, 1, 4, 3), _cfg(128, 2, 4, 3),
+             _cfg(128, 1, 8, 3), _cfg(256, 1, 8, 3), _cfg(256, 1, 8, 2)],
+    "hip": [_cfg(16, 1, 4, 2), _cfg(32, 4, 4, 2), _cfg(64, 2, 4, 2), _cfg(128, 1, 4, 2), _cfg(128, 1, 8, 2)],
 }
 
 
 def _prune(configs, named_args, **kwargs):
-    """K-quant blocks are already 256 elements: one per loop trip. Simple formats: several."""
-    k_quant = kwargs.get("QTYPE", named_args.get("QTYPE")) >= Q4_K
-    kept = [c for c in configs if (c.kwargs["BLOCKS_PER_ITER"] == 1) == k_quant
-            or (not k_quant and c.kwargs["BLOCK_N"] >= 64)]
+    """K-quant blocks are already 256 elements: one per loop trip, and rows enough to amortise the
+    per-sub-block scale work (the first config stays for the interpreter)."""
+    if kwargs.get("QTYPE", named_args.get("QTYPE")) < Q4_K:
+        return configs
+    kept = [c for c in configs if c.kwargs["BLOCKS_PER_ITER"] == 1 and c.kwargs["BLOCK_N"] >= 32]
     return kept or configs
 
 

@@ -1,0 +1,230 @@
+"""Compile the quantized-linear kernels for a Hopper GPU on a machine without one, and read the result.
+
+The Triton interpreter runs the kernels' Python, not the compiler: an error that only the GPU compiler
+raises (a constexpr reassigned in a loop, a bitcast between types of different widths after integer
+promotion) passes every CPU test. Triton compiles ahead of time without a driver, with the ``ptxas``
+its CUDA backend ships, so this module compiles each launch exactly as the launcher would issue it --
+the launcher runs on CPU tensors, and its kernel call is captured instead of executed -- for sm_90.
+
+From the cubin it reads what the compiler's report says (registers, stack bytes, i.e. spills) and
+counts the SASS of the hottest loop, per weight byte streamed: the instruction-issue cost that decides
+whether a decode kernel can keep up with memory. ``python -m bench.aot_quant`` prints a table for the
+decode configs; ``--check`` compiles every variant at small shapes and fails on an error (the test
+suite runs it in a subprocess, since its own process interprets).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8",
+         torch.int8: "i8", torch.int32: "i32"}
+
+
+class _Capture:
+    """Stands in for a tuned kernel: records the launch instead of running it."""
+
+    def __init__(self, kernel, config: dict):
+        self.kernel, self.config, self.calls = kernel, config, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, {**kwargs, **self.config}))
+
+
+def capture(module, tuned_name: str, config: dict, launch: Callable[[], object]):
+    """(kernel, positional args, keyword args) of the launch ``launch()`` makes through ``module.launcher``."""
+    cap = _Capture(getattr(module, tuned_name).kernel, config)
+    original = module.launcher
+    module.launcher = lambda tuned, cfg: cap
+    try:
+        launch()
+    finally:
+        module.launcher = original
+    if not cap.calls:
+        raise RuntimeError(f"{module.__name__}: the launch made no kernel call to capture")
+    args, kwargs = cap.calls[0]
+    return cap.kernel, args, kwargs
+
+
+def available() -> str | None:
+    """None if sm_90 code can be compiled here, else why not."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "TRITON_INTERPRET is set: Triton would interpret instead of compiling"
+    try:
+        from triton.backends import backends
+    except ImportError as e:
+        return f"triton has no backends module ({e})"
+    if "nvidia" not in backends:
+        return "this Triton build has no CUDA backend"
+    return None
+
+
+def compile_sm90(kernel, args: tuple, kwargs: dict):
+    """Compile one captured launch for sm_90, specialised as the JIT would specialise it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constants, attrs = {}, {}, {}
+    for i, (name, value) in enumerate(zip(kernel.arg_names, args, strict=False)):
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[name], constants[name] = "constexpr", value
+        elif isinstance(value, int):
+            if value == 1:  # the JIT turns integer arguments equal to 1 into constants
+                signature[name], constants[name] = "constexpr", 1
+            else:
+                signature[name] = "i32"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32"
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    for name in kernel.arg_names[len(args):]:
+        signature[name], constants[name] = "constexpr", kwargs[name]
+    return triton.compile(ASTSource(kernel, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=options)
+
+
+@dataclass
+class Report:
+    registers: int
+    stack_bytes: int
+    loop_instructions: int
+    loop_ops: collections.Counter
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def inspect(compiled) -> Report:
+    """Registers and stack from ``cuobjdump -res-usage``; the largest backward-branch loop of the SASS."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+    regs, stack = (int(v) for v in re.search(r"REG:(\d+)\s+STACK:(\d+)", usage).groups())
+    lines = [ln for ln in sass.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/\s+\S", ln)]
+    addrs = [int(re.search(r"/\*([0-9a-f]{4,})\*/", ln).group(1), 16) for ln in lines]
+    start, end = 0, -1
+    for i, ln in enumerate(lines):
+        target = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ln)
+        if target and int(target.group(1), 16) in addrs:
+            j = addrs.index(int(target.group(1), 16))
+            if j < i and i - j > end - start:
+                start, end = j, i
+    ops = collections.Counter(
+        m.group(1) for ln in lines[start:end + 1]
+        if (m := re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", ln)))
+    return Report(regs, stack, max(0, end - start + 1), ops)
+
+
+def decode_launches():
+    """(label, module, tuned name, config, launch, weight bytes per loop trip) for the M = 1 decode kernels."""
+    from kernels import gguf_linear as gl
+    from kernels import quant_linear as ql
+    from kernels.gguf_formats import FORMATS, random_blocks
+    from kernels.quant_pack import quantize_w4, quantize_w8
+
+    N, K = 4096, 4096
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, K, generator=gen).to(torch.bfloat16)
+    w = (0.05 * torch.randn(N, K, generator=gen)).to(torch.bfloat16)
+    q4, s4, z4 = quantize_w4(w, 128)
+    q8, s8 = quantize_w8(w)
+    for c in ql.W4_CONFIGS["cuda"]:
+        if c["BLOCK_M"] == 16:
+            yield (f"w4a16 g128 {c}", ql, "_w4a16", c, lambda: ql.w4a16_linear(x, q4, s4, z4, 128),
+                   c["BLOCK_N"] * 64 * c["GROUPS_PER_ITER"])
+    for c in ql.W8_CONFIGS["cuda"]:
+        if c["BLOCK_M"] == 16:
+            yield f"w8a16 {c}", ql, "_w8a16", c, lambda: ql.w8a16_linear(x, q8, s8), c["BLOCK_N"] * c["BLOCK_K"]
+    for q in sorted(FORMATS):
+        fmt, data = FORMATS[q], random_blocks(q, N, K, generator=gen)
+        for c in gl.CONFIGS["cuda"]:
+            if fmt.block_size != 256 or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32):
+                yield (f"gguf {fmt.name} {c}", gl, "_gguf_linear", c,
+                       lambda data=data, q=q: gl.gguf_linear(x, data, q),
+                       c["BLOCK_N"] * fmt.type_size * c["BLOCKS_PER_ITER"])
+
+
+def check_launches():
+    """One config of each kernel variant at small shapes: what the CPU tests only interpret."""
+    from kernels import gguf_linear as gl
+    from kernels import quant_linear as ql
+    from kernels.gguf_formats import FORMATS, Q4_0, random_blocks
+    from kernels.quant_pack import quantize_w4, quantize_w8
+
+    gen = torch.Generator().manual_seed(0)
+    q4, s4, z4 = quantize_w4(torch.randn(64, 512, generator=gen), 128)
+    q8, s8 = quantize_w8(torch.randn(64, 512, generator=gen))
+    for dtype, m in ((torch.bfloat16, 1), (torch.bfloat16, 64), (torch.float16, 1)):
+        x = torch.randn(m, 512, generator=gen).to(dtype)
+        s, z, bias = s4.to(dtype), z4.to(dtype), x[0, :64]
+        w4 = next(c for c in ql.W4_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))
+        w8 = next(c for c in ql.W8_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))
+        yield (f"w4a16 {dtype} M={m} {w4}", ql, "_w4a16", w4,
+               lambda x=x, s=s, z=z, bias=bias: ql.w4a16_linear(x, q4, s, z, 128, bias))
+        yield f"w8a16 {dtype} M={m} {w8}", ql, "_w8a16", w8, lambda x=x: ql.w8a16_linear(x, q8, s8)
+    for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0]), (torch.float32, [Q4_0])):
+        x = torch.randn(1, 512, generator=gen).to(dtype)
+        for q in qtypes:
+            data = random_blocks(q, 64, 512, generator=gen)
+            # The configs the autotuner would try first for this format.
+            c = next(c for c in gl.CONFIGS["cuda"] if FORMATS[q].block_size != 256
+                     or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32))
+            yield (f"gguf {FORMATS[q].name} {dtype} {c}", gl, "_gguf_linear", c,
+                   lambda x=x, data=data, q=q: gl.gguf_linear(x, data, q))
+
+
+def check() -> int:
+    """Compile every ``check_launches`` variant; nonzero exit on a compile error or a register spill."""
+    failures = 0
+    for label, module, tuned, config, launch in check_launches():
+        kernel, args, kwargs = capture(module, tuned, config, launch)
+        try:
+            report = inspect(compile_sm90(kernel, args, dict(kwargs)))
+        except Exception as e:  # every variant is tried; each failure is reported with its cause
+            failures += 1
+            print(f"FAILED {label}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}", flush=True)
+            continue
+        spill = f"  SPILLS {report.stack_bytes} bytes" if report.stack_bytes else ""
+        print(f"ok {label}: {report.registers} registers{spill}", flush=True)
+    return 1 if failures else 0
+
+
+def main() -> int:
+    why = available()
+    if why:
+        print(f"aot_quant: cannot compile for sm_90 here: {why}", file=sys.stderr)
+        return 2
+    if "--check" in sys.argv[1:]:
+        return check()
+    print(f"{'kernel and config':<100}{'regs':>5}{'stack':>6}{'loop':>6}{'instr/B':>8}")
+    for label, module, tuned, config, launch, bytes_per_trip in decode_launches():
+        kernel, args, kwargs = capture(module, tuned, config, launch)
+        report = inspect(compile_sm90(kernel, args, dict(kwargs)))
+        per_byte = report.loop_instructions * config["num_warps"] / bytes_per_trip
+        print(f"{label:<100}{report.registers:>5}{report.stack_bytes:>6}{report.loop_instructions:>6}"
+              f"{per_byte:>8.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
