@@ -12,7 +12,10 @@ other op runs once over all T tokens. For a sequence with ``c`` tokens already c
 
 Logits are needed only for a sequence whose chunk reaches its last known token (a decode, or the final
 chunk of a prompt); ``logits_rows`` lists those rows of the flattened batch. Everything is assembled on
-the host in numpy and reaches the device in two copies (one int64, one int32 buffer), sliced there.
+the host in numpy and reaches the device in one copy (an int64 buffer whose tail packs the int32 fields),
+sliced there. A step where every sequence has one new token (the steady decode step; all its rows are
+decode rows) takes a shorter path built from list comprehensions: this runs on every step, and its Python
+time is part of what bounds small-batch decode on a fast GPU.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ class StepBatch:
     sampled_seqs: list[int]      # for each logits row, the index of its sequence in the scheduler output
     num_decodes: int
     num_tokens: int
+    # [3, T] view of token_ids, positions and slot_mapping (one block on the device): lets a captured
+    # decode graph take all three in one copy.
+    inputs: torch.Tensor | None = None
 
 
 def build_step_batch(seqs, num_new_tokens: list[int], block_size: int, device: torch.device) -> StepBatch:
+    if all(n == 1 for n in num_new_tokens):
+        return _build_single_token_batch(seqs, block_size, device)
     order = [i for i, n in enumerate(num_new_tokens) if n == 1] + [i for i, n in enumerate(num_new_tokens) if n > 1]
     num_decodes = len(order) - sum(1 for n in num_new_tokens if n > 1)
     max_blocks = max(1, max(len(s.block_table) for s in seqs))
@@ -72,32 +80,64 @@ def build_step_batch(seqs, num_new_tokens: list[int], block_size: int, device: t
         if start + n == seq.num_tokens:
             logits_rows.append(len(tokens) - 1)
             sampled.append(i)
-    T = len(tokens)
-    num_prefills = len(order) - num_decodes
-    host64 = np.array(tokens + positions + slots + logits_rows, dtype=np.int64)
-    host32 = np.concatenate([tables.reshape(-1), np.array(lens + cu, dtype=np.int32)])
-    dev64 = _to_device(host64, device)
-    dev32 = _to_device(host32, device)
-    token_ids, pos_t, slot_t, rows_t = dev64.split([T, T, T, len(logits_rows)])
-    nt = tables.size
-    tables_t = dev32[:nt].view(len(order), max_blocks)
-    lens_t = dev32[nt: nt + len(order)]
-    cu_t = dev32[nt + len(order):]
     prefill_lens = lens[num_decodes:]
+    return _assemble(tokens, positions, slots, logits_rows, sampled, tables, lens, cu, num_decodes,
+                     max((num_new_tokens[i] for i in order[num_decodes:]), default=0),
+                     any(c > 0 for c in prefill_lens), device)
+
+
+def _build_single_token_batch(seqs, block_size: int, device: torch.device) -> StepBatch:
+    """The steady decode step: one new token per sequence, every row a decode row (a one-token prompt too:
+    paged decode attention over its single cached token). Rows are built by list comprehensions and the
+    block tables from one padded list: no per-row numpy calls."""
+    starts = [s.num_computed_tokens for s in seqs]
+    tables = [s.block_table for s in seqs]
+    max_blocks = max(1, max(len(t) for t in tables))
+    for seq, start, table in zip(seqs, starts, tables, strict=True):
+        assert start < seq.num_tokens, "the scheduler asked for tokens the sequence does not have"
+        assert len(table) * block_size > start, "blocks were not allocated for the new tokens"
+    tokens = [seq.token_ids[c] for seq, c in zip(seqs, starts, strict=True)]
+    slots = [t[c // block_size] * block_size + c % block_size for t, c in zip(tables, starts, strict=True)]
+    flat = [b for t in tables for b in (t + [0] * (max_blocks - len(t)) if len(t) < max_blocks else t)]
+    table_array = np.array(flat, dtype=np.int32).reshape(len(seqs), max_blocks)
+    sampled = [row for row, (seq, c) in enumerate(zip(seqs, starts, strict=True)) if c + 1 == seq.num_tokens]
+    return _assemble(tokens, starts, slots, sampled, sampled, table_array, [c + 1 for c in starts], [0],
+                     len(seqs), 0, False, device)
+
+
+def _assemble(tokens, positions, slots, logits_rows, sampled, tables, lens, cu, num_decodes: int,
+              prefill_max_seqlen: int, prefill_has_prefix: bool, device: torch.device) -> StepBatch:
+    """One host buffer, one copy to the device, sliced there: int64 token ids, positions, slots and logits
+    rows, then the int32 block tables, context lengths and cu_seqlens packed into the same int64 words."""
+    T, S, R = len(tokens), len(logits_rows), tables.shape[0]
+    n64 = 3 * T + S
+    n32 = tables.size + len(lens) + len(cu)
+    host = np.empty(n64 + (n32 + 1) // 2, dtype=np.int64)
+    host[:n64] = tokens + positions + slots + logits_rows
+    host32 = host[n64:].view(np.int32)
+    host32[:tables.size] = tables.reshape(-1)
+    host32[tables.size:n32] = lens + cu
+    dev = _to_device(host, device)
+    token_ids, pos_t, slot_t, rows_t = dev[:n64].split([T, T, T, S])
+    dev32 = dev[n64:].view(torch.int32)
+    nt = tables.size
+    tables_t = dev32[:nt].view(R, tables.shape[1])
+    lens_t = dev32[nt: nt + R]
+    cu_t = dev32[nt + R: n32]
     meta = AttentionMetadata(
         slot_mapping=slot_t,
         num_decode_tokens=num_decodes,
         decode_block_tables=tables_t[:num_decodes],
         decode_context_lens=lens_t[:num_decodes],
         max_decode_context_len=max(lens[:num_decodes], default=0),
-        num_prefills=num_prefills,
+        num_prefills=R - num_decodes,
         prefill_cu_seqlens=cu_t,
-        prefill_max_seqlen=max(num_new_tokens[i] for i in order[num_decodes:]) if num_prefills else 0,
+        prefill_max_seqlen=prefill_max_seqlen,
         prefill_block_tables=tables_t[num_decodes:],
         prefill_prefix_lens=lens_t[num_decodes:],
-        prefill_has_prefix=any(c > 0 for c in prefill_lens),
+        prefill_has_prefix=prefill_has_prefix,
     )
-    return StepBatch(token_ids, pos_t, meta, rows_t, sampled, num_decodes, T)
+    return StepBatch(token_ids, pos_t, meta, rows_t, sampled, num_decodes, T, dev[:3 * T].view(3, T))
 
 
 def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -12,6 +12,9 @@ graph run eagerly (there the kernels' own work dwarfs the launch overhead a grap
 
 Each size is run once eagerly before capture so that autotuned kernels pick their configs outside the
 graph (benchmarking inside a capture is not allowed).
+
+Host cost per replay: three copies into the static buffers (token ids, positions and slots in one, the
+block tables, the context lengths) and the replay; padded rows are reset only when the batch shrinks.
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ class DecodeGraphs:
         self.max_blocks = math.ceil(self.max_context / runner.block_size)
         self.sizes = sorted({s for s in BATCH_SIZES if s < max_batch} | {max_batch})
         n = self.sizes[-1]
-        self.token_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        # Token ids, positions and slots in one [3, n] block, filled by one copy per step.
+        self.inputs = torch.zeros(3, n, dtype=torch.int64, device=dev)
+        self.token_ids, self.positions, self.slots = self.inputs[0], self.inputs[1], self.inputs[2]
+        self.slots.fill_(-1)
         self.tables = torch.full((n, self.max_blocks), runner.scratch_block, dtype=torch.int32, device=dev)
         self.context_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        # Rows below this may hold a real sequence's inputs from an earlier step; rows at or above it hold
+        # the harmless padding values, so a step only re-pads when its batch is smaller than the last one.
+        self.num_dirty_rows = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._capture_all()
@@ -88,13 +95,19 @@ class DecodeGraphs:
         bs = self.sizes[bisect.bisect_left(self.sizes, n)]
         meta = batch.meta
         width = meta.decode_block_tables.shape[1]
-        self.token_ids[:n].copy_(batch.token_ids)
-        self.positions[:n].copy_(batch.positions)
-        self.slots[:n].copy_(meta.slot_mapping)
-        self.slots[n:bs].fill_(-1)
+        if self.num_dirty_rows > n:
+            end = self.num_dirty_rows
+            self.slots[n:end].fill_(-1)
+            self.tables[n:end].fill_(self.runner.scratch_block)
+            self.context_lens[n:end].fill_(1)
+        self.num_dirty_rows = n
+        if batch.inputs is not None:
+            self.inputs[:, :n].copy_(batch.inputs)
+        else:
+            self.token_ids[:n].copy_(batch.token_ids)
+            self.positions[:n].copy_(batch.positions)
+            self.slots[:n].copy_(meta.slot_mapping)
         self.tables[:n, :width].copy_(meta.decode_block_tables)
-        self.tables[n:bs].fill_(self.runner.scratch_block)
         self.context_lens[:n].copy_(meta.decode_context_lens)
-        self.context_lens[n:bs].fill_(1)
         self.graphs[bs].replay()
         return self.logits[bs][:n]

@@ -25,18 +25,23 @@ class IncrementalDetokenizer:
         self.prefix_offset = max(len(self.ids) - CONTEXT_TOKENS, 0)
         self.read_offset = len(self.ids)
         self.text = ""
+        self._before: str | None = None  # decode of ids[prefix_offset:read_offset], kept while they stand
 
     def push(self, token_id: int) -> str:
         """Add one generated token; return the text it completes ("" while a character is incomplete)."""
         self.ids.append(int(token_id))
         decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip_special_tokens)
+        before = self._before
+        if before is None:
+            before = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip_special_tokens)
+            self._before = before
         after = decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip_special_tokens)
         if len(after) <= len(before) or after.endswith(REPLACEMENT_CHAR):
             return ""
         new_text = after[len(before):]
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
+        self._before = None
         self.text += new_text
         return new_text
 
@@ -55,6 +60,8 @@ class StopStringMatcher:
         self.stopped: str | None = None
 
     def push(self, new_text: str) -> tuple[str, bool]:
+        if not self.stops:  # most requests: nothing to match or hold back, and no text to keep
+            return new_text, False
         if self.stopped is not None:
             return "", True
         search_from = max(0, len(self.text) - self.longest + 1)

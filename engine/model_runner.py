@@ -167,17 +167,23 @@ class ModelRunner:
             return StepResult(sampled, entries)
         from kernels.sampling import SamplingTensors
 
-        chosen = [seqs[i] for i in batch.sampled_seqs]
-        st = SamplingTensors.build([s.params for s in chosen], [s.prompt_token_ids for s in chosen],
-                                   [s.output_token_ids for s in chosen], [seeds[i] for i in batch.sampled_seqs],
+        rows = batch.sampled_seqs
+        chosen = [seqs[i] for i in rows]
+        # Prompts go as their distinct tokens, computed once per sequence: that is all a repetition
+        # penalty needs, and rows without penalties never read them.
+        st = SamplingTensors.build([s.params for s in chosen], [s.prompt_token_set for s in chosen],
+                                   [s.output_token_ids for s in chosen], [seeds[i] for i in rows],
                                    self.model_config.vocab_size, self.device)
         result = self.ops.sample(logits, st)
-        token_ids = result.token_ids.tolist()
-        want_logprobs = any(s.params.logprobs is not None for s in chosen)
-        lp = result.logprobs.tolist() if want_logprobs else None
-        top_ids = result.top_ids.tolist() if want_logprobs and result.top_ids is not None else None
-        top_lp = result.top_logprobs.tolist() if want_logprobs and result.top_logprobs is not None else None
-        for row, i in enumerate(batch.sampled_seqs):
+        token_ids = result.token_ids.tolist()  # the step's one wait for the device
+        if all(s.params.logprobs is None for s in chosen):
+            for row, i in enumerate(rows):
+                sampled[i] = token_ids[row]
+            return StepResult(sampled, entries)
+        lp = result.logprobs.tolist()
+        top_ids = result.top_ids.tolist() if result.top_ids is not None else None
+        top_lp = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+        for row, i in enumerate(rows):
             sampled[i] = token_ids[row]
             n = seqs[i].params.logprobs
             if n is not None:

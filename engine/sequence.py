@@ -21,6 +21,8 @@ import time
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
 from engine.sampling_params import SamplingParams
 
 # Breaks ties between sequences that arrive within the clock's resolution, so "arrival order" is total.
@@ -63,6 +65,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.output_logprobs: list[Any] = []
         self.num_preemptions = 0
+        self._prompt_token_set: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +78,14 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def prompt_token_set(self) -> np.ndarray:
+        """The prompt's distinct tokens, sorted (int64): what a repetition penalty looks up on every step,
+        computed once instead of sorting the prompt again each time."""
+        if self._prompt_token_set is None:
+            self._prompt_token_set = np.unique(np.asarray(self.prompt_token_ids, dtype=np.int64))
+        return self._prompt_token_set
 
     @property
     def last_token_id(self) -> int:

@@ -45,8 +45,26 @@ def mix32(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _mix32_int(x: int) -> int:
+    """``mix32`` on one Python integer (a few rows hash faster without numpy's per-call overhead)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+SMALL_BATCH = 16  # up to this many rows, per-row Python beats numpy's fixed cost per call
+
+
 def rng_keys(seeds: list[int], steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Two 32-bit keys per row from (seed, step): the row's noise depends on nothing else."""
+    if len(seeds) <= SMALL_BATCH:
+        k1 = [_mix32_int((s & 0xFFFFFFFF) ^ _mix32_int((s >> 32) ^ _mix32_int((int(t) & 0xFFFFFFFF) + 0x632BE5AB)))
+              for s, t in zip((int(v) % (1 << 64) for v in seeds), steps, strict=True)]
+        k2 = [_mix32_int(k ^ 0x85EBCA6B) for k in k1]
+        return np.array(k1, dtype=np.uint32).view(np.int32), np.array(k2, dtype=np.uint32).view(np.int32)
     s = np.array([int(v) % (1 << 64) for v in seeds], dtype=np.uint64)
     step = np.array(steps, dtype=np.uint64) & _M32
     lo, hi = s & _M32, s >> np.uint64(32)
@@ -110,6 +128,8 @@ def _check_rows(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarray, 
     The common rows (plain numbers in range, integer top_k and logprobs) are checked column-wise; if any
     row is doubtful every row goes through ``_check_row``, which accepts the same rows with the same values
     and raises the message naming the row and the field for the bad one."""
+    if len(params) <= SMALL_BATCH:
+        return _check_each_row(params, vocab_size)
     try:
         floats = np.array([(p.temperature, 1.0 if p.top_p is None else p.top_p, 0.0 if p.min_p is None else p.min_p,
                             p.repetition_penalty, p.presence_penalty, p.frequency_penalty) for p in params],
@@ -132,6 +152,10 @@ def _check_rows(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarray, 
             ints[0][ints[0] >= vocab_size] = 0  # keeping the whole vocabulary is no filter
             np.minimum(ints[1], vocab_size, out=ints[1])  # a tiny vocabulary has fewer than n tokens
             return floats, ints, biases
+    return _check_each_row(params, vocab_size)
+
+
+def _check_each_row(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     rows = [_check_row(r, p, vocab_size) for r, p in enumerate(params)]
     floats = np.array([(t, tp, mp, rep, pres, freq) for t, _, tp, mp, rep, pres, freq, _, _ in rows],
                       dtype=np.float64).reshape(len(params), 6).T
@@ -235,16 +259,16 @@ class SamplingTensors:
                 np.concatenate(part, out=e_ints[row], casting="unsafe")
             np.concatenate([e[3] for e in edit_parts], out=host[11 * B + 1 + 3 * E1:].view(np.float32))
         dev = _to_device(host, device)
-        f_dev = dev[:6 * B].view(torch.float32).view(6, B)
-        i_dev = dev[6 * B:10 * B].view(4, B)
-        e_dev = dev[11 * B + 1:11 * B + 1 + 3 * E1].view(3, E1)
+        temperature, top_p, min_p, rep_t, pres_t, freq_t = dev[:6 * B].view(torch.float32).view(6, B).unbind()
+        top_k, key1, key2, num_logprobs = dev[6 * B:10 * B].view(4, B).unbind()
+        edit_token, edit_count, edit_in_context = dev[11 * B + 1:11 * B + 1 + 3 * E1].view(3, E1).unbind()
         max_n = int(ints64[1].max()) if B else NO_LOGPROBS
         return SamplingTensors(
-            temperature=f_dev[0], top_p=f_dev[1], min_p=f_dev[2], repetition_penalty=f_dev[3],
-            presence_penalty=f_dev[4], frequency_penalty=f_dev[5],
-            top_k=i_dev[0], rng_key1=i_dev[1], rng_key2=i_dev[2], num_logprobs=i_dev[3],
+            temperature=temperature, top_p=top_p, min_p=min_p, repetition_penalty=rep_t,
+            presence_penalty=pres_t, frequency_penalty=freq_t,
+            top_k=top_k, rng_key1=key1, rng_key2=key2, num_logprobs=num_logprobs,
             edit_start=dev[10 * B:11 * B + 1],
-            edit_token=e_dev[0], edit_count=e_dev[1], edit_in_context=e_dev[2],
+            edit_token=edit_token, edit_count=edit_count, edit_in_context=edit_in_context,
             edit_bias=dev[11 * B + 1 + 3 * E1:].view(torch.float32),
             vocab_size=vocab_size, max_logprobs=None if max_n <= 0 else max_n, has_edits=E > 0,
             greedy_only=bool((host[:B].view(np.float32) == 0).all()),
