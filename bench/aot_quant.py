@@ -166,6 +166,7 @@ def decode_launches():
 
 def check_launches():
     """One config of each kernel variant at small shapes: what the CPU tests only interpret."""
+    from kernels import gguf_dequant as gd
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
     from kernels.gguf_formats import FORMATS, Q4_0, random_blocks
@@ -191,6 +192,9 @@ def check_launches():
                      or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32))
             yield (f"gguf {FORMATS[q].name} {dtype} {c}", gl, "_gguf_linear", c,
                    lambda x=x, data=data, q=q: gl.gguf_linear(x, data, q))
+            if dtype == torch.bfloat16:
+                yield (f"gguf_dequantize {FORMATS[q].name}", gd, "_dequant", gd.CONFIGS["cuda"][0],
+                       lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))
 
 
 def check() -> int:

@@ -22,7 +22,9 @@ import triton.language as tl
 
 from kernels import alloc
 from kernels.gguf_formats import FORMATS, check_blocks, gguf_dequantize_reference, random_blocks
+from kernels.quant_linear import launcher
 from kernels.registry import Op, register
+from kernels.tuning import Tuned
 
 
 @triton.jit
@@ -115,9 +117,14 @@ def _gguf_dequant_kernel(
     tl.store(out, w.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+# One config: the op is a streaming write; 16 x 128 elements is 16 elements per thread at 4 warps.
+CONFIGS = {
+    "cuda": [dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1)],
+    "hip": [dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1)],
+}
+_dequant = Tuned(_gguf_dequant_kernel, CONFIGS, key=["N", "K", "QTYPE"])
+
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Fixed tile: the op is a streaming write; 16 x 256 elements gives 32 elements per thread at 4 warps.
-BLOCK_N, BLOCK_K, NUM_WARPS = 16, 256, 4
 
 
 def check_aligned(data: torch.Tensor, what: str = "data") -> torch.Tensor:
@@ -138,11 +145,9 @@ def gguf_dequantize(data: torch.Tensor, qtype: int, dtype: torch.dtype = torch.f
     out = alloc.empty(N, K, dtype=dtype, device=data.device)
     if N == 0:
         return out
-    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
-    _gguf_dequant_kernel[grid](
-        data, out, N, K, data.shape[1],
-        QTYPE=fmt.qtype, QK=fmt.block_size, TYPE_SIZE=fmt.type_size,
-        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS,
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), triton.cdiv(K, META["BLOCK_K"]))
+    launcher(_dequant, None)[grid](
+        data, out, N, K, data.shape[1], QTYPE=fmt.qtype, QK=fmt.block_size, TYPE_SIZE=fmt.type_size,
     )
     return out
 
