@@ -175,7 +175,9 @@ class ModelRunner:
                                    [s.output_token_ids for s in chosen], [seeds[i] for i in rows],
                                    self.model_config.vocab_size, self.device)
         result = self.ops.sample(logits, st)
-        token_ids = result.token_ids.tolist()  # the step's one wait for the device
+        token_ids = result.host_token_ids  # read back by the launcher (the step's one wait for the device)
+        if token_ids is None:
+            token_ids = result.token_ids.tolist()
         if all(s.params.logprobs is None for s in chosen):
             for row, i in enumerate(rows):
                 sampled[i] = token_ids[row]

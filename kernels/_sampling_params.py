@@ -290,6 +290,9 @@ class SampleResult:
     logprobs: torch.Tensor                 # float32 [B]: the chosen token's log-probability
     top_ids: torch.Tensor | None           # int64 [B, n]; n = widest request; -1 pads shorter requests
     top_logprobs: torch.Tensor | None      # float32 [B, n]; -inf pads
+    # The token ids already read back to the host, when the launcher had to read them anyway (it checks
+    # them for invalid rows): the engine uses them instead of a second device-to-host copy.
+    host_token_ids: list[int] | None = None
 
 
 @dataclass

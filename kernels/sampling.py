@@ -28,7 +28,8 @@ its n most likely tokens (ties: lowest index first), padded with id -1 and -inf 
 request.
 
 Invalid logits: a row holding NaN or +inf, or no finite logit at all, makes ``sample`` raise ValueError
-naming the rows (the kernel flags them; the launcher reads the flags, one small device-to-host copy).
+naming the rows (the kernel flags them and writes token -1 there; the launcher reads the tokens back, one
+small device-to-host copy, and returns them as ``host_token_ids`` so that the caller need not copy again).
 -inf logits are valid and never sampled.
 
 Kernel: one program per row, the row streamed in blocks. Edited rows (bias or penalties) first copy the
@@ -290,8 +291,7 @@ def _check(logits: torch.Tensor, st: SamplingTensors) -> None:
     check_backend("triton", logits.device)  # a CPU tensor needs the interpreter: say so instead of crashing
 
 
-def _raise_invalid(status: torch.Tensor) -> None:
-    bad = status.nonzero().flatten().tolist()
+def _raise_invalid(bad: list[int]) -> None:
     raise ValueError(f"sample: rows {bad[:16]}{'...' if len(bad) > 16 else ''} hold NaN or +inf logits or no "
                      "finite logit; check the model's output for these requests")
 
@@ -336,9 +336,14 @@ def launch(logits: torch.Tensor, st: SamplingTensors, config: dict | None = None
             tokens, lps, top_ids, top_lp, ties, cand_z, cand_idx, status, width, _batch_bucket(B),
             HAS_EDITS=st.has_edits, TOPN=topn, CAND=cand, MAX_PASSES=MAX_PASSES, EBLOCK=EBLOCK,
         )
-        if bool(status.any()):
-            _raise_invalid(status)
-    return SampleResult(tokens, lps, top_ids if width else None, top_lp if width else None)
+        # The kernel writes token -1 for an invalid row: one read of the tokens both checks the rows and
+        # hands them to the caller (the step's only wait for the device).
+        host_tokens = tokens.tolist()
+        if -1 in host_tokens:
+            _raise_invalid([row for row, t in enumerate(host_tokens) if t == -1])
+    else:
+        host_tokens = []
+    return SampleResult(tokens, lps, top_ids if width else None, top_lp if width else None, host_tokens)
 
 
 def _fixed(config: dict, batch: int):

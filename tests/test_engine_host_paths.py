@@ -131,3 +131,15 @@ def test_small_batch_rng_keys_match_the_vectorised_ones():
         one = rng_keys([seeds[i]], [steps[i]])
         assert (one[0][0], one[1][0]) == (whole[0][i], whole[1][i]), f"row {i}"
     assert whole[0].dtype == np.int32 and len(set(whole[0].tolist())) == len(seeds)
+
+
+def test_sample_hands_back_the_tokens_it_read(device):
+    from kernels._sampling_params import RequestParams, SamplingTensors
+    from kernels.sampling import sample
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=gen).to(device)
+    params = [RequestParams(temperature=0.0), RequestParams(temperature=0.9), RequestParams(top_k=5, top_p=0.8)]
+    result = sample(logits, SamplingTensors.build(params, [[1]] * 3, [[]] * 3, [1, 2, 3], 50, device))
+    assert result.host_token_ids == result.token_ids.tolist()
+    assert result.host_token_ids[0] == int(logits[0].argmax())
