@@ -44,6 +44,16 @@ def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.devi
     return triton.cdiv(units, per_split), per_split
 
 
+def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device):
+    """(splits, units per split, fp32 partials, arrival counters) for one launch; one split above M = 16."""
+    if M > 16:
+        return 1, units, torch.empty(1, dtype=torch.float32, device=device), arrival_counters(device, 1)
+    splits, per_split = split_plan(M, N, units, weight_bytes, device)
+    partials = torch.empty(splits * M * N if splits > 1 else 1, dtype=torch.float32, device=device)
+    # Enough counters for the narrowest config (BLOCK_N = 16).
+    return splits, per_split, partials, arrival_counters(device, triton.cdiv(N, 16) * triton.cdiv(M, 16))
+
+
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers a captured CUDA graph may still point at
 

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 
 from kernels import alloc
+from kernels._quant_launch import launcher
 from kernels.gguf_formats import FORMATS, check_blocks, gguf_dequantize_reference, random_blocks
-from kernels.quant_linear import launcher
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 

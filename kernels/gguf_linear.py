@@ -5,9 +5,10 @@ x is [M, K] (fp16, bf16 or fp32), ``data`` the GGUF blocks of a weight of N rows
 
 Decode (M <= DECODE_MAX_M) is bound by reading the weight, which is why a quantized model is fast: Q4_0
 is 4.5 bits per weight against bf16's 16. The kernel reads each quantized block once and never writes
-a dense weight. A program owns BLOCK_N weight rows and all of M (<= 16, one tl.dot tile); it walks K
-one GGUF block at a time (BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer
-quants with x on the tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
+a dense weight. A program owns BLOCK_N weight rows, all of M (<= 16, one tl.dot tile) and one chunk of
+K (split-K, reduced inside the launch: ``kernels._split_k``); it walks its chunk one GGUF block at a time
+(BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer quants with x on the
+tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
 fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
 
 For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
@@ -24,11 +25,11 @@ import triton.language as tl
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
-from kernels._split_k import finish_tile
+from kernels._quant_launch import launcher, m_bucket
+from kernels._split_k import decode_split, finish_tile
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
 from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
-from kernels.quant_linear import decode_split, launcher, m_bucket
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 

@@ -4,8 +4,10 @@ Both compute ``y = x @ dequant(W).T + bias`` for activations x [M, K] (fp16 or b
 output channels by K inputs, without ever writing the dense weight to memory: each program loads a
 quantized tile, turns it into x's dtype in registers and feeds it to ``tl.dot``, accumulating in fp32.
 At decode (M <= 16) the layer is bound by reading the weight, so fewer weight bytes is the whole point:
-int8 halves and int4 quarters the bytes of a bf16 weight. Large M (prefill) runs the same fused kernel
-with larger M tiles; the weight tile is then reused across the rows of x.
+int8 halves and int4 quarters the bytes of a bf16 weight. There K is also split across programs so that
+every SM streams weight bytes, and the partial sums are reduced inside the same launch
+(``kernels._split_k``). Large M (prefill) runs the same fused kernel with larger M tiles and no split;
+the weight tile is then reused across the rows of x.
 
 W8A16, symmetric per output channel:
     qweight int8 [N, K], scales [N] (fp16, bf16 or fp32);   W[n, k] = qweight[n, k] * scales[n]
@@ -35,7 +37,8 @@ import triton.language as tl
 
 from kernels import alloc
 from kernels._dense_cache import dense_weight
-from kernels._split_k import arrival_counters, finish_tile, split_plan
+from kernels._quant_launch import launcher, m_bucket, prune_by_m
+from kernels._split_k import decode_split, finish_tile
 from kernels.device import interpreting
 from kernels.quant_pack import GROUP_SIZES, dequantize_w4, quantize_w4, quantize_w8
 from kernels.registry import Op, register
@@ -161,32 +164,6 @@ W4_CONFIGS = {
 }
 
 
-def m_bucket(M: int) -> int:
-    """The autotuning key for M: decode sizes share one entry, prefill sizes one per power of two."""
-    return 16 if M <= 16 else min(triton.next_power_of_2(M), 4096)
-
-
-def prune_by_m(configs, named_args, **kwargs):
-    """Decode tiles for M <= 16, prefill tiles above; always at least one config."""
-    decode = named_args["M_BUCKET"] <= 16
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == 16) == decode]
-    return kept or configs
-
-
-class Pinned:
-    """A kernel launched with one fixed config instead of autotuning (tuning scripts time each config)."""
-
-    def __init__(self, kernel, config: dict):
-        self.kernel, self.config = kernel, config
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **self.config)
-
-
-def launcher(tuned: Tuned, config: dict | None):
-    return tuned if config is None else Pinned(tuned.kernel, config)
-
-
 _w8a16 = Tuned(_w8a16_kernel, W8_CONFIGS, key=["M_BUCKET", "N", "K"],
                prune_configs_by={"early_config_prune": prune_by_m})
 _w4a16 = Tuned(_w4a16_kernel, W4_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP"],
@@ -221,16 +198,6 @@ def _check_vec(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtypes:
         raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
     if t.device != device:
         raise ValueError(f"{op}: {name} is on {t.device} but the weight is on {device}")
-
-
-def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device):
-    """(splits, units per split, fp32 partials, arrival counters) for one launch; one split above M = 16."""
-    if M > 16:
-        return 1, units, torch.empty(1, dtype=torch.float32, device=device), arrival_counters(device, 1)
-    splits, per_split = split_plan(M, N, units, weight_bytes, device)
-    partials = torch.empty(splits * M * N if splits > 1 else 1, dtype=torch.float32, device=device)
-    # Enough counters for the narrowest config (BLOCK_N = 16).
-    return splits, per_split, partials, arrival_counters(device, triton.cdiv(N, 16) * triton.cdiv(M, 16))
 
 
 def _upcast(x: torch.Tensor) -> bool:

@@ -109,7 +109,7 @@ def test_large_bf16_shapes_on_gpu(qtype, device):
 @pytest.mark.parametrize("qtype", ALL, ids=gf.qtype_name)
 def test_split_k_decode_matches_reference(qtype, device):
     # K long enough that the decode launch is split along K and reduced in-kernel.
-    from kernels.quant_linear import decode_split
+    from kernels._split_k import decode_split
 
     fmt = gf.block_format(qtype)
     per_unit = 1 if fmt.block_size == 256 else 4

@@ -162,7 +162,7 @@ def test_large_bf16_shapes_on_gpu(name, m, device):
 @pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
 def test_split_k_decode_matches_reference(name, device):
     # K long enough that the decode launch is split along K and reduced in-kernel.
-    from kernels.quant_linear import decode_split
+    from kernels._split_k import decode_split
 
     op = {"linear_w8a16": W8A16_OP, "linear_w4a16": W4A16_OP}[name]
     case = {"M": 3, "N": 40, "K": 4096, "dtype": torch.bfloat16, "bias": True}
