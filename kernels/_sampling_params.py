@@ -18,6 +18,7 @@ penalties), whether it appears in the prompt or the output (repetition penalty) 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -114,13 +115,6 @@ def _check_row(row: int, p, vocab_size: int) -> tuple:
     return temperature, top_k, top_p, min_p, rep, pres, freq, n, bias
 
 
-def _token_array(ids, row: int, what: str, vocab_size: int) -> np.ndarray:
-    a = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if a.size and (a.min() < 0 or a.max() >= vocab_size):
-        raise SamplingParamsError(f"row {row}: {what} holds a token id outside [0, {vocab_size})")
-    return a
-
-
 def _check_rows(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Every row's checked parameters as columns: floats [6, B] (temperature, top_p, min_p, repetition,
     presence, frequency), ints [2, B] (top_k, num_logprobs) and each row's logit bias.
@@ -163,34 +157,73 @@ def _check_each_row(params: list, vocab_size: int) -> tuple[np.ndarray, np.ndarr
     return floats, ints, [row[-1] for row in rows]
 
 
-def _row_edits(row, rep, pres, freq, bias, prompt, output, vocab_size):
-    """Sorted unique tokens touched by this row's penalties or bias, with their per-token facts.
+def _flat_tokens(lists: list, rows: list[int], what: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' token lists as one int64 array and the row of each token; a token id outside the
+    vocabulary raises, naming the first row that holds one."""
+    lengths = [len(ids) for ids in lists]
+    if lists and all(isinstance(ids, list) for ids in lists):
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=sum(lengths))
+    else:
+        flat = np.concatenate([np.asarray(ids, dtype=np.int64).reshape(-1) for ids in lists] or [np.zeros(0, np.int64)])
+    if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
+        for r, ids in zip(rows, lists, strict=True):
+            a = np.asarray(ids, dtype=np.int64)
+            if a.size and (a.min() < 0 or a.max() >= vocab_size):
+                raise SamplingParamsError(f"row {r}: {what} holds a token id outside [0, {vocab_size})")
+    return flat, np.repeat(np.asarray(rows, dtype=np.int64), lengths)
 
-    ``prompt`` may be given as its sorted unique tokens (``Sequence.prompt_token_set``): only membership
-    matters, and a long prompt is then not sorted again on every step."""
-    out = _token_array(output, row, "output_ids", vocab_size)
-    out_tok, out_cnt = np.unique(out, return_counts=True)
-    if rep != 1.0:
-        context = np.union1d(_token_array(prompt, row, "prompt_ids", vocab_size), out_tok)
-        tokens = context
+
+def _sorted_unique(keys: np.ndarray, return_counts: bool = False):
+    """``np.unique`` by one sort: a stable sort (timsort) merges the already sorted runs of concatenated
+    key blocks in near-linear time, where numpy's hash-based unique is several times slower here."""
+    keys = np.sort(keys, kind="stable")
+    first = np.ones(keys.size, dtype=bool)
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    unique = keys[first]
+    if not return_counts:
+        return unique
+    return unique, np.diff(np.append(np.flatnonzero(first), keys.size))
+
+
+def _edits(rows: list[int], rep, pres, freq, biases, prompt_ids, output_ids, B: int, vocab_size: int):
+    """The edits of the given rows, all rows at once: (edits per row [B], token, count, in_context, bias).
+
+    Row r touches context(r) = prompt(r) | output(r) when its repetition penalty is on, output(r) when a
+    presence or frequency penalty is on, and its logit-bias tokens. Each (row, token) pair is the key
+    row * V + token, so one sort over the batch's keys orders the edits by row, then by token."""
+    V = vocab_size
+    out_tok, out_row = _flat_tokens([output_ids[r] for r in rows], rows, "output_ids", V)
+    out_keys, out_count = _sorted_unique(out_row * V + out_tok, return_counts=True)
+    key_row = out_keys // V
+    rep_rows = [r for r in rows if rep[r] != 1.0]
+    if rep_rows:
+        prompt_tok, prompt_row = _flat_tokens([prompt_ids[r] for r in rep_rows], rep_rows, "prompt_ids", V)
+        rep_on = np.zeros(B, dtype=bool)
+        rep_on[rep_rows] = True
+        context = _sorted_unique(np.concatenate([prompt_row * V + prompt_tok, out_keys[rep_on[key_row]]]))
     else:
         context = np.zeros(0, dtype=np.int64)
-        tokens = out_tok if pres != 0.0 or freq != 0.0 else context
-    if bias:
-        bias_tok = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
-        tokens = np.union1d(tokens, bias_tok)
-    if tokens.size == 0:
-        return None
-    count = np.zeros(tokens.size, dtype=np.int64)
-    if out_tok.size:
-        pos = np.minimum(np.searchsorted(out_tok, tokens), out_tok.size - 1)
-        count = np.where(out_tok[pos] == tokens, out_cnt[pos], 0)
-    in_context = (np.ones(tokens.size, dtype=np.int64) if tokens is context
-                  else np.isin(tokens, context).astype(np.int64))
-    b = np.zeros(tokens.size, dtype=np.float32)
-    if bias:
-        b[np.searchsorted(tokens, bias_tok)] = np.array([float(v) for v in bias.values()], dtype=np.float32)
-    return tokens, count, in_context, b
+    counted = (pres != 0.0) | (freq != 0.0)
+    parts = [context, out_keys[counted[key_row]]]
+    bias_rows = [r for r in rows if biases[r]]
+    if bias_rows:
+        bias_keys = np.array([r * V + int(t) for r in bias_rows for t in biases[r]], dtype=np.int64)
+        bias_values = np.array([float(v) for r in bias_rows for v in biases[r].values()], dtype=np.float32)
+        parts.append(bias_keys)
+    keys = _sorted_unique(np.concatenate(parts))
+    count = np.zeros(keys.size, dtype=np.int64)
+    if out_keys.size:
+        pos = np.minimum(np.searchsorted(out_keys, keys), out_keys.size - 1)
+        count = np.where(out_keys[pos] == keys, out_count[pos], 0)
+    in_context = np.zeros(keys.size, dtype=np.int64)
+    if context.size:
+        pos = np.minimum(np.searchsorted(context, keys), context.size - 1)
+        in_context = (context[pos] == keys).astype(np.int64)
+    bias = np.zeros(keys.size, dtype=np.float32)
+    if bias_rows:
+        bias[np.searchsorted(keys, bias_keys)] = bias_values
+    per_row = np.bincount(keys // V, minlength=B).astype(np.int32)
+    return per_row, keys % V, count, in_context, bias
 
 
 @dataclass
@@ -236,13 +269,11 @@ class SamplingTensors:
         # Most rows have no penalty and no bias: only the others look at their token lists.
         has_bias = np.array([bool(b) for b in biases], dtype=bool)
         edited = np.flatnonzero((rep != 1.0) | (pres != 0.0) | (freq != 0.0) | has_bias)
-        counts = np.zeros(B, dtype=np.int32)
-        edit_parts = []
-        for r in edited.tolist():
-            edits = _row_edits(r, rep[r], pres[r], freq[r], biases[r], prompt_ids[r], output_ids[r], vocab_size)
-            if edits is not None:
-                counts[r] = edits[0].size
-                edit_parts.append(edits)
+        if edited.size:
+            counts, e_tok, e_cnt, e_ctx, e_bias = _edits(edited.tolist(), rep, pres, freq, biases, prompt_ids,
+                                                         output_ids, B, vocab_size)
+        else:
+            counts = np.zeros(B, dtype=np.int32)
         E = int(counts.sum())
         # One int32 host block, one copy to the device, sliced there (floats travel as their bits):
         #   floats [6, B] | top_k, key1, key2, num_logprobs [4, B] | edit_start [B + 1] | edits [3, E'] | bias [E']
@@ -254,10 +285,8 @@ class SamplingTensors:
         ints[1], ints[2] = rng_keys(seeds, [len(o) for o in output_ids])
         np.cumsum(counts, out=host[10 * B + 1:11 * B + 1])
         if E:
-            e_ints = host[11 * B + 1:11 * B + 1 + 3 * E1].reshape(3, E1)
-            for row, part in enumerate(zip(*(e[:3] for e in edit_parts), strict=True)):
-                np.concatenate(part, out=e_ints[row], casting="unsafe")
-            np.concatenate([e[3] for e in edit_parts], out=host[11 * B + 1 + 3 * E1:].view(np.float32))
+            host[11 * B + 1:11 * B + 1 + 3 * E1].reshape(3, E1)[:] = (e_tok, e_cnt, e_ctx)
+            host[11 * B + 1 + 3 * E1:].view(np.float32)[:] = e_bias
         dev = _to_device(host, device)
         temperature, top_p, min_p, rep_t, pres_t, freq_t = dev[:6 * B].view(torch.float32).view(6, B).unbind()
         top_k, key1, key2, num_logprobs = dev[6 * B:10 * B].view(4, B).unbind()

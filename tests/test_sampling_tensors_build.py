@@ -18,11 +18,11 @@ from kernels._sampling_params import MAX_LOGPROBS, RequestParams, SamplingParams
 V = 40
 
 
-def _random_row(rng: random.Random) -> tuple[RequestParams, list[int], list[int]]:
+def _random_row(rng: random.Random, with_bias: bool = True) -> tuple[RequestParams, list[int], list[int]]:
     p = RequestParams(temperature=rng.choice([0.0, 0.7, 1.0]), top_k=rng.choice([0, 3, V + 5]),
                       top_p=rng.choice([1.0, 0.9]), min_p=rng.choice([0.0, 0.1]),
                       logprobs=rng.choice([None, 0, 3]))
-    kind = rng.randrange(5)
+    kind = rng.randrange(5) if with_bias else rng.choice([0, 1, 2])
     if kind == 1:
         p.repetition_penalty = 1.3
     elif kind == 2:
@@ -50,11 +50,12 @@ def _dense_edits(p, prompt, output):
     return rows
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_build_matches_dense_recomputation(seed):
     rng = random.Random(seed)
-    B = rng.choice([1, 5, 17])
-    rows = [_random_row(rng) for _ in range(B)]
+    B = [1, 5, 17, 40][seed % 4]
+    # Without logit bias a large batch takes the column-wise check; with it, the per-row one.
+    rows = [_random_row(rng, with_bias=seed < 4) for _ in range(B)]
     params, prompts, outputs = zip(*rows, strict=True)
     # Half the prompts as their sorted unique tokens, as the engine passes them.
     prompts = [np.unique(pr) if r % 2 else pr for r, pr in enumerate(prompts)]
@@ -96,6 +97,19 @@ def test_the_bad_row_is_named(field, value, match):
     setattr(bad, field, value)
     with pytest.raises(SamplingParamsError, match=rf"row 2: {match}"):
         SamplingTensors.build([RequestParams(), RequestParams(), bad], [[1]] * 3, [[]] * 3, [0, 1, 2], V, "cpu")
+
+
+@pytest.mark.parametrize("B", [3, 30])
+def test_a_bad_token_list_is_named_by_row(B):
+    params = [RequestParams(repetition_penalty=1.2) for _ in range(B)]
+    outputs = [[1, 2]] * B
+    outputs[B - 1] = [1, V]
+    with pytest.raises(SamplingParamsError, match=rf"row {B - 1}: output_ids"):
+        SamplingTensors.build(params, [[1]] * B, outputs, list(range(B)), V, "cpu")
+    prompts = [[3]] * B
+    prompts[1] = [-1]
+    with pytest.raises(SamplingParamsError, match="row 1: prompt_ids"):
+        SamplingTensors.build(params, prompts, [[1]] * B, list(range(B)), V, "cpu")
 
 
 def test_numpy_integers_are_accepted_like_ints():
