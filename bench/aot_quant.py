@@ -65,6 +65,8 @@ def available() -> str | None:
         return f"triton has no backends module ({e})"
     if "nvidia" not in backends:
         return "this Triton build has no CUDA backend"
+    if not os.path.exists(_tool("cuobjdump")):
+        return "this Triton build ships no cuobjdump to read the compiled code with"
     return None
 
 
