@@ -168,6 +168,10 @@ def main(argv=None) -> int:
                                         max_num_batched_tokens=max(8192, max(args.batches) * args.prompt_len),
                                         enable_prefix_cache=True))
         device_work = args.device_work or ("real" if device.type == "cuda" else "stub")
+        if device.type == "cpu":
+            # The host work measured is single-threaded; idle intra-op threads waking for the stand-ins'
+            # tensor ops only add noise on a shared machine.
+            torch.set_num_threads(1)
         if device_work == "stub":
             stub_device_work(engine)
         timer = PhaseTimer(sync)
@@ -182,6 +186,7 @@ def main(argv=None) -> int:
                 summary = {p: statistics.median(statistics.median(r.get(p, 0.0) for r in run) for run in runs) * 1e3
                            for p in phases}
                 results[f"{workload}/b{batch}"] = summary
+                summary["host_phase_sum"] = sum(summary[p] for p in HOST_PHASES)
                 print(f"{workload:9s} b={batch:3d}  host {summary['host']:7.3f} ms  " +
                       "  ".join(f"{p} {summary[p]:.3f}" for p in HOST_PHASES + DEVICE_PHASES),
                       file=sys.stderr, flush=True)

@@ -118,26 +118,27 @@ def _assemble(tokens, positions, slots, logits_rows, sampled, tables, lens, cu, 
     host32[:tables.size] = tables.reshape(-1)
     host32[tables.size:n32] = lens + cu
     dev = _to_device(host, device)
-    token_ids, pos_t, slot_t, rows_t = dev[:n64].split([T, T, T, S])
-    dev32 = dev[n64:].view(torch.int32)
-    nt = tables.size
-    tables_t = dev32[:nt].view(R, tables.shape[1])
-    lens_t = dev32[nt: nt + R]
-    cu_t = dev32[nt + R: n32]
+    # Few tensor ops: each costs a microsecond or more of Python, and this runs on every step.
+    inputs, rows_t, tail = dev.split([3 * T, S, host.size - n64])
+    inputs = inputs.view(3, T)
+    token_ids, pos_t, slot_t = inputs.unbind()
+    tables_t, decode_lens, prefill_lens, cu_t, _ = tail.view(torch.int32).split(
+        [tables.size, num_decodes, R - num_decodes, len(cu), 2 * (host.size - n64) - n32])
+    decode_tables, prefill_tables = tables_t.view(R, tables.shape[1]).split([num_decodes, R - num_decodes])
     meta = AttentionMetadata(
         slot_mapping=slot_t,
         num_decode_tokens=num_decodes,
-        decode_block_tables=tables_t[:num_decodes],
-        decode_context_lens=lens_t[:num_decodes],
+        decode_block_tables=decode_tables,
+        decode_context_lens=decode_lens,
         max_decode_context_len=max(lens[:num_decodes], default=0),
         num_prefills=R - num_decodes,
         prefill_cu_seqlens=cu_t,
         prefill_max_seqlen=prefill_max_seqlen,
-        prefill_block_tables=tables_t[num_decodes:],
-        prefill_prefix_lens=lens_t[num_decodes:],
+        prefill_block_tables=prefill_tables,
+        prefill_prefix_lens=prefill_lens,
         prefill_has_prefix=prefill_has_prefix,
     )
-    return StepBatch(token_ids, pos_t, meta, rows_t, sampled, num_decodes, T, dev[:3 * T].view(3, T))
+    return StepBatch(token_ids, pos_t, meta, rows_t, sampled, num_decodes, T, inputs)
 
 
 def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
