@@ -1,6 +1,7 @@
 """Host (CPU) time of one engine step, split by phase: where the Python overhead of a decode step goes.
 
     PYTHONPATH=. python3 bench/engine_host_overhead.py --out bench/results/cpu --label after
+    PYTHONPATH=. python3 bench/engine_host_overhead.py --compare-before b1.json b2.json --compare-after a1.json
 
 A decode step of a small model is bound by host work, not by the GPU: the forward pass of a
 Qwen2.5-0.5B-shaped model takes ~0.24 ms on an H200 while a whole step took 2-3 ms. This script builds a
@@ -135,9 +136,28 @@ def measure(engine, timer: PhaseTimer, batch: int, params: dict, steps: int, pro
     return records
 
 
+def compare(before_paths: list[str], after_paths: list[str]) -> str:
+    """A markdown table of per-phase medians (over the given runs) before and after."""
+    def load(paths):
+        runs = [json.loads(Path(p).read_text())["results"] for p in paths]
+        return {case: {phase: statistics.median(r[case][phase] for r in runs) for phase in runs[0][case]}
+                for case in runs[0]}
+    before, after = load(before_paths), load(after_paths)
+    phases = (*HOST_PHASES, "host")
+    lines = ["| case | " + " | ".join(phases) + " |", "|---" * (len(phases) + 1) + "|"]
+    for case in before:
+        if case in after:
+            cells = [f"{before[case][p]:.3f} -> {after[case][p]:.3f}" for p in phases]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for engine_host_overhead_<label>.json / .md")
+    parser.add_argument("--compare-before", nargs="+", metavar="JSON", help="runs before (with --compare-after)")
+    parser.add_argument("--compare-after", nargs="+", metavar="JSON",
+                        help="print a markdown table of these runs against --compare-before instead of measuring")
+    parser.add_argument("--out", help="directory for engine_host_overhead_<label>.json / .md")
     parser.add_argument("--label", default="run", help="name of this run (before / after)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64, 256])
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -149,6 +169,13 @@ def main(argv=None) -> int:
                         help="run the forward and the sample op (real) or stand-ins (stub; the CPU default)")
     parser.add_argument("--no-sync", action="store_true", help="do not synchronise after device phases")
     args = parser.parse_args(argv)
+    if args.compare_before or args.compare_after:
+        if not (args.compare_before and args.compare_after):
+            parser.error("give both --compare-before and --compare-after")
+        print(compare(args.compare_before, args.compare_after))
+        return 0
+    if not args.out:
+        parser.error("--out is required when measuring")
 
     from engine.config import EngineConfig
     from engine.demo_model import build_demo_model
