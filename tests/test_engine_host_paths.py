@@ -143,3 +143,20 @@ def test_sample_hands_back_the_tokens_it_read(device):
     result = sample(logits, SamplingTensors.build(params, [[1]] * 3, [[]] * 3, [1, 2, 3], 50, device))
     assert result.host_token_ids == result.token_ids.tolist()
     assert result.host_token_ids[0] == int(logits[0].argmax())
+
+
+def test_incremental_detokenizer_over_a_long_output_equals_the_full_decode(tmp_path):
+    from engine.detokenizer import MAX_WINDOW_TOKENS, IncrementalDetokenizer
+    from engine.tokenizer import Tokenizer
+    from tests.model_factory import make_tokenizer
+
+    tok = Tokenizer.from_dir(make_tokenizer(tmp_path))
+    text = ("Émile a mangé une crème brûlée à Zürich. 東京 日本語 한국어 😀 🚀 text after emoji\n"
+            "  leading spaces and\nnew lines, then plain words going on for a while. ") * 3
+    output = tok.encode(text, add_special_tokens=False)
+    assert len(output) > 4 * MAX_WINDOW_TOKENS  # the window slides several times
+    for prompt in ([], tok.encode("Question: ")):
+        detok = IncrementalDetokenizer(tok, prompt)
+        pieces = [detok.push(i) for i in output]
+        assert "".join(pieces) == tok.decode(output) == text
+        assert all("\ufffd" not in p for p in pieces)
