@@ -5,9 +5,7 @@ several tokens, and decoding a prefix of its bytes yields U+FFFD. Decoding the w
 is correct but quadratic. ``IncrementalDetokenizer`` decodes a short window instead: the text of
 ``ids[prefix:read]`` (already emitted) and of ``ids[prefix:]``; the difference is the new text. When the
 new text ends in U+FFFD the bytes are incomplete, so nothing is emitted and the window grows until the
-character is whole. A few tokens of context before ``read`` keep merges and leading spaces right. The
-window's start moves only every few tokens, so that most tokens cost one decode: ``ids[prefix:read]`` is
-then the window the previous token decoded.
+character is whole. A few tokens of context before ``read`` keep merges and leading spaces right.
 
 ``StopStringMatcher`` finds stop strings in the streamed text, including ones that straddle tokens, and
 holds back a tail that could still become a stop string so that it is never emitted and then retracted.
@@ -17,10 +15,6 @@ from __future__ import annotations
 
 REPLACEMENT_CHAR = "\ufffd"
 CONTEXT_TOKENS = 5
-# The window's start stays put while it holds at most this many tokens, so that each push decodes once
-# (the text before the new token is the previous push's result); past it, it slides up to
-# CONTEXT_TOKENS before the read point and the next push decodes twice.
-MAX_WINDOW_TOKENS = 16
 
 
 class IncrementalDetokenizer:
@@ -45,12 +39,9 @@ class IncrementalDetokenizer:
         if len(after) <= len(before) or after.endswith(REPLACEMENT_CHAR):
             return ""
         new_text = after[len(before):]
+        self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
-        if self.read_offset - self.prefix_offset > MAX_WINDOW_TOKENS:
-            self.prefix_offset = self.read_offset - CONTEXT_TOKENS
-            self._before = None
-        else:
-            self._before = after  # the window did not move: the next push's "before" is this "after"
+        self._before = None
         self.text += new_text
         return new_text
 
