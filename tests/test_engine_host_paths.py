@@ -160,3 +160,43 @@ def test_incremental_detokenizer_over_a_long_output_equals_the_full_decode(tmp_p
         pieces = [detok.push(i) for i in output]
         assert "".join(pieces) == tok.decode(output) == text
         assert all("\ufffd" not in p for p in pieces)
+
+
+class _RecordingGraphs:
+    """Stands in for DecodeGraphs on the CPU: records which steps would replay a graph, and computes their
+    logits eagerly so that the engine's output must not change."""
+
+    def __init__(self, runner):
+        self.runner, self.batches = runner, []
+
+    def fits(self, batch):
+        return True
+
+    def run(self, batch):
+        self.batches.append((batch.num_tokens, batch.num_decodes))
+        hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
+        return self.runner.model.compute_logits(hidden[batch.logits_rows])
+
+
+def test_single_stream_decode_steps_take_the_graph_path(tmp_path):
+    from engine.config import EngineConfig
+    from engine.demo_model import build_demo_model
+    from engine.llm_engine import LLMEngine
+
+    model = build_demo_model(tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_position=256)
+    engine = LLMEngine(EngineConfig(model=str(model), device="cpu", max_num_seqs=4))
+    prompt = list(range(5, 25))
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    eager = engine.add_request(prompt, params)
+    eager_ids = []
+    while engine.has_unfinished():
+        eager_ids += [t for o in engine.step() if o.request_id == eager for t in o.new_token_ids]
+    engine.runner.graphs = graphs = _RecordingGraphs(engine.runner)
+    request = engine.add_request(prompt, params)
+    ids = []
+    while engine.has_unfinished():
+        ids += [t for o in engine.step() if o.request_id == request for t in o.new_token_ids]
+    # The prefill runs eagerly; each of the 5 decode steps (batch 1) replays the graph.
+    assert graphs.batches == [(1, 1)] * 5
+    assert ids == eager_ids and len(ids) == 6
