@@ -91,7 +91,7 @@ def explore(ceil: dict, rows: list, save, which: str) -> None:
                                       ("persistent", linear_persistent_2d, PERSISTENT_CONFIGS["cuda"])):
             for c in configs:
                 try:
-                    t = ms(lambda: launch(x, w, None, config=c))  # noqa: B023
+                    t = ms(lambda: launch(x, w, None, config=c))  # noqa: B023  (timed at once, inside this iteration)
                 except Exception as e:  # a config that cannot compile or run here is reported, not fatal
                     print(f"  {name} {c}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                     continue

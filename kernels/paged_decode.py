@@ -82,7 +82,7 @@ def _decode_split_kernel(
     ctx = tl.load(ctx_ptr + seq)
     start = split * split_size
     # Nested on purpose: Triton has no `and` between a constexpr and a tensor.
-    if not DIRECT:  # noqa: SIM102
+    if not DIRECT:  # noqa: SIM102  (see the line above)
         if start >= ctx:
             return  # past this sequence's end: the reduce never reads this split
     end = tl.minimum(start + split_size, ctx)
