@@ -36,11 +36,20 @@ import triton
 import triton.language as tl
 
 from kernels import alloc
-from kernels._dense_cache import dense_weight
+from kernels._quant_cases import (
+    DTYPES,
+    act_bytes,
+    bench_cases,
+    shape_cases,
+    w4_inputs,
+    w4a16_cublas,
+    w8_inputs,
+    w8a16_cublas,
+)
 from kernels._quant_launch import launcher, m_bucket, prune_by_m
 from kernels._split_k import decode_split, finish_tile
 from kernels.device import interpreting
-from kernels.quant_pack import GROUP_SIZES, dequantize_w4, quantize_w4, quantize_w8
+from kernels.quant_pack import GROUP_SIZES, dequantize_w4
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -305,84 +314,18 @@ def w4a16_linear_reference(x, qweight, scales, zeros, group_size, bias=None):
 
 # --- registration -------------------------------------------------------------------------------
 
-DTYPES = [torch.float16, torch.bfloat16]
-# (N, K) of the projections of Llama-3-8B (q/o, gate/up, down) and Qwen2.5-0.5B (q/o, k/v, gate/up, down).
-MODEL_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 896), (128, 896), (4864, 896), (896, 4864)]
-DECODE_M = (1, 4, 16)
-
-
-def _shape_cases(profile: str, groups: bool):
-    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
-
-    if profile == "cpu":
-        m, n = st.sampled_from([1, 3, 17]), st.sampled_from([1, 17, 40])
-        k = st.sampled_from([16, 100, 300]) if not groups else st.sampled_from([1, 3])
-    else:
-        m, n = st.sampled_from([1, 4, 16, 77, 512]), st.sampled_from([896, 4096, 4113])
-        k = st.sampled_from([896, 4096, 4864]) if not groups else st.sampled_from([7, 38])
-    case = {"M": m, "N": n, "K": k, "dtype": st.sampled_from(DTYPES), "bias": st.booleans()}
-    if not groups:
-        return st.fixed_dictionaries(case)
-    # K drawn as a number of 128-wide spans, so it is a multiple of every group size.
-    return st.fixed_dictionaries({**case, "group_size": st.sampled_from(GROUP_SIZES)}).map(
-        lambda c: {**c, "K": c["K"] * 128 if profile != "cpu" else c["K"] * c["group_size"]})
-
-
-def _weight_and_x(case, device, gen):
-    M, N, K, dt = case["M"], case["N"], case["K"], case["dtype"]
-    weight = (0.05 * torch.randn(N, K, generator=gen, device=device)).to(dt)
-    x = torch.randn(M, K, generator=gen, device=device).to(dt)
-    bias = (0.1 * torch.randn(N, generator=gen, device=device)).to(dt) if case.get("bias") else None
-    return weight, x, bias
-
-
-def _w8_inputs(case, device, gen):
-    weight, x, bias = _weight_and_x(case, device, gen)
-    qweight, scales = quantize_w8(weight)
-    return {"x": x, "qweight": qweight, "scales": scales, "bias": bias}
-
-
-def _w4_inputs(case, device, gen):
-    weight, x, bias = _weight_and_x(case, device, gen)
-    qweight, scales, zeros = quantize_w4(weight, case["group_size"])
-    return {"x": x, "qweight": qweight, "scales": scales, "zeros": zeros, "group_size": case["group_size"],
-            "bias": bias}
-
-
-def w8a16_cublas(x, qweight, scales, bias=None):
-    """Baseline: x's-dtype cuBLAS matmul on the weight dequantized once (cached, not timed)."""
-    w = dense_weight(qweight, x.dtype, lambda: qweight.float() * scales.float()[:, None])
-    return torch.nn.functional.linear(x, w, bias)
-
-
-def w4a16_cublas(x, qweight, scales, zeros, group_size, bias=None):
-    """Baseline: x's-dtype cuBLAS matmul on the weight dequantized once (cached, not timed)."""
-    w = dense_weight(qweight, x.dtype, lambda: dequantize_w4(qweight, scales.float(), zeros.float(), group_size))
-    return torch.nn.functional.linear(x, w, bias)
-
-
-def _bench_cases(groups: bool):
-    extra = {"group_size": 128} if groups else {}
-    return [{"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, **extra}
-            for n, k in MODEL_SHAPES for m in DECODE_M]
-
-
-def _act_bytes(c):
-    return c["dtype"].itemsize * (c["M"] * c["K"] + c["M"] * c["N"] + (c["N"] if c.get("bias") else 0))
-
-
 W8A16_OP = register(Op(
     name="linear_w8a16",
     triton=w8a16_linear,
     torch=w8a16_linear_reference,
-    cases=lambda profile: _shape_cases(profile, groups=False),
-    make_inputs=_w8_inputs,
-    bench_cases=lambda: _bench_cases(groups=False),
+    cases=lambda profile: shape_cases(profile, groups=False),
+    make_inputs=w8_inputs,
+    bench_cases=lambda: bench_cases(groups=False),
     smoke_cases=lambda: [{"M": m, "N": 33, "K": 100, "dtype": dt, "bias": m > 1}
                          for m in (1, 17) for dt in DTYPES],
     reduction_len=lambda c: c["K"],
     flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],
-    bytes=lambda c: c["N"] * c["K"] + c["N"] * c["dtype"].itemsize + _act_bytes(c),
+    bytes=lambda c: c["N"] * c["K"] + c["N"] * c["dtype"].itemsize + act_bytes(c),
     baseline=w8a16_cublas,
     baseline_name="cuBLAS bf16",
 ))
@@ -391,15 +334,15 @@ W4A16_OP = register(Op(
     name="linear_w4a16",
     triton=w4a16_linear,
     torch=w4a16_linear_reference,
-    cases=lambda profile: _shape_cases(profile, groups=True),
-    make_inputs=_w4_inputs,
-    bench_cases=lambda: _bench_cases(groups=True),
+    cases=lambda profile: shape_cases(profile, groups=True),
+    make_inputs=w4_inputs,
+    bench_cases=lambda: bench_cases(groups=True),
     smoke_cases=lambda: [{"M": m, "N": 33, "K": 3 * g, "dtype": dt, "bias": m > 1, "group_size": g}
                          for m, g in ((1, 32), (17, 128)) for dt in DTYPES],
     reduction_len=lambda c: c["K"],
     flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],
     bytes=lambda c: (c["N"] * c["K"] // 2 + 2 * (c["K"] // c["group_size"]) * c["N"] * c["dtype"].itemsize
-                     + _act_bytes(c)),
+                     + act_bytes(c)),
     baseline=w4a16_cublas,
     baseline_name="cuBLAS bf16",
 ))
