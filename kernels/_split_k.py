@@ -1,4 +1,4 @@
-"""Split-K for the decode kernels of the quantized linears, reduced inside the same launch.
+"""Split-K for the decode kernels (dense and quantized linears), reduced inside the same launch.
 
 At decode (M <= 16) a [N, K] weight tiled only along N gives N / BLOCK_N programs: 32 for a 4096-wide
 layer at BLOCK_N = 128, a quarter of an H100's multiprocessors, and the others' share of the memory

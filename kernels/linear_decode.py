@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from kernels import alloc
+from kernels._split_k import arrival_counters
 from kernels.device import interpreting, num_sms
 from kernels.linear_prefill import _precision, cdiv, next_power_of_2
 from kernels.tuning import Tuned
@@ -175,27 +176,6 @@ def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     return cdiv(units, splits) * SPLIT_UNIT
 
 
-def _arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    """Zeroed int32 counters, one per output tile, reused across launches on one device and stream.
-
-    Each launch leaves them zero again (the last program of a tile re-arms its counter), so they are
-    allocated once, not per call; CUDA-graph replays reuse them too. Kept per stream because two
-    launches running at once on different streams must not share a tile's counter.
-    """
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < tiles:
-        if buf is not None:
-            # A CUDA graph captured earlier may still point at the smaller buffer: keep it alive.
-            _RETIRED_COUNTERS.append(buf)
-        buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
-
-
-_COUNTERS: dict[tuple, torch.Tensor] = {}
-_RETIRED_COUNTERS: list[torch.Tensor] = []
 # Enough counters for the smallest BLOCK_N any config uses.
 _MIN_BLOCK_N = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
 
@@ -220,7 +200,7 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")
     splits = cdiv(K, chunk)
     partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
-    counters = _arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, block_m))
+    counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, block_m))
     upcast = interpreting() and x.dtype == torch.bfloat16
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, block_m))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,

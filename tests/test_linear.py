@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import alloc, registry
+from kernels._split_k import _COUNTERS
 from kernels.linear import (
     _KERNELS,
     DECODE_MAX_M,
@@ -14,7 +15,7 @@ from kernels.linear import (
     linear,
     linear_reference,
 )
-from kernels.linear_decode import _COUNTERS, SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.testing import assert_close
 
