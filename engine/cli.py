@@ -1,6 +1,6 @@
-"""The ``tritonforge`` command line.
+"""tritonforge: Triton kernels for LLM inference, and a small serving engine built from them.
 
-Each subcommand lives in its own module under ``engine.commands`` (or ``bench``) exposing
+The command line: each subcommand lives in its own module under ``engine.commands`` (or ``bench``) exposing
 ``configure(parser)`` and ``run(args) -> int``; this file only lists them, so that ``--help`` stays cheap:
 a subcommand's module (and torch, triton) is imported only when that subcommand runs.
 """
