@@ -24,6 +24,7 @@ then commit ``$OUT/attention_*.csv`` under ``bench/results/<gpu name>/``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
@@ -162,19 +163,36 @@ def write(rows, out_dir, name):
     print(f"wrote {path}", flush=True)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", nargs="?", default="bench/results/tune", help="folder for attention_<study>.csv")
+    p.add_argument("studies", nargs="*", metavar="STUDY", help=f"any of {', '.join(STUDY_OPS)} (default: all)")
+    p.add_argument("--explore", action="store_true", help="also time the candidate tiles (EXPLORE)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the shipped tile's sweep of the bench cases")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no new case after this many seconds; what is done is written")
+    args = p.parse_intermixed_args(argv)
+    unknown = [s for s in args.studies if s not in STUDY_OPS]
+    if unknown:
+        p.error(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDY_OPS)}")
+    return args
+
+
 def main(argv) -> int:
-    out_dir = argv[0] if argv else "bench/results/tune"
-    explore = "--explore" in argv
-    for a in argv:
-        if a.startswith("--deadline-s="):
-            DEADLINE[0] = time.monotonic() + float(a.split("=", 1)[1])
-    studies = [a for a in argv[1:] if a in STUDY_OPS] or list(STUDY_OPS)
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune_attention: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+        return 2
+    out_dir, explore = args.out_dir, args.explore
+    if args.deadline_s is not None:
+        DEADLINE[0] = time.monotonic() + args.deadline_s
+    studies = args.studies or list(STUDY_OPS)
     ceilings = measure()
     print(f"{ceilings.gpu}: copy {ceilings.copy_gbps:.0f} GB/s, bf16 matmul {ceilings.matmul_tflops:.0f} TFLOP/s, "
           f"L2 {ceilings.l2_bytes >> 20} MiB, {torch.cuda.get_device_properties(0).multi_processor_count} SMs",
           flush=True)
     # The sweeps first (what gets committed), then the tile studies with whatever time is left.
-    if "--no-sweep" not in argv:
+    if not args.no_sweep:
         for study in studies:
             op = registry.get(STUDY_OPS[study])
             write(run_cases(op, op.bench_cases(), [None], ceilings, "sweep"), out_dir, study)

@@ -37,6 +37,7 @@ import argparse
 import csv
 import os
 import random
+import sys
 import time
 
 import torch
@@ -117,10 +118,13 @@ def writer(path: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=".")
-    ap.add_argument("--explore", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=".", help="folder for sampling_bench.csv (and sampling_configs.csv)")
+    ap.add_argument("--explore", action="store_true", help="time every CUDA config of the kernel, fixed, first")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("tune_sampling: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+        sys.exit(2)
     os.makedirs(args.out, exist_ok=True)
     op = registry.get("sample")
     props = torch.cuda.get_device_properties(0)
