@@ -17,20 +17,29 @@ loader. For each model:
   counted). HF runs on a subset (``--hf-requests``) and its rate is extrapolated: the output says so.
 - TTFT and decode-step time percentiles from the engine runs.
 
-Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out``, with the GPU name.
+Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out``, with the GPU name, the engine's
+backend and whether decode steps replayed CUDA graphs.
 Needs torch, triton, transformers, safetensors, tokenizers; not gguf or fastapi.
+
+``--smoke`` checks this script on a CPU in seconds: the same steps (model writing, engine load, warm-up,
+single stream, offline, HF baseline, bandwidth, files) on models of the same architectures shrunk to a
+few layers of width 64 (:data:`SMOKE_SHAPE`), a handful of short requests, the torch backend and HF on
+two requests. Its numbers mean nothing; it exists so that a GPU run does not fail on a bug in the script.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
+import logging
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -51,6 +60,31 @@ MODELS = {
                          "original_max_position_embeddings": 8192},
     },
 }
+
+# --smoke: the same architectures (bias, tying, RoPE scaling kept) at toy width. The vocabulary stays larger
+# than the local tokenizer's, as in the real shapes, so token ids without a tokenizer entry are exercised.
+SMOKE_SHAPE = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Request sizes: the GPU defaults, or :data:`SMOKE` for a CPU check of the script."""
+    single_prompt_len: int = 128
+    single_new_tokens: int = 256
+    offline_min_len: int = 100      # offline input and output lengths are uniform in [min, max]
+    offline_max_len: int = 1024
+    max_model_len: int = 4096
+    copy_bytes: int = 1 << 30       # buffer for the copy-bandwidth measurement
+
+
+SMOKE = Workload(single_prompt_len=16, single_new_tokens=8, offline_min_len=4, offline_max_len=24,
+                 max_model_len=128, copy_bytes=1 << 20)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --- the models ---------------------------------------------------------------------------------
@@ -111,10 +145,10 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(10):
-        torch.cuda.synchronize(device)
+        synchronize(device)
         t = time.perf_counter()
         dst.copy_(src)
-        torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * src.numel() * src.element_size() / best
 
@@ -122,14 +156,22 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 # --- engine runs --------------------------------------------------------------------------------
 
 def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
-    """Submit all requests at once and step to completion; timing per step and per request."""
+    """Submit all requests at once and step to completion; timing per step and per request.
+
+    Every request must end by its length limit (greedy, ignore_eos): a request that ends otherwise
+    ("error", "timeout", ...) makes the run meaningless, so the finish reasons and the engine's error texts
+    are printed (the log of a GPU run then says what failed) and RuntimeError is raised.
+    """
     from engine.sampling_params import SamplingParams
 
-    torch.cuda.synchronize()
+    device = torch.device(engine.config.device)
+    synchronize(device)
     start = time.perf_counter()
     ids = [engine.add_request(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)) for p, n in requests]
     first_token: dict[str, float] = {}
     decode_steps: list[float] = []
+    finish_reasons: Counter[str] = Counter()
+    errors: dict[str, str] = {}
     out_tokens = 0
     while engine.has_unfinished():
         t = time.perf_counter()
@@ -141,17 +183,33 @@ def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
             if decodes == seqs:
                 decode_steps.append(now - t)
         for o in outs:
-            if o.finished and o.finish_reason == "error":
-                # The engine keeps serving after a failed step; a benchmark must not count such a run.
-                raise RuntimeError(f"request {o.request_id} failed inside the engine: {o.error}")
+            if o.finished:
+                finish_reasons[str(o.finish_reason)] += 1
+                if o.error:
+                    errors[o.request_id] = o.error
             out_tokens += len(o.new_token_ids)
             if o.new_token_ids and o.request_id not in first_token:
                 first_token[o.request_id] = now - start
     elapsed = time.perf_counter() - start
+    if set(finish_reasons) != {"length"} or errors or len(first_token) != len(ids):
+        # The engine keeps serving after a failed step; a benchmark must not count such a run.
+        report = describe_failures(finish_reasons, errors, len(ids), len(first_token))
+        print(report, file=sys.stderr, flush=True)
+        raise RuntimeError(report)
     ttft = sorted(first_token[i] for i in ids)
     return {"elapsed_s": elapsed, "output_tokens": out_tokens, "output_tok_per_s": out_tokens / elapsed,
             "ttft_ms": _percentiles(ttft, 1000), "decode_step_ms": _percentiles(decode_steps, 1000),
-            "decode_steps": len(decode_steps), "decode_time_s": sum(decode_steps)}
+            "decode_steps": len(decode_steps), "decode_time_s": sum(decode_steps),
+            "finish_reasons": dict(finish_reasons)}
+
+
+def describe_failures(finish_reasons: Counter, errors: dict[str, str], num_requests: int, num_started: int) -> str:
+    """What went wrong in a run: finish reasons by count, and each distinct engine error with how often."""
+    lines = [f"engine run failed: {num_requests} requests, {num_started} produced a token; finish reasons: "
+             + ", ".join(f"{reason}={count}" for reason, count in finish_reasons.most_common())]
+    for text, count in Counter(errors.values()).most_common(5):
+        lines.append(f"  {count} request(s) failed with: {text}")
+    return "\n".join(lines)
 
 
 def _percentiles(values: list[float], scale: float) -> dict:
@@ -174,11 +232,11 @@ def hf_generate_time(model, batch: list[list[int]], new_tokens: int) -> float:
     for row, p in enumerate(batch):
         ids[row, width - len(p):] = torch.tensor(p, device=device)
         mask[row, width - len(p):] = 1
-    torch.cuda.synchronize(device)
+    synchronize(device)
     t = time.perf_counter()
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, pad_token_id=0, eos_token_id=None)
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - t
 
 
@@ -196,49 +254,67 @@ def hf_offline(model, requests, subset: int, batch_size: int) -> dict:
 
 # --- main -----------------------------------------------------------------------------------------
 
-def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
+def random_requests(rng: random.Random, vocab: int, count: int, work: Workload,
+                    output_len: int | None = None) -> list[tuple[list[int], int]]:
+    """``count`` prompts of random token ids with lengths uniform in the workload's offline range, each
+    asking for ``output_len`` tokens (default: also uniform in that range)."""
+    lo, hi = work.offline_min_len, work.offline_max_len
+    return [([rng.randrange(vocab) for _ in range(rng.randint(lo, hi))],
+             output_len if output_len is not None else rng.randint(lo, hi)) for _ in range(count)]
+
+
+def engine_facts(engine) -> dict:
+    """How the engine ran: backend, device, dtype, and whether decode steps replay CUDA graphs."""
+    graphs = engine.runner.graphs
+    return {"backend": engine.config.backend, "device": str(engine.config.device),
+            "dtype": str(engine.dtype).removeprefix("torch."), "enforce_eager": engine.config.enforce_eager,
+            "cuda_graphs": graphs is not None, "graph_batch_sizes": list(graphs.sizes) if graphs is not None else []}
+
+
+def bench_model(name: str, config: dict, workdir: Path, args, work: Workload) -> dict:
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     rng = random.Random(0)
     vocab = config["vocab_size"]
     model_dir = write_model(workdir / name, config, device)
     print(f"[{name}] model written; loading the engine", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype=torch.bfloat16, max_model_len=4096,
-                                    max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens,
+    engine = LLMEngine(EngineConfig(model=str(model_dir), backend=args.backend, device=device, dtype=torch.bfloat16,
+                                    max_model_len=work.max_model_len, max_num_seqs=args.max_num_seqs,
+                                    max_num_batched_tokens=args.max_batched_tokens,
                                     enforce_eager=args.enforce_eager, enable_prefix_cache=False))
     load_s = time.perf_counter() - t
-    result = {"model": name, "engine_load_s": load_s, "kv_blocks": engine.runner.num_blocks,
-              "weight_bytes_per_token": decode_weight_bytes(config)}
+    result = {"model": name, "engine": engine_facts(engine), "engine_load_s": load_s,
+              "kv_blocks": engine.runner.num_blocks, "weight_bytes_per_token": decode_weight_bytes(config)}
+    print(f"[{name}] engine: {result['engine']}", file=sys.stderr, flush=True)
 
     # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
     # and mixed-step shapes (token-count buckets) here rather than inside the timed runs.
-    run_engine(engine, [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], 4)
-                        for _ in range(args.num_requests)])
-    prompt = [rng.randrange(vocab) for _ in range(128)]
+    run_engine(engine, random_requests(rng, vocab, args.num_requests, work, output_len=4))
+    prompt = [rng.randrange(vocab) for _ in range(work.single_prompt_len)]
     run_engine(engine, [(prompt, 16)])
 
-    single = run_engine(engine, [(prompt, 256)])
-    if single["output_tokens"] != 256:
-        raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of 256")
+    new_tokens = work.single_new_tokens
+    single = run_engine(engine, [(prompt, new_tokens)])
+    if single["output_tokens"] != new_tokens:
+        raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of {new_tokens}")
     decode_tok_s = single["decode_steps"] / single["decode_time_s"]
-    bw = copy_bandwidth(device)
+    bw = copy_bandwidth(device, work.copy_bytes)
     limit = bw / result["weight_bytes_per_token"]
     result["single_stream"] = {**single, "decode_tok_per_s": decode_tok_s, "copy_bandwidth_GBps": bw / 1e9,
                                "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
     print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
           f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
 
-    requests = [([rng.randrange(vocab) for _ in range(rng.randint(100, 1024))], rng.randint(100, 1024))
-                for _ in range(args.num_requests)]
+    requests = random_requests(rng, vocab, args.num_requests, work)
     offline = run_engine(engine, requests)
     result["offline"] = offline
     print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
           file=sys.stderr, flush=True)
     del engine
-    torch.cuda.empty_cache()
+    empty_cache(device)
 
     if not args.skip_hf:
         import transformers
@@ -246,7 +322,7 @@ def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
         hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(device).eval()
         attn = getattr(hf.config, "_attn_implementation", "default")
         hf_generate_time(hf, [prompt], 8)  # warm-up
-        hf_single = 256 / hf_generate_time(hf, [prompt], 256)
+        hf_single = new_tokens / hf_generate_time(hf, [prompt], new_tokens)
         hf_off = hf_offline(hf, requests, args.hf_requests, args.hf_batch)
         result["hf"] = {"attention": attn, "single_stream_tok_per_s": hf_single, "offline": hf_off}
         result["speedup_single_stream"] = decode_tok_s / hf_single
@@ -255,11 +331,16 @@ def bench_model(name: str, config: dict, workdir: Path, args) -> dict:
               f"offline ({hf_off['note']}); speedups {result['speedup_single_stream']:.1f}x / "
               f"{result['speedup_offline']:.1f}x", file=sys.stderr, flush=True)
         del hf
-        torch.cuda.empty_cache()
+        empty_cache(device)
     return result
 
 
-def main(argv=None) -> int:
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory for engine_bench.json and engine_bench.csv")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
@@ -270,22 +351,49 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--backend", choices=["triton", "torch"], default=None,
+                        help="the engine's ops (default: triton on a GPU, torch with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a CPU check of this script: toy-width models, a few short requests, torch backend")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("engine_bench needs a GPU", file=sys.stderr)
+    args.device = "cuda"
+    if args.smoke:
+        args.device, args.backend = "cpu", args.backend or "torch"
+        args.num_requests, args.hf_requests, args.hf_batch = 4, 2, 2
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("engine_bench needs a GPU (--smoke checks the script on a CPU)", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gpu = torch.cuda.get_device_name(0)
+    gpu = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0)
+    work = SMOKE if args.smoke else Workload()
     results = []
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         for name in args.models:
-            results.append(bench_model(name, MODELS[name], Path(tmp), args))
-    report = {"gpu": gpu, "torch": torch.__version__, "results": results}
+            config = dict(MODELS[name], **SMOKE_SHAPE) if args.smoke else MODELS[name]
+            results.append(bench_model(name, config, Path(tmp), args, work))
+    report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
+              "results": results}
     (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
-    with open(out / "engine_bench.csv", "w", newline="") as f:
+    write_csv(out / "engine_bench.csv", gpu, results)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+CSV_COLUMNS = ["gpu", "model", "backend", "cuda_graphs", "metric", "value"]
+
+
+def write_csv(path: Path, gpu: str, results: list[dict]) -> None:
+    """One row per (model, metric); the engine's backend and CUDA-graph use on every row."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["gpu", "model", "metric", "value"])
+        w.writerow(CSV_COLUMNS)
         for r in results:
             s, o = r["single_stream"], r["offline"]
             rows = [("single_decode_tok_per_s", s["decode_tok_per_s"]),
@@ -302,9 +410,7 @@ def main(argv=None) -> int:
                          ("speedup_single_stream", r["speedup_single_stream"]),
                          ("speedup_offline", r["speedup_offline"])]
             for metric, value in rows:
-                w.writerow([gpu, r["model"], metric, value])
-    print(json.dumps(report, indent=2))
-    return 0
+                w.writerow([gpu, r["model"], r["engine"]["backend"], r["engine"]["cuda_graphs"], metric, value])
 
 
 if __name__ == "__main__":
