@@ -121,8 +121,15 @@ def run(args: argparse.Namespace) -> int:
     interpreted = use_interpreter_without_gpu()
     import torch
 
+    from kernels.device import triton_installed
+
+    if args.impl != "torch" and not triton_installed():
+        print(f"error: tritonforge check runs the Triton kernels (--impl {args.impl}), and triton is not installed "
+              "here: pip install triton (Linux). The engine runs without it (backend 'torch'); --impl torch "
+              "checks the torch references alone.", file=sys.stderr)
+        return 1
     device = torch.device("cpu" if interpreted else "cuda")
-    if interpreted:
+    if interpreted and args.impl != "torch":
         print("no GPU visible: running the kernels in Triton's CPU interpreter (TRITON_INTERPRET=1); "
               "this checks correctness only, and slowly")
     try:

@@ -1,9 +1,10 @@
 """Engine configuration: what to load, where to run it, and how much to batch.
 
-``backend=None`` picks ``"triton"`` when a GPU is visible and ``"torch"`` (the pure-torch references of
-the same ops) otherwise; ``op_overrides`` swaps single kernels by registered implementation name
-(``{"rmsnorm": "rmsnorm_v2"}``) without touching engine code. Nothing here queries the GPU at import:
-:meth:`EngineConfig.resolved` fills in the device-dependent defaults when the engine starts.
+``backend=None`` picks ``"triton"`` when a GPU is visible and triton is installed, and ``"torch"`` (the
+pure-torch references of the same ops) otherwise; ``op_overrides`` swaps single kernels by registered
+implementation name (``{"rmsnorm": "rmsnorm_v2"}``) without touching engine code. Nothing here queries
+the GPU at import: :meth:`EngineConfig.resolved` fills in the device-dependent defaults when the engine
+starts.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class EngineConfig:
         model's own dtype is used, see :func:`resolve_dtype`)."""
         self.validate()
         device = torch.device(self.device) if self.device is not None else _default_device()
-        backend = self.backend or ("triton" if device.type == "cuda" else "torch")
+        backend = self.backend or ("triton" if device.type == "cuda" and _triton_installed() else "torch")
         dtype = parse_dtype(self.dtype) if self.dtype is not None else None
         return dataclasses.replace(self, device=device, backend=backend, dtype=dtype)
 
@@ -94,3 +95,9 @@ def _default_device() -> torch.device:
     from kernels.device import default_device
 
     return default_device()
+
+
+def _triton_installed() -> bool:
+    from kernels.device import triton_installed
+
+    return triton_installed()

@@ -10,8 +10,7 @@ m, row sum l and an fp32 accumulator, a tile of scores s = q k^T * scale * log2(
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from kernels._triton import tl, triton
 
 
 @triton.jit

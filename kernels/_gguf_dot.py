@@ -17,8 +17,7 @@ Layouts: see ``kernels.gguf_formats``.
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from kernels._triton import tl, triton
 
 
 @triton.jit

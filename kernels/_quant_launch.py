@@ -3,8 +3,7 @@ prefill tiles by it, and pinning one config instead of autotuning (tuning script
 
 from __future__ import annotations
 
-import triton
-
+from kernels._triton import triton
 from kernels.tuning import Tuned
 
 

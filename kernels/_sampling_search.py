@@ -22,8 +22,7 @@ float steps, which real logits do not produce). The vocabulary is never sorted.
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from kernels._triton import tl, triton
 
 
 @triton.jit

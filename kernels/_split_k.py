@@ -21,9 +21,8 @@ bucket's largest M costs at most a quarter of the weight's bytes.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from kernels._triton import tl, triton
 from kernels.device import num_sms
 
 PROGRAMS_PER_SM = 2  # aim: about this many programs per SM, counting 128-row tiles of N

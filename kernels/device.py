@@ -2,6 +2,8 @@
 
 Three facts matter to a launcher: is there a GPU (and is it NVIDIA or AMD), is Triton running in its
 interpreter (``TRITON_INTERPRET=1``, the CPU path used by tests), and which backend the caller asked for.
+Under all three lies whether triton is installed at all (pyproject installs it on Linux only); without it
+the kernel modules still import (see ``kernels._triton``) and only backend ``"torch"`` runs.
 Nothing here touches the GPU driver when imported; every query is a function call, cached after the
 first answer.
 """
@@ -14,10 +16,19 @@ import os
 import torch
 
 BACKENDS = ("triton", "torch")
+TRITON_MISSING = "triton is not installed: pip install triton (Linux) or use backend='torch'"
 
 
 class BackendUnavailable(RuntimeError):
     """Raised when an implementation was asked for that cannot run on this machine."""
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Triton imports here; where it does not, launching a kernel raises :class:`BackendUnavailable`."""
+    from kernels._triton import AVAILABLE
+
+    return AVAILABLE
 
 
 def interpreting() -> bool:
@@ -68,6 +79,8 @@ def check_backend(backend: str, device: torch.device | str) -> None:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} (or a registered variant)")
     dev = torch.device(device)
     if backend == "triton":
+        if not triton_installed():
+            raise BackendUnavailable(TRITON_MISSING)
         if dev.type == "cpu" and not interpreting():
             raise BackendUnavailable(
                 "the triton backend needs a GPU tensor; on a CPU run with TRITON_INTERPRET=1 set before "

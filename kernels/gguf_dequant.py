@@ -17,11 +17,10 @@ float32, as in ggml, rounded once to the output dtype. f16 fields sit at even of
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
 from kernels._quant_launch import launcher
+from kernels._triton import tl, triton
 from kernels.gguf_formats import FORMATS, check_blocks, gguf_dequantize_reference, random_blocks
 from kernels.registry import Op, register
 from kernels.tuning import Tuned

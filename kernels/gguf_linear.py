@@ -19,14 +19,13 @@ write and read are small next to the M * N * K multiply-adds.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
 from kernels._quant_launch import launcher, m_bucket
 from kernels._split_k import decode_split, finish_tile
+from kernels._triton import tl, triton
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
 from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks

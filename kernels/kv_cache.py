@@ -28,10 +28,9 @@ be distinct (two tokens written to one slot leave either value there).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import _paged_checks as checks
+from kernels._triton import tl, triton
 from kernels.registry import Op, register
 
 

@@ -35,11 +35,10 @@ computes bf16 dots wrongly.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
 from kernels._split_k import arrival_counters
+from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
 from kernels.linear_prefill import _precision, cdiv, next_power_of_2
 from kernels.tuning import Tuned

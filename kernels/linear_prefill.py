@@ -26,10 +26,9 @@ Interpreter: Triton's CPU interpreter computes a bf16 ``tl.dot`` wrongly, so the
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
+from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
 from kernels.tuning import Tuned
 

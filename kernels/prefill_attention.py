@@ -31,14 +31,13 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import _paged_checks as checks
 from kernels import _prefill_cases as cases
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
 from kernels._flash import load_tile, softmax_step
+from kernels._triton import tl, triton
 from kernels.device import interpreting, vendor
 from kernels.registry import Op, register
 

@@ -32,8 +32,6 @@ W4A16, asymmetric per group of G = 32, 64 or 128 consecutive k (K must be a mult
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
 from kernels._quant_cases import (
@@ -48,6 +46,7 @@ from kernels._quant_cases import (
 )
 from kernels._quant_launch import launcher, m_bucket, prune_by_m
 from kernels._split_k import decode_split, finish_tile
+from kernels._triton import tl, triton
 from kernels.device import interpreting
 from kernels.quant_pack import GROUP_SIZES, dequantize_w4
 from kernels.registry import Op, register

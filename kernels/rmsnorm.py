@@ -22,10 +22,9 @@ and w once and writes y (and h) once.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
+from kernels._triton import tl, triton
 from kernels.registry import Op, register
 
 MAX_HIDDEN = 65536

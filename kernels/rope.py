@@ -37,9 +37,8 @@ import math
 from typing import Any
 
 import torch
-import triton
-import triton.language as tl
 
+from kernels._triton import tl, triton
 from kernels.registry import Op, register
 
 

@@ -45,8 +45,6 @@ logits are read once per pass, from L2 when a row fits there.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import alloc
 from kernels._sampling_params import MAX_LOGPROBS, SampleResult, SamplingParamsError, SamplingTensors
@@ -60,6 +58,7 @@ from kernels._sampling_search import (
     _load_z,
     _threshold_search,
 )
+from kernels._triton import tl, triton
 from kernels.device import check_backend, interpreting
 from kernels.registry import Op, register
 from kernels.tuning import Tuned

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels import alloc
+from kernels._triton import tl, triton
 from kernels.device import vendor
 from kernels.registry import Op, register
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import triton
-
+from kernels._triton import triton
 from kernels.device import interpreting, vendor
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
