@@ -16,8 +16,15 @@ latency (ITL), time per output token (TPOT) and end-to-end latency percentiles.
 With ``--spawn-model`` the server is then stopped and the same requests run offline through
 ``LLMEngine`` in this process with the same engine settings and the same cap on requests in flight;
 ``server_vs_offline`` is server output tok/s / offline output tok/s (target: >= 0.7 at 64 clients).
-Writes ``serve_bench.json`` and ``serve_bench.csv`` under ``--out``, with the GPU name.
+Writes ``serve_bench.json`` and ``serve_bench.csv`` under ``--out`` (rewritten after every level, so a run
+cut short keeps what it measured), with the GPU name, and the spawned server's log as
+``serve_bench_server.log``. Exits 1 if any request failed (the first errors are in the JSON and printed).
 Needs httpx; the spawned server needs fastapi and uvicorn.
+
+``--smoke`` checks this script on a CPU in seconds: the same steps (model writing, server start, HTTP
+levels, offline comparison, files) with a model of the chosen architecture shrunk to toy width
+(``engine_bench.SMOKE_SHAPE``), 16-token prompts asking for 8 tokens, the torch backend on the CPU and
+one request per client per level. Its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -203,6 +210,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
     raise RuntimeError(f"the server did not become healthy in {SERVER_START_TIMEOUT_S}s")
 
 
+def server_stats(url: str) -> dict:
+    """The server's /stats after the run (steps, scheduler counters), or why it could not be read."""
+    import httpx
+
+    try:
+        return httpx.get(url + "/stats", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -212,9 +229,10 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def model_for(name: str, workdir: Path) -> tuple[Path, int]:
-    """A model directory and its vocabulary size: a local directory, or a shape from engine_bench."""
-    from bench.engine_bench import MODELS, write_model
+def model_for(name: str, workdir: Path, smoke: bool) -> tuple[Path, int]:
+    """A model directory and its vocabulary size: a local directory, or a shape from engine_bench (shrunk
+    to toy width for a smoke run)."""
+    from bench.engine_bench import MODELS, SMOKE_SHAPE, write_model
 
     if Path(name).is_dir():
         config = json.loads((Path(name) / "config.json").read_text())
@@ -223,8 +241,9 @@ def model_for(name: str, workdir: Path) -> tuple[Path, int]:
         raise SystemExit(f"--spawn-model: {name!r} is neither a model directory nor one of {sorted(MODELS)}")
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return write_model(workdir / name, MODELS[name], device), MODELS[name]["vocab_size"]
+    config = dict(MODELS[name], **SMOKE_SHAPE) if smoke else MODELS[name]
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    return write_model(workdir / name, config, device), config["vocab_size"]
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -255,7 +274,27 @@ def parse_args(argv):
     engine.add_argument("--enforce-eager", action="store_true")
     engine.add_argument("--backend", default=None)
     engine.add_argument("--device", default=None)
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="a CPU check of this script: toy-width model, short requests, torch backend")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.input_len, args.output_len, args.max_model_len = 16, 8, 128
+        args.device, args.backend = "cpu", args.backend or "torch"
+    return args
+
+
+def prompts_for(concurrency: int, args) -> int:
+    """Requests per level: ``--num-prompts``, else 4 per client (at least 8); one per client in a smoke run."""
+    if args.num_prompts:
+        return args.num_prompts
+    return concurrency if args.smoke else max(8, 4 * concurrency)
+
+
+def missing_server_modules() -> list[str]:
+    """What the spawned server needs and this Python lacks (carry their wheels: README, lent GPU)."""
+    import importlib.util
+
+    return [m for m in ("fastapi", "uvicorn", "pydantic", "httpx") if importlib.util.find_spec(m) is None]
 
 
 def main(argv=None) -> int:
@@ -266,65 +305,83 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     rates = [float(r) for r in args.request_rate.split(",")]
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    if args.dtype is None and torch.cuda.is_available():
+    if args.spawn_model and (missing := missing_server_modules()):
+        print(f"serve_bench: the server needs {', '.join(missing)}, which this Python lacks; install them or "
+              "carry their wheels (README: Running on a lent GPU)", file=sys.stderr)
+        return 2
+    # A SIGTERM (a `timeout` around this script) unwinds through the `finally` below, stopping the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    gpu = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if args.dtype is None and torch.cuda.is_available() and not args.smoke:
         args.dtype = "bfloat16"
-    report = {"gpu": gpu, "torch": torch.__version__, "input_len": args.input_len, "output_len": args.output_len,
-              "levels": []}
+    report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "input_len": args.input_len,
+              "output_len": args.output_len, "levels": []}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         proc = None
         if args.spawn_model:
-            model_dir, vocab = model_for(args.spawn_model, Path(tmp))
+            model_dir, vocab = model_for(args.spawn_model, Path(tmp), args.smoke)
             settings = engine_settings(args)
             report.update(model=args.spawn_model, engine_settings=settings, stream_interval_s=args.stream_interval)
             log_path = out / "serve_bench_server.log"
             proc, url = spawn_server(model_dir, settings, log_path, args.stream_interval)
             print(f"server starting at {url} (log: {log_path})", file=sys.stderr, flush=True)
-            wait_healthy(url, proc, log_path)
         else:
             url, vocab = args.url.rstrip("/"), args.vocab or 256
             report.update(model=url)
         try:
+            if proc is not None:
+                wait_healthy(url, proc, log_path)
             warm = make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99)
             asyncio.run(run_level(url, warm, max(levels), float("inf"), args.seed, args.timeout))
             for concurrency in levels:
-                count = args.num_prompts or max(8, 4 * concurrency)
+                count = prompts_for(concurrency, args)
                 requests = make_requests(count, args.input_len, args.output_len, vocab, args.seed + concurrency)
                 for rate in rates:
                     result = asyncio.run(run_level(url, requests, concurrency, rate, args.seed, args.timeout))
                     report["levels"].append({"concurrency": concurrency, "request_rate": str(rate),
                                              "num_prompts": count, "server": result})
+                    write_report(report, out)
                     print(f"c={concurrency:<4} rate={rate:<5} {result['output_tok_per_s']:9.1f} out tok/s  "
                           f"TTFT p50 {result['ttft_ms'].get('p50', float('nan')):8.1f} ms  ITL p50 "
                           f"{result['itl_ms'].get('p50', float('nan')):7.2f} ms  failed {result['failed']}",
                           file=sys.stderr, flush=True)
+            report["server_stats"] = server_stats(url)
         finally:
             if proc is not None:
                 stop_server(proc)
         if args.spawn_model and not args.skip_offline:
-            offline_comparison(report, model_dir, vocab, levels, args)
-    write_report(report, out)
+            offline_comparison(report, model_dir, vocab, levels, args, out)
+    write_report(report, out, final=True)
+    failed = [e for lv in report["levels"] for e in lv["server"]["first_errors"]]
+    if failed:
+        print(f"serve_bench: {sum(lv['server']['failed'] for lv in report['levels'])} requests failed; first "
+              f"errors: {failed[:3]}", file=sys.stderr)
+        return 1
     return 0
 
 
-def offline_comparison(report: dict, model_dir: Path, vocab: int, levels: list[int], args) -> None:
+def offline_comparison(report: dict, model_dir: Path, vocab: int, levels: list[int], args, out: Path) -> None:
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
     engine = LLMEngine(EngineConfig(model=str(model_dir), **engine_settings(args)))
+    report["offline_engine"] = {"backend": engine.config.backend, "device": str(engine.config.device),
+                                "cuda_graphs": engine.runner.graphs is not None}
     run_offline(engine, make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99), max(levels))
     for concurrency in levels:
-        count = args.num_prompts or max(8, 4 * concurrency)
+        count = prompts_for(concurrency, args)
         offline = run_offline(engine, make_requests(count, args.input_len, args.output_len, vocab,
                                                     args.seed + concurrency), concurrency)
         for level in report["levels"]:
             if level["concurrency"] == concurrency:
                 level["offline"] = offline
                 level["server_vs_offline"] = level["server"]["output_tok_per_s"] / offline["output_tok_per_s"]
+        write_report(report, out)
         print(f"c={concurrency:<4} offline {offline['output_tok_per_s']:9.1f} out tok/s", file=sys.stderr, flush=True)
 
 
-def write_report(report: dict, out: Path) -> None:
+def write_report(report: dict, out: Path, final: bool = False) -> None:
+    """Both files from what is measured so far; the final call also prints the summary."""
     (out / "serve_bench.json").write_text(json.dumps(report, indent=2))
     with open(out / "serve_bench.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -338,6 +395,8 @@ def write_report(report: dict, out: Path) -> None:
                         lv.get("offline", {}).get("output_tok_per_s", ""), lv.get("server_vs_offline", ""),
                         s["ttft_ms"].get("p50"), s["ttft_ms"].get("p99"), s["itl_ms"].get("p50"),
                         s["itl_ms"].get("p99"), s["tpot_ms"].get("mean"), s["e2e_ms"].get("p50")])
+    if not final:
+        return
     print(json.dumps({"gpu": report["gpu"], "levels": [
         {k: lv.get(k) for k in ("concurrency", "request_rate", "server_vs_offline")}
         | {"server_tok_s": lv["server"]["output_tok_per_s"], "offline_tok_s": lv.get("offline", {}).get(
