@@ -17,8 +17,9 @@ loader. For each model:
   counted). HF runs on a subset (``--hf-requests``) and its rate is extrapolated: the output says so.
 - TTFT and decode-step time percentiles from the engine runs.
 
-Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out``, with the GPU name, the engine's
-backend and whether decode steps replayed CUDA graphs.
+Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out`` (after every model, so a run cut short
+keeps the models it finished), with the GPU name, the engine's backend and whether decode steps replayed
+CUDA graphs.
 Needs torch, triton, transformers, safetensors, tokenizers; not gguf or fastapi.
 
 ``--smoke`` checks this script on a CPU in seconds: the same steps (model writing, engine load, warm-up,
@@ -115,8 +116,7 @@ def write_model(directory: Path, config: dict, device: torch.device, seed: int =
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         weights.update({
-            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "input_layernorm.weight": ones(h), p + "post_attention_layernorm.weight": ones(h),
             p + "self_attn.q_proj.weight": rand(q, h), p + "self_attn.k_proj.weight": rand(kv, h),
             p + "self_attn.v_proj.weight": rand(kv, h), p + "self_attn.o_proj.weight": rand(h, q),
             p + "mlp.gate_proj.weight": rand(inter, h), p + "mlp.up_proj.weight": rand(inter, h),
@@ -373,15 +373,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gpu = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0)
     work = SMOKE if args.smoke else Workload()
-    results = []
+    report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
+              "results": []}
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         for name in args.models:
             config = dict(MODELS[name], **SMOKE_SHAPE) if args.smoke else MODELS[name]
-            results.append(bench_model(name, config, Path(tmp), args, work))
-    report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
-              "results": results}
-    (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
-    write_csv(out / "engine_bench.csv", gpu, results)
+            report["results"].append(bench_model(name, config, Path(tmp), args, work))
+            # After every model: a run cut short (the GPU call's time limit) keeps the models it finished.
+            (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
+            write_csv(out / "engine_bench.csv", gpu, report["results"])
     print(json.dumps(report, indent=2))
     return 0
 
