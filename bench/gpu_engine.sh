@@ -7,20 +7,51 @@
 # Runs from the checkout (PYTHONPATH=.). The serving benchmark needs fastapi and uvicorn; where the
 # machine lacks them, carry wheels in .whl/ (see README, "Running on a lent GPU"): they are installed
 # into a private folder, never over the machine's torch or triton. Exit code: nonzero if a step failed.
+#
+# Writes 7 files in OUT_DIR: engine_bench.{json,csv,log}, serve_bench.{json,csv,log}, serve_bench_server.log.
+# Both benchmarks rewrite their JSON and CSV as they go, so a call cut short keeps what was measured.
+# Knobs (environment): ENGINE_ARGS, SERVE_ARGS (extra arguments, appended: later ones win),
+# ENGINE_TIMEOUT, SERVE_TIMEOUT (seconds for each step, so that one cannot eat the other's time),
+# WHEEL_DIR (default .whl), WHEEL_SITE (default /tmp/tf-site), PYTHON (default python3).
+# On a CPU, ENGINE_ARGS=--smoke SERVE_ARGS=--smoke runs both benchmarks' code paths in seconds.
 set -uo pipefail
 OUT_DIR="${1:?usage: bench/gpu_engine.sh OUT_DIR}"
 cd "$(dirname "$0")/.." || exit 2
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" || exit 2
 export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/tf-site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/tf-site"
-fi
+WHEEL_DIR="${WHEEL_DIR:-.whl}"
+WHEEL_SITE="${WHEEL_SITE:-/tmp/tf-site}"
 status=0
-"$PY" bench/engine_bench.py --out "$OUT_DIR" ${ENGINE_ARGS:-} 2>&1 | tee "$OUT_DIR/engine_bench.log"
+
+# Carried wheels go into a private folder on PYTHONPATH, which Python searches before the machine's
+# site-packages: carry only what is missing or too old there (never torch or triton).
+shopt -s nullglob
+wheels=("$WHEEL_DIR"/*.whl)
+shopt -u nullglob
+if [ ${#wheels[@]} -gt 0 ]; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WHEEL_SITE" \
+        "${wheels[@]}"; then
+        export PYTHONPATH="$PYTHONPATH:$WHEEL_SITE"
+        echo "gpu_engine: installed ${#wheels[@]} wheels from $WHEEL_DIR into $WHEEL_SITE"
+    else
+        echo "gpu_engine: installing the wheels in $WHEEL_DIR failed (see above); going on without them" >&2
+        status=1
+    fi
+fi
+
+# with_timeout SECONDS CMD...: CMD under `timeout` when SECONDS is set, else CMD as it is.
+with_timeout() {
+    local seconds="$1"; shift
+    if [ -n "$seconds" ]; then timeout -k 60 "$seconds" "$@"; else "$@"; fi
+}
+
+# shellcheck disable=SC2086  # ENGINE_ARGS and SERVE_ARGS are word lists on purpose
+with_timeout "${ENGINE_TIMEOUT:-}" "$PY" bench/engine_bench.py --out "$OUT_DIR" ${ENGINE_ARGS:-} 2>&1 \
+    | tee "$OUT_DIR/engine_bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-"$PY" bench/serve_bench.py --spawn-model qwen2.5-0.5b --concurrency 1,16,64 --out "$OUT_DIR" ${SERVE_ARGS:-} \
-    2>&1 | tee "$OUT_DIR/serve_bench.log"
+# shellcheck disable=SC2086
+with_timeout "${SERVE_TIMEOUT:-}" "$PY" bench/serve_bench.py --spawn-model qwen2.5-0.5b --concurrency 1,16,64 \
+    --out "$OUT_DIR" ${SERVE_ARGS:-} 2>&1 | tee "$OUT_DIR/serve_bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status

@@ -291,10 +291,17 @@ def prompts_for(concurrency: int, args) -> int:
 
 
 def missing_server_modules() -> list[str]:
-    """What the spawned server needs and this Python lacks (carry their wheels: README, lent GPU)."""
-    import importlib.util
+    """What the spawned server needs and cannot import here, with the reason (a missing package, or a carried
+    wheel that does not fit the machine's packages): carry their wheels, see README, lent GPU."""
+    import importlib
 
-    return [m for m in ("fastapi", "uvicorn", "pydantic", "httpx") if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in ("fastapi", "uvicorn", "pydantic", "httpx"):
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # any failure to import means the server cannot start: report it, whatever it is
+            missing.append(f"{name} ({type(err).__name__}: {err})")
+    return missing
 
 
 def main(argv=None) -> int:
@@ -306,8 +313,8 @@ def main(argv=None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     rates = [float(r) for r in args.request_rate.split(",")]
     if args.spawn_model and (missing := missing_server_modules()):
-        print(f"serve_bench: the server needs {', '.join(missing)}, which this Python lacks; install them or "
-              "carry their wheels (README: Running on a lent GPU)", file=sys.stderr)
+        print(f"serve_bench: the server cannot import {'; '.join(missing)}; install them or carry their wheels "
+              "(README: Running on a lent GPU)", file=sys.stderr)
         return 2
     # A SIGTERM (a `timeout` around this script) unwinds through the `finally` below, stopping the server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -9,6 +9,7 @@ Prints a short table per kernel and writes every number to ``<out>/tune_foundati
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from pathlib import Path
@@ -101,12 +102,28 @@ def study(name, variants, cases, ceilings, device):
     return rows
 
 
-def main(out_dir: str) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", nargs="?", default="bench/results/tune", help="folder for tune_foundation.csv")
+    p.add_argument("studies", nargs="*", metavar="STUDY", help=f"any of {', '.join(STUDIES)} (default: all)")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.studies if s not in STUDIES]
+    if unknown:
+        p.error(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune_foundation: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+        return 2
+    out_dir = args.out_dir
     device = torch.device("cuda")
     ceilings = measure()
     print(f"{ceilings.gpu}: copy {ceilings.copy_gbps:.0f} GB/s, bf16 matmul {ceilings.matmul_tflops:.0f} TFLOP/s, "
           f"L2 {ceilings.l2_bytes >> 20} MiB", flush=True)
-    names = sys.argv[2:] or list(STUDIES)
+    names = args.studies or list(STUDIES)
     rows = []
     for name in names:
         variants, cases = STUDIES[name]
@@ -122,4 +139,4 @@ def main(out_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/tune"))
+    sys.exit(main(sys.argv[1:]))
