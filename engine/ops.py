@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from kernels import registry
+from kernels.device import BACKENDS, check_backend
 
 ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
@@ -30,6 +31,10 @@ class OpTable:
         self.backend = backend
         self.device = torch.device(device)
         self.overrides = dict(overrides or {})
+        if backend in BACKENDS:
+            # Fail at start-up with the reason (triton missing, or a CPU tensor without the interpreter),
+            # not with every request of the first step finishing in error.
+            check_backend(backend, self.device)
         for name, impl in self.overrides.items():
             if name not in ENGINE_OPS:
                 raise ValueError(f"op override {name}={impl}: the engine uses no op {name!r}; "

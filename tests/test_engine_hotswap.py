@@ -97,3 +97,13 @@ def test_a_failing_kernel_finishes_its_requests_with_error(model_dir):
     assert engine.stats()["kv_free_blocks"] == engine.stats()["kv_total_blocks"]
     (result,) = run_to_completion(engine, [([5, 6, 7], params)]).values()
     assert result["reason"] == "length" and len(result["tokens"]) == 3
+
+
+def test_a_backend_that_cannot_run_here_fails_at_start(monkeypatch):
+    from engine.ops import OpTable
+    from kernels.device import BackendUnavailable
+
+    # Outside the interpreter a CPU tensor cannot run Triton kernels: the op table says so up front.
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        OpTable("triton", "cpu")
