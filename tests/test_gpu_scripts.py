@@ -1,0 +1,392 @@
+"""The scripts a lent-GPU session runs, checked on the CPU so that they work the first time there.
+
+- ``bench/gpu_engine.sh`` runs for real with both benchmarks in ``--smoke`` mode (toy-width models of the
+  same architectures, the torch backend, a spawned server on 127.0.0.1): the JSON and CSV files must
+  carry every key and column, and what lands in the output folder must fit the device tool's return limits
+  (at most 8 files, no more than 2 folders down, plain names).
+- The shell scripts' own logic (wheel install, arguments, exit codes, packing) runs against a stand-in
+  ``python`` (``PYTHON=...``) that records each call instead of running tests or benchmarks, and passes
+  ``-m pip`` on to the real interpreter, so the wheel install is real.
+- ``run_engine`` prints and raises the finish reasons and the engine's error text when a step fails.
+- The tune scripts import on a CPU host, answer ``--help``, and refuse to run without a GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_SUITE, GPU_ENGINE = ROOT / "bench" / "gpu_suite.sh", ROOT / "bench" / "gpu_engine.sh"
+MODELS = ("qwen2.5-0.5b", "llama-3.2-1b")
+SMOKE_CONCURRENCY, SMOKE_RATES = (1, 3), ("inf", "50.0")
+ENGINE_METRICS = {"single_decode_tok_per_s", "bandwidth_limit_tok_per_s", "fraction_of_bandwidth_limit",
+                  "single_ttft_ms", "single_step_ms_p50", "offline_output_tok_per_s", "offline_ttft_ms_p50",
+                  "offline_ttft_ms_p99", "offline_decode_step_ms_p50", "offline_decode_step_ms_p99",
+                  "hf_single_tok_per_s", "hf_offline_tok_per_s_extrapolated", "speedup_single_stream",
+                  "speedup_offline"}
+SERVE_COLUMNS = ["gpu", "model", "concurrency", "request_rate", "num_prompts", "completed", "failed",
+                 "request_per_s", "output_tok_per_s", "offline_output_tok_per_s", "server_vs_offline",
+                 "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "tpot_ms_mean", "e2e_ms_p50"]
+
+
+def quiet_env(**extra) -> dict:
+    """The environment for a script under test: one torch thread (the CPU is shared; smoke numbers mean
+    nothing), no interpreter switch (the scripts must decide for themselves, as on a GPU machine)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "OUT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def assert_fits_device_return(folder: Path) -> None:
+    """The device tool returns at most 8 files, no more than 2 folders down, named in [A-Za-z0-9._-]."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8, sorted(str(p.relative_to(folder)) for p in files)
+    for p in files:
+        rel = p.relative_to(folder)
+        assert len(rel.parts) <= 3, f"{rel} is more than 2 folders down"
+        assert all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in rel.parts), rel
+
+
+def finite_number(text: str) -> float:
+    value = float(text)
+    assert math.isfinite(value), text
+    return value
+
+
+# --- gpu_engine.sh end to end, both benchmarks in smoke mode ------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory):
+    """One real run of gpu_engine.sh on the CPU: its output folder and its combined output."""
+    tmp = tmp_path_factory.mktemp("gpu_engine")
+    (tmp / "no_wheels").mkdir()
+    env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
+                    SERVE_ARGS="--smoke --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
+                    + " --request-rate " + ",".join(SMOKE_RATES), ENGINE_TIMEOUT="150", SERVE_TIMEOUT="150")
+    out = subprocess.run(["bash", str(GPU_ENGINE), str(tmp / "out")], capture_output=True, text=True, env=env,
+                         timeout=360)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp / "out", out.stdout + out.stderr
+
+
+def test_gpu_engine_writes_what_the_device_tool_returns(engine_run):
+    out, _ = engine_run
+    names = {p.name for p in out.iterdir()}
+    assert names == {"engine_bench.json", "engine_bench.csv", "engine_bench.log", "serve_bench.json",
+                     "serve_bench.csv", "serve_bench.log", "serve_bench_server.log"}
+    assert_fits_device_return(out)
+
+
+def test_engine_bench_json(engine_run):
+    out, _ = engine_run
+    report = json.loads((out / "engine_bench.json").read_text())
+    assert report["smoke"] is True and report["torch"] == torch.__version__
+    work = report["workload"]
+    assert [r["model"] for r in report["results"]] == list(MODELS)
+    for r in report["results"]:
+        assert r["engine"] == {"backend": "torch", "device": "cpu", "dtype": "bfloat16", "enforce_eager": False,
+                               "cuda_graphs": False, "graph_batch_sizes": []}
+        single, offline = r["single_stream"], r["offline"]
+        # greedy, ignore_eos: every request runs to its own max_tokens, and nothing else ends it
+        assert single["output_tokens"] == work["single_new_tokens"] and single["finish_reasons"] == {"length": 1}
+        assert single["decode_steps"] == work["single_new_tokens"] - 1
+        assert offline["finish_reasons"] == {"length": 4}
+        lo, hi = work["offline_min_len"], work["offline_max_len"]
+        assert 4 * lo <= offline["output_tokens"] <= 4 * hi
+        for part in (single, offline):
+            assert set(part["ttft_ms"]) == set(part["decode_step_ms"]) == {"p50", "p90", "p99", "mean"}
+        assert single["fraction_of_limit"] > 0 and single["copy_bandwidth_GBps"] > 0
+        assert r["hf"]["offline"]["requests_run"] == 2 and r["hf"]["single_stream_tok_per_s"] > 0
+        assert r["speedup_single_stream"] > 0 and r["speedup_offline"] > 0
+
+
+def test_engine_bench_csv(engine_run):
+    out, _ = engine_run
+    with open(out / "engine_bench.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["gpu", "model", "backend", "cuda_graphs", "metric", "value"]
+    for model in MODELS:
+        mine = [r for r in rows if r["model"] == model]
+        assert {r["metric"] for r in mine} == ENGINE_METRICS and len(mine) == len(ENGINE_METRICS)
+        assert all(r["backend"] == "torch" and r["cuda_graphs"] == "False" and r["gpu"] == "cpu (smoke)"
+                   for r in mine)
+        assert all(finite_number(r["value"]) > 0 for r in mine)
+
+
+def test_serve_bench_json(engine_run):
+    out, log = engine_run
+    report = json.loads((out / "serve_bench.json").read_text())
+    assert report["smoke"] is True and report["model"] == "qwen2.5-0.5b"
+    assert report["engine_settings"]["backend"] == "torch" and report["engine_settings"]["device"] == "cpu"
+    assert report["offline_engine"] == {"backend": "torch", "device": "cpu", "cuda_graphs": False}
+    assert re.search(r"server starting at http://127\.0\.0\.1:\d+ ", log), "the server must listen on loopback"
+    levels = [(lv["concurrency"], lv["request_rate"]) for lv in report["levels"]]
+    assert levels == [(c, r) for c in SMOKE_CONCURRENCY for r in SMOKE_RATES]
+    for lv in report["levels"]:
+        server = lv["server"]
+        assert server["failed"] == 0 and server["first_errors"] == []
+        assert server["completed"] == lv["num_prompts"] == lv["concurrency"]
+        assert server["output_tokens"] == lv["num_prompts"] * report["output_len"]
+        assert lv["offline"]["output_tokens"] == server["output_tokens"]
+        assert lv["server_vs_offline"] > 0
+        for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+            assert set(server[key]) == {"p50", "p90", "p99", "mean"}, key
+    # the server's own count: warm-up, then each level's requests once per rate
+    expected = max(SMOKE_CONCURRENCY) + sum(SMOKE_CONCURRENCY) * len(SMOKE_RATES)
+    assert report["server_stats"]["num_finished"] == expected
+
+
+def test_serve_bench_csv(engine_run):
+    out, _ = engine_run
+    with open(out / "serve_bench.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == SERVE_COLUMNS
+    assert len(rows) == len(SMOKE_CONCURRENCY) * len(SMOKE_RATES)
+    for row in rows:
+        assert row["failed"] == "0" and row["completed"] == row["num_prompts"]
+        for column in SERVE_COLUMNS[7:]:
+            assert finite_number(row[column]) > 0, column
+
+
+# --- run_engine's failure report --------------------------------------------------------------------
+
+def test_run_engine_reports_finish_reasons_and_errors(tmp_path, capsys):
+    from bench.engine_bench import MODELS as SHAPES
+    from bench.engine_bench import SMOKE_SHAPE, run_engine, write_model
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    model = write_model(tmp_path / "m", dict(SHAPES["llama-3.2-1b"], **SMOKE_SHAPE), torch.device("cpu"))
+    engine = LLMEngine(EngineConfig(model=str(model), backend="torch", device="cpu", max_model_len=64))
+
+    def broken_forward(*args, **kwargs):
+        raise RuntimeError("injected: out of resources")
+
+    engine.runner.execute = broken_forward
+    with pytest.raises(RuntimeError, match="error=2") as err:
+        run_engine(engine, [([11, 12, 13], 4), ([14, 15], 4)])
+    assert "2 request(s) failed with: RuntimeError: injected: out of resources" in str(err.value)
+    assert "finish reasons: error=2" in capsys.readouterr().err
+
+
+# --- the shell scripts' logic, against a stand-in python ------------------------------------------------
+
+FAKE_PYTHON = '''#!{python}
+"""Stand-in for python3 in the GPU scripts: records each call, plays the GPU-name query, pytest, the sweep
+and the benchmarks, and hands `-m pip` to the real interpreter."""
+import json, os, subprocess, sys, time
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({{"args": args, "pythonpath": os.environ.get("PYTHONPATH", "")}}) + "\\n")
+if args[:2] == ["-m", "pip"]:
+    sys.exit(subprocess.call([sys.executable, *args]))
+if args[0] == "-c":
+    print(os.environ.get("FAKE_GPU", "Fake GPU 80GB"))
+    sys.exit(0)
+rule = json.loads(os.environ.get("FAKE_RULES", "{{}}"))  # substring of the call -> [exit code, seconds]
+code, seconds = next((v for k, v in rule.items() if k in " ".join(args)), (0, 0))
+if args[:2] == ["-m", "bench.sweep"]:
+    out = args[args.index("--out") + 1]
+    with open(os.path.join(out, "fake_op.csv"), "w") as f:
+        f.write("op,median_ms\\nfake_op,1.0\\n")
+print("stand-in ran:", " ".join(args), flush=True)
+time.sleep(seconds)
+sys.exit(code)
+'''
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    path = tmp_path / "fake_python"
+    path.write_text(FAKE_PYTHON.format(python=sys.executable))
+    path.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+
+    def run(script: Path, *args: str, rules: dict | None = None, **env) -> tuple[subprocess.CompletedProcess, list]:
+        full_env = quiet_env(PYTHON=str(path), FAKE_LOG=str(log), FAKE_RULES=json.dumps(rules or {}), **env)
+        for key in ("OPS", "QUICK", "DTYPES", "SWEEP_TIMEOUT", "PACK", "ENGINE_ARGS", "SERVE_ARGS"):
+            full_env.setdefault(key, "")
+        log.unlink(missing_ok=True)
+        out = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full_env, timeout=120)
+        calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return out, calls
+
+    return run
+
+
+@pytest.mark.parametrize("script", [GPU_SUITE, GPU_ENGINE], ids=lambda p: p.name)
+def test_shell_syntax(script):
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_gpu_suite_all_ops_packed(fake_python, tmp_path):
+    out, calls = fake_python(GPU_SUITE, str(tmp_path / "res"), PACK="1", QUICK="1", DTYPES="bf16 fp16",
+                             rules={"-m gpu": [5, 0]})  # no GPU test collected: pytest's 5 is not a failure
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = [c["args"] for c in calls if c["args"][0] == "-m"]
+    work = steps[2][steps[2].index("--out") + 1]
+    assert steps == [["-m", "pytest", "-q", "-m", "gpu", "tests"], ["-m", "pytest", "-q", "tests/test_ops.py"],
+                     ["-m", "bench.sweep", "--quick", "--dtypes", "bf16", "fp16", "--out", work],
+                     ["-m", "bench.summarize", work]]
+    assert all(c["pythonpath"].split(":")[0] == str(ROOT) for c in calls)
+    res = tmp_path / "res"
+    assert {p.name for p in res.iterdir()} == {"suite.tar.gz", "sweep.log"}
+    assert_fits_device_return(res)
+    with tarfile.open(res / "suite.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"suite/gpu_tests.log", "suite/op_tests.log", "suite/sweep.log", "suite/summary.log",
+            "suite/fake_op.csv"} <= names
+    assert "stand-in ran: -m bench.sweep" in (res / "sweep.log").read_text()
+
+
+def test_gpu_suite_named_ops_and_failures(fake_python, tmp_path):
+    res = tmp_path / "res"
+    out, calls = fake_python(GPU_SUITE, str(res), "rmsnorm", "rope", rules={"-m rmsnorm or rope": [1, 0]})
+    assert out.returncode == 1, "a failing test step must fail the suite"
+    steps = [c["args"] for c in calls if c["args"][0] == "-m"]
+    assert steps == [["-m", "pytest", "-q", "-m", "rmsnorm or rope", "tests"],
+                     ["-m", "bench.sweep", "--ops", "rmsnorm", "rope", "--out", str(res)],
+                     ["-m", "bench.summarize", str(res)]], "every step runs even after a failure"
+    assert {"op_tests.log", "sweep.log", "summary.log", "fake_op.csv"} <= {p.name for p in res.iterdir()}
+
+
+def test_gpu_suite_sweep_timeout(fake_python, tmp_path):
+    out, calls = fake_python(GPU_SUITE, str(tmp_path / "res"), OPS="silu_and_mul", SWEEP_TIMEOUT="1",
+                             rules={"bench.sweep": [0, 30]})
+    assert out.returncode == 1 and "=== sweep: exit 124" in out.stdout
+    assert calls[-1]["args"][:2] == ["-m", "bench.summarize"], "the summary runs after a timed-out sweep"
+
+
+def test_gpu_suite_refuses_without_a_gpu_name(fake_python, tmp_path):
+    out, calls = fake_python(GPU_SUITE, str(tmp_path / "res"), FAKE_GPU="")
+    assert out.returncode == 2 and "no GPU visible" in out.stderr
+    assert [c["args"][0] for c in calls] == ["-c"]
+
+
+def make_wheel(folder: Path, name: str = "tfprobe") -> Path:
+    """A minimal pure-Python wheel holding one module."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in {**files, f"{info}/RECORD": record}.items():
+            z.writestr(n, text)
+    return path
+
+
+def test_gpu_engine_installs_wheels_into_a_private_folder(fake_python, tmp_path):
+    make_wheel(tmp_path / "wheels")
+    site, res = tmp_path / "site", tmp_path / "res"
+    out, calls = fake_python(GPU_ENGINE, str(res), WHEEL_DIR=str(tmp_path / "wheels"), WHEEL_SITE=str(site),
+                             SERVE_ARGS="--num-prompts 4")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (site / "tfprobe" / "__init__.py").read_text() == "VALUE = 42\n"
+    pip, engine, serve = calls
+    assert pip["args"][:3] == ["-m", "pip", "install"] and "--no-deps" in pip["args"] and "--no-index" in pip["args"]
+    assert engine["args"] == ["bench/engine_bench.py", "--out", str(res)]
+    assert serve["args"] == ["bench/serve_bench.py", "--spawn-model", "qwen2.5-0.5b", "--concurrency", "1,16,64",
+                             "--out", str(res), "--num-prompts", "4"]
+    for call in (engine, serve):
+        path = call["pythonpath"].split(":")
+        assert path[0] == str(ROOT) and path[-1] == str(site)
+    # the carried module imports with the path the benchmarks get
+    probe = subprocess.run([sys.executable, "-c", "import tfprobe; print(tfprobe.VALUE)"], capture_output=True,
+                           text=True, env=dict(os.environ, PYTHONPATH=engine["pythonpath"]), timeout=60)
+    assert probe.stdout.strip() == "42"
+    assert {p.name for p in res.iterdir()} == {"engine_bench.log", "serve_bench.log"}
+
+
+def test_gpu_engine_bad_wheel_and_failing_steps(fake_python, tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip file")
+    out, calls = fake_python(GPU_ENGINE, str(tmp_path / "res"), WHEEL_DIR=str(tmp_path / "wheels"),
+                             WHEEL_SITE=str(tmp_path / "site"), rules={"engine_bench.py": [1, 0]})
+    assert out.returncode == 1
+    assert "installing the wheels" in out.stderr and "failed" in out.stderr
+    ran = [c["args"][0] for c in calls]
+    assert ran == ["-m", "bench/engine_bench.py", "bench/serve_bench.py"], "each step runs after a failure"
+    assert all(str(tmp_path / "site") not in c["pythonpath"] for c in calls[1:])
+
+
+def test_gpu_engine_step_timeout(fake_python, tmp_path):
+    (tmp_path / "none").mkdir()
+    out, calls = fake_python(GPU_ENGINE, str(tmp_path / "res"), WHEEL_DIR=str(tmp_path / "none"),
+                             ENGINE_TIMEOUT="1", rules={"engine_bench.py": [0, 30]})
+    assert out.returncode == 1
+    assert [c["args"][0] for c in calls] == ["bench/engine_bench.py", "bench/serve_bench.py"]
+
+
+# --- the tune scripts ------------------------------------------------------------------------------------
+
+TUNE_SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("tune_*.py"))
+
+
+def test_bench_modules_import_without_touching_a_gpu():
+    """As on a GPU machine's first import: no interpreter switch, and nothing may need a GPU at import."""
+    modules = ["bench.engine_bench", "bench.serve_bench"] + [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
+    code = f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('imported')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
+    assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-3000:]
+
+
+# One interpreter runs every tune script (as __main__, by path) with the given arguments and reports each
+# one's exit code and output: the scripts' imports (torch, triton, kernels) are paid once, not per script.
+RUN_SCRIPTS = """
+import contextlib, io, json, runpy, sys
+results = {}
+for script, args in json.loads(sys.argv[1]).items():
+    sys.argv = [script, *args]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception as exc:
+            code, err = "raised", io.StringIO(f"{type(exc).__name__}: {exc}")
+    results[script] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(results))
+"""
+
+
+def run_tune_scripts(args_for: dict[str, list[str]]) -> dict:
+    out = subprocess.run([sys.executable, "-c", RUN_SCRIPTS, json.dumps(args_for)], cwd=ROOT, capture_output=True,
+                         text=True, env=quiet_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_tune_scripts_help():
+    results = run_tune_scripts({f"bench/{name}": ["--help"] for name in TUNE_SCRIPTS})
+    for script, r in results.items():
+        assert r["code"] == 0 and r["stdout"].startswith("usage:"), (script, r)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_tune_scripts_refuse_without_a_gpu(tmp_path):
+    positional = ("tune_attention.py", "tune_foundation.py")  # these take the output folder first
+    results = run_tune_scripts({f"bench/{name}": [str(tmp_path / name)] if name in positional
+                                else ["--out", str(tmp_path / name)] for name in TUNE_SCRIPTS})
+    for script, r in results.items():
+        assert r["code"] == 2 and "needs a CUDA or ROCm GPU" in r["stderr"], (script, r)
+    assert not any(tmp_path.iterdir()), "nothing is written before the refusal"
