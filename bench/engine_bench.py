@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gc
 import json
 import logging
 import random
@@ -40,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -220,38 +222,6 @@ def _percentiles(values: list[float], scale: float) -> dict:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": statistics.fmean(v) * scale}
 
 
-# --- HF transformers baselines ------------------------------------------------------------------
-
-@torch.inference_mode()
-def hf_generate_time(model, batch: list[list[int]], new_tokens: int) -> float:
-    """Seconds for HF ``generate`` (greedy, no early stop) of a left-padded batch."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(batch):
-        ids[row, width - len(p):] = torch.tensor(p, device=device)
-        mask[row, width - len(p):] = 1
-    synchronize(device)
-    t = time.perf_counter()
-    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, pad_token_id=0, eos_token_id=None)
-    synchronize(device)
-    return time.perf_counter() - t
-
-
-def hf_offline(model, requests, subset: int, batch_size: int) -> dict:
-    reqs = requests[:subset]
-    elapsed, useful = 0.0, 0
-    for i in range(0, len(reqs), batch_size):
-        group = reqs[i:i + batch_size]
-        elapsed += hf_generate_time(model, [p for p, _ in group], max(n for _, n in group))
-        useful += sum(n for _, n in group)
-    return {"requests_run": len(reqs), "batch_size": batch_size, "elapsed_s": elapsed, "output_tokens": useful,
-            "output_tok_per_s": useful / elapsed,
-            "note": f"run on the first {len(reqs)} of {len(requests)} requests; rate extrapolated to all"}
-
-
 # --- main -----------------------------------------------------------------------------------------
 
 def random_requests(rng: random.Random, vocab: int, count: int, work: Workload,
@@ -271,7 +241,9 @@ def engine_facts(engine) -> dict:
             "cuda_graphs": graphs is not None, "graph_batch_sizes": list(graphs.sizes) if graphs is not None else []}
 
 
-def bench_model(name: str, config: dict, workdir: Path, args, work: Workload) -> dict:
+def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, result: dict, save) -> None:
+    """Fill ``result`` phase by phase, calling ``save()`` after each, so that a run cut short or failing in a
+    later phase keeps the earlier phases' numbers. An HF failure is recorded (``hf.error``), not raised."""
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
@@ -286,8 +258,8 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload) ->
                                     max_num_batched_tokens=args.max_batched_tokens,
                                     enforce_eager=args.enforce_eager, enable_prefix_cache=False))
     load_s = time.perf_counter() - t
-    result = {"model": name, "engine": engine_facts(engine), "engine_load_s": load_s,
-              "kv_blocks": engine.runner.num_blocks, "weight_bytes_per_token": decode_weight_bytes(config)}
+    result.update(engine=engine_facts(engine), engine_load_s=load_s, kv_blocks=engine.runner.num_blocks,
+                  weight_bytes_per_token=decode_weight_bytes(config))
     print(f"[{name}] engine: {result['engine']}", file=sys.stderr, flush=True)
 
     # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
@@ -307,35 +279,32 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload) ->
                                "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
     print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
           f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
+    save()
 
     requests = random_requests(rng, vocab, args.num_requests, work)
     offline = run_engine(engine, requests)
     result["offline"] = offline
     print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
           file=sys.stderr, flush=True)
+    save()
     del engine
     empty_cache(device)
+    if args.skip_hf:
+        return
+    from bench.hf_baseline import hf_baseline
 
-    if not args.skip_hf:
-        import transformers
-
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(device).eval()
-        attn = getattr(hf.config, "_attn_implementation", "default")
-        hf_generate_time(hf, [prompt], 8)  # warm-up
-        hf_single = new_tokens / hf_generate_time(hf, [prompt], new_tokens)
-        hf_off = hf_offline(hf, requests, args.hf_requests, args.hf_batch)
-        result["hf"] = {"attention": attn, "single_stream_tok_per_s": hf_single, "offline": hf_off}
-        result["speedup_single_stream"] = decode_tok_s / hf_single
-        result["speedup_offline"] = offline["output_tok_per_s"] / hf_off["output_tok_per_s"]
-        print(f"[{name}] HF eager: {hf_single:.0f} tok/s single stream, {hf_off['output_tok_per_s']:.0f} tok/s "
-              f"offline ({hf_off['note']}); speedups {result['speedup_single_stream']:.1f}x / "
-              f"{result['speedup_offline']:.1f}x", file=sys.stderr, flush=True)
-        del hf
-        empty_cache(device)
-    return result
+    try:
+        hf_baseline(model_dir, prompt, requests, device, args, result)
+    except Exception as err:  # the baseline is secondary: record its failure, keep the engine's numbers
+        traceback.print_exc()
+        result["hf"] = {"error": f"{type(err).__name__}: {err}"}
+    empty_cache(device)
 
 
 def empty_cache(device: torch.device) -> None:
+    """Give a dropped engine's or model's memory back before the next one sizes its KV cache from what is free
+    (the runner and its CUDA graphs refer to each other, so only the cycle collector frees them)."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -375,14 +344,31 @@ def main(argv=None) -> int:
     work = SMOKE if args.smoke else Workload()
     report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
               "results": []}
+
+    def save() -> None:  # after every phase: a run cut short (the GPU call's time limit) keeps what it measured
+        (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
+        write_csv(out / "engine_bench.csv", gpu, report["results"])
+
+    failed = []
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         for name in args.models:
             config = dict(MODELS[name], **SMOKE_SHAPE) if args.smoke else MODELS[name]
-            report["results"].append(bench_model(name, config, Path(tmp), args, work))
-            # After every model: a run cut short (the GPU call's time limit) keeps the models it finished.
-            (out / "engine_bench.json").write_text(json.dumps(report, indent=2))
-            write_csv(out / "engine_bench.csv", gpu, report["results"])
+            result = {"model": name}
+            report["results"].append(result)
+            try:
+                bench_model(name, config, Path(tmp), args, work, result, save)
+            except Exception as err:  # one model's failure must not cost the next model's numbers
+                traceback.print_exc()
+                result["error"] = f"{type(err).__name__}: {err}"
+            if "error" in result or "error" in result.get("hf", {}):
+                failed.append(name)
+            save()
+            empty_cache(torch.device(args.device))
     print(json.dumps(report, indent=2))
+    if failed:
+        print(f"engine_bench: failed for {', '.join(failed)} (see 'error' in the JSON and the traceback above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -390,28 +376,33 @@ CSV_COLUMNS = ["gpu", "model", "backend", "cuda_graphs", "metric", "value"]
 
 
 def write_csv(path: Path, gpu: str, results: list[dict]) -> None:
-    """One row per (model, metric); the engine's backend and CUDA-graph use on every row."""
+    """One row per (model, metric) measured so far; the engine's backend and CUDA-graph use on every row."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for r in results:
-            s, o = r["single_stream"], r["offline"]
-            rows = [("single_decode_tok_per_s", s["decode_tok_per_s"]),
-                    ("bandwidth_limit_tok_per_s", s["bandwidth_limit_tok_per_s"]),
-                    ("fraction_of_bandwidth_limit", s["fraction_of_limit"]),
-                    ("single_ttft_ms", s["ttft_ms"].get("p50")), ("single_step_ms_p50", s["decode_step_ms"].get("p50")),
-                    ("offline_output_tok_per_s", o["output_tok_per_s"]), ("offline_ttft_ms_p50", o["ttft_ms"]["p50"]),
-                    ("offline_ttft_ms_p99", o["ttft_ms"]["p99"]),
-                    ("offline_decode_step_ms_p50", o["decode_step_ms"].get("p50")),
-                    ("offline_decode_step_ms_p99", o["decode_step_ms"].get("p99"))]
-            if "hf" in r:
-                rows += [("hf_single_tok_per_s", r["hf"]["single_stream_tok_per_s"]),
-                         ("hf_offline_tok_per_s_extrapolated", r["hf"]["offline"]["output_tok_per_s"]),
+            s, o, hf = r.get("single_stream"), r.get("offline"), r.get("hf", {})
+            rows = []
+            if s:
+                rows += [("single_decode_tok_per_s", s["decode_tok_per_s"]),
+                         ("bandwidth_limit_tok_per_s", s["bandwidth_limit_tok_per_s"]),
+                         ("fraction_of_bandwidth_limit", s["fraction_of_limit"]),
+                         ("single_ttft_ms", s["ttft_ms"].get("p50")),
+                         ("single_step_ms_p50", s["decode_step_ms"].get("p50"))]
+            if o:
+                rows += [("offline_output_tok_per_s", o["output_tok_per_s"]),
+                         ("offline_ttft_ms_p50", o["ttft_ms"]["p50"]),
+                         ("offline_ttft_ms_p99", o["ttft_ms"]["p99"]),
+                         ("offline_decode_step_ms_p50", o["decode_step_ms"].get("p50")),
+                         ("offline_decode_step_ms_p99", o["decode_step_ms"].get("p99"))]
+            if "offline" in hf:
+                rows += [("hf_single_tok_per_s", hf["single_stream_tok_per_s"]),
+                         ("hf_offline_tok_per_s_extrapolated", hf["offline"]["output_tok_per_s"]),
                          ("speedup_single_stream", r["speedup_single_stream"]),
                          ("speedup_offline", r["speedup_offline"])]
+            engine = r.get("engine", {})
             for metric, value in rows:
-                w.writerow([gpu, r["model"], r["engine"]["backend"], r["engine"]["cuda_graphs"], metric, value])
-
+                w.writerow([gpu, r["model"], engine.get("backend", ""), engine.get("cuda_graphs", ""), metric, value])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -342,7 +342,7 @@ TUNE_SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("tune_*.py"))
 
 def test_bench_modules_import_without_touching_a_gpu():
     """As on a GPU machine's first import: no interpreter switch, and nothing may need a GPU at import."""
-    modules = ["bench.engine_bench", "bench.serve_bench"] + [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
+    modules = ["bench.engine_bench", "bench.hf_baseline", "bench.serve_bench"] + [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
     code = f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('imported')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-3000:]
@@ -390,3 +390,30 @@ def test_tune_scripts_refuse_without_a_gpu(tmp_path):
     for script, r in results.items():
         assert r["code"] == 2 and "needs a CUDA or ROCm GPU" in r["stderr"], (script, r)
     assert not any(tmp_path.iterdir()), "nothing is written before the refusal"
+
+
+def test_engine_bench_keeps_earlier_phases_when_one_fails(tmp_path, monkeypatch, capsys):
+    """A failure in the offline phase of the first model: its single-stream numbers are kept in both files,
+    the failure is recorded, the second model still runs, and the exit code says it failed."""
+    from bench import engine_bench
+
+    real_run_engine = engine_bench.run_engine
+    calls = []
+
+    def run_engine(engine, requests):
+        calls.append(len(requests))
+        if len(calls) == 4:  # warm-up, short single, single stream, then the offline run
+            raise RuntimeError("injected: offline run broke")
+        return real_run_engine(engine, requests)
+
+    monkeypatch.setattr(engine_bench, "run_engine", run_engine)
+    assert engine_bench.main(["--smoke", "--skip-hf", "--out", str(tmp_path)]) == 1
+    first, second = json.loads((tmp_path / "engine_bench.json").read_text())["results"]
+    assert first["error"] == "RuntimeError: injected: offline run broke" and "offline" not in first
+    assert first["single_stream"]["output_tokens"] > 0
+    assert "error" not in second and second["offline"]["finish_reasons"] == {"length": 4}
+    with open(tmp_path / "engine_bench.csv", newline="") as f:
+        metrics = {(r["model"], r["metric"]) for r in csv.DictReader(f)}
+    assert (MODELS[0], "single_decode_tok_per_s") in metrics and (MODELS[0], "offline_output_tok_per_s") not in metrics
+    assert (MODELS[1], "offline_output_tok_per_s") in metrics
+    assert f"failed for {MODELS[0]}" in capsys.readouterr().err
