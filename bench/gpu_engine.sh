@@ -11,7 +11,8 @@
 # Writes 7 files in OUT_DIR: engine_bench.{json,csv,log}, serve_bench.{json,csv,log}, serve_bench_server.log.
 # Both benchmarks rewrite their JSON and CSV as they go, so a call cut short keeps what was measured.
 # Knobs (environment): ENGINE_ARGS, SERVE_ARGS (extra arguments, appended: later ones win),
-# ENGINE_TIMEOUT, SERVE_TIMEOUT (seconds for each step, so that one cannot eat the other's time),
+# ENGINE_TIMEOUT (default 320), SERVE_TIMEOUT (default 230): seconds for each step, so that one cannot eat
+# the other's time and both end, with 15 s of grace each, inside a 600-second GPU call (empty: no limit),
 # WHEEL_DIR (default .whl), WHEEL_SITE (default /tmp/tf-site), PYTHON (default python3).
 # On a CPU, ENGINE_ARGS=--smoke SERVE_ARGS=--smoke runs both benchmarks' code paths in seconds.
 set -uo pipefail
@@ -43,15 +44,15 @@ fi
 # with_timeout SECONDS CMD...: CMD under `timeout` when SECONDS is set, else CMD as it is.
 with_timeout() {
     local seconds="$1"; shift
-    if [ -n "$seconds" ]; then timeout -k 60 "$seconds" "$@"; else "$@"; fi
+    if [ -n "$seconds" ]; then timeout -k 15 "$seconds" "$@"; else "$@"; fi
 }
 
 # shellcheck disable=SC2086  # ENGINE_ARGS and SERVE_ARGS are word lists on purpose
-with_timeout "${ENGINE_TIMEOUT:-}" "$PY" bench/engine_bench.py --out "$OUT_DIR" ${ENGINE_ARGS:-} 2>&1 \
+with_timeout "${ENGINE_TIMEOUT-320}" "$PY" bench/engine_bench.py --out "$OUT_DIR" ${ENGINE_ARGS:-} 2>&1 \
     | tee "$OUT_DIR/engine_bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # shellcheck disable=SC2086
-with_timeout "${SERVE_TIMEOUT:-}" "$PY" bench/serve_bench.py --spawn-model qwen2.5-0.5b --concurrency 1,16,64 \
+with_timeout "${SERVE_TIMEOUT-230}" "$PY" bench/serve_bench.py --spawn-model qwen2.5-0.5b --concurrency 1,16,64 \
     --out "$OUT_DIR" ${SERVE_ARGS:-} 2>&1 | tee "$OUT_DIR/serve_bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status

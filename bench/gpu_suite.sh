@@ -6,9 +6,12 @@
 #
 # Runs from the checkout (PYTHONPATH=.), installs nothing. With ops named, runs every test of those ops;
 # otherwise every GPU-marked test and the generic op tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
-# the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs). PACK=1 packs the results into one suite.tar.gz in OUT_DIR (for transports that
-# return only a few files).
-# Exit code: nonzero if any step failed; every step runs regardless.
+# the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs);
+# TEST_TIMEOUT=<seconds> bounds each pytest step.
+# PACK=1 (for transports that return only a few files): each step's log goes straight to OUT_DIR (so a call
+# cut short still returns what ran), the CSVs and plots into OUT_DIR/suite.tar.gz, repacked after every step:
+# at most 5 files in OUT_DIR.
+# Exit code: nonzero if any step failed; every step runs regardless. Refuses (exit 2) without a GPU.
 set -uo pipefail
 
 DIR="${1:-${OUT:-}}"
@@ -26,26 +29,33 @@ fi
 [ -z "$DIR" ] && DIR="bench/results/${GPU_NAME// /_}"
 WORK="$DIR"
 [ "${PACK:-0}" = 1 ] && WORK="$(mktemp -d)/suite"
-mkdir -p "$WORK"
+mkdir -p "$WORK" "$DIR" || exit 2
 echo "gpu_suite: $GPU_NAME; results in $DIR; ops: ${OPS:-all}"
 
 status=0
-step() {  # step NAME CMD...: run, tee to NAME.log, remember a failure (pytest's 5, nothing collected, is fine)
+pack() {  # PACK=1: the CSVs and plots so far into DIR/suite.tar.gz (written aside, then moved: never half a file)
+    [ "${PACK:-0}" = 1 ] || return 0
+    tar -C "$(dirname "$WORK")" -czf "$DIR/suite.tar.gz.part" suite && mv "$DIR/suite.tar.gz.part" "$DIR/suite.tar.gz"
+}
+step() {  # step NAME CMD...: run, tee to DIR/NAME.log, remember a failure (pytest's 5, nothing collected, is fine)
     local name="$1"; shift
     echo "=== $name: $*"
-    "$@" 2>&1 | tee "$WORK/$name.log"
+    "$@" 2>&1 | tee "$DIR/$name.log"
     local rc=${PIPESTATUS[0]}
     echo "=== $name: exit $rc"
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=1; fi
+    pack
     return 0
 }
+TEST_LIMIT=()
+[ -n "${TEST_TIMEOUT:-}" ] && TEST_LIMIT=(timeout -k 15 "$TEST_TIMEOUT")
 
 if [ -n "$OPS" ]; then
     # Every test of the chosen ops (their markers), GPU-marked ones included, under the gpu profile.
-    step op_tests "$PY" -m pytest -q -m "$(echo "$OPS" | sed 's/ \+/ or /g')" tests
+    step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q -m "$(echo "$OPS" | sed 's/ \+/ or /g')" tests
 else
-    step gpu_tests "$PY" -m pytest -q -m gpu tests
-    step op_tests "$PY" -m pytest -q tests/test_ops.py
+    step gpu_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q -m gpu tests
+    step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q tests/test_ops.py
 fi
 SWEEP_FLAGS=()
 [ "${QUICK:-0}" = 1 ] && SWEEP_FLAGS+=(--quick)
@@ -54,14 +64,9 @@ SWEEP_FLAGS=()
 # shellcheck disable=SC2206
 [ -n "${DTYPES:-}" ] && SWEEP_FLAGS+=(--dtypes $DTYPES)
 TIMEOUT=()
-[ -n "${SWEEP_TIMEOUT:-}" ] && TIMEOUT=(timeout "$SWEEP_TIMEOUT")
+[ -n "${SWEEP_TIMEOUT:-}" ] && TIMEOUT=(timeout -k 15 "$SWEEP_TIMEOUT")
 step sweep "${TIMEOUT[@]}" "$PY" -m bench.sweep "${SWEEP_FLAGS[@]}" --out "$WORK"
 step summary "$PY" -m bench.summarize "$WORK"
 
-if [ "${PACK:-0}" = 1 ]; then
-    mkdir -p "$DIR"
-    tar -C "$(dirname "$WORK")" -czf "$DIR/suite.tar.gz" suite
-    cp "$WORK/sweep.log" "$DIR/sweep.log"
-    echo "packed into $DIR/suite.tar.gz"
-fi
+[ "${PACK:-0}" = 1 ] && echo "packed into $DIR/suite.tar.gz"
 exit $status

@@ -74,7 +74,7 @@ def engine_run(tmp_path_factory):
     (tmp / "no_wheels").mkdir()
     env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
                     SERVE_ARGS="--smoke --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
-                    + " --request-rate " + ",".join(SMOKE_RATES), ENGINE_TIMEOUT="150", SERVE_TIMEOUT="150")
+                    + " --request-rate " + ",".join(SMOKE_RATES))
     out = subprocess.run(["bash", str(GPU_ENGINE), str(tmp / "out")], capture_output=True, text=True, env=env,
                          timeout=360)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -216,12 +216,16 @@ def fake_python(tmp_path):
     path.chmod(0o755)
     log = tmp_path / "calls.jsonl"
 
-    def run(script: Path, *args: str, rules: dict | None = None, **env) -> tuple[subprocess.CompletedProcess, list]:
+    def run(script: Path, *args: str, rules: dict | None = None, kill_after: int | None = None,
+            **env) -> tuple[subprocess.CompletedProcess, list]:
         full_env = quiet_env(PYTHON=str(path), FAKE_LOG=str(log), FAKE_RULES=json.dumps(rules or {}), **env)
-        for key in ("OPS", "QUICK", "DTYPES", "SWEEP_TIMEOUT", "PACK", "ENGINE_ARGS", "SERVE_ARGS"):
+        for key in ("OPS", "QUICK", "DTYPES", "SWEEP_TIMEOUT", "TEST_TIMEOUT", "PACK", "ENGINE_ARGS", "SERVE_ARGS"):
             full_env.setdefault(key, "")
         log.unlink(missing_ok=True)
-        out = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full_env, timeout=120)
+        # kill_after: as the device tool ends a call at its limit, the whole process group at once
+        limit = ["timeout", "-s", "KILL", str(kill_after)] if kill_after else []
+        out = subprocess.run([*limit, "bash", str(script), *args], capture_output=True, text=True, env=full_env,
+                             timeout=120)
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         return out, calls
 
@@ -236,7 +240,7 @@ def test_shell_syntax(script):
 
 def test_gpu_suite_all_ops_packed(fake_python, tmp_path):
     out, calls = fake_python(GPU_SUITE, str(tmp_path / "res"), PACK="1", QUICK="1", DTYPES="bf16 fp16",
-                             rules={"-m gpu": [5, 0]})  # no GPU test collected: pytest's 5 is not a failure
+                             TEST_TIMEOUT="60", rules={"-m gpu": [5, 0]})  # none collected: pytest's 5 is fine
     assert out.returncode == 0, out.stdout + out.stderr
     steps = [c["args"] for c in calls if c["args"][0] == "-m"]
     work = steps[2][steps[2].index("--out") + 1]
@@ -245,13 +249,25 @@ def test_gpu_suite_all_ops_packed(fake_python, tmp_path):
                      ["-m", "bench.summarize", work]]
     assert all(c["pythonpath"].split(":")[0] == str(ROOT) for c in calls)
     res = tmp_path / "res"
-    assert {p.name for p in res.iterdir()} == {"suite.tar.gz", "sweep.log"}
+    assert {p.name for p in res.iterdir()} == {"suite.tar.gz", "gpu_tests.log", "op_tests.log", "sweep.log",
+                                               "summary.log"}
     assert_fits_device_return(res)
     with tarfile.open(res / "suite.tar.gz") as tar:
-        names = set(tar.getnames())
-    assert {"suite/gpu_tests.log", "suite/op_tests.log", "suite/sweep.log", "suite/summary.log",
-            "suite/fake_op.csv"} <= names
+        assert "suite/fake_op.csv" in tar.getnames()
     assert "stand-in ran: -m bench.sweep" in (res / "sweep.log").read_text()
+
+
+def test_gpu_suite_cut_short_still_leaves_what_ran(fake_python, tmp_path):
+    """The device tool kills a call at its limit and returns what is in its folder: the finished steps'
+    logs, the running step's log so far, and the tarball as of the last finished step."""
+    res = tmp_path / "res"
+    out, _ = fake_python(GPU_SUITE, str(res), PACK="1", rules={"bench.sweep": [0, 60]}, kill_after=6)
+    assert out.returncode != 0, "killed"
+    assert {"suite.tar.gz", "gpu_tests.log", "op_tests.log", "sweep.log"} <= {p.name for p in res.iterdir()}
+    assert "stand-in ran: -m pytest -q tests/test_ops.py" in (res / "op_tests.log").read_text()
+    assert "stand-in ran: -m bench.sweep" in (res / "sweep.log").read_text()
+    with tarfile.open(res / "suite.tar.gz") as tar:
+        tar.getnames()  # a whole archive, not one cut mid-write
 
 
 def test_gpu_suite_named_ops_and_failures(fake_python, tmp_path):
@@ -342,7 +358,8 @@ TUNE_SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("tune_*.py"))
 
 def test_bench_modules_import_without_touching_a_gpu():
     """As on a GPU machine's first import: no interpreter switch, and nothing may need a GPU at import."""
-    modules = ["bench.engine_bench", "bench.hf_baseline", "bench.serve_bench"] + [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
+    modules = ["bench.engine_bench", "bench.hf_baseline", "bench.serve_bench"]
+    modules += [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
     code = f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('imported')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-3000:]
