@@ -17,9 +17,9 @@ loader. For each model:
   counted). HF runs on a subset (``--hf-requests``) and its rate is extrapolated: the output says so.
 - TTFT and decode-step time percentiles from the engine runs.
 
-Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out`` (after every model, so a run cut short
-keeps the models it finished), with the GPU name, the engine's backend and whether decode steps replayed
-CUDA graphs.
+Writes ``engine_bench.json`` and ``engine_bench.csv`` under ``--out`` (after every phase, so a run cut short
+keeps what it measured), with the GPU name, the engine's backend, whether CUDA graphs were captured, and
+per run how many decode steps replayed one (``graph_replays`` of ``decode_steps``).
 Needs torch, triton, transformers, safetensors, tokenizers; not gguf or fastapi.
 
 ``--smoke`` checks this script on a CPU in seconds: the same steps (model writing, engine load, warm-up,
@@ -157,7 +157,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 # --- engine runs --------------------------------------------------------------------------------
 
-def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
+def run_engine(engine, requests: list[tuple[list[int], int]], graph_replays: list[int] | None = None) -> dict:
     """Submit all requests at once and step to completion; timing per step and per request.
 
     Every request must end by its length limit (greedy, ignore_eos): a request that ends otherwise
@@ -167,6 +167,7 @@ def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
     from engine.sampling_params import SamplingParams
 
     device = torch.device(engine.config.device)
+    replays_before = graph_replays[0] if graph_replays else 0
     synchronize(device)
     start = time.perf_counter()
     ids = [engine.add_request(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)) for p, n in requests]
@@ -202,6 +203,7 @@ def run_engine(engine, requests: list[tuple[list[int], int]]) -> dict:
     return {"elapsed_s": elapsed, "output_tokens": out_tokens, "output_tok_per_s": out_tokens / elapsed,
             "ttft_ms": _percentiles(ttft, 1000), "decode_step_ms": _percentiles(decode_steps, 1000),
             "decode_steps": len(decode_steps), "decode_time_s": sum(decode_steps),
+            "graph_replays": (graph_replays[0] - replays_before) if graph_replays else 0,
             "finish_reasons": dict(finish_reasons)}
 
 
@@ -233,6 +235,22 @@ def random_requests(rng: random.Random, vocab: int, count: int, work: Workload,
              output_len if output_len is not None else rng.randint(lo, hi)) for _ in range(count)]
 
 
+def count_graph_replays(engine) -> list[int]:
+    """A one-element counter of decode steps that replayed a CUDA graph (the runner's graphs.run, wrapped
+    here so that the engine needs no benchmark hooks); stays 0 where no graph was captured."""
+    counter = [0]
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        replay = graphs.run
+
+        def counted(batch):
+            counter[0] += 1
+            return replay(batch)
+
+        graphs.run = counted
+    return counter
+
+
 def engine_facts(engine) -> dict:
     """How the engine ran: backend, device, dtype, and whether decode steps replay CUDA graphs."""
     graphs = engine.runner.graphs
@@ -261,6 +279,7 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
     result.update(engine=engine_facts(engine), engine_load_s=load_s, kv_blocks=engine.runner.num_blocks,
                   weight_bytes_per_token=decode_weight_bytes(config))
     print(f"[{name}] engine: {result['engine']}", file=sys.stderr, flush=True)
+    replays = count_graph_replays(engine)
 
     # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
     # and mixed-step shapes (token-count buckets) here rather than inside the timed runs.
@@ -269,7 +288,7 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
     run_engine(engine, [(prompt, 16)])
 
     new_tokens = work.single_new_tokens
-    single = run_engine(engine, [(prompt, new_tokens)])
+    single = run_engine(engine, [(prompt, new_tokens)], replays)
     if single["output_tokens"] != new_tokens:
         raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of {new_tokens}")
     decode_tok_s = single["decode_steps"] / single["decode_time_s"]
@@ -282,7 +301,7 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
     save()
 
     requests = random_requests(rng, vocab, args.num_requests, work)
-    offline = run_engine(engine, requests)
+    offline = run_engine(engine, requests, replays)
     result["offline"] = offline
     print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
           file=sys.stderr, flush=True)
