@@ -417,11 +417,11 @@ def test_engine_bench_keeps_earlier_phases_when_one_fails(tmp_path, monkeypatch,
     real_run_engine = engine_bench.run_engine
     calls = []
 
-    def run_engine(engine, requests):
+    def run_engine(engine, requests, *rest):
         calls.append(len(requests))
         if len(calls) == 4:  # warm-up, short single, single stream, then the offline run
             raise RuntimeError("injected: offline run broke")
-        return real_run_engine(engine, requests)
+        return real_run_engine(engine, requests, *rest)
 
     monkeypatch.setattr(engine_bench, "run_engine", run_engine)
     assert engine_bench.main(["--smoke", "--skip-hf", "--out", str(tmp_path)]) == 1
