@@ -358,7 +358,7 @@ TUNE_SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("tune_*.py"))
 
 def test_bench_modules_import_without_touching_a_gpu():
     """As on a GPU machine's first import: no interpreter switch, and nothing may need a GPU at import."""
-    modules = ["bench.engine_bench", "bench.hf_baseline", "bench.serve_bench"]
+    modules = ["bench.engine_bench", "bench.hf_baseline", "bench.serve_bench", "bench.serve_spawn"]
     modules += [f"bench.{Path(n).stem}" for n in TUNE_SCRIPTS]
     code = f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('imported')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
