@@ -26,6 +26,7 @@ Needs torch, triton, transformers, safetensors, tokenizers; not gguf or fastapi.
 single stream, offline, HF baseline, bandwidth, files) on models of the same architectures shrunk to a
 few layers of width 64 (:data:`SMOKE_SHAPE`), a handful of short requests, the torch backend and HF on
 two requests. Its numbers mean nothing; it exists so that a GPU run does not fail on a bug in the script.
+``--smoke --device cuda`` runs the same on a GPU (triton backend, CUDA graphs): a GPU-marked test does.
 """
 
 from __future__ import annotations
@@ -342,24 +343,31 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["triton", "torch"], default=None,
                         help="the engine's ops (default: triton on a GPU, torch with --smoke)")
     parser.add_argument("--smoke", action="store_true",
-                        help="a CPU check of this script: toy-width models, a few short requests, torch backend")
+                        help="a check of this script in seconds: toy-width models, a few short requests; on the "
+                             "CPU (torch backend) unless --device cuda")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                        help="default: cuda, or cpu with --smoke (cpu runs only with --smoke)")
     args = parser.parse_args(argv)
-    args.device = "cuda"
+    if args.device == "cpu" and not args.smoke:
+        parser.error("--device cpu is for --smoke runs only: CPU numbers say nothing about the engine on a GPU")
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    if args.device == "cpu":
+        args.backend = args.backend or "torch"
     if args.smoke:
-        args.device, args.backend = "cpu", args.backend or "torch"
         args.num_requests, args.hf_requests, args.hf_batch = 4, 2, 2
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("engine_bench needs a GPU (--smoke checks the script on a CPU)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gpu = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0)
+    gpu = "cpu" if args.device == "cpu" else torch.cuda.get_device_name(0)
+    gpu += " (smoke)" if args.smoke else ""
     work = SMOKE if args.smoke else Workload()
     report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
               "results": []}

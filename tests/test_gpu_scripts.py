@@ -70,6 +70,8 @@ def finite_number(text: str) -> float:
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory):
     """One real run of gpu_engine.sh on the CPU: its output folder and its combined output."""
+    for name in ("fastapi", "uvicorn"):  # dependencies of the project, but absent from a bare GPU machine
+        pytest.importorskip(name, reason="the serving benchmark's server needs it")
     tmp = tmp_path_factory.mktemp("gpu_engine")
     (tmp / "no_wheels").mkdir()
     env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
@@ -465,3 +467,20 @@ def test_run_engine_counts_graph_replays(tmp_path):
     run = run_engine(engine, [([11, 12, 13, 14], 5)], replays)
     # one prefill step samples the first token, then 4 decode steps, each through the graph path
     assert run["decode_steps"] == run["graph_replays"] == graphs.calls == 4
+
+
+@pytest.mark.gpu
+def test_engine_bench_smoke_on_the_gpu(tmp_path):
+    """The benchmark's GPU path at toy size: triton backend, captured graphs that every single-stream decode
+    step replays, CUDA synchronisation, the copy bandwidth, HF on the GPU."""
+    out = subprocess.run([sys.executable, "bench/engine_bench.py", "--smoke", "--device", "cuda", "--models",
+                          "qwen2.5-0.5b", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         env=quiet_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "engine_bench.json").read_text())
+    (result,) = report["results"]
+    assert result["engine"]["backend"] == "triton" and result["engine"]["cuda_graphs"] is True
+    single = result["single_stream"]
+    assert single["graph_replays"] == single["decode_steps"] == report["workload"]["single_new_tokens"] - 1
+    assert result["offline"]["finish_reasons"] == {"length": 4}
+    assert result["hf"]["single_stream_tok_per_s"] > 0 and single["copy_bandwidth_GBps"] > 10
