@@ -7,8 +7,10 @@
 - The shell scripts' own logic (wheel install, arguments, exit codes, packing) runs against a stand-in
   ``python`` (``PYTHON=...``) that records each call instead of running tests or benchmarks, and passes
   ``-m pip`` on to the real interpreter, so the wheel install is real.
-- ``run_engine`` prints and raises the finish reasons and the engine's error text when a step fails.
+- ``run_engine`` prints and raises the finish reasons and the engine's error text when a step fails, and
+  counts CUDA-graph replays; a failing phase keeps the phases before it in both files.
 - The tune scripts import on a CPU host, answer ``--help``, and refuse to run without a GPU.
+- On a GPU (marked ``gpu``): the engine benchmark's toy-size run through the triton backend and CUDA graphs.
 """
 
 from __future__ import annotations
