@@ -23,7 +23,7 @@ Needs httpx; the spawned server needs fastapi and uvicorn.
 
 ``--smoke`` checks this script on a CPU in seconds: the same steps (model writing, server start, HTTP
 levels, offline comparison, files) with a model of the chosen architecture shrunk to toy width
-(``engine_bench.SMOKE_SHAPE``), 16-token prompts asking for 8 tokens, the torch backend on the CPU and
+(``model_shapes.SMOKE_SHAPE``), 16-token prompts asking for 8 tokens, the torch backend on the CPU and
 one request per client per level. Its numbers mean nothing.
 """
 
@@ -174,7 +174,7 @@ def engine_settings(args) -> dict:
 def model_for(name: str, workdir: Path, smoke: bool) -> tuple[Path, int]:
     """A model directory and its vocabulary size: a local directory, or a shape from engine_bench (shrunk
     to toy width for a smoke run)."""
-    from bench.engine_bench import MODELS, SMOKE_SHAPE, write_model
+    from bench.model_shapes import MODELS, SMOKE_SHAPE, write_model
 
     if Path(name).is_dir():
         config = json.loads((Path(name) / "config.json").read_text())
