@@ -12,7 +12,7 @@ endif
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-gpu lint check demo bench gpu clean
+.PHONY: install test test-gpu lint check demo bench gpu-wheels clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m engine.cli bench
+
+# Wheels (Python 3.12, x86-64) of the runtime packages a lent GPU machine may lack, into .whl/ (ignored
+# by git): carry that folder; bench/gpu_engine.sh installs them into a private folder.
+GPU_WHEELS ?= gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection typing-extensions \
+	annotated-doc opentelemetry-api uvicorn click h11 anyio sniffio idna prometheus-client httptools uvloop
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
