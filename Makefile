@@ -46,7 +46,7 @@ bench: $(STAMP)
 # Wheels (Python 3.12, x86-64) of the runtime packages a lent GPU machine may lack, into .whl/ (ignored
 # by git): carry that folder; bench/gpu_engine.sh installs them into a private folder.
 GPU_WHEELS ?= gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-	annotated-doc opentelemetry-api uvicorn click h11 anyio sniffio idna prometheus-client httptools uvloop
+	annotated-doc opentelemetry-api uvicorn httptools uvloop
 gpu-wheels: $(STAMP)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -21,25 +21,10 @@ cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$OUT_DIR" || exit 2
 export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-WHEEL_DIR="${WHEEL_DIR:-.whl}"
-WHEEL_SITE="${WHEEL_SITE:-/tmp/tf-site}"
 status=0
-
-# Carried wheels go into a private folder on PYTHONPATH, which Python searches before the machine's
-# site-packages: carry only what is missing or too old there (never torch or triton).
-shopt -s nullglob
-wheels=("$WHEEL_DIR"/*.whl)
-shopt -u nullglob
-if [ ${#wheels[@]} -gt 0 ]; then
-    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WHEEL_SITE" \
-        "${wheels[@]}"; then
-        export PYTHONPATH="$PYTHONPATH:$WHEEL_SITE"
-        echo "gpu_engine: installed ${#wheels[@]} wheels from $WHEEL_DIR into $WHEEL_SITE"
-    else
-        echo "gpu_engine: installing the wheels in $WHEEL_DIR failed (see above); going on without them" >&2
-        status=1
-    fi
-fi
+# shellcheck source=bench/carry_wheels.sh
+source bench/carry_wheels.sh
+install_carried_wheels gpu_engine || status=1
 
 # with_timeout SECONDS CMD...: CMD under `timeout` when SECONDS is set, else CMD as it is.
 with_timeout() {

@@ -4,7 +4,7 @@
 #
 #   bench/gpu_suite.sh [OUT_DIR] [OP ...]        (or OUT=... OPS="rmsnorm rope" bench/gpu_suite.sh)
 #
-# Runs from the checkout (PYTHONPATH=.), installs nothing. With ops named, runs every test of those ops;
+# Runs from the checkout (PYTHONPATH=.); installs only wheels carried in .whl/ (bench/carry_wheels.sh). With ops named, runs every test of those ops;
 # otherwise every GPU-marked test and the generic op tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
 # the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs);
 # TEST_TIMEOUT=<seconds> bounds each pytest step.
@@ -20,6 +20,8 @@ OPS="${*:-${OPS:-}}"
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITONFORGE_PROFILE=gpu
 PY="${PYTHON:-python3}"
+# shellcheck source=bench/carry_wheels.sh
+source bench/carry_wheels.sh
 
 GPU_NAME="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')"
 if [ -z "$GPU_NAME" ]; then
@@ -33,6 +35,7 @@ mkdir -p "$WORK" "$DIR" || exit 2
 echo "gpu_suite: $GPU_NAME; results in $DIR; ops: ${OPS:-all}"
 
 status=0
+install_carried_wheels gpu_suite || status=1
 pack() {  # PACK=1: the CSVs and plots so far into DIR/suite.tar.gz (written aside, then moved: never half a file)
     [ "${PACK:-0}" = 1 ] || return 0
     tar -C "$(dirname "$WORK")" -czf "$DIR/suite.tar.gz.part" suite && mv "$DIR/suite.tar.gz.part" "$DIR/suite.tar.gz"

@@ -61,6 +61,8 @@ def fake_python(tmp_path):
         full_env = quiet_env(PYTHON=str(path), FAKE_LOG=str(log), FAKE_RULES=json.dumps(rules or {}), **env)
         for key in ("OPS", "QUICK", "DTYPES", "SWEEP_TIMEOUT", "TEST_TIMEOUT", "PACK", "ENGINE_ARGS", "SERVE_ARGS"):
             full_env.setdefault(key, "")
+        # Wheels carried in the checkout's .whl/ are the GPU machine's (Python 3.12), not this one's.
+        full_env.setdefault("WHEEL_DIR", str(tmp_path / "no-wheels"))
         log.unlink(missing_ok=True)
         # kill_after: as the device tool ends a call at its limit, the whole process group at once
         limit = ["timeout", "-s", "KILL", str(kill_after)] if kill_after else []
