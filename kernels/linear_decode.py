@@ -40,7 +40,7 @@ from kernels import alloc
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
-from kernels.linear_prefill import _precision, cdiv, next_power_of_2
+from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
 from kernels.tuning import Tuned
 
 # Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
@@ -143,16 +143,8 @@ def _graph_bench(fn, quantiles):
     return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
 
 
-def _prune(configs, named_args, **kwargs):
-    # float32 is the checking dtype (exact IEEE dots, never a hot path): the first kept config is
-    # enough, and tuning it would compile every config once more for nothing.
-    if named_args["x_ptr"].dtype == torch.float32:
-        return configs[:1]
-    return configs
-
-
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=_graph_bench, prune_configs_by={"early_config_prune": _prune})
+                do_bench=_graph_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def decode_block_m(M: int) -> int:

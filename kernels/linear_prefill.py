@@ -164,7 +164,7 @@ def _quick_bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
-def _prune(configs, named_args, **kwargs):
+def first_config_for_fp32(configs, named_args, **kwargs):
     # float32 is the checking dtype (exact IEEE dots, never a hot path): the first kept config is
     # enough, and tuning it would compile every config once more for nothing.
     if named_args["x_ptr"].dtype == torch.float32:
@@ -173,9 +173,9 @@ def _prune(configs, named_args, **kwargs):
 
 
 _tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
-               do_bench=_quick_bench, prune_configs_by={"early_config_prune": _prune})
+               do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 _persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
-                    do_bench=_quick_bench, prune_configs_by={"early_config_prune": _prune})
+                    do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def cdiv(a: int, b: int) -> int:
