@@ -77,6 +77,21 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def write_rows(rows: Sequence[dict[str, Any]], path: str | Path, float_format: str | None = None) -> Path | None:
+    """Free-form rows (tuning studies): the columns are every key seen, in first-seen order."""
+    if not rows:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = (lambda v: format(v, float_format) if isinstance(v, float) else v) if float_format else (lambda v: v)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: fmt(v) for k, v in r.items()} for r in rows)
+    return path
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with Path(path).open(newline="") as f:
         return list(csv.DictReader(f))

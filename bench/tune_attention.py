@@ -25,7 +25,6 @@ then commit ``$OUT/attention_*.csv`` under ``bench/results/<gpu name>/``.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from bench.ceilings import measure
+from bench.report import write_rows
 from bench.timing import input_sets_for, time_each
 from kernels import registry
 
@@ -152,15 +152,9 @@ def run_cases(op, cases, tiles, ceilings, study):
 
 
 def write(rows, out_dir, name):
-    if not rows:
-        return
-    path = Path(out_dir) / f"attention_{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    print(f"wrote {path}", flush=True)
+    path = write_rows(rows, Path(out_dir) / f"attention_{name}.csv", float_format=".5g")
+    if path:
+        print(f"wrote {path}", flush=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -10,14 +10,13 @@ Prints a short table per kernel and writes every number to ``<out>/tune_foundati
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import torch
 
 from bench.ceilings import measure
-from bench.report import dtype_name, shape_string
+from bench.report import dtype_name, shape_string, write_rows
 from bench.timing import input_sets_for, time_each
 from kernels import registry
 
@@ -128,12 +127,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         variants, cases = STUDIES[name]
         rows += study(name, variants, cases, ceilings, device)
-    path = Path(out_dir) / "tune_foundation.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    path = write_rows(rows, Path(out_dir) / "tune_foundation.csv", float_format=".6g")
     print(f"wrote {path}")
     return 0
 

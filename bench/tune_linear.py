@@ -21,7 +21,6 @@ which removes the host launch gaps as the engine's captured decode step does. A 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import math
 import os
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
+from bench.report import write_rows
 from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
@@ -162,16 +162,6 @@ def bench(ceil: dict, rows: list, deadline: float, save) -> None:
         del x, ws
 
 
-def write_csv(path: str, rows: list) -> None:
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
@@ -187,12 +177,12 @@ def main() -> int:
     ceil = ceilings()
     out = args.out or os.path.join("bench", "results", ceil["gpu"].replace(" ", "_"))
     os.makedirs(out, exist_ok=True)
-    write_csv(os.path.join(out, "linear_ceilings.csv"), [ceil])
+    write_rows([ceil], os.path.join(out, "linear_ceilings.csv"))
     print(f"{ceil['gpu']}: {ceil['sms']} SMs, L2 {ceil['l2_mb']:.0f} MB, copy {ceil['copy_gbs']:.0f} GB/s, "
           f"cuBLAS bf16 8192^3 {ceil['cublas_tflops']:.0f} TFLOP/s", flush=True)
     if args.explore:
         cfg_rows: list = []
-        explore(ceil, cfg_rows, lambda r: write_csv(os.path.join(out, f"linear_configs_{args.explore}.csv"), r),
+        explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, f"linear_configs_{args.explore}.csv")),
                 args.explore)
         best: dict = {}
         for r in cfg_rows:
@@ -204,7 +194,7 @@ def main() -> int:
             print(f"  {kern:10s} {M:5d}x{N:6d}x{K:5d} {r['ms'] * 1e3:9.1f} us  {r['vs_cublas']:5.2f}x  {r['config']}")
     rows: list = []
     if not args.skip_bench:
-        bench(ceil, rows, deadline, lambda r: write_csv(os.path.join(out, "linear_bench.csv"), r))
+        bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")))
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
           f"{'%copy':>6} {'tiled':>6} {'persist':>7}")

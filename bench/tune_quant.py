@@ -22,7 +22,6 @@ exceeds twice L2 (``bench.timing``). A short table is printed last.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ import time
 import torch
 
 from bench.ceilings import measure
+from bench.report import write_rows
 from bench.timing import input_sets_for, time_rotating
 from kernels.gguf_formats import Q4_0, Q4_K, qtype_name
 from kernels.gguf_linear import GGUF_LINEAR_OP
@@ -131,16 +131,6 @@ def explore(ceil, rows, save) -> None:
                       f"cuBLAS {1e3 * base:.1f} us) {best['config']}", flush=True)
 
 
-def write_csv(path: str, rows: list) -> None:
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
@@ -154,14 +144,14 @@ def main() -> int:
     ceil = measure()
     out = args.out or os.path.join("bench", "results", ceil.gpu.replace(" ", "_"))
     os.makedirs(out, exist_ok=True)
-    write_csv(os.path.join(out, "quant_ceilings.csv"), [vars(ceil)])
+    write_rows([vars(ceil)], os.path.join(out, "quant_ceilings.csv"))
     print(f"{ceil.gpu}: copy {ceil.copy_gbps:.0f} GB/s, cuBLAS bf16 {ceil.matmul_tflops:.0f} TFLOP/s, "
           f"L2 {ceil.l2_bytes / 2**20:.0f} MiB", flush=True)
     if args.explore:
         cfg_rows: list = []
-        explore(ceil, cfg_rows, lambda r: write_csv(os.path.join(out, "quant_configs.csv"), r))
+        explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, "quant_configs.csv")))
     rows: list = []
-    bench(ceil, rows, deadline, lambda r: write_csv(os.path.join(out, "quant_bench.csv"), r))
+    bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "quant_bench.csv")))
     print(f"\n{'kernel':<12}{'M':>4}{'N':>7}{'K':>7}{'kernel us':>11}{'cuBLAS us':>11}{'speedup':>9}"
           f"{'%copy':>7}  target")
     for r in rows:

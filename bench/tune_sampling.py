@@ -34,7 +34,6 @@ Notes (no GPU run yet; the first run should be ``--explore`` plus ``pytest -m sa
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import sys
@@ -43,6 +42,7 @@ import time
 import torch
 
 from bench.ceilings import copy_bandwidth_gbps
+from bench.report import write_rows
 from bench.timing import input_sets_for, time_rotating
 from kernels import registry
 from kernels._sampling_registration import bench_params
@@ -109,11 +109,7 @@ def bench(op, copy_gbs: float, l2_bytes: int, rows: list, save) -> None:
 
 def writer(path: str):
     def save(rows: list) -> None:
-        if rows:
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+        write_rows(rows, path)
     return save
 
 
