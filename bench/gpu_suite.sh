@@ -5,7 +5,7 @@
 #   bench/gpu_suite.sh [OUT_DIR] [OP ...]        (or OUT=... OPS="rmsnorm rope" bench/gpu_suite.sh)
 #
 # Runs from the checkout (PYTHONPATH=.); installs only wheels carried in .whl/ (bench/carry_wheels.sh). With ops named, runs every test of those ops;
-# otherwise every GPU-marked test and the generic op tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
+# otherwise every GPU-marked test, then the sweep, then the generic op property tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
 # the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs);
 # TEST_TIMEOUT=<seconds> bounds each pytest step.
 # PACK=1 (for transports that return only a few files): each step's log goes straight to OUT_DIR (so a call
@@ -55,10 +55,9 @@ TEST_LIMIT=()
 
 if [ -n "$OPS" ]; then
     # Every test of the chosen ops (their markers), GPU-marked ones included, under the gpu profile.
-    step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q -m "$(echo "$OPS" | sed 's/ \+/ or /g')" tests
+    step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -v --durations=30 -m "$(echo "$OPS" | sed 's/ \+/ or /g')" tests
 else
-    step gpu_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q -m gpu tests
-    step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -q tests/test_ops.py
+    step gpu_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -v --durations=30 -m gpu tests
 fi
 SWEEP_FLAGS=()
 [ "${QUICK:-0}" = 1 ] && SWEEP_FLAGS+=(--quick)
@@ -70,6 +69,8 @@ TIMEOUT=()
 [ -n "${SWEEP_TIMEOUT:-}" ] && TIMEOUT=(timeout -k 15 "$SWEEP_TIMEOUT")
 step sweep "${TIMEOUT[@]}" "$PY" -m bench.sweep "${SWEEP_FLAGS[@]}" --out "$WORK"
 step summary "$PY" -m bench.summarize "$WORK"
+# The property tests last: with ops named they ran above; otherwise the sweep's figures come first.
+[ -z "$OPS" ] && step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -v --durations=30 tests/test_ops.py
 
 [ "${PACK:-0}" = 1 ] && echo "packed into $DIR/suite.tar.gz"
 exit $status

@@ -25,7 +25,7 @@ from bench.ceilings import Ceilings
 
 COLUMNS = [
     "op", "impl", "shape", "dtype", "median_ms", "tflops", "gbps", "pct_of_ceiling", "bound",
-    "baseline", "baseline_ms", "baseline_pct_of_ceiling", "speedup", "timing",
+    "baseline", "baseline_ms", "baseline_pct_of_ceiling", "speedup", "timing", "tuned_check",
     "gpu", "copy_gbps", "matmul_tflops", "l2_mib", "commit", "date",
 ]
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}

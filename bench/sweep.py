@@ -4,10 +4,13 @@ Everything comes from the registry: each op's ``bench_cases()``, ``make_inputs``
 ``baseline`` and its roofline model (``flops``, ``bytes``). On a GPU the sweep
 
 1. measures the card's ceilings (copy bandwidth, bf16 matmul rate) in this process;
-2. per op, checks the implementation on the op's smoke cases (nothing wrong gets timed);
+2. per op, checks the implementation on the op's smoke cases with each kernel's first config, untimed
+   (nothing wrong gets timed, and no autotuning is spent on shapes that are not timed);
 3. per case, times the implementation and the baseline as CUDA-graph replays over rotated inputs (see
-   bench.timing: launch overhead excluded, working set beyond L2), medians;
-4. writes ``<out>/<op>.csv`` and ``<out>/<op>.png`` and prints a table.
+   bench.timing: launch overhead excluded, working set beyond L2), medians; autotuned kernels pick their
+   config at the first launch of each key, outside the timing;
+4. checks the first timed case again against the reference: the configs the autotuner picked must be right too;
+5. writes ``<out>/<op>.csv`` and ``<out>/<op>.png`` and prints a table.
 
 On a CPU it refuses to time (the interpreter's speed says nothing about a GPU's); ``--correctness`` runs
 each op's smoke cases through the interpreter instead.
@@ -98,6 +101,19 @@ def time_case(op, case, impl: str, ceilings) -> tuple[float, float | None, str]:
     return times[0], (times[1] if len(times) > 1 else None), method
 
 
+def check_tuned_case(op, case, impl: str) -> str:
+    """``ok`` or the first line of the mismatch: ``case`` through run_case with the autotuned configs."""
+    import torch
+
+    from kernels.testing import run_case
+
+    try:
+        run_case(op, case, torch.device("cuda"), seed=0, impl=impl)
+        return "ok"
+    except Exception as e:  # reported in the table and the CSV, never hidden
+        return f"FAIL {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) -> list[dict[str, Any]]:
     """Time every selected case of ``op``; write its CSV and plot; return the rows (cases that failed to
     time are reported and left out)."""
@@ -118,6 +134,10 @@ def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) 
         ))
         print(f"  {op.name} {report.shape_string(case)} {report.dtype_name(case.get('dtype'))}: "
               f"{ms:.4f} ms ({rows[-1]['pct_of_ceiling']:.0f}% of ceiling)", flush=True)
+        if len(rows) == 1:
+            rows[0]["tuned_check"] = check_tuned_case(op, case, args.impl)
+            print(f"  {op.name}: the autotuned config of that case against the reference: {rows[0]['tuned_check']}",
+                  flush=True)
     if rows:
         suffix = "" if args.impl == "triton" else f"_{report.safe_name(args.impl)}"
         report.write_csv(rows, out_dir / f"{op.name}{suffix}.csv")
@@ -149,9 +169,15 @@ def run(args: argparse.Namespace) -> int:
 
     from bench import ceilings as ceilings_mod
     from bench import report
+    from kernels.tuning import tuning
 
     device = torch.device("cuda")
-    checks = [check_op(op, device, args.impl) for op in ops if args.impl in op.impls]
+    with tuning("first"):
+        checks = []
+        for op in ops:
+            if args.impl in op.impls:
+                checks.append(check_op(op, device, args.impl))
+                print(f"checked {op.name}: {'ok' if checks[-1].ok else checks[-1].worst}", flush=True)
     print(format_results(checks))
     if args.correctness:
         return 0 if all(r.ok for r in checks) else 1
@@ -169,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
             failed.append(op.name)
             skipped.append(f"{op.name} (failed its correctness check)")
         else:
-            all_rows += sweep_op(op, args, dtypes, ceilings, out_dir, commit, date)
+            with tuning("autotune"):  # timings are of tuned kernels, whatever TRITONFORGE_TUNE says
+                rows = sweep_op(op, args, dtypes, ceilings, out_dir, commit, date)
+            all_rows += rows
+            failed += [op.name for r in rows[:1] if r.get("tuned_check", "ok") != "ok"]
     if all_rows:
         from bench.summarize import summarize
 

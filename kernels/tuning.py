@@ -14,17 +14,49 @@ list for the running vendor is turned into ``triton.Config`` objects, filtered b
 The keys ``num_warps``, ``num_stages`` and ``num_ctas`` are launch options; every other key is a
 meta-parameter, except AMD knobs (``waves_per_eu``, ``matrix_instr_nonkdim``, ``kpack``), which the
 HIP backend reads as meta-parameters and which belong only in the ``"hip"`` list.
+
+``TRITONFORGE_TUNE`` (read at each launch) picks what a GPU launch does: ``autotune`` (the default: time
+the kept configs once per key, as the engine and the benchmarks want) or ``first`` (launch the first kept
+config with no timing, as the GPU tests do: they check results, and autotuning every random shape a
+property test draws would cost minutes of compiling and timing for nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kernels._triton import triton
 from kernels.device import interpreting, vendor
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
+TUNE_MODES = ("autotune", "first")
+
+
+def tune_mode() -> str:
+    """``"autotune"`` or ``"first"``, from ``TRITONFORGE_TUNE``; an unknown value is an error, not a guess."""
+    mode = os.environ.get("TRITONFORGE_TUNE", "autotune") or "autotune"
+    if mode not in TUNE_MODES:
+        raise ValueError(f"TRITONFORGE_TUNE={mode!r}: expected one of {', '.join(TUNE_MODES)}")
+    return mode
+
+
+@contextlib.contextmanager
+def tuning(mode: str) -> Iterator[None]:
+    """Launches inside the block use ``mode`` (see :func:`tune_mode`); the previous setting comes back after."""
+    if mode not in TUNE_MODES:
+        raise ValueError(f"tuning mode {mode!r}: expected one of {', '.join(TUNE_MODES)}")
+    before = os.environ.get("TRITONFORGE_TUNE")
+    os.environ["TRITONFORGE_TUNE"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRITONFORGE_TUNE", None)
+        else:
+            os.environ["TRITONFORGE_TUNE"] = before
 
 
 def to_config(d: dict[str, Any]) -> triton.Config:
@@ -58,6 +90,9 @@ class Tuned:
         if interpreting():
             meta = {k: v for k, v in self.candidates()[0].items() if k not in LAUNCH_OPTIONS}
             return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **meta)
+        if tune_mode() == "first":
+            first = self.candidates()[0]
+            return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **first)
         if self._built is None:
             configs = [to_config(c) for c in self.candidates()]
             self._built = triton.autotune(configs=configs, key=self.key, **self.autotune_kwargs)(self.kernel)

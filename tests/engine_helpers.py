@@ -20,9 +20,10 @@ def make_engine(model_dir, backend: str = "torch", **overrides):
     from engine.llm_engine import LLMEngine
 
     # A fixed, small KV cache: several engines live at once in a test session, and the default (90% of
-    # the free GPU memory) would leave nothing for the next one.
+    # the free GPU memory) would leave nothing for the next one. At most 64 sequences: the tests batch
+    # no more, and each graph-captured batch size costs its start-up a forward pass and a capture.
     kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False,
-                  num_kv_blocks=256)
+                  num_kv_blocks=256, max_num_seqs=64)
     kwargs.update(overrides)
     return LLMEngine(EngineConfig(model=str(model_dir), **kwargs))
 

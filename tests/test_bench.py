@@ -102,6 +102,7 @@ def test_sweep_writes_csvs_from_fake_timings(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "check_op", lambda op, device, impl: check.OpResult(op.name, 1, 1, "", 0.0))
     monkeypatch.setattr(ceilings, "measure", lambda: CEIL)
     monkeypatch.setattr(sweep, "time_case", lambda op, case, impl, c: (0.5, 1.0, "events"))
+    monkeypatch.setattr(sweep, "check_tuned_case", lambda op, case, impl: "ok")
     assert sweep.run(_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "Fake GPU 80GB" in out and "2.00x" in out
@@ -110,6 +111,19 @@ def test_sweep_writes_csvs_from_fake_timings(tmp_path, monkeypatch, capsys):
         assert len(rows) == sweep.QUICK_CASES and set(rows[0]) >= REQUIRED
         assert all(float(r["speedup"]) == pytest.approx(2.0) for r in rows)
         assert (tmp_path / f"{name}.png").exists()
+
+
+def test_sweep_fails_when_the_autotuned_config_is_wrong(tmp_path, monkeypatch, capsys):
+    from bench import ceilings, check
+
+    monkeypatch.setattr(sweep, "use_interpreter_without_gpu", lambda: False)
+    monkeypatch.setattr(sweep, "check_op", lambda op, device, impl: check.OpResult(op.name, 1, 1, "", 0.0))
+    monkeypatch.setattr(ceilings, "measure", lambda: CEIL)
+    monkeypatch.setattr(sweep, "time_case", lambda op, case, impl, c: (0.5, 1.0, "events"))
+    monkeypatch.setattr(sweep, "check_tuned_case", lambda op, case, impl: "FAIL AssertionError: off by 3")
+    assert sweep.run(_args(tmp_path, ops=["rmsnorm"])) == 1
+    assert "FAIL AssertionError: off by 3" in capsys.readouterr().out
+    assert report.read_csv(tmp_path / "rmsnorm.csv")[0]["tuned_check"] == "FAIL AssertionError: off by 3"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
@@ -129,6 +143,7 @@ def test_real_sweep_on_gpu(tmp_path):
     assert sweep.run(_args(tmp_path, ops=["silu_and_mul"], dtypes=["bf16"], quick=True)) == 0
     rows = report.read_csv(tmp_path / "silu_and_mul.csv")
     assert rows and all(float(r["median_ms"]) > 0 and 0 < float(r["pct_of_ceiling"]) < 200 for r in rows)
+    assert rows[0]["tuned_check"] == "ok"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")

@@ -85,10 +85,11 @@ def test_gpu_suite_all_ops_packed(fake_python, tmp_path):
                              TEST_TIMEOUT="60", rules={"-m gpu": [5, 0]})  # none collected: pytest's 5 is fine
     assert out.returncode == 0, out.stdout + out.stderr
     steps = [c["args"] for c in calls if c["args"][0] == "-m"]
-    work = steps[2][steps[2].index("--out") + 1]
-    assert steps == [["-m", "pytest", "-q", "-m", "gpu", "tests"], ["-m", "pytest", "-q", "tests/test_ops.py"],
+    work = steps[1][steps[1].index("--out") + 1]
+    pytest = ["-m", "pytest", "-v", "--durations=30"]
+    assert steps == [[*pytest, "-m", "gpu", "tests"],
                      ["-m", "bench.sweep", "--quick", "--dtypes", "bf16", "fp16", "--out", work],
-                     ["-m", "bench.summarize", work]]
+                     ["-m", "bench.summarize", work], [*pytest, "tests/test_ops.py"]]
     assert all(c["pythonpath"].split(":")[0] == str(ROOT) for c in calls)
     res = tmp_path / "res"
     assert {p.name for p in res.iterdir()} == {"suite.tar.gz", "gpu_tests.log", "op_tests.log", "sweep.log",
@@ -105,8 +106,8 @@ def test_gpu_suite_cut_short_still_leaves_what_ran(fake_python, tmp_path):
     res = tmp_path / "res"
     out, _ = fake_python(GPU_SUITE, str(res), PACK="1", rules={"bench.sweep": [0, 60]}, kill_after=6)
     assert out.returncode != 0, "killed"
-    assert {"suite.tar.gz", "gpu_tests.log", "op_tests.log", "sweep.log"} <= {p.name for p in res.iterdir()}
-    assert "stand-in ran: -m pytest -q tests/test_ops.py" in (res / "op_tests.log").read_text()
+    assert {"suite.tar.gz", "gpu_tests.log", "sweep.log"} <= {p.name for p in res.iterdir()}
+    assert "stand-in ran: -m pytest -v --durations=30 -m gpu tests" in (res / "gpu_tests.log").read_text()
     assert "stand-in ran: -m bench.sweep" in (res / "sweep.log").read_text()
     with tarfile.open(res / "suite.tar.gz") as tar:
         tar.getnames()  # a whole archive, not one cut mid-write
@@ -117,7 +118,7 @@ def test_gpu_suite_named_ops_and_failures(fake_python, tmp_path):
     out, calls = fake_python(GPU_SUITE, str(res), "rmsnorm", "rope", rules={"-m rmsnorm or rope": [1, 0]})
     assert out.returncode == 1, "a failing test step must fail the suite"
     steps = [c["args"] for c in calls if c["args"][0] == "-m"]
-    assert steps == [["-m", "pytest", "-q", "-m", "rmsnorm or rope", "tests"],
+    assert steps == [["-m", "pytest", "-v", "--durations=30", "-m", "rmsnorm or rope", "tests"],
                      ["-m", "bench.sweep", "--ops", "rmsnorm", "rope", "--out", str(res)],
                      ["-m", "bench.summarize", str(res)]], "every step runs even after a failure"
     assert {"op_tests.log", "sweep.log", "summary.log", "fake_op.csv"} <= {p.name for p in res.iterdir()}
