@@ -322,12 +322,31 @@ def main(argv=None) -> int:
                 failed.append(name)
             save()
             empty_cache(torch.device(args.device))
+            if "error" in result and args.device == "cuda" and not args.enforce_eager:
+                rerun_eagerly(name, config, Path(tmp), args, work, report, save)
     print(json.dumps(report, indent=2))
     if failed:
         print(f"engine_bench: failed for {', '.join(failed)} (see 'error' in the JSON and the traceback above)",
               file=sys.stderr)
         return 1
     return 0
+
+
+def rerun_eagerly(name: str, config: dict, workdir: Path, args, work: Workload, report: dict, save) -> None:
+    """After a failure with CUDA graphs, the same model and workload with ``enforce_eager``: one run then
+    tells whether the fault lies in graph capture and replay or in the kernels themselves. Recorded as a
+    separate result (``rerun``); the failed run stays failed."""
+    eager_args = argparse.Namespace(**{**vars(args), "enforce_eager": True, "skip_hf": True})
+    result = {"model": name, "rerun": "enforce_eager, after the run with CUDA graphs failed"}
+    report["results"].append(result)
+    print(f"[{name}] rerunning without CUDA graphs to locate the failure", file=sys.stderr, flush=True)
+    try:
+        bench_model(name, config, workdir, eager_args, work, result, save)
+    except Exception as err:
+        traceback.print_exc()
+        result["error"] = f"{type(err).__name__}: {err}"
+    save()
+    empty_cache(torch.device(args.device))
 
 
 CSV_COLUMNS = ["gpu", "model", "backend", "cuda_graphs", "metric", "value"]

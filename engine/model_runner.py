@@ -14,6 +14,12 @@ padded rows of a captured decode graph never touch a real sequence's block.
 
 Decode-only steps on CUDA/HIP replay a graph captured for the next larger padded batch size
 (:mod:`engine.decode_graphs`) unless ``enforce_eager``.
+
+Warm-up. Autotuned kernels time their configs at the first launch of each shape bucket (the token count's
+power of two, the sampler's batch size class). On a live server that first launch stalls every request in
+the step for seconds, so on a GPU the runner makes those launches at start-up (:meth:`ModelRunner._warm_up`):
+one cache-less forward per prefill token bucket and one sampling per batch class. Nothing is timed with
+``TRITONFORGE_TUNE=first`` (kernels.tuning), so nothing is warmed then.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class ModelRunner:
                            torch.zeros(shape, dtype=dtype, device=self.device))
                           for _ in range(model_config.num_hidden_layers)]
         self.scratch_block = self.num_blocks
+        self._warm_up()
         self.graphs = None
         if self.device.type == "cuda" and not config.enforce_eager:
             from engine.decode_graphs import DecodeGraphs
@@ -122,6 +129,30 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated(dev)
         torch.cuda.empty_cache()
         return peak
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """Make the first launch of every autotuning bucket now, before a request waits on it (see above)."""
+        from kernels.tuning import tune_mode
+
+        if self.device.type != "cuda" or tune_mode() != "autotune":
+            return
+        top = min(self.config.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
+        dev, vocab = self.device, self.model_config.vocab_size
+        for tokens in warm_up_token_counts(top):
+            seqlen = min(tokens, self.max_model_len)
+            lens = [seqlen] * (tokens // seqlen) + ([tokens % seqlen] if tokens % seqlen else [])
+            self._cacheless_prefill(torch.randint(0, vocab, (tokens,), device=dev), lens)
+        from engine.sampling_params import SamplingParams
+        from kernels.sampling import SamplingTensors
+
+        for batch in warm_up_sample_batches(self.config.max_num_seqs):
+            logits = torch.randn(batch, vocab, device=dev, dtype=torch.float32)
+            st = SamplingTensors.build([SamplingParams(temperature=0.0)] * batch, [[]] * batch, [[]] * batch,
+                                       list(range(batch)), vocab, dev)
+            self.ops.sample(logits, st)
+        torch.cuda.synchronize(dev)
+        log.info("warmed up the autotuned kernels for up to %d tokens per step", top)
 
     def _cacheless_prefill(self, token_ids: torch.Tensor, lens: list[int]) -> torch.Tensor:
         """Logits of the last token of each of ``len(lens)`` packed prompts, written nowhere in the cache
@@ -201,3 +232,23 @@ class ModelRunner:
             return self.graphs.run(batch)
         hidden = self.model.forward(batch.token_ids, batch.positions, self.kv_caches, batch.meta)
         return self.model.compute_logits(hidden[batch.logits_rows])
+
+
+def warm_up_token_counts(top: int) -> list[int]:
+    """One token count per power-of-two bucket from 1 up to the bucket of ``top`` (capped at ``top``)."""
+    counts, b = [], 1
+    while True:
+        counts.append(min(b, top))
+        if b >= top:
+            return counts
+        b *= 2
+
+
+def warm_up_sample_batches(max_num_seqs: int) -> list[int]:
+    """A batch size in each of the sampler's autotuning classes (1, 2-32, 33+) that the engine can reach."""
+    sizes = [1]
+    if max_num_seqs > 1:
+        sizes.append(min(32, max_num_seqs))
+    if max_num_seqs > 32:
+        sizes.append(max_num_seqs)
+    return sizes

@@ -188,9 +188,14 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+M_BUCKET_CAP = 4096
+
+
 def m_bucket(M: int) -> int:
-    """The autotuning key for M: its power-of-two ceiling, so nearby token counts share a config."""
-    return next_power_of_2(max(M, 1))
+    """The autotuning key for M: its power-of-two ceiling, so nearby token counts share a config, capped at
+    :data:`M_BUCKET_CAP` (beyond it every config already fills the card): at most seven prefill buckets,
+    which the engine tunes at start-up rather than on a live request."""
+    return min(next_power_of_2(max(M, 1)), M_BUCKET_CAP)
 
 
 # --- launchers (inputs already validated and 2-D by kernels.linear) ------------------------------

@@ -19,11 +19,16 @@ HIP backend reads as meta-parameters and which belong only in the ``"hip"`` list
 the kept configs once per key, as the engine and the benchmarks want) or ``first`` (launch the first kept
 config with no timing, as the GPU tests do: they check results, and autotuning every random shape a
 property test draws would cost minutes of compiling and timing for nothing).
+
+Where Triton supports it, the autotuner keeps its choices in Triton's cache folder, keyed by the kernel's
+source, the GPU architecture, the config list and the tuning key: a second engine start on the same
+machine skips the timing. Editing a kernel or its configs invalidates the entry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,5 +100,8 @@ class Tuned:
             return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **first)
         if self._built is None:
             configs = [to_config(c) for c in self.candidates()]
-            self._built = triton.autotune(configs=configs, key=self.key, **self.autotune_kwargs)(self.kernel)
+            kwargs = dict(self.autotune_kwargs)
+            if "cache_results" in inspect.signature(triton.autotune).parameters:
+                kwargs.setdefault("cache_results", True)
+            self._built = triton.autotune(configs=configs, key=self.key, **kwargs)(self.kernel)
         return self._built[grid]

@@ -259,3 +259,27 @@ def test_engine_bench_smoke_on_the_gpu(tmp_path):
     assert single["graph_replays"] == single["decode_steps"] == report["workload"]["single_new_tokens"] - 1
     assert result["offline"]["finish_reasons"] == {"length": 4}
     assert result["hf"]["single_stream_tok_per_s"] > 0 and single["copy_bandwidth_GBps"] > 10
+
+
+def test_a_failure_with_cuda_graphs_is_rerun_eagerly(monkeypatch, tmp_path):
+    """engine_bench reruns a model that failed with CUDA graphs with enforce_eager, as its own result."""
+    from bench import engine_bench
+
+    seen = []
+
+    def fake_bench_model(name, config, workdir, args, work, result, save):
+        seen.append(args.enforce_eager)
+        if not args.enforce_eager:
+            raise RuntimeError("engine run failed: 1 requests, 1 produced a token; finish reasons: error=1")
+        result["engine_load_s"] = 1.5
+
+    monkeypatch.setattr(engine_bench, "bench_model", fake_bench_model)
+    monkeypatch.setattr(engine_bench, "empty_cache", lambda device: None)
+    monkeypatch.setattr(engine_bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine_bench.torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    assert engine_bench.main(["--out", str(tmp_path), "--models", "qwen2.5-0.5b", "--skip-hf"]) == 1
+    report = json.loads((tmp_path / "engine_bench.json").read_text())
+    assert seen == [False, True]
+    first, rerun = report["results"]
+    assert "error=1" in first["error"] and "rerun" not in first
+    assert "enforce_eager" in rerun["rerun"] and rerun["engine_load_s"] == 1.5 and "error" not in rerun

@@ -42,3 +42,26 @@ def test_candidates_are_filtered_per_vendor_and_never_empty():
         Tuned(lambda: None, configs, key=["N"], keep=lambda c: False).candidates("cuda")
     with pytest.raises(RuntimeError, match="no configs for 'cpu'"):
         tuned.candidates("cpu")
+
+
+def test_engine_warm_up_covers_every_prefill_bucket():
+    """The runner's start-up launches reach every M bucket a step of up to ``top`` tokens can hit."""
+    from engine.model_runner import warm_up_token_counts
+    from kernels.linear_decode import decode_block_m
+    from kernels.linear_prefill import m_bucket
+
+    for top in (1, 2, 3, 17, 100, 512, 1000, 8192, 16384, 20000):
+        counts = warm_up_token_counts(top)
+        assert max(counts) == top and all(1 <= c <= top for c in counts)
+        for bucket in (m_bucket, decode_block_m):
+            assert {bucket(c) for c in counts} == {bucket(m) for m in range(1, top + 1)}, (top, bucket)
+
+
+def test_engine_warm_up_covers_every_sampler_class():
+    from engine.model_runner import warm_up_sample_batches
+    from kernels.sampling import _batch_bucket
+
+    for max_seqs in range(1, 300):
+        batches = warm_up_sample_batches(max_seqs)
+        assert all(1 <= b <= max_seqs for b in batches)
+        assert {_batch_bucket(b) for b in batches} == {_batch_bucket(b) for b in range(1, max_seqs + 1)}
