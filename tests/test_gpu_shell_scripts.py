@@ -59,7 +59,8 @@ def fake_python(tmp_path):
     def run(script: Path, *args: str, rules: dict | None = None, kill_after: int | None = None,
             **env) -> tuple[subprocess.CompletedProcess, list]:
         full_env = quiet_env(PYTHON=str(path), FAKE_LOG=str(log), FAKE_RULES=json.dumps(rules or {}), **env)
-        for key in ("OPS", "QUICK", "DTYPES", "SWEEP_TIMEOUT", "TEST_TIMEOUT", "PACK", "ENGINE_ARGS", "SERVE_ARGS"):
+        for key in ("OPS", "QUICK", "DTYPES", "SWEEP", "SWEEP_TIMEOUT", "TEST_TIMEOUT", "PACK", "ENGINE_ARGS",
+                    "SERVE_ARGS"):
             full_env.setdefault(key, "")
         # Wheels carried in the checkout's .whl/ are the GPU machine's (Python 3.12), not this one's.
         full_env.setdefault("WHEEL_DIR", str(tmp_path / "no-wheels"))
@@ -122,6 +123,14 @@ def test_gpu_suite_named_ops_and_failures(fake_python, tmp_path):
                      ["-m", "bench.sweep", "--ops", "rmsnorm", "rope", "--out", str(res)],
                      ["-m", "bench.summarize", str(res)]], "every step runs even after a failure"
     assert {"op_tests.log", "sweep.log", "summary.log", "fake_op.csv"} <= {p.name for p in res.iterdir()}
+
+
+def test_gpu_suite_tests_only(fake_python, tmp_path):
+    out, calls = fake_python(GPU_SUITE, str(tmp_path / "res"), SWEEP="0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = [c["args"] for c in calls if c["args"][0] == "-m"]
+    pytest = ["-m", "pytest", "-v", "--durations=30"]
+    assert steps == [[*pytest, "-m", "gpu", "tests"], [*pytest, "tests/test_ops.py"]]
 
 
 def test_gpu_suite_sweep_timeout(fake_python, tmp_path):
