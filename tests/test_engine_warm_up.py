@@ -1,0 +1,55 @@
+"""Start-up warm-up: the runner's launches that let autotuned kernels pick configs before any request.
+
+On a GPU with autotuning on, ``ModelRunner._warm_up`` runs one cache-less forward per power-of-two token
+count up to the step budget and one sampling per batch class; here (CPU, torch backend) it is forced, to
+check what it launches and that it leaves the KV cache and the outputs alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.model_runner import warm_up_sample_batches, warm_up_token_counts
+from engine.sampling_params import SamplingParams
+from tests.engine_helpers import make_engine, run_to_completion, single_threaded  # noqa: F401
+from tests.model_factory import make_hf_model
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_hf_model(tmp_path_factory.mktemp("warm"), arch="qwen2")
+
+
+def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatch):
+    engine = make_engine(model_dir, "torch", max_num_seqs=40, max_num_batched_tokens=300, num_kv_blocks=64)
+    runner = engine.runner
+    prompt = [3, 14, 15, 92, 65, 35, 89, 79]
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
+    before = run_to_completion(engine, [(prompt, params)])
+
+    forwards, samples = [], []
+    inner_prefill, inner_sample = runner._cacheless_prefill, runner.ops.sample
+
+    def counting_prefill(token_ids, lens):
+        forwards.append((token_ids.numel(), sum(lens)))
+        return inner_prefill(token_ids, lens)
+
+    def counting_sample(logits, st):
+        samples.append(logits.shape[0])
+        return inner_sample(logits, st)
+
+    monkeypatch.setattr(runner, "_cacheless_prefill", counting_prefill)
+    monkeypatch.setattr(runner.ops, "sample", counting_sample)
+    runner._warm_up()  # on a CPU: nothing
+    assert forwards == [] and samples == []
+    runner._warm_up(force=True)
+    top = min(300, 40 * runner.max_model_len)
+    assert [n for n, _ in forwards] == warm_up_token_counts(top) and all(n == m for n, m in forwards)
+    assert samples == warm_up_sample_batches(40) == [1, 32, 40]
+    monkeypatch.undo()
+
+    after = run_to_completion(engine, [(prompt, params)])
+    outputs = lambda results: [(r["tokens"], r["logprobs"]) for r in results.values()]
+    assert outputs(after) == outputs(before)
