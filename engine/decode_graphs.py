@@ -10,8 +10,9 @@ the decode kernel's launch grid never depends on the batch; a larger bound would
 programs on every step. Steps with prefill chunks, with a longer context, or larger than the biggest
 graph run eagerly (there the kernels' own work dwarfs the launch overhead a graph saves).
 
-Each size is run once eagerly before capture so that autotuned kernels pick their configs outside the
-graph (benchmarking inside a capture is not allowed).
+Each size is run once eagerly before capture, on the stream the capture then uses, so that autotuned
+kernels pick their configs outside the graph (benchmarking inside a capture is not allowed) and per-stream
+state such as the split-K arrival counters exists, zeroed for real, before the graph refers to it.
 
 Host cost per replay: three copies into the static buffers (token ids, positions and slots in one, the
 block tables, the context lengths) and the replay; padded rows are reset only when the batch shrinks.
@@ -78,7 +79,10 @@ class DecodeGraphs:
                 self._forward(bs)  # warm-up: autotuning and lazy allocations happen outside the capture
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            # Captured on the warm-up's stream: per-stream state the kernels made there (the split-K
+            # arrival counters, zeroed for real) is what the graph uses. On another stream it would be
+            # made inside the capture, where a zero fill only joins the graph (kernels/_split_k.py).
+            with torch.cuda.graph(graph, pool=pool, stream=stream):
                 self.logits[bs] = self._forward(bs)
             pool = graph.pool()
             self.graphs[bs] = graph

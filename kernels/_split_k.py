@@ -57,16 +57,31 @@ _COUNTERS: dict[tuple, torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers a captured CUDA graph may still point at
 
 
+class CountersDuringCapture(RuntimeError):
+    """A split-K launch met no (or too few) arrival counters while a CUDA graph was being captured."""
+
+
 def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
     """Zeroed int32 counters, one per output tile, shared by launches on one device and stream.
 
     Every launch leaves them zero (the last program of a tile re-arms its counter), so they are made
     once; two streams get separate buffers because launches on them may overlap.
+
+    They must be made outside CUDA-graph capture: inside one, ``torch.zeros`` only records the zero fill
+    into that graph, so the buffer holds whatever its memory held until that graph first replays, and
+    other graphs (or eager launches) that use it before then count arrivals from garbage -- a tile that
+    never finishes, or one reduced from unwritten partials. So a capture that would have to create or
+    grow them raises :class:`CountersDuringCapture`; run the same launch once eagerly on the capturing
+    stream first (engine.decode_graphs does: warm-up and capture share one stream).
     """
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device.type, device.index, stream)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < tiles:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise CountersDuringCapture(
+                f"split-K arrival counters for {tiles} tiles do not exist yet on the capturing stream; run "
+                "this launch once eagerly on the same stream before capturing it in a CUDA graph")
         if buf is not None:
             _RETIRED.append(buf)
         buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
