@@ -132,7 +132,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _warm_up(self, force: bool = False) -> None:
-        """Make the first launch of every autotuning bucket now, before a request waits on it (see above).
+        """Make the first launch of every autotuning bucket now, before a request waits on it (see above):
+        the prefill token-count buckets, and each sampler variant (edits, top logprobs) per batch class.
         Only on a GPU with autotuning on, unless ``force`` (tests run it on a CPU)."""
         from kernels.tuning import tune_mode
 
@@ -147,11 +148,16 @@ class ModelRunner:
         from engine.sampling_params import SamplingParams
         from kernels.sampling import SamplingTensors
 
+        # The sampler's variants: with and without logit edits (penalties), with and without top logprobs.
+        variants = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, repetition_penalty=1.1),
+                    SamplingParams(temperature=0.0, logprobs=1),
+                    SamplingParams(temperature=0.0, repetition_penalty=1.1, logprobs=1)]
         for batch in warm_up_sample_batches(self.config.max_num_seqs):
             logits = torch.randn(batch, vocab, device=dev, dtype=torch.float32)
-            st = SamplingTensors.build([SamplingParams(temperature=0.0)] * batch, [[]] * batch, [[]] * batch,
-                                       list(range(batch)), vocab, dev)
-            self.ops.sample(logits, st)
+            for params in variants:
+                st = SamplingTensors.build([params] * batch, [[0]] * batch, [[min(1, vocab - 1)]] * batch,
+                                           list(range(batch)), vocab, dev)
+                self.ops.sample(logits, st)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         log.info("warmed up the autotuned kernels for up to %d tokens per step", top)

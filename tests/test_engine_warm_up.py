@@ -47,7 +47,7 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     runner._warm_up(force=True)
     top = min(300, 40 * runner.max_model_len)
     assert [n for n, _ in forwards] == warm_up_token_counts(top) and all(n == m for n, m in forwards)
-    assert samples == warm_up_sample_batches(40) == [1, 32, 40]
+    assert samples == [b for b in warm_up_sample_batches(40) for _ in range(4)] == [1] * 4 + [32] * 4 + [40] * 4
     monkeypatch.undo()
 
     after = run_to_completion(engine, [(prompt, params)])
