@@ -94,15 +94,20 @@ def _args(tmp_path, **kw):
     return argparse.Namespace(**ns)
 
 
-def test_sweep_writes_csvs_from_fake_timings(tmp_path, monkeypatch, capsys):
-    # The GPU branch of sweep.run with the device parts replaced: fixed timings, fixed ceilings.
+def _fake_gpu(monkeypatch, tuned_check: str = "ok") -> None:
+    """The GPU branch of sweep.run with the device parts replaced: fixed timings, fixed ceilings, and the
+    given verdict for the autotuned config."""
     from bench import ceilings, check
 
     monkeypatch.setattr(sweep, "use_interpreter_without_gpu", lambda: False)
     monkeypatch.setattr(sweep, "check_op", lambda op, device, impl: check.OpResult(op.name, 1, 1, "", 0.0))
     monkeypatch.setattr(ceilings, "measure", lambda: CEIL)
     monkeypatch.setattr(sweep, "time_case", lambda op, case, impl, c: (0.5, 1.0, "events"))
-    monkeypatch.setattr(sweep, "check_tuned_case", lambda op, case, impl: "ok")
+    monkeypatch.setattr(sweep, "check_tuned_case", lambda op, case, impl: tuned_check)
+
+
+def test_sweep_writes_csvs_from_fake_timings(tmp_path, monkeypatch, capsys):
+    _fake_gpu(monkeypatch)
     assert sweep.run(_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "Fake GPU 80GB" in out and "2.00x" in out
@@ -114,13 +119,7 @@ def test_sweep_writes_csvs_from_fake_timings(tmp_path, monkeypatch, capsys):
 
 
 def test_sweep_fails_when_the_autotuned_config_is_wrong(tmp_path, monkeypatch, capsys):
-    from bench import ceilings, check
-
-    monkeypatch.setattr(sweep, "use_interpreter_without_gpu", lambda: False)
-    monkeypatch.setattr(sweep, "check_op", lambda op, device, impl: check.OpResult(op.name, 1, 1, "", 0.0))
-    monkeypatch.setattr(ceilings, "measure", lambda: CEIL)
-    monkeypatch.setattr(sweep, "time_case", lambda op, case, impl, c: (0.5, 1.0, "events"))
-    monkeypatch.setattr(sweep, "check_tuned_case", lambda op, case, impl: "FAIL AssertionError: off by 3")
+    _fake_gpu(monkeypatch, tuned_check="FAIL AssertionError: off by 3")
     assert sweep.run(_args(tmp_path, ops=["rmsnorm"])) == 1
     assert "FAIL AssertionError: off by 3" in capsys.readouterr().out
     assert report.read_csv(tmp_path / "rmsnorm.csv")[0]["tuned_check"] == "FAIL AssertionError: off by 3"
