@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from kernels import alloc
-from kernels._split_k import arrival_counters
+from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
 from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
@@ -82,32 +82,9 @@ def _linear_decode_kernel(
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    out_mask = in_m & (offs_n[None, :] < N)
-    if SPLITS > 1:
-        # Publish this split's partial sums, then count arrivals for this output tile; the program
-        # that arrives last adds all partials in split order (not arrival order) and writes y.
-        p_cols = offs_n[None, :]
-        tl.store(part_ptr + (split * M + offs_m).to(tl.int64)[:, None] * N + p_cols, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial store precedes the release below
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLITS - 1:
-            tl.debug_barrier()
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(0, SPLITS):
-                rows = (s * M + offs_m).to(tl.int64)
-                acc += tl.load(part_ptr + rows[:, None] * N + p_cols, mask=out_mask, other=0.0,
-                               cache_modifier=".cg")
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-            y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
-            tl.store(count_ptr + tile, 0)  # re-arm the counter for the next launch
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    # One split: write y. Several: publish this split's partials, count arrivals for the tile; the
+    # last program adds the partials in split order, writes y and re-arms the counter (kernels/_split_k.py).
+    finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
 # --- configs as data ----------------------------------------------------------------------------
