@@ -117,6 +117,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir(gpu: str, out: str | Path | None = None) -> Path:
+    """Where a run's files go: ``out`` if given, else ``bench/results/<gpu name>/``; created if missing."""
+    path = Path(out) if out else RESULTS / safe_name(gpu)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def safe_name(text: str) -> str:
     """A file or folder name from a GPU or op name: spaces to underscores, nothing odd left."""
     return re.sub(r"[^A-Za-z0-9._-]", "", text.strip().replace(" ", "_")) or "unknown"

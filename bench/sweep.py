@@ -27,7 +27,6 @@ from typing import Any
 
 from bench.check import OpModuleBroken, check_op, format_results, select_ops, use_interpreter_without_gpu
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_CASES = 8
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -77,8 +76,8 @@ def select_cases(cases: list[dict[str, Any]], dtypes, quick: bool) -> list[dict[
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -184,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     ceilings = ceilings_mod.measure()
     print(f"{ceilings.gpu}: copy {ceilings.copy_gbps:.0f} GB/s, bf16 matmul {ceilings.matmul_tflops:.0f} TFLOP/s, "
           f"L2 {ceilings.l2_bytes >> 20} MiB")
-    out_dir = args.out or RESULTS / report.safe_name(ceilings.gpu)
+    out_dir = report.results_dir(ceilings.gpu, args.out)
     commit, date = git_commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     passed = {r.op for r in checks if r.ok}
     all_rows, skipped, failed = [], [], []

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
-from bench.report import write_rows
+from bench.ceilings import measure
+from bench.report import results_dir, write_rows
 from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
@@ -50,18 +51,10 @@ def ms(fn, graph: bool = False) -> float:
 
 
 def ceilings() -> dict:
-    n = 1 << 29  # 1 GiB of bf16
-    src = torch.randn(n, device=DEVICE, dtype=BF16)
-    dst = torch.empty_like(src)
-    t = ms(lambda: dst.copy_(src))
-    copy_gbs = 2 * src.numel() * src.element_size() / t / 1e6
-    a = torch.randn(8192, 8192, device=DEVICE, dtype=BF16)
-    b = torch.randn(8192, 8192, device=DEVICE, dtype=BF16)
-    t = ms(lambda: a @ b)
-    props = torch.cuda.get_device_properties(0)
-    return {"gpu": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
-            "l2_mb": props.L2_cache_size / 2**20, "copy_gbs": copy_gbs,
-            "cublas_tflops": 2 * 8192**3 / t / 1e9}
+    """The card's ceilings (bench.ceilings, as the sweep measures them) plus its SM count, as one CSV row."""
+    c = measure()
+    return {"gpu": c.gpu, "sms": torch.cuda.get_device_properties(0).multi_processor_count,
+            "l2_mb": c.l2_bytes / 2**20, "copy_gbs": c.copy_gbps, "cublas_tflops": c.matmul_tflops}
 
 
 def operands(M: int, N: int, K: int, l2_bytes: int, rotate: bool):
@@ -175,8 +168,7 @@ def main() -> int:
         return 2
     deadline = time.time() + args.budget_s
     ceil = ceilings()
-    out = args.out or os.path.join("bench", "results", ceil["gpu"].replace(" ", "_"))
-    os.makedirs(out, exist_ok=True)
+    out = results_dir(ceil["gpu"], args.out)
     write_rows([ceil], os.path.join(out, "linear_ceilings.csv"))
     print(f"{ceil['gpu']}: {ceil['sms']} SMs, L2 {ceil['l2_mb']:.0f} MB, copy {ceil['copy_gbs']:.0f} GB/s, "
           f"cuBLAS bf16 8192^3 {ceil['cublas_tflops']:.0f} TFLOP/s", flush=True)

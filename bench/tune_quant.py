@@ -29,7 +29,7 @@ import time
 import torch
 
 from bench.ceilings import measure
-from bench.report import write_rows
+from bench.report import results_dir, write_rows
 from bench.timing import input_sets_for, time_rotating
 from kernels.gguf_formats import Q4_0, Q4_K, qtype_name
 from kernels.gguf_linear import GGUF_LINEAR_OP
@@ -142,8 +142,7 @@ def main() -> int:
         return 2
     deadline = time.time() + args.budget_s
     ceil = measure()
-    out = args.out or os.path.join("bench", "results", ceil.gpu.replace(" ", "_"))
-    os.makedirs(out, exist_ok=True)
+    out = results_dir(ceil.gpu, args.out)
     write_rows([vars(ceil)], os.path.join(out, "quant_ceilings.csv"))
     print(f"{ceil.gpu}: copy {ceil.copy_gbps:.0f} GB/s, cuBLAS bf16 {ceil.matmul_tflops:.0f} TFLOP/s, "
           f"L2 {ceil.l2_bytes / 2**20:.0f} MiB", flush=True)

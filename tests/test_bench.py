@@ -165,3 +165,10 @@ def test_summary_of_targets(tmp_path, capsys):
     assert summarize.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "beyond 2xL2 (1): min  80.0%" in out and "slowest speedup 0.50x at tokens=1 hidden=8" in out
+
+
+def test_results_dir(tmp_path, monkeypatch):
+    assert report.results_dir("NVIDIA H200", tmp_path / "x") == tmp_path / "x" and (tmp_path / "x").is_dir()
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    made = report.results_dir("NVIDIA H100 80GB HBM3", None)
+    assert made == tmp_path / "results" / "NVIDIA_H100_80GB_HBM3" and made.is_dir()
