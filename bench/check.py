@@ -103,7 +103,7 @@ def select_ops(names: list[str] | None):
 
     try:
         registry.all_ops()
-    except Exception as e:
+    except Exception as e:  # whatever an op module raised on import: re-raised below with every broken module
         broken = _broken_op_modules() or [f"{type(e).__name__}: {e}"]
         raise OpModuleBroken("op modules failed to import:\n  " + "\n  ".join(broken)) from e
 

@@ -342,7 +342,7 @@ def rerun_eagerly(name: str, config: dict, workdir: Path, args, work: Workload, 
     print(f"[{name}] rerunning without CUDA graphs to locate the failure", file=sys.stderr, flush=True)
     try:
         bench_model(name, config, workdir, eager_args, work, result, save)
-    except Exception as err:
+    except Exception as err:  # the rerun is a diagnosis: its failure is recorded like the first run's
         traceback.print_exc()
         result["error"] = f"{type(err).__name__}: {err}"
     save()

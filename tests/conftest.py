@@ -19,7 +19,7 @@ if not GPU:
 os.environ.setdefault("TRITONFORGE_TUNE", "first")
 
 import pytest  # noqa: E402  (after the interpreter switch on purpose)
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402  (after the interpreter switch on purpose)
 
 settings.register_profile(
     "cpu", max_examples=6, deadline=None, derandomize=True,

@@ -34,9 +34,9 @@ def test_capture_refuses_to_create_counters(monkeypatch):
     w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
     stream = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(_split_k.CountersDuringCapture, match="run this launch once eagerly"):  # noqa: SIM117
-        with torch.cuda.graph(graph, stream=stream):
-            linear_decode_2d(x, w, None, k_chunk=256)
+    with pytest.raises(_split_k.CountersDuringCapture, match="run this launch once eagerly"), \
+            torch.cuda.graph(graph, stream=stream):
+        linear_decode_2d(x, w, None, k_chunk=256)
     # Made eagerly on that stream first, the same capture works and replays correctly.
     with torch.cuda.stream(stream):
         linear_decode_2d(x, w, None, k_chunk=256)

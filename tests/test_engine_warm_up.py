@@ -11,7 +11,11 @@ import pytest
 
 from engine.model_runner import warm_up_sample_batches, warm_up_token_counts
 from engine.sampling_params import SamplingParams
-from tests.engine_helpers import make_engine, run_to_completion, single_threaded  # noqa: F401
+from tests.engine_helpers import (
+    make_engine,
+    run_to_completion,
+    single_threaded,  # noqa: F401  (autouse fixture: one CPU thread)
+)
 from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.engine

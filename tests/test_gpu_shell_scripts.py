@@ -232,7 +232,7 @@ for script, args in json.loads(sys.argv[1]).items():
             runpy.run_path(script, run_name="__main__")
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
-        except Exception as exc:
+        except Exception as exc:  # recorded as the script's result, which the test asserts on
             code, err = "raised", io.StringIO(f"{type(exc).__name__}: {exc}")
     results[script] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
 print(json.dumps(results))

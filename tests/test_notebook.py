@@ -23,7 +23,7 @@ def test_kernel_walkthrough_runs_top_to_bottom(monkeypatch, capsys):
         source = "".join(cell["source"])
         try:
             exec(compile(source, f"{NOTEBOOK.name}[code cell {i}]", "exec"), namespace)
-        except Exception as e:
+        except Exception as e:  # re-raised as a failure that names the cell and shows its source
             raise AssertionError(f"code cell {i} failed: {type(e).__name__}: {e}\n---\n{source}") from e
     out = capsys.readouterr().out
     assert "smoke cases match the reference" in out

@@ -97,7 +97,7 @@ def test_serve_command_drains_in_flight_streams_on_sigterm(model_dir):
         for _ in range(1200):
             if proc.poll() is not None:
                 raise AssertionError(f"serve exited early:\n{proc.stdout.read()}")
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet: the server is still starting
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             time.sleep(0.1)
