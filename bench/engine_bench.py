@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import faulthandler
 import gc
 import json
 import logging
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -295,6 +297,9 @@ def main(argv=None) -> int:
         print("engine_bench needs a GPU (--smoke checks the script on a CPU)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("engine").setLevel(logging.INFO)  # start-up phases: KV cache, warm-up, graph capture
+    # A run stopped by its time limit (SIGTERM from `timeout`) prints where every thread was.
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpu = "cpu" if args.device == "cpu" else torch.cuda.get_device_name(0)

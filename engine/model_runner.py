@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,9 @@ class ModelRunner:
             from engine.decode_graphs import DecodeGraphs
 
             try:
+                t = time.perf_counter()
                 self.graphs = DecodeGraphs(self, max_batch=min(config.max_num_seqs, 256))
+                log.info("captured %d decode graphs in %.1f s", len(self.graphs.sizes), time.perf_counter() - t)
             except RuntimeError as err:  # a kernel that cannot be captured: slower, but still correct
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", err)
                 torch.cuda.synchronize(self.device)
@@ -141,10 +144,16 @@ class ModelRunner:
             return
         top = min(self.config.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
         dev, vocab = self.device, self.model_config.vocab_size
+        start = time.perf_counter()
         for tokens in warm_up_token_counts(top):
             seqlen = min(tokens, self.max_model_len)
             lens = [seqlen] * (tokens // seqlen) + ([tokens % seqlen] if tokens % seqlen else [])
+            t = time.perf_counter()
             self._cacheless_prefill(torch.randint(0, vocab, (tokens,), device=dev), lens)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            log.info("warm-up: prefill of %d tokens in %.1f s", tokens, time.perf_counter() - t)
+        self._warm_up_attention()
         from engine.sampling_params import SamplingParams
         from kernels.sampling import SamplingTensors
 
@@ -160,7 +169,24 @@ class ModelRunner:
                 self.ops.sample(logits, st)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        log.info("warmed up the autotuned kernels for up to %d tokens per step", top)
+        log.info("warmed up the autotuned kernels for up to %d tokens per step in %.1f s", top,
+                 time.perf_counter() - start)
+
+    def _warm_up_attention(self) -> None:
+        """The attention variants a cacheless prefill does not meet, on the scratch block: decode in one
+        split and in several (eager decodes in mixed steps; the decode graphs capture their own), and
+        prefill after a cached prefix (chunked prefill, prefix-cache hits)."""
+        c, dev = self.model_config, self.device
+        k_cache, v_cache = self.kv_caches[0]
+        width = math.ceil(self.max_model_len / self.block_size)
+        table = torch.full((1, width), self.scratch_block, dtype=torch.int32, device=dev)
+        one = torch.ones(1, dtype=torch.int32, device=dev)
+        q = torch.randn(1, c.num_attention_heads, c.head_dim, dtype=self.dtype, device=dev)
+        kv = torch.randn(1, c.num_key_value_heads, c.head_dim, dtype=self.dtype, device=dev)
+        for bound in (1, self.max_model_len):
+            self.ops.paged_decode_attention(q, k_cache, v_cache, table, one, max_context_len=bound)
+        self.ops.prefill_attention(q, kv, kv, torch.tensor([0, 1], dtype=torch.int32, device=dev), 1, causal=True,
+                                   k_cache=k_cache, v_cache=v_cache, block_tables=table, prefix_lens=one)
 
     def _cacheless_prefill(self, token_ids: torch.Tensor, lens: list[int]) -> torch.Tensor:
         """Logits of the last token of each of ``len(lens)`` packed prompts, written nowhere in the cache

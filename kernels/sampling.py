@@ -134,7 +134,7 @@ def _top_logprobs(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zm
     tl.store(top_lp_ptr + out + rank, lps, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width", "batch_bucket"])  # per-step ints: one compile for all values
 def _sample_kernel(
     logits_ptr, work_ptr, stride_l, V,
     temp_ptr, topp_ptr, minp_ptr, rep_ptr, pres_ptr, freq_ptr, topk_ptr, key1_ptr, key2_ptr, nlp_ptr,

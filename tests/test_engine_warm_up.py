@@ -1,8 +1,9 @@
 """Start-up warm-up: the runner's launches that let autotuned kernels pick configs before any request.
 
 On a GPU with autotuning on, ``ModelRunner._warm_up`` runs one cache-less forward per power-of-two token
-count up to the step budget and one sampling per batch class; here (CPU, torch backend) it is forced, to
-check what it launches and that it leaves the KV cache and the outputs alone.
+count up to the step budget, the attention variants those miss, and one sampling per batch class; here
+(CPU, torch backend) it is forced, to check what it launches and that it leaves the KV cache and the
+outputs alone.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
     before = run_to_completion(engine, [(prompt, params)])
 
-    forwards, samples = [], []
+    forwards, samples, attention = [], [], []
     inner_prefill, inner_sample = runner._cacheless_prefill, runner.ops.sample
+    inner_decode, inner_attend = runner.ops.paged_decode_attention, runner.ops.prefill_attention
 
     def counting_prefill(token_ids, lens):
         forwards.append((token_ids.numel(), sum(lens)))
@@ -44,7 +46,17 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
         samples.append(logits.shape[0])
         return inner_sample(logits, st)
 
+    def counting_decode(*args, max_context_len, **kwargs):
+        attention.append(("decode", max_context_len))
+        return inner_decode(*args, max_context_len=max_context_len, **kwargs)
+
+    def counting_attend(*args, k_cache=None, **kwargs):
+        attention.append(("prefill", k_cache is not None))
+        return inner_attend(*args, k_cache=k_cache, **kwargs)
+
     monkeypatch.setattr(runner, "_cacheless_prefill", counting_prefill)
+    monkeypatch.setattr(runner.ops, "paged_decode_attention", counting_decode)
+    monkeypatch.setattr(runner.ops, "prefill_attention", counting_attend)
     monkeypatch.setattr(runner.ops, "sample", counting_sample)
     runner._warm_up()  # on a CPU: nothing
     assert forwards == [] and samples == []
@@ -52,6 +64,9 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     top = min(300, 40 * runner.max_model_len)
     assert [n for n, _ in forwards] == warm_up_token_counts(top) and all(n == m for n, m in forwards)
     assert samples == [b for b in warm_up_sample_batches(40) for _ in range(4)] == [1] * 4 + [32] * 4 + [40] * 4
+    # Beside the cache-less forwards' own prefills: decode in one split and in many, prefill after a prefix.
+    extra = [a for a in attention if a != ("prefill", False)]
+    assert extra == [("decode", 1), ("decode", runner.max_model_len), ("prefill", True)]
     monkeypatch.undo()
 
     after = run_to_completion(engine, [(prompt, params)])
