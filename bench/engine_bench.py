@@ -298,8 +298,6 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("engine").setLevel(logging.INFO)  # start-up phases: KV cache, warm-up, graph capture
-    # A run stopped by its time limit (SIGTERM from `timeout`) prints where every thread was.
-    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpu = "cpu" if args.device == "cpu" else torch.cuda.get_device_name(0)
@@ -387,4 +385,6 @@ def write_csv(path: Path, gpu: str, results: list[dict]) -> None:
                 w.writerow([gpu, r["model"], engine.get("backend", ""), engine.get("cuda_graphs", ""), metric, value])
 
 if __name__ == "__main__":
+    # A run stopped by its time limit (SIGTERM from `timeout`) prints where every thread was.
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     sys.exit(main())

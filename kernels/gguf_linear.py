@@ -33,7 +33,7 @@ from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
 
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _gguf_linear_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET, row_bytes, stride_xm, stride_ym, B_CHUNK, SPLITS,

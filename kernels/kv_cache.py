@@ -34,7 +34,7 @@ from kernels._triton import tl, triton
 from kernels.registry import Op, register
 
 
-@triton.jit(do_not_specialize=["num_tokens"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["num_tokens"])  # per-step values: compiled once
 def _kv_cache_write_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,

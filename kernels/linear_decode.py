@@ -52,7 +52,7 @@ SPLIT_UNIT = 512
 PROGRAMS_PER_SM = 2
 
 
-@triton.jit(do_not_specialize=["M"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M"])  # per-step values: compiled once
 def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,

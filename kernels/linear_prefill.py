@@ -78,7 +78,7 @@ def _linear_tile(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _linear_tiled_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
@@ -89,7 +89,7 @@ def _linear_tiled_kernel(
                  HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _linear_persistent_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
     NUM_PROGRAMS: tl.constexpr,

@@ -67,7 +67,7 @@ def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, vali
     return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid[None, :] if MASKED else None, MASKED, UPCAST)
 
 
-@triton.jit(do_not_specialize=["stride_bt", "max_splits"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits"])  # per-step values: compiled once
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr,
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
@@ -121,7 +121,7 @@ def _decode_split_kernel(
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=head_ok)
 
 
-@triton.jit(do_not_specialize=["max_splits"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["ctx_ptr", "max_splits"])  # per-step values: compiled once
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_BLOCK: tl.constexpr,

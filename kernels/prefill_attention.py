@@ -44,7 +44,7 @@ from kernels.registry import Op, register
 LOG2E = 1.4426950408889634
 
 
-@triton.jit(do_not_specialize=["stride_bt"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["cu_ptr", "bt_ptr", "prefix_ptr", "stride_bt"])  # per-step values: compiled once
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr,
     k_cache_ptr, v_cache_ptr, bt_ptr, prefix_ptr,

@@ -53,7 +53,7 @@ from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
 
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _w8a16_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET, stride_xm, stride_ym, K_CHUNK, SPLITS,
@@ -83,7 +83,7 @@ def _w8a16_kernel(
     finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
-@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _w4a16_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET, stride_xm, stride_ym, stride_qn, G_CHUNK, SPLITS,

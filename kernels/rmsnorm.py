@@ -30,7 +30,7 @@ from kernels.registry import Op, register
 MAX_HIDDEN = 65536
 
 
-@triton.jit(do_not_specialize=["n_rows"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["n_rows"])  # per-step values: compiled once
 def _rmsnorm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,
     stride_x, stride_r, stride_y, stride_h,

@@ -28,7 +28,7 @@ from kernels.device import vendor
 from kernels.registry import Op, register
 
 
-@triton.jit(do_not_specialize=["rows"])  # per-step ints: one compile for all values
+@triton.jit(do_not_specialize=["rows"])  # per-step values: compiled once
 def _silu_and_mul_kernel(
     x_ptr, out_ptr,
     rows, d, stride_x, stride_out,
