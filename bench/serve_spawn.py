@@ -1,6 +1,7 @@
 """The server that ``bench/serve_bench.py`` measures: ``tritonforge serve`` started as a subprocess on a free
-loopback port (so the load generator never competes with the engine loop for the GIL), waited for until
-``/health`` answers, read (``/stats``) and stopped with SIGTERM (graceful drain, then kill).
+loopback port (so the load generator never competes with the engine loop for the GIL), logging at INFO with
+timestamps into a file, waited for until ``/health`` answers, read (``/stats``) and stopped with SIGTERM
+(graceful drain, then kill).
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ def spawn_server(model_dir: Path, settings: dict, log_path: Path,
                  stream_interval: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--max-queue", "100000",
+           "--port", str(port), "--log-level", "info", "--max-queue", "100000",
            "--stream-interval", str(stream_interval)]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return start_logged(cmd, log_path), f"http://127.0.0.1:{port}"
+
+
+def start_logged(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` with its stdout and stderr in ``log_path``, unbuffered (a killed server still leaves
+    its lines: start-up phases with their timestamps, slow steps)."""
     log = open(log_path, "w")  # noqa: SIM115  (kept open for the server's lifetime, closed by the OS at exit)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    return proc, f"http://127.0.0.1:{port}"
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:

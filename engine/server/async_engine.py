@@ -1,13 +1,21 @@
 """The one engine loop thread, and the asyncio side that HTTP handlers talk to.
 
     HTTP handlers (event loop) --submit/abort--> inbox (SimpleQueue) --drained at the top of each step-->
-    engine loop thread: add/abort -> LLMEngine.step() -> outputs --call_soon_threadsafe--> per-request queues
+    engine loop thread: add/abort -> LLMEngine.step() -> outputs --call_soon_threadsafe--> per-request mailboxes
 
 Only the loop thread touches the :class:`LLMEngine` (its scheduler and KV cache take no locks: they have
 one owner). Handlers never block it: they put a command in the inbox, set a wake-up event, and await
-their own ``asyncio.Queue``, which the loop thread fills through ``loop.call_soon_threadsafe`` (one
-callback per step for all requests). An HTTP request with several completions (``n > 1``, several
-prompts) is one :class:`RequestGroup` of several engine requests sharing one queue.
+their group's mailbox, which the loop thread fills through ``loop.call_soon_threadsafe`` (one callback
+per step for all requests). An HTTP request with several completions (``n > 1``, several prompts) is one
+:class:`RequestGroup` of several engine requests sharing one mailbox.
+
+The mailbox is a deque and one future: a step's events for a group wake its handler once, and the handler
+takes everything pending at once (one SSE write per step per stream, or fewer when it falls behind). No
+timer is armed per wait: every ``POKE_S`` one callback pokes all live groups, and a poked handler checks
+its deadline and whether its client is still there.
+
+A step longer than ``SLOW_STEP_S`` is logged as a warning (with the running and waiting counts), so that
+stalls (first launches of a new shape, a busy GPU) show in the server's log.
 
 Failure handling: an exception escaping ``LLMEngine.step`` marks the engine dead (``/health`` -> 503) and
 every request still in flight gets an :class:`EngineDeadError` event (-> HTTP 500) instead of hanging;
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5          # how long an idle loop sleeps before looking at the inbox again
 STATS_INTERVAL_S = 0.05    # scheduler statistics are mirrored at most this often while busy
 FINISHED_KEPT = 1024       # finished groups remembered for GET /status
+POKE_S = 0.5               # how often waiting handlers are woken to check their deadline and client
+SLOW_STEP_S = 1.0          # an engine step longer than this is logged as a warning
 STALL_S = 120.0            # a loop iteration longer than this marks the engine unhealthy (first-launch
                            # autotuning of a new shape can take tens of seconds, a hung GPU forever)
 
@@ -58,7 +68,8 @@ class RequestGroup:
     timeout_s: float | None
     created: float = field(default_factory=time.time)
     submitted: float = field(default_factory=time.monotonic)
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    pending: collections.deque = field(default_factory=collections.deque)   # (index, output) not yet taken
+    poked: bool = False
     finish_reasons: list = field(default_factory=list)
     num_output_tokens: list = field(default_factory=list)
     cancelled: bool = False
@@ -67,6 +78,39 @@ class RequestGroup:
     def __post_init__(self) -> None:
         self.finish_reasons = [None] * len(self.request_ids)
         self.num_output_tokens = [0] * len(self.request_ids)
+        self._waiter: asyncio.Future | None = None
+
+    # --- the mailbox (event loop only) ---
+
+    def put(self, event: tuple[int, object]) -> None:
+        self.pending.append(event)
+        self._wake()
+
+    def poke(self) -> None:
+        """Wake the handler even without an event (it then checks its deadline and client)."""
+        self.poked = True
+        self._wake()
+
+    def take(self) -> list[tuple[int, object]]:
+        """Every event that has arrived and not been taken, oldest first."""
+        events = list(self.pending)
+        self.pending.clear()
+        return events
+
+    async def wait(self) -> None:
+        """Until an event is pending or the group has been poked."""
+        if self.pending or self.poked:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def done(self) -> bool:
@@ -107,6 +151,7 @@ class AsyncEngine:
         self._stats: dict = dict(engine.scheduler.stats(), num_steps=engine.num_steps)
         self._stats_time = 0.0
         self.heartbeat = time.monotonic()   # written by the loop thread at every iteration
+        self._poke_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle (event loop) --------------------------------------------------------------------
 
@@ -115,6 +160,7 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
         self.metrics.alive.set(1)
+        self._poke_timer = self._loop.call_later(POKE_S, self._poke)
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
         """Abort what is still in flight, stop the loop thread and wait for it (at most ``timeout_s``)."""
@@ -125,6 +171,8 @@ class AsyncEngine:
             if self._thread.is_alive():
                 log.error("the engine loop did not stop within %.0fs", timeout_s)
         self._fail_all("the server is shutting down")
+        if self._poke_timer is not None:
+            self._poke_timer.cancel()
 
     @property
     def alive(self) -> bool:
@@ -169,8 +217,14 @@ class AsyncEngine:
         self._inbox.put(command)
         self._wake.set()
 
+    def _poke(self) -> None:
+        """Event loop, every POKE_S: wake every live group's handler."""
+        for group in self.groups.values():
+            group.poke()
+        self._poke_timer = self._loop.call_later(POKE_S, self._poke)
+
     def _dispatch(self, events: list[tuple[RequestGroup, int, object]]) -> None:
-        """Event loop: hand the loop thread's events to their groups' queues."""
+        """Event loop: hand the loop thread's events to their groups' mailboxes."""
         for group, index, item in events:
             if isinstance(item, Exception):
                 group.error = group.error or str(item)
@@ -178,7 +232,7 @@ class AsyncEngine:
                 group.num_output_tokens[index] = item.num_output_tokens
                 if item.finished:
                     group.finish_reasons[index] = item.finish_reason
-            group.queue.put_nowait((index, item))
+            group.put((index, item))
             if group.done and self.groups.pop(group.id, None) is not None:
                 self._remember(group)
 
@@ -208,7 +262,10 @@ class AsyncEngine:
                 if not self._drain_inbox():
                     break
                 if engine.has_unfinished():
+                    start = time.monotonic()
                     self._publish(engine.step())
+                    if time.monotonic() - start > SLOW_STEP_S:
+                        self._warn_slow_step(time.monotonic() - start)
                     self._refresh_stats(force=False)
                 else:
                     self._refresh_stats(force=True)
@@ -219,6 +276,11 @@ class AsyncEngine:
             self._post(self._on_death, err)
             return
         self._post(self._fail_all, "the server is shutting down")
+
+    def _warn_slow_step(self, seconds: float) -> None:
+        stats = self.engine.scheduler.stats()
+        log.warning("engine step %d took %.2f s (%d running, %d waiting after it)", self.engine.num_steps, seconds,
+                    stats.get("num_running", 0), stats.get("num_waiting", 0))
 
     def _drain_inbox(self) -> bool:
         """Apply queued adds and aborts; False once a stop command arrives."""

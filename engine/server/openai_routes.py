@@ -22,6 +22,7 @@ from engine.server.state import (
     ClientGone,
     GroupStreamingResponse,
     ServerState,
+    event_batches,
     events,
     log,
     new_id,
@@ -101,34 +102,37 @@ async def _collect(state, group, request, chat: bool, want_logprobs: bool, promp
 
 
 async def _stream(state, group, chat: bool, want_logprobs: bool, include_usage: bool, prompt_tokens: int):
-    model, created = state.model_name, int(group.created)
+    """The SSE stream: one string per batch of events (see event_batches), so one write per step."""
     size = len(group.request_ids)
+    encoder = fmt.ChunkEncoder(group.id, int(group.created), state.model_name, chat, include_usage)
     counts, offsets = [0] * size, [0] * size
     timed_out = False
     try:
         if chat:
-            for i in range(size):
-                yield fmt.sse(fmt.chat_chunk(group.id, created, model, i, {"role": "assistant", "content": ""},
-                                             None, None, include_usage))
-        async for index, out in events(state, group):
-            counts[index] = out.num_output_tokens
-            reason = out.finish_reason if out.finished else None
-            timed_out = timed_out or reason == "timeout"
-            if not (out.new_text or out.finished or (want_logprobs and out.logprobs)):
-                continue
-            if chat:
-                logprobs = state.formatter.chat(out.logprobs or []) if want_logprobs else None
-                delta = {"content": out.new_text} if out.new_text else {}
-                chunk = fmt.chat_chunk(group.id, created, model, index, delta, reason, logprobs, include_usage)
-            else:
-                logprobs = state.formatter.completion(out.logprobs or [], offsets[index]) if want_logprobs else None
-                offsets[index] += len(out.new_text)
-                chunk = fmt.completion_chunk(group.id, created, model, index, out.new_text, reason, logprobs,
-                                             include_usage)
-            yield fmt.sse(chunk)
+            yield "".join(encoder.chat(i, {"role": "assistant", "content": ""}, None) for i in range(size))
+        async for batch in event_batches(state, group):
+            chunk = []
+            for index, out in batch:
+                counts[index] = out.num_output_tokens
+                reason = out.finish_reason if out.finished else None
+                timed_out = timed_out or reason == "timeout"
+                if not (out.new_text or out.finished or (want_logprobs and out.logprobs)):
+                    continue
+                if chat:
+                    logprobs = state.formatter.chat(out.logprobs or []) if want_logprobs else None
+                    delta = {"content": out.new_text} if out.new_text else {}
+                    chunk.append(encoder.chat(index, delta, reason, logprobs))
+                else:
+                    logprobs = (state.formatter.completion(out.logprobs or [], offsets[index]) if want_logprobs
+                                else None)
+                    offsets[index] += len(out.new_text)
+                    chunk.append(encoder.completion(index, out.new_text, reason, logprobs))
+            if chunk:
+                yield "".join(chunk)
         if timed_out:
             yield fmt.sse(timeout_error(group).body())
         if include_usage:
+            model, created = state.model_name, int(group.created)
             yield fmt.sse(fmt.usage_chunk(group.id, created, model, chat, fmt.usage(prompt_tokens, sum(counts))))
         yield fmt.DONE
     except APIError as err:

@@ -16,12 +16,49 @@ chat uses ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token"
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 
 DONE = "data: [DONE]\n\n"
+_encode = json.JSONEncoder(ensure_ascii=False).encode   # one encoder, not one per call as json.dumps makes
 
 
 def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    return f"data: {_encode(payload)}\n\n"
+
+
+def _string_or_null(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def generate_event(request_id: str, text: str, token_ids: list[int], finished: bool, finish_reason: str | None) -> str:
+    """``sse({"id", "text", "token_ids", "finished", "finish_reason"})`` of /generate/stream, the same bytes,
+    written out directly: this is built once per token per stream, where json.dumps is the larger cost."""
+    return (f'data: {{"id": {encode_basestring(request_id)}, "text": {encode_basestring(text)}, '
+            f'"token_ids": [{", ".join(map(str, token_ids))}], "finished": {"true" if finished else "false"}, '
+            f'"finish_reason": {_string_or_null(finish_reason)}}}\n\n')
+
+
+class ChunkEncoder:
+    """One stream's SSE chunks, the same bytes as ``sse(completion_chunk(...))`` / ``sse(chat_chunk(...))``:
+    the fields every chunk of the stream shares are encoded once, each chunk encodes only its own."""
+
+    def __init__(self, response_id: str, created: int, model: str, chat: bool, with_usage: bool):
+        head = (chat_chunk if chat else completion_chunk)(response_id, created, model, 0, "", None)
+        del head["choices"]
+        self._head = "data: " + _encode(head)[:-1] + ', "choices": [{"index": '
+        self._tail = "}]" + (', "usage": null' if with_usage else "") + "}\n\n"
+        self._body = '"delta": ' if chat else '"text": '
+
+    def completion(self, index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> str:
+        return (f"{self._head}{index}, {self._body}{encode_basestring(text)}, "
+                f"{self._rest(logprobs, finish_reason)}")
+
+    def chat(self, index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> str:
+        return f"{self._head}{index}, {self._body}{_encode(delta)}, {self._rest(logprobs, finish_reason)}"
+
+    def _rest(self, logprobs: dict | None, finish_reason: str | None) -> str:
+        encoded = "null" if logprobs is None else _encode(logprobs)
+        return f'"logprobs": {encoded}, "finish_reason": {_string_or_null(finish_reason)}{self._tail}'
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:

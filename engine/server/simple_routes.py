@@ -3,7 +3,7 @@
     POST /generate          {"prompt": "text" | [token ids], "max_tokens": 128, "temperature", "top_p", "top_k",
                              "min_p", "repetition_penalty", "seed", "stop": str | [str], "ignore_eos", "timeout"}
                             -> {"id", "text", "token_ids", "finish_reason", "num_prompt_tokens", "num_output_tokens"}
-    POST /generate/stream   same body -> server-sent events, one per engine output:
+    POST /generate/stream   same body -> server-sent events, one per engine output (those of one step in one write):
                             data: {"id", "text": <new text>, "token_ids": <new ids>, "finished", "finish_reason"}
                             ... ending with data: [DONE] (an error mid-stream: data: {"error": {...}})
     GET  /status/{id}       -> {"id", "state": queued|running|finished|cancelled|failed, "created",
@@ -27,6 +27,7 @@ from engine.server.state import (
     ClientGone,
     GroupStreamingResponse,
     ServerState,
+    event_batches,
     events,
     log,
     new_id,
@@ -72,11 +73,14 @@ async def generate_stream(request: Request):
 
     async def stream():
         try:
-            async for _, out in events(state, group):
-                yield fmt.sse({"id": group.id, "text": out.new_text, "token_ids": out.new_token_ids,
-                               "finished": out.finished, "finish_reason": out.finish_reason})
-                if out.finish_reason == "timeout":
-                    yield fmt.sse(timeout_error(group).body())
+            async for batch in event_batches(state, group):
+                chunk = []
+                for _, out in batch:
+                    chunk.append(fmt.generate_event(group.id, out.new_text, out.new_token_ids, out.finished,
+                                                    out.finish_reason))
+                    if out.finish_reason == "timeout":
+                        chunk.append(fmt.sse(timeout_error(group).body()))
+                yield "".join(chunk)
             yield fmt.DONE
         except APIError as err:
             yield fmt.sse(err.body())

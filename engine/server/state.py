@@ -17,7 +17,6 @@ from engine.server.protocol import APIError
 
 log = logging.getLogger("engine.server")
 
-POLL_S = 0.5          # how often a waiting non-streaming handler checks that its client is still there
 DEADLINE_GRACE_S = 5  # the engine enforces timeouts; this backstop only fires if the engine loop is stuck
 
 
@@ -50,11 +49,18 @@ class ServerState:
 
 class GroupStreamingResponse(StreamingResponse):
     """A streaming response that aborts its request group however the response ends: a generator that
-    Starlette never started (the client left first) has no ``finally`` of its own to run."""
+    Starlette never started (the client left first) has no ``finally`` of its own to run.
+
+    ``content`` yields one string per batch of events (see :func:`event_batches`): one write per engine
+    step per stream, and fewer when the handler falls behind. With ``stream_interval_s`` > 0 the stream
+    waits that long after each write, so that the events of several steps go out together (fewer writes
+    per token, coarser arrival of tokens; the first write is not delayed).
+    """
 
     def __init__(self, state: ServerState, group: RequestGroup, content, headers: dict[str, str]):
-        super().__init__(_coalesce(group, content, state.stream_interval_s), media_type="text/event-stream",
-                         headers=headers)
+        if state.stream_interval_s > 0:
+            content = _paced(group, content, state.stream_interval_s)
+        super().__init__(content, media_type="text/event-stream", headers=headers)
         self.state, self.group = state, group
 
     async def __call__(self, scope, receive, send) -> None:
@@ -66,74 +72,72 @@ class GroupStreamingResponse(StreamingResponse):
             self.state.engine.abort(self.group)
 
 
-async def _coalesce(group: RequestGroup, chunks, interval_s: float):
-    """Join the SSE events that are ready together into one write.
-
-    Each write costs a socket send and the HTTP layer's framing, a large share of the server's work per
-    token. A client that keeps up gets one event per write; when the handler falls behind (many
-    streams, fast steps), the events already queued for its group go out in one write instead of many.
-    With ``interval_s`` > 0 a stream waits that long after each write, so that the events of several
-    steps go out together (fewer writes per token, coarser arrival of tokens; the first write is not
-    delayed).
-    """
-    pending: list[str] = []
+async def _paced(group: RequestGroup, chunks, interval_s: float):
     async for chunk in chunks:
-        pending.append(chunk)
-        if group.queue.empty():
-            yield "".join(pending)
-            pending.clear()
-            if interval_s > 0 and not group.done:
-                await asyncio.sleep(interval_s)
-    if pending:
-        yield "".join(pending)
+        yield chunk
+        if not group.done:
+            await asyncio.sleep(interval_s)
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-async def events(state: ServerState, group: RequestGroup, request=None):
-    """Yield (index, RequestOutput) until every request of the group has finished.
+async def event_batches(state: ServerState, group: RequestGroup, request=None):
+    """Yield lists of (index, RequestOutput): every event that has arrived since the last batch (one
+    engine step's, or several steps' when the handler fell behind), until every request of the group
+    has finished.
 
     Raises the APIError an event carries, APIError(500) when the engine dies, APIError(408) when the
     backstop deadline passes, and ClientGone when ``request`` (given for non-streaming handlers) has
-    disconnected; in the last two cases the group is aborted first.
+    disconnected; in the last two cases the group is aborted first. Events before a failing one are
+    yielded first. The deadline and the client are checked each time the engine pokes the group (every
+    ``POKE_S``), not at every event.
     """
     remaining = len(group.request_ids)
     deadline = (group.submitted + group.timeout_s + DEADLINE_GRACE_S) if group.timeout_s is not None else None
     while remaining:
-        try:
-            index, item = await _get(group.queue, POLL_S)
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+        await group.wait()
+        if group.poked:
+            group.poked = False
             if request is not None and await request.is_disconnected():
                 state.engine.abort(group)
                 log.info("request %s: client disconnected; aborted", group.id)
-                raise ClientGone(group.id) from None
+                raise ClientGone(group.id)
             if deadline is not None and time.monotonic() > deadline:
                 state.engine.abort(group)
-                raise APIError(408, f"request timed out after {group.timeout_s}s", code="timeout") from None
-            continue
-        if isinstance(item, APIError):
-            raise item
-        if isinstance(item, EngineDeadError):
-            raise APIError(500, f"{item}", code="engine_error")
-        if isinstance(item, Exception):
-            raise APIError(500, f"internal error: {item}", code="engine_error")
-        if item.finished:
-            remaining -= 1
-            if item.finish_reason == "error":
-                raise APIError(500, f"the engine failed on this request: {item.error}", code="engine_error")
-        yield index, item
+                raise APIError(408, f"request timed out after {group.timeout_s}s", code="timeout")
+        batch = []
+        for index, item in group.take():
+            failure = _failure(item)
+            if failure is not None:
+                if batch:
+                    yield batch
+                raise failure
+            remaining -= item.finished
+            batch.append((index, item))
+        if batch:
+            yield batch
 
 
-async def _get(queue: asyncio.Queue, timeout: float):
-    """``queue.get()`` with a timeout; asyncio.timeout (3.11+) costs no extra task per call, unlike wait_for."""
-    if not queue.empty():
-        return queue.get_nowait()
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(timeout):
-            return await queue.get()
-    return await asyncio.wait_for(queue.get(), timeout)
+async def events(state: ServerState, group: RequestGroup, request=None):
+    """Yield (index, RequestOutput) one at a time; see :func:`event_batches`."""
+    async for batch in event_batches(state, group, request):
+        for event in batch:
+            yield event
+
+
+def _failure(item) -> APIError | None:
+    """The APIError that an event stands for, or None for a good output."""
+    if isinstance(item, APIError):
+        return item
+    if isinstance(item, EngineDeadError):
+        return APIError(500, f"{item}", code="engine_error")
+    if isinstance(item, Exception):
+        return APIError(500, f"internal error: {item}", code="engine_error")
+    if item.finished and item.finish_reason == "error":
+        return APIError(500, f"the engine failed on this request: {item.error}", code="engine_error")
+    return None
 
 
 def timeout_error(group: RequestGroup) -> APIError:
