@@ -11,7 +11,8 @@ tokens (greedy, ignore_eos), sent through ``POST /generate/stream``, which repor
 token ids: so TTFT and inter-token latency are per token, even where the random model's tokens decode to
 no text. For every concurrency (requests in flight) and request rate (Poisson arrivals; ``inf`` = all at
 once, still capped by the concurrency) it reports request throughput, output tok/s, TTFT, inter-token
-latency (ITL), time per output token (TPOT) and end-to-end latency percentiles.
+latency (ITL), time per output token (TPOT) and end-to-end latency percentiles. The clients run in
+several processes at high concurrency (``--client-procs``), so that parsing the streams never caps the rate.
 
 With ``--spawn-model`` the server is then stopped and the same requests run offline through
 ``LLMEngine`` in this process with the same engine settings and the same cap on requests in flight;
@@ -61,6 +62,8 @@ def arrival_gaps(count: int, rate: float, seed: int) -> list[float]:
 
 # --- the HTTP load generator --------------------------------------------------------------------
 
+CLIENT_START_S = 3.0  # client processes start this long after launch, together (spawning and importing first)
+
 async def one_request(client, prompt: list[int], output_len: int, timeout: float) -> dict:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "timeout": timeout}
     start = time.perf_counter()
@@ -91,7 +94,10 @@ async def one_request(client, prompt: list[int], output_len: int, timeout: float
     return record
 
 
-async def run_level(url: str, requests, concurrency: int, rate: float, seed: int, timeout: float) -> dict:
+async def client_records(url: str, requests, concurrency: int, rate: float, seed: int, timeout: float,
+                         go_at: float | None = None) -> tuple[list[dict], float, float]:
+    """One client process's share: its requests' records, and when it started and ended (perf_counter,
+    a clock shared by the processes of one machine). ``go_at``: start no earlier than this."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
@@ -103,6 +109,8 @@ async def run_level(url: str, requests, concurrency: int, rate: float, seed: int
             async with gate:
                 return await one_request(client, prompt, n, timeout)
 
+        if go_at is not None:
+            await asyncio.sleep(max(0.0, go_at - time.perf_counter()))
         start = time.perf_counter()
         tasks = []
         for (prompt, n), gap in zip(requests, gaps, strict=True):
@@ -110,8 +118,39 @@ async def run_level(url: str, requests, concurrency: int, rate: float, seed: int
                 await asyncio.sleep(gap)
             tasks.append(asyncio.create_task(gated(prompt, n)))
         records = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
-    return summarize(records, duration)
+        return records, start, time.perf_counter()
+
+
+def _client_process(share: tuple) -> tuple[list[dict], float, float]:
+    return asyncio.run(client_records(*share))
+
+
+def client_procs_for(concurrency: int, requested: int | None) -> int:
+    """Load-generator processes: as asked, else one per 8 streams (at most 8). One asyncio client parses
+    about 13k streamed tokens/s per core, short of what 64 streams of a small model reach on a GPU."""
+    procs = requested if requested else min(8, max(1, concurrency // 8))
+    return max(1, min(procs, concurrency))
+
+
+def run_level(url: str, requests, concurrency: int, rate: float, seed: int, timeout: float,
+              procs: int = 1) -> dict:
+    """All requests at most ``concurrency`` in flight, spread over ``procs`` client processes (each takes
+    every procs-th request, its share of the concurrency and of the arrival rate); they start together."""
+    procs = max(1, min(procs, concurrency, len(requests)))
+    if procs == 1:
+        records, start, end = asyncio.run(client_records(url, requests, concurrency, rate, seed, timeout))
+        return summarize(records, end - start)
+    import concurrent.futures
+    import multiprocessing
+
+    go_at = time.perf_counter() + CLIENT_START_S
+    shares = [(url, requests[i::procs], len(range(i, concurrency, procs)), rate / procs, seed + i, timeout, go_at)
+              for i in range(procs)]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or threads
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=context) as pool:
+        parts = list(pool.map(_client_process, shares))
+    records = [r for part, _, _ in parts for r in part]
+    return summarize(records, max(end for _, _, end in parts) - min(start for _, start, _ in parts))
 
 
 def summarize(records: list[dict], duration: float) -> dict:
@@ -207,6 +246,8 @@ def parse_args(argv):
     p.add_argument("--vocab", type=int, default=None, help="prompt token-id range with --url (default 256)")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout sent to the server")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--client-procs", type=int, default=None,
+                   help="load-generator processes per level (default: one per 8 streams, at most 8)")
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--stream-interval", type=float, default=0.0,
                    help="the spawned server's --stream-interval (least seconds between writes of one stream)")
@@ -270,14 +311,15 @@ def main(argv=None) -> int:
             if proc is not None:
                 wait_healthy(url, proc, log_path)
             warm = make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99)
-            asyncio.run(run_level(url, warm, max(levels), float("inf"), args.seed, args.timeout))
+            run_level(url, warm, max(levels), float("inf"), args.seed, args.timeout)
             for concurrency in levels:
                 count = prompts_for(concurrency, args)
                 requests = make_requests(count, args.input_len, args.output_len, vocab, args.seed + concurrency)
                 for rate in rates:
-                    result = asyncio.run(run_level(url, requests, concurrency, rate, args.seed, args.timeout))
+                    procs = client_procs_for(concurrency, args.client_procs)
+                    result = run_level(url, requests, concurrency, rate, args.seed, args.timeout, procs)
                     report["levels"].append({"concurrency": concurrency, "request_rate": str(rate),
-                                             "num_prompts": count, "server": result})
+                                             "num_prompts": count, "client_procs": procs, "server": result})
                     write_report(report, out)
                     print(f"c={concurrency:<4} rate={rate:<5} {result['output_tok_per_s']:9.1f} out tok/s  "
                           f"TTFT p50 {result['ttft_ms'].get('p50', float('nan')):8.1f} ms  ITL p50 "

@@ -72,7 +72,7 @@ def engine_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_engine")
     (tmp / "no_wheels").mkdir()
     env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
-                    SERVE_ARGS="--smoke --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
+                    SERVE_ARGS="--smoke --client-procs 2 --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
                     + " --request-rate " + ",".join(SMOKE_RATES))
     out = subprocess.run(["bash", str(GPU_ENGINE), str(tmp / "out")], capture_output=True, text=True, env=env,
                          timeout=360)
@@ -138,6 +138,7 @@ def test_serve_bench_json(engine_run):
         server = lv["server"]
         assert server["failed"] == 0 and server["first_errors"] == []
         assert server["completed"] == lv["num_prompts"] == lv["concurrency"]
+        assert lv["client_procs"] == min(2, lv["concurrency"])  # every request counted once, across processes
         assert server["output_tokens"] == lv["num_prompts"] * report["output_len"]
         assert lv["offline"]["output_tokens"] == server["output_tokens"]
         assert lv["server_vs_offline"] > 0
