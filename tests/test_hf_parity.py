@@ -38,6 +38,7 @@ MODELS = {
     "llama-tied": dict(arch="llama", tie_word_embeddings=True),
     "llama3-scaled": dict(arch="llama", rope_scaling=LLAMA3_SCALING, rope_theta=500000.0),
     "mistral": dict(arch="mistral"),
+    "qwen2": dict(arch="qwen2"),
     "qwen2-tied": dict(arch="qwen2", tie_word_embeddings=True),
     "qwen3": dict(arch="qwen3"),
     "qwen3-tied": dict(arch="qwen3", tie_word_embeddings=True),
