@@ -208,7 +208,8 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
     engine = LLMEngine(EngineConfig(model=str(model_dir), backend=args.backend, device=device, dtype=torch.bfloat16,
                                     max_model_len=work.max_model_len, max_num_seqs=args.max_num_seqs,
                                     max_num_batched_tokens=args.max_batched_tokens,
-                                    enforce_eager=args.enforce_eager, enable_prefix_cache=False))
+                                    enforce_eager=args.enforce_eager, enable_prefix_cache=False,
+                                    op_overrides=args.ops))
     load_s = time.perf_counter() - t
     result.update(engine=engine_facts(engine), engine_load_s=load_s, kv_blocks=engine.runner.num_blocks,
                   weight_bytes_per_token=decode_weight_bytes(config))
@@ -273,6 +274,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--op", action="append", default=[], metavar="NAME=IMPL",
+                        help="run op NAME with the registered implementation IMPL (repeatable)")
     parser.add_argument("--backend", choices=["triton", "torch"], default=None,
                         help="the engine's ops (default: triton on a GPU, torch with --smoke)")
     parser.add_argument("--smoke", action="store_true",
@@ -281,6 +284,12 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="default: cuda, or cpu with --smoke (cpu runs only with --smoke)")
     args = parser.parse_args(argv)
+    from engine.commands.generate import parse_op_overrides
+
+    try:
+        args.ops = parse_op_overrides(args.op)
+    except ValueError as err:
+        parser.error(str(err))
     if args.device == "cpu" and not args.smoke:
         parser.error("--device cpu is for --smoke runs only: CPU numbers say nothing about the engine on a GPU")
     args.device = args.device or ("cpu" if args.smoke else "cuda")
@@ -304,7 +313,7 @@ def main(argv=None) -> int:
     gpu += " (smoke)" if args.smoke else ""
     work = SMOKE if args.smoke else Workload()
     report = {"gpu": gpu, "torch": torch.__version__, "smoke": args.smoke, "workload": dataclasses.asdict(work),
-              "results": []}
+              "op_overrides": args.ops, "results": []}
 
     def save() -> None:  # after every phase: a run cut short (the GPU call's time limit) keeps what it measured
         (out / "engine_bench.json").write_text(json.dumps(report, indent=2))

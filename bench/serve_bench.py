@@ -260,9 +260,17 @@ def parse_args(argv):
     engine.add_argument("--enforce-eager", action="store_true")
     engine.add_argument("--backend", default=None)
     engine.add_argument("--device", default=None)
+    engine.add_argument("--op", action="append", default=[], metavar="NAME=IMPL",
+                        help="run op NAME with the registered implementation IMPL (repeatable), server and offline")
     p.add_argument("--smoke", action="store_true",
                    help="a CPU check of this script: toy-width model, short requests, torch backend")
     args = p.parse_args(argv)
+    from engine.commands.generate import parse_op_overrides
+
+    try:
+        args.ops = parse_op_overrides(args.op)
+    except ValueError as err:
+        p.error(str(err))
     if args.smoke:
         args.input_len, args.output_len, args.max_model_len = 16, 8, 128
         args.device, args.backend = "cpu", args.backend or "torch"
@@ -300,9 +308,10 @@ def main(argv=None) -> int:
         if args.spawn_model:
             model_dir, vocab = model_for(args.spawn_model, Path(tmp), args.smoke)
             settings = engine_settings(args)
-            report.update(model=args.spawn_model, engine_settings=settings, stream_interval_s=args.stream_interval)
+            report.update(model=args.spawn_model, engine_settings=settings, stream_interval_s=args.stream_interval,
+                          op_overrides=args.ops)
             log_path = out / "serve_bench_server.log"
-            proc, url = spawn_server(model_dir, settings, log_path, args.stream_interval)
+            proc, url = spawn_server(model_dir, settings, log_path, args.stream_interval, args.ops)
             print(f"server starting at {url} (log: {log_path})", file=sys.stderr, flush=True)
         else:
             url, vocab = args.url.rstrip("/"), args.vocab or 256
@@ -344,7 +353,7 @@ def offline_comparison(report: dict, model_dir: Path, vocab: int, levels: list[i
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=str(model_dir), **engine_settings(args)))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), op_overrides=args.ops, **engine_settings(args)))
     report["offline_engine"] = {"backend": engine.config.backend, "device": str(engine.config.device),
                                 "cuda_graphs": engine.runner.graphs is not None}
     run_offline(engine, make_requests(max(levels), args.input_len, 8, vocab, args.seed + 99), max(levels))

@@ -38,13 +38,17 @@ def free_port() -> int:
 
 
 def spawn_server(model_dir: Path, settings: dict, log_path: Path,
-                 stream_interval: float) -> tuple[subprocess.Popen, str]:
+                 stream_interval: float, ops: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``tritonforge serve`` on a free loopback port with the engine ``settings`` (EngineConfig fields) and
+    the kernel overrides ``ops`` (op name -> registered implementation)."""
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "info", "--max-queue", "100000",
            "--stream-interval", str(stream_interval)]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    for name, impl in (ops or {}).items():
+        cmd += ["--op", f"{name}={impl}"]
     return start_logged(cmd, log_path), f"http://127.0.0.1:{port}"
 
 

@@ -67,18 +67,20 @@ def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, vali
     return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid[None, :] if MASKED else None, MASKED, UPCAST)
 
 
-@triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits"])  # per-step values: compiled once
+@triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits", "ctx_cap"])  # per-step: compiled once
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr,
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
-    qk_scale, group, num_q_heads, split_size, max_splits,
+    qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
     DIRECT: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    ctx = tl.load(ctx_ptr + seq)
+    # Clamped to the bound the grid was sized for (never past the block table): a context length beyond it
+    # (invalid input, caught by the debug checks) cannot send the kernel outside its memory.
+    ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     start = split * split_size
     # Nested on purpose: Triton has no `and` between a constexpr and a tensor.
     if not DIRECT:  # noqa: SIM102  (see the line above)
@@ -121,15 +123,15 @@ def _decode_split_kernel(
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=head_ok)
 
 
-@triton.jit(do_not_specialize=["ctx_ptr", "max_splits"])  # per-step values: compiled once
+@triton.jit(do_not_specialize=["ctx_ptr", "max_splits", "ctx_cap"])  # per-step values: compiled once
 def _decode_reduce_kernel(
-    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits,
+    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
     """Combine one (sequence, head)'s splits, S_BLOCK at a time with a running max (any split count)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    n_splits = tl.cdiv(tl.load(ctx_ptr + seq), split_size)
+    n_splits = tl.cdiv(tl.minimum(tl.load(ctx_ptr + seq), ctx_cap), split_size)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < HEAD_DIM
     base = (seq.to(tl.int64) * num_q_heads + head) * max_splits
@@ -282,14 +284,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), o.stride(0), o.stride(1),
-        scale * LOG2E, group, q_heads, size, max_splits,
+        scale * LOG2E, group, q_heads, size, max_splits, max_context,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
         DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad, q.element_size())),
     )
     if not direct:
         _decode_reduce_kernel[(batch, q_heads)](
-            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
+            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits, max_context,
             HEAD_DIM=D, D_PAD=d_pad, S_BLOCK=REDUCE_SPLITS, num_warps=4,
         )
     return o

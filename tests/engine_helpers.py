@@ -3,6 +3,8 @@ and an independent greedy decoder built on Hugging Face transformers."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,15 @@ def engine_device(backend: str) -> str:
     return "cuda" if backend == "triton" else "cpu"
 
 
+def env_op_overrides() -> dict[str, str]:
+    """``TRITONFORGE_OPS="rmsnorm=my_rmsnorm,rope=my_rope"``: the kernels every test engine swaps in, so that the
+    parity and engine tests run a researcher's variant with no code change (see README, Adding a kernel)."""
+    from engine.commands.generate import parse_op_overrides
+
+    spec = os.environ.get("TRITONFORGE_OPS", "").strip()
+    return parse_op_overrides([item for item in spec.split(",") if item.strip()]) if spec else {}
+
+
 def make_engine(model_dir, backend: str = "torch", **overrides):
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
@@ -23,7 +34,7 @@ def make_engine(model_dir, backend: str = "torch", **overrides):
     # the free GPU memory) would leave nothing for the next one. At most 64 sequences: the tests batch
     # no more, and each graph-captured batch size costs its start-up a forward pass and a capture.
     kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False,
-                  num_kv_blocks=256, max_num_seqs=64)
+                  num_kv_blocks=256, max_num_seqs=64, op_overrides=env_op_overrides())
     kwargs.update(overrides)
     return LLMEngine(EngineConfig(model=str(model_dir), **kwargs))
 

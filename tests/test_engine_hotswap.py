@@ -107,3 +107,32 @@ def test_a_backend_that_cannot_run_here_fails_at_start(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
         OpTable("triton", "cpu")
+
+
+def test_environment_swaps_the_kernel_in_every_test_engine(model_dir, monkeypatch):
+    """TRITONFORGE_OPS is how the parity and engine tests run a variant without editing them."""
+    name = _register_counting("torch")
+    monkeypatch.setenv("TRITONFORGE_OPS", f" rmsnorm={name} ")
+    engine = make_engine(model_dir, "torch")
+    assert engine.stats()["ops"]["rmsnorm"] == name
+    CALLS[name] = 0
+    run_to_completion(engine, [([5, 6, 7], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))])
+    assert CALLS[name] > 0
+    monkeypatch.setenv("TRITONFORGE_OPS", "rmsnorm")
+    with pytest.raises(ValueError, match="NAME=IMPL"):
+        make_engine(model_dir, "torch")
+
+
+def test_engine_bench_runs_with_the_variant(tmp_path):
+    import json
+
+    from bench import engine_bench
+
+    name = _register_counting("torch")
+    CALLS[name] = 0
+    code = engine_bench.main(["--smoke", "--skip-hf", "--models", "qwen2.5-0.5b", "--op", f"rmsnorm={name}",
+                              "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "engine_bench.json").read_text())
+    assert report["op_overrides"] == {"rmsnorm": name}
+    assert CALLS[name] > 0

@@ -72,7 +72,7 @@ def engine_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_engine")
     (tmp / "no_wheels").mkdir()
     env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
-                    SERVE_ARGS="--smoke --client-procs 2 --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
+                    SERVE_ARGS="--smoke --client-procs 2 --op rmsnorm=torch --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
                     + " --request-rate " + ",".join(SMOKE_RATES))
     out = subprocess.run(["bash", str(GPU_ENGINE), str(tmp / "out")], capture_output=True, text=True, env=env,
                          timeout=360)
@@ -131,6 +131,7 @@ def test_serve_bench_json(engine_run):
     assert report["smoke"] is True and report["model"] == "qwen2.5-0.5b"
     assert report["engine_settings"]["backend"] == "torch" and report["engine_settings"]["device"] == "cpu"
     assert report["offline_engine"] == {"backend": "torch", "device": "cpu", "cuda_graphs": False}
+    assert report["op_overrides"] == {"rmsnorm": "torch"}  # passed to the server (--op) and the offline engine
     assert re.search(r"server starting at http://127\.0\.0\.1:\d+ ", log), "the server must listen on loopback"
     levels = [(lv["concurrency"], lv["request_rate"]) for lv in report["levels"]]
     assert levels == [(c, r) for c in SMOKE_CONCURRENCY for r in SMOKE_RATES]

@@ -36,7 +36,7 @@ def test_context_lengths_around_block_edges(device):
     run_case(OP, _case([1, 15, 16, 17, 64, 90]), device, seed=1)
 
 
-@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_gqa_ratios(device, ratio):
     run_case(OP, _case([40, 9], q_heads=2 * ratio, kv_heads=2), device, seed=ratio)
 
@@ -102,6 +102,19 @@ def test_rejects_context_beyond_the_table(device):
     inputs["max_context_len"] = inputs["block_tables"].shape[1] * 16 + 1
     with pytest.raises(ValueError, match="capacity"):
         paged_decode_attention(**inputs)
+
+
+@pytest.mark.parametrize("pass_max", [False, True])
+def test_context_beyond_the_bound_is_clamped_not_read(device, pass_max):
+    """Invalid input that only the debug checks catch (no sync otherwise): context lengths past the bound
+    the grid is sized for. The kernel stays inside the block table and attends to the bound's tokens."""
+    inputs = _inputs(_case([20, 10], pass_max=pass_max), device, seed=8)
+    bound = inputs["max_context_len"] if pass_max else inputs["block_tables"].shape[1] * 16
+    too_long = torch.tensor([bound + 500, 10], dtype=torch.int32, device=device)
+    want = paged_decode_attention_reference(**{**inputs, "context_lens": torch.tensor([bound, 10], dtype=torch.int32,
+                                                                                      device=device)})
+    got = paged_decode_attention(**{**inputs, "context_lens": too_long})
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_rejects_heads_dims_and_dtypes(device):
