@@ -27,6 +27,9 @@ import torch
 
 MAX_LOGPROBS = 20
 NO_LOGPROBS = -1  # num_logprobs value of a row that asked for none
+# Temperatures below this are greedy: x / T would overflow float32 for ordinary logits (then every row
+# would look like it held +inf logits) and the distribution is an argmax anyway.
+GREEDY_BELOW = 1e-5
 
 _M32 = np.uint64(0xFFFFFFFF)
 
@@ -265,6 +268,7 @@ class SamplingTensors:
         if vocab_size < 1:
             raise SamplingParamsError(f"vocab_size must be >= 1, got {vocab_size}")
         floats64, ints64, biases = _check_rows(params, vocab_size)
+        floats64[0][floats64[0] < GREEDY_BELOW] = 0.0
         rep, pres, freq = floats64[3], floats64[4], floats64[5]
         # Most rows have no penalty and no bias: only the others look at their token lists.
         has_bias = np.array([bool(b) for b in biases], dtype=bool)

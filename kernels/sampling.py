@@ -7,8 +7,8 @@ this order, which is vLLM's (v1 sampler):
 1. logit bias:            x_i = logits_i + bias_i
 2. repetition penalty     (Hugging Face; tokens in the prompt or the output): x_i / r if x_i > 0 else x_i * r
 3. frequency, presence    (OpenAI; tokens in the output, c_i = count): x_i -= f * c_i + p * [c_i > 0]
-4. temperature:           z_i = x_i / T.  T = 0 is greedy: the token is argmax_i x_i, lowest index on ties,
-                          and steps 5-7 do not apply.
+4. temperature:           z_i = x_i / T.  T = 0 (or any T < 1e-5) is greedy: the token is argmax_i x_i,
+                          lowest index on ties, and steps 5-7 do not apply.
 5. min-p:                 keep z_i >= m + log(min_p), m = max_i z_i (p_i >= min_p * p_max)
 6. top-k:                 keep the k largest survivors: z_i >= v_k, v_k the k-th largest value
 7. top-p:                 on the survivors' renormalised distribution, keep the smallest set of largest

@@ -72,8 +72,8 @@ def engine_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_engine")
     (tmp / "no_wheels").mkdir()
     env = quiet_env(PYTHON=sys.executable, WHEEL_DIR=str(tmp / "no_wheels"), ENGINE_ARGS="--smoke",
-                    SERVE_ARGS="--smoke --client-procs 2 --op rmsnorm=torch --concurrency " + ",".join(map(str, SMOKE_CONCURRENCY))
-                    + " --request-rate " + ",".join(SMOKE_RATES))
+                    SERVE_ARGS="--smoke --client-procs 2 --op rmsnorm=torch --concurrency "
+                    + ",".join(map(str, SMOKE_CONCURRENCY)) + " --request-rate " + ",".join(SMOKE_RATES))
     out = subprocess.run(["bash", str(GPU_ENGINE), str(tmp / "out")], capture_output=True, text=True, env=env,
                          timeout=360)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

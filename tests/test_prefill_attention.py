@@ -28,7 +28,7 @@ def test_lengths_around_tile_and_block_edges(device, causal):
     run_case(OP, _case([1, 15, 16, 17, 50], causal=causal), device, seed=1)
 
 
-@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_gqa_ratios(device, ratio):
     run_case(OP, _case([9, 20], q_heads=2 * ratio, kv_heads=2), device, seed=ratio)
 

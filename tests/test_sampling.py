@@ -35,6 +35,17 @@ def test_greedy_is_argmax_with_ties_to_lowest_index(device):
         assert out.token_ids.tolist() == [1, 0, 2]
 
 
+def test_vanishing_temperature_is_greedy_not_an_overflow(device):
+    """x / 1e-39 overflows float32; such a row is greedy, in the kernel and the reference alike."""
+    g = torch.Generator(device=device).manual_seed(3)
+    logits = 10 * torch.randn(3, 257, generator=g, device=device)
+    st = build([P(temperature=1e-39, top_p=0.5), P(temperature=5e-6, top_k=3), P(temperature=0.0)],
+               device, 257)
+    want = logits.argmax(1).tolist()
+    assert sample(logits, st).token_ids.tolist() == want
+    assert sample_reference(logits, st).token_ids.tolist() == want
+
+
 def test_greedy_row_ignores_filters_and_neighbours(device):
     g = torch.Generator(device=device).manual_seed(1)
     logits = torch.randn(4, 300, generator=g, device=device)
