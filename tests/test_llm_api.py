@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.sampling_params import SamplingParams
@@ -100,3 +102,81 @@ def test_generate_command_rejects_bad_op_flag(model_dir, capsys):
 
     assert main(["generate", "--model", str(model_dir), "--op", "rmsnorm", "Hello"]) == 1
     assert "NAME=IMPL" in capsys.readouterr().err
+
+
+def _generate_cli(capsys, *argv):
+    from engine.cli import main
+
+    code = main(["generate", *argv])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def _sections(stdout: str) -> list[str]:
+    """The completions the batch path prints: the text after each ``--- [i] ...`` header line."""
+    return [part.split("\n", 1)[1].rstrip("\n") for part in stdout.split("--- [")[1:]]
+
+
+def test_generate_command_n_completions_follow_the_seeds(llm, model_dir, capsys):
+    out = _generate_cli(capsys, "--model", str(model_dir), "--max-tokens", "6", "--temperature", "1", "--top-p", "1",
+                        "--ignore-eos", "--n", "3", "--seed", "5", "Hello")
+    assert [line for line in out.splitlines() if line.startswith("---")] == [
+        f"--- [0] 'Hello', completion {k}/3 (finish: length)" for k in (1, 2, 3)]
+    expected = llm.generate("Hello", SamplingParams(temperature=1.0, seed=5, n=3, max_tokens=6, ignore_eos=True))[0]
+    assert _sections(out) == [o.text for o in expected]
+    assert len({o.text for o in expected}) > 1, "seeds 5, 6, 7 should not all sample the same text"
+
+
+def test_generate_command_prints_logprobs(llm, model_dir, capsys):
+    out = _generate_cli(capsys, "--model", str(model_dir), "--max-tokens", "4", "--temperature", "0",
+                        "--ignore-eos", "--logprobs", "2", "Hello")
+    expected = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=2))[0]
+    lines = out.split("logprobs:\n", 1)[1].splitlines()
+    assert len(lines) == 4
+    for line, lp in zip(lines, expected.logprobs, strict=True):
+        show = f"{llm.tokenizer.decode([lp.token_id], skip_special_tokens=False)!r} ({lp.token_id})"
+        assert line.startswith(f"  {show} {lp.logprob:.4f}   top: ")
+        assert line.count(" (") == 3  # the chosen token and its two alternatives
+        assert f"({lp.top[1][0]}) {lp.top[1][1]:.4f}" in line
+
+
+def test_generate_command_logit_bias_forces_tokens(llm, model_dir, capsys):
+    forced = llm.tokenizer.encode("fox")[-1]
+    out = _generate_cli(capsys, "--model", str(model_dir), "--max-tokens", "3", "--temperature", "0",
+                        "--ignore-eos", "--logit-bias", f"{forced}=100,5=-1", "--logprobs", "0", "Hello")
+    lines = out.split("logprobs:\n", 1)[1].splitlines()
+    assert [int(re.search(r" \((\d+)\) -?\d", line).group(1)) for line in lines] == [forced] * 3
+
+
+def test_generate_command_penalties_reach_the_sampler(llm, model_dir, capsys):
+    penalized = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, presence_penalty=2.0,
+                               frequency_penalty=1.0)
+    expected = llm.generate(["Hello", "Hello"], [penalized, SamplingParams(temperature=0, max_tokens=12,
+                                                                           ignore_eos=True)])
+    assert expected[0].text != expected[1].text, "the penalties should change this greedy continuation"
+    out = _generate_cli(capsys, "--model", str(model_dir), "--max-tokens", "12", "--temperature", "0",
+                        "--ignore-eos", "--presence-penalty", "2", "--frequency-penalty", "1", "Hello", "Hello")
+    assert _sections(out) == [expected[0].text, expected[0].text]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--logit-bias", "12"], "TOKEN_ID=BIAS"),
+    (["--logit-bias", "x=1"], "TOKEN_ID=BIAS"),
+    (["--logit-bias", "12=200"], "logit_bias[12]"),
+    (["--presence-penalty", "3"], "presence_penalty"),
+    (["--n", "0"], "n must be"),
+    (["--logprobs", "99"], "logprobs"),
+])
+def test_generate_command_rejects_bad_sampling_flags(model_dir, capsys, argv, message):
+    from engine.cli import main
+
+    assert main(["generate", "--model", str(model_dir), *argv, "Hello"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_generate_url_refuses_local_only_flags(capsys):
+    from engine.cli import main
+
+    assert main(["generate", "--url", "http://127.0.0.1:9", "--n", "2", "--logit-bias", "1=1", "Hello"]) == 2
+    assert "--n, --logit-bias work with --model only" in capsys.readouterr().err
