@@ -75,6 +75,25 @@ def synchronize(device: torch.device) -> None:
 
 # --- the copy ceiling ---------------------------------------------------------------------------
 
+def graph_replay_ms(engine, batch_size: int, reps: int = 200) -> float | None:
+    """Device time of one replay of the engine's decode graph for ``batch_size`` (its inputs as the last
+    decode step left them; prefix caching is off, so the KV slots it rewrites belong to no one), timed with
+    CUDA events over ``reps`` back-to-back replays. None without CUDA graphs."""
+    graphs = engine.runner.graphs
+    if graphs is None or batch_size not in graphs.graphs:
+        return None
+    graph = graphs.graphs[batch_size]
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write counted), best of a few runs."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
@@ -233,6 +252,11 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
                                "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
     print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
           f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
+    replay_ms = graph_replay_ms(engine, 1)
+    if replay_ms is not None:  # the step's device part alone: the rest of a step is host work and waits
+        result["single_stream"]["graph_replay_ms"] = replay_ms
+        print(f"[{name}] batch-1 decode graph alone: {replay_ms:.3f} ms per replay "
+              f"(step p50 {single['decode_step_ms']['p50']:.3f} ms)", file=sys.stderr, flush=True)
     save()
 
     requests = random_requests(rng, vocab, args.num_requests, work)
