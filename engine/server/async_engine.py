@@ -20,7 +20,8 @@ stalls (first launches of a new shape, a busy GPU) show in the server's log.
 Failure handling: an exception escaping ``LLMEngine.step`` marks the engine dead (``/health`` -> 503) and
 every request still in flight gets an :class:`EngineDeadError` event (-> HTTP 500) instead of hanging;
 new submissions are refused with 503. Requests are bounded: once more than ``max_queue`` requests wait
-for a slot, ``submit`` answers 429 with ``Retry-After``.
+for a slot, ``submit`` answers 429 with ``Retry-After``; a request whose own completions (prompts x n)
+outnumber ``max_queue`` could never be admitted, so it gets 400 naming the limit instead.
 """
 
 from __future__ import annotations
@@ -194,6 +195,11 @@ class AsyncEngine:
         if self.error is not None or self.stopping or not self.alive:
             reason = "the engine has stopped after an internal error" if self.error else "the server is stopping"
             raise APIError(503, f"{reason}; no new requests are accepted", code="engine_unavailable")
+        if len(requests) > self.max_queue:
+            self.metrics.rejected.labels("too_many_completions").inc()
+            raise APIError(400, f"this request asks for {len(requests)} completions (prompts x n), more than the "
+                           f"server ever queues at once ({self.max_queue}, its --max-queue); ask for at most "
+                           f"{self.max_queue}", param="n", code="too_many_completions")
         waiting = sum(len(g.request_ids) for g in self.groups.values()) - int(self._stats.get("num_running", 0))
         if waiting + len(requests) > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
