@@ -79,13 +79,16 @@ def test_timeout_gives_408_and_the_server_keeps_serving(slow_server):
         response = client.post("/v1/completions", json={**LONG, "timeout": 0.3})
         assert response.status_code == 408
         error = response.json()["error"]
-        assert error["code"] == "timeout" and "timed out" in error["message"]
+        assert error["type"] == "timeout" and error["code"] == "timeout" and "timed out" in error["message"]
         with client.stream("POST", "/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 200, "ignore_eos": True,
                 "stream": True, "timeout": 0.3}) as stream:
             events = _events(stream.iter_lines(), 1000)
         reasons = [c["finish_reason"] for e in events for c in e.get("choices", [])]
         assert reasons[-1] == "timeout" and events[-1]["error"]["code"] == "timeout"
+        assert events[-1]["error"]["type"] == "timeout"
+        timed_out = client.post("/generate", json={**LONG, "timeout": 0.3})
+        assert timed_out.status_code == 408 and timed_out.json()["error"]["type"] == "timeout"
         slow_server.wait_for(_all_free, what="blocks freed after the timeouts")
         assert client.post("/v1/completions", json=SHORT).json()["choices"][0]["finish_reason"] == "length"
 
@@ -109,9 +112,14 @@ def test_cancel_by_id_and_status(slow_server):
 def test_full_queue_answers_429_with_retry_after(model_dir):
     engine = slow_steps(make_engine(model_dir, num_kv_blocks=64, max_num_seqs=1), 0.01)
     with running_server(engine, max_queue=2) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        too_many = client.post("/v1/completions", json={**SHORT, "n": 3})
-        assert too_many.status_code == 429 and too_many.headers["retry-after"]
-        assert too_many.json()["error"]["type"] == "rate_limit_error"
+        # More completions than the queue ever holds: no retry can help, so 400 naming the limit, not 429.
+        for body in ({**SHORT, "n": 3}, {**SHORT, "prompt": ["a", "b", "c"]}):
+            too_many = client.post("/v1/completions", json=body)
+            assert too_many.status_code == 400 and "retry-after" not in too_many.headers
+            error = too_many.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["code"] == "too_many_completions"
+            assert "3 completions" in error["message"] and "(2, its --max-queue)" in error["message"]
+        assert client.post("/v1/completions", json={**SHORT, "n": 2}).status_code == 200  # exactly the limit fits
         with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as running:
             running_lines = running.iter_lines()
             _events(running_lines, 1)
@@ -121,7 +129,9 @@ def test_full_queue_answers_429_with_retry_after(model_dir):
                 assert w1.status_code == w2.status_code == 200
                 server.wait_for(lambda s: s["num_waiting"] == 2, what="two waiting requests")
                 refused = client.post("/v1/completions", json=SHORT)
-                assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full"
+                assert refused.status_code == 429 and refused.headers["retry-after"]
+                error = refused.json()["error"]
+                assert error["code"] == "queue_full" and error["type"] == "rate_limit_error"
         server.wait_for(_all_free, what="all requests gone")
         assert client.post("/v1/completions", json=SHORT).status_code == 200
 

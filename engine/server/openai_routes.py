@@ -5,7 +5,7 @@ Each HTTP request becomes one request group in the engine (n copies of each prom
 usable with ``GET /status/{id}`` and ``POST /cancel/{id}``.
 
 Timeouts (the request's ``timeout`` field, else the server's ``--request-timeout``): a non-streaming
-request that runs out of time gets HTTP 408 with OpenAI's error body (code ``timeout``); a streaming one
+request that runs out of time gets HTTP 408 with OpenAI's error body (type and code ``timeout``); a streaming one
 gets its choices' final chunks with finish_reason ``timeout`` and then an error event. A client that
 disconnects has its request aborted, which frees its KV-cache blocks at once.
 """

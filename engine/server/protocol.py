@@ -6,6 +6,10 @@ OpenAI's own server does. Unknown fields are ignored. Every refusal becomes an :
 body is OpenAI's::
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
+
+The type follows the status: 401 ``authentication_error``, 408 ``timeout`` (the request was valid; it ran
+out of time, so a client may retry it with a longer ``timeout``), 429 ``rate_limit_error``, 5xx
+``server_error``, anything else ``invalid_request_error``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 def _default_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
+    if status == 408:
+        return "timeout"
     if status == 429:
         return "rate_limit_error"
     if status >= 500:
