@@ -12,8 +12,9 @@ tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
 fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
 
 For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
-dequantizes the weight once (``gguf_dequantize``) and runs a dense matmul: the extra 2-byte-per-weight
-write and read are small next to the M * N * K multiply-adds.
+dequantizes the weight (``gguf_dequantize``) and runs the project's dense matmul (``kernels.linear``): the
+extra 2-byte-per-weight write and read are small next to the M * N * K multiply-adds. The dense weight is
+made per call and dropped (a cache would hold a full-precision copy of every quantized weight).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kernels._triton import tl, triton
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
 from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
+from kernels.linear import linear as dense_linear
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -139,7 +141,7 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     M = x.shape[0]
     if M > DECODE_MAX_M:
         w = gguf_dequantize(data, qtype, x.dtype)
-        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+        return dense_linear(x, w, bias.to(x.dtype) if bias is not None else None)
     data = check_aligned(data)
     x = x if x.stride(-1) == 1 else x.contiguous()
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
