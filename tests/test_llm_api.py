@@ -84,6 +84,15 @@ def test_demo_command_runs(capsys):
     # The demo model was fitted to its text by a plain-torch forward (engine/demo_training.py); the engine
     # continuing a prompt from that text with the text shows both compute the same function.
     assert "jumps over the lazy dog" in out
+    # The sampled section must not just repeat the greedy text (the demo model is very peaked).
+    sections = {part.split(":", 1)[0].split(" ", 1)[0]: part.splitlines()[1:] for part in out.split("== ")[1:]}
+    greedy = next(line for line in sections["greedy"] if line.startswith("  'Once upon a time' -> "))
+    sampled = [line for line in sections["sampled"] if line.strip()]
+    assert [line.split(" -> ")[0] for line in sampled] == [f"  'Once upon a time' (copy {k})" for k in range(4)]
+    texts = [" -> " + line.split(" -> ", 1)[1].removesuffix("  (same as greedy)") for line in sampled]
+    greedy = " -> " + greedy.split(" -> ", 1)[1]
+    assert len(set(texts)) > 1 and greedy not in texts
+    assert not any(line.endswith("(same as greedy)") for line in sampled)
 
 
 def test_generate_command_batch_and_chat(model_dir, capsys):
