@@ -7,7 +7,7 @@
 # Runs from the checkout (PYTHONPATH=.); installs only wheels carried in .whl/ (bench/carry_wheels.sh). With ops named, runs every test of those ops;
 # otherwise every GPU-marked test, then the sweep, then the generic op property tests. QUICK=1 sweeps --quick; DTYPES="bf16" limits
 # the sweep's dtypes; SWEEP_TIMEOUT=<seconds> bounds the sweep (ops finished by then keep their CSVs);
-# TEST_TIMEOUT=<seconds> bounds each pytest step; SWEEP=0 runs the tests only.
+# TEST_TIMEOUT=<seconds> bounds each pytest step; SWEEP=0 runs the tests only; BENCH=1 adds the pytest-benchmark step.
 # PACK=1 (for transports that return only a few files): each step's log goes straight to OUT_DIR (so a call
 # cut short still returns what ran), the CSVs and plots into OUT_DIR/suite.tar.gz, repacked after every step:
 # at most 5 files in OUT_DIR.
@@ -70,6 +70,11 @@ TIMEOUT=()
 if [ "${SWEEP:-1}" != 0 ]; then
     step sweep "${TIMEOUT[@]}" "$PY" -m bench.sweep "${SWEEP_FLAGS[@]}" --out "$WORK"
     step summary "$PY" -m bench.summarize "$WORK"
+fi
+# BENCH=1: the pytest-benchmark view of the ops (bench/test_bench_ops.py), its JSON beside the sweep's CSVs.
+if [ "${BENCH:-0}" = 1 ]; then
+    step benchmarks "${TEST_LIMIT[@]}" "$PY" -m pytest -q -m gpu bench/test_bench_ops.py --benchmark-only \
+        --benchmark-json "$WORK/benchmarks.json"
 fi
 # The property tests last: with ops named they ran above; otherwise the sweep's figures come first.
 [ -z "$OPS" ] && step op_tests "${TEST_LIMIT[@]}" "$PY" -m pytest -v --durations=30 tests/test_ops.py
