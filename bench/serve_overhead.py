@@ -51,7 +51,7 @@ def measure_level(url: str, pid: int, concurrency: int, args) -> dict:
     steps_before = server_stats(url).get("num_steps", 0)
     cpu_before, server_before = _cpu_seconds(), _process_cpu_seconds(pid)
     if args.client == "httpx":
-        result = asyncio.run(run_level(url, requests, concurrency, float("inf"), args.seed, timeout=600))
+        result = run_level(url, requests, concurrency, float("inf"), args.seed, timeout=600)
     else:
         result = asyncio.run(raw_level(url, requests, concurrency))
     client_cpu, server_cpu = _cpu_seconds() - cpu_before, _process_cpu_seconds(pid) - server_before
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     levels = []
     try:
         wait_healthy(url, proc, out / "serve_overhead_server.log")
-        asyncio.run(run_level(url, make_requests(8, 16, 4, 32000, args.seed), 8, float("inf"), args.seed, 60))
+        run_level(url, make_requests(8, 16, 4, 32000, args.seed), 8, float("inf"), args.seed, 60)
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             level = measure_level(url, proc.pid, concurrency, args)
             levels.append(level)
