@@ -15,8 +15,8 @@ sum h is rounded to the input dtype *before* it is normalised, as the unfused to
 fused and unfused engine paths agree bit for bit in the sum.
 
 Kernel: each program normalises ROWS whole rows held in registers (H <= 65536); ROWS > 1 only for small
-hidden sizes, so that a program still moves a few thousand elements. Memory-bound: it reads x (and r)
-and w once and writes y (and h) once.
+hidden sizes, so that a program still moves a few thousand elements (a size that is data per vendor,
+chosen at launch). Memory-bound: it reads x (and r) and w once and writes y (and h) once.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import torch
 
 from kernels import alloc
 from kernels._triton import tl, triton
+from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
 
 MAX_HIDDEN = 65536
+# The kernel loads the weight in its own dtype and multiplies in float32.
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit(do_not_specialize=["n_rows"])  # per-step values: compiled once
@@ -51,17 +54,26 @@ def _rmsnorm_kernel(
     tl.store(y_ptr + rows * stride_y + cols, (xf * inv_rms * w).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+# --- configs as data ------------------------------------------------------------------------------
 # Rows per program: small hidden sizes pack several rows into one program so that each program still
 # moves enough bytes to hide its latency; ROW_TILE is the element count aimed at. Measured on an H200
-# (bench/results): hidden 896 runs best at 2 rows per program, 2048 and up at 1.
-ROW_TILE = 2048
+# (bench/results): hidden 896 runs best at 2 rows per program, 2048 and up at 1. Warps: enough that each
+# lane holds at most ~16 elements (WARP_ELEMS per warp), capped at MAX_WARPS.
+CONFIGS = {
+    "cuda": dict(ROW_TILE=2048, WARP_ELEMS=16 * 32, MAX_WARPS=16),
+    # AMD wavefronts are 64 lanes wide: the same elements per lane need twice the tile and twice the
+    # elements per wavefront; 16 wavefronts is the 1024-thread workgroup limit.
+    "hip": dict(ROW_TILE=4096, WARP_ELEMS=16 * 64, MAX_WARPS=16),
+}
 
 
 def _launch_shape(rows: int, block: int, rows_per_program: int | None, num_warps: int | None) -> tuple[int, int]:
+    """(rows per program, num_warps) from the running vendor's config, read here at launch."""
+    cfg = CONFIGS["cuda" if vendor() == "cpu" else vendor()]
     if rows_per_program is None:
-        rows_per_program = max(1, min(ROW_TILE // block, triton.next_power_of_2(rows)))
-    # Enough threads that each holds at most ~16 elements, capped at 16 warps.
-    return rows_per_program, num_warps or max(1, min(16, rows_per_program * block // 512))
+        rows_per_program = max(1, min(cfg["ROW_TILE"] // block, triton.next_power_of_2(rows)))
+    warps = max(1, min(cfg["MAX_WARPS"], rows_per_program * block // cfg["WARP_ELEMS"]))
+    return rows_per_program, num_warps or warps
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
@@ -70,6 +82,11 @@ def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None)
     if not x.dtype.is_floating_point:
         raise TypeError(f"rmsnorm: x must be a floating tensor, got {x.dtype}")
     H = x.shape[-1]
+    if weight.dtype not in WEIGHT_DTYPES:
+        raise TypeError(
+            f"rmsnorm: weight must be a floating tensor of one of {', '.join(map(str, WEIGHT_DTYPES))}, "
+            f"got {weight.dtype}"
+        )
     if weight.shape != (H,):
         raise ValueError(f"rmsnorm: weight must have shape ({H},) to match x's last dim, got {tuple(weight.shape)}")
     if weight.device != x.device:
@@ -93,6 +110,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
     ``_rows_per_program``/``_num_warps`` force a launch shape; they exist for the tuning script only.
     """
     _check(x, weight, residual)
+    check_backend("triton", x.device)
     H = x.shape[-1]
     x2 = x.reshape(-1, H)
     if x2.stride(-1) != 1:

@@ -25,7 +25,8 @@ Frequency scaling (the Hugging Face ``rope_scaling`` dict) changes only inv_freq
 
 Kernel: one program per (token, block of heads) over q's heads then k's; it reads the token's cos/sin row
 once, loads each head's two halves as [HEADS, D/2] tiles, rotates in float32 and stores in place.
-Memory-bound: q and k are read and written once, each token's cos/sin row is read once.
+The tile size is data per vendor, chosen at launch. Memory-bound: q and k are read and written once, each
+token's cos/sin row is read once.
 Positions outside the cache raise ValueError where checking is free (CPU tensors, the reference); on a GPU
 they are the caller's invariant, since checking would read them back to the host, a device sync per
 layer; with ``TRITON_DEBUG=1`` the kernel asserts them.
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 
 from kernels._triton import tl, triton
+from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
 
 
@@ -82,16 +84,21 @@ def _rope_kernel(
 # --- configs as data ------------------------------------------------------------------------------
 # Elements per program: a [HEADS, D/2] pair of tiles, HEADS the largest power of two up to the head count
 # with HEADS * D/2 <= MAX_TILE. Measured on an H200 (bench/results): 8 heads of 128 beat 4 and 32 by 10-25%
-# at 4096+ tokens; at decode sizes every choice is launch-latency bound.
-MAX_TILE = 512
+# at 4096+ tokens; at decode sizes every choice is launch-latency bound. Warps: 8 elements per lane per tile
+# (16 bytes in 16-bit dtypes), WARP_ELEMS per warp, capped at MAX_WARPS.
+CONFIGS = {
+    "cuda": dict(MAX_TILE=512, WARP_ELEMS=8 * 32, MAX_WARPS=8),
+    # AMD wavefronts are 64 lanes wide: the same elements per lane need twice the tile.
+    "hip": dict(MAX_TILE=1024, WARP_ELEMS=8 * 64, MAX_WARPS=8),
+}
 
 
 def _pick(n_q: int, n_k: int, half_block: int, heads: int | None = None) -> tuple[int, int]:
-    """(HEADS, num_warps); ``heads`` forces the head block (tuning)."""
+    """(HEADS, num_warps) from the running vendor's config (read here, at launch); ``heads`` forces it."""
+    cfg = CONFIGS["cuda" if vendor() == "cpu" else vendor()]
     if heads is None:
-        heads = min(triton.next_power_of_2(max(n_q, n_k)), max(1, MAX_TILE // half_block))
-    # 8 elements per thread per tile (16 bytes in 16-bit dtypes).
-    return heads, max(1, min(8, heads * half_block // 256))
+        heads = min(triton.next_power_of_2(max(n_q, n_k)), max(1, cfg["MAX_TILE"] // half_block))
+    return heads, max(1, min(cfg["MAX_WARPS"], heads * half_block // cfg["WARP_ELEMS"]))
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
@@ -142,12 +149,13 @@ def rotary_embedding(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, 
     ``_heads`` forces the head block; it exists for the tuning script only.
     """
     _check(q, k, positions, cos_sin_cache)
+    if positions.device.type == "cpu" and positions.numel():  # free here (no device sync); a bad read crashes
+        _check_positions(positions, cos_sin_cache.shape[0])
+    check_backend("triton", q.device)
     T, n_q, D = q.shape
     n_k = k.shape[1]
     if T == 0 or (n_q == 0 and n_k == 0):
         return
-    if positions.device.type == "cpu":  # free to check here (no device sync); a bad read would crash
-        _check_positions(positions, cos_sin_cache.shape[0])
     cache = cos_sin_cache if cos_sin_cache.stride(1) == 1 else cos_sin_cache.contiguous()
     half = D // 2
     half_block = triton.next_power_of_2(half)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from kernels import alloc
 from kernels._triton import tl, triton
-from kernels.device import vendor
+from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
 
 
@@ -83,6 +83,7 @@ def silu_and_mul(x: torch.Tensor, *, _tile: int | None = None, _num_warps: int |
     ``_tile``/``_num_warps`` force a block shape; they exist for the tuning script only.
     """
     _check(x)
+    check_backend("triton", x.device)
     d = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
     if x2.stride(-1) != 1:

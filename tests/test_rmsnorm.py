@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import rmsnorm as rmsnorm_module
+from kernels.device import BackendUnavailable
 from kernels.rmsnorm import rmsnorm, rmsnorm_reference
 
 pytestmark = pytest.mark.rmsnorm
@@ -40,3 +42,27 @@ def test_fused_residual_equals_unfused(device):
     y, h = rmsnorm(x, w, residual=r)
     torch.testing.assert_close(h, x + r)
     torch.testing.assert_close(y, rmsnorm(x + r, w), rtol=1e-5, atol=1e-5)
+
+
+def test_rejects_integer_weight(device):
+    with pytest.raises(TypeError, match=r"weight must be a floating tensor .* got torch\.int32"):
+        rmsnorm(torch.randn(2, 8, device=device), torch.ones(8, dtype=torch.int32, device=device))
+
+
+def test_a_cpu_tensor_without_the_interpreter_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        rmsnorm(torch.randn(2, 8), torch.ones(8))
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    # The CUDA numbers were tuned on an H200; the interpreter uses them too.
+    ("cuda", {(4096, 1024): (2, 4), (1, 8192): (1, 16), (7, 128): (8, 2)}),
+    ("cpu", {(4096, 1024): (2, 4), (1, 8192): (1, 16), (7, 128): (8, 2)}),
+    ("hip", {(4096, 1024): (4, 4), (1, 8192): (1, 8), (7, 128): (8, 1)}),
+])
+def test_launch_shape_reads_the_vendor_config_at_launch(monkeypatch, gpu, expected):
+    monkeypatch.setattr(rmsnorm_module, "vendor", lambda: gpu)
+    for (rows, block), shape in expected.items():
+        assert rmsnorm_module._launch_shape(rows, block, None, None) == shape, (rows, block)
+    assert rmsnorm_module._launch_shape(4096, 1024, 1, 8) == (1, 8)  # the tuning script's overrides win

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from kernels import rope as rope_module
+from kernels.device import BackendUnavailable
 from kernels.rope import (
     build_rope_cache,
     rope_inv_freq,
@@ -148,3 +150,22 @@ def test_cache_rows_are_cos_then_sin():
         torch.testing.assert_close(cache[p, : D // 2].double(), (p * ours).cos(), rtol=0, atol=1e-7)
         torch.testing.assert_close(cache[p, D // 2 :].double(), (p * ours).sin(), rtol=0, atol=1e-7)
     assert math.isclose(float(cache[0, 0]), 1.0) and float(cache[0, D // 2]) == 0.0
+
+
+def test_a_cpu_tensor_without_the_interpreter_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        rotary_embedding(torch.randn(2, 3, 8), torch.randn(2, 1, 8), torch.tensor([0, 1]), build_rope_cache(8, 16))
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    # The CUDA numbers were tuned on an H200; the interpreter uses them too.
+    ("cuda", {(14, 2, 32): (16, 2), (32, 8, 64): (8, 2), (1, 1, 1): (1, 1), (64, 8, 16): (32, 2)}),
+    ("cpu", {(14, 2, 32): (16, 2), (32, 8, 64): (8, 2), (1, 1, 1): (1, 1), (64, 8, 16): (32, 2)}),
+    ("hip", {(14, 2, 32): (16, 1), (32, 8, 64): (16, 2), (1, 1, 1): (1, 1), (64, 8, 16): (64, 2)}),
+])
+def test_head_block_reads_the_vendor_config_at_launch(monkeypatch, gpu, expected):
+    monkeypatch.setattr(rope_module, "vendor", lambda: gpu)
+    for (n_q, n_k, half_block), pick in expected.items():
+        assert rope_module._pick(n_q, n_k, half_block) == pick, (n_q, n_k, half_block)
+    assert rope_module._pick(32, 8, 64, heads=4) == (4, 1)  # the tuning script's override wins

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import alloc
+from kernels.device import BackendUnavailable
 from kernels.silu_and_mul import _pick, silu_and_mul, silu_and_mul_eager, silu_and_mul_reference
 
 pytestmark = pytest.mark.silu_and_mul
@@ -68,3 +69,9 @@ def test_reference_and_baseline_match_the_formula():
     x = 3 * torch.randn(4, 32, dtype=torch.float64)
     torch.testing.assert_close(silu_and_mul_reference(x), _independent(x))
     torch.testing.assert_close(silu_and_mul_eager(x), F.silu(x[:, :16]) * x[:, 16:])
+
+
+def test_a_cpu_tensor_without_the_interpreter_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        silu_and_mul(torch.randn(2, 8))
