@@ -153,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, OpModuleBroken) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 1 if isinstance(e, OpModuleBroken) else 2
+    lacking = [op for op in ops if args.impl not in op.impls]
+    if len(lacking) == len(ops):
+        registered = "; ".join(f"{op.name}: {', '.join(sorted(op.impls))}" for op in ops)
+        print(f"error: no chosen op has an implementation {args.impl!r}, so there is nothing to check or time. "
+              f"Registered implementations: {registered}", file=sys.stderr)
+        return 2
     if interpreted:
         if not args.correctness:
             print(CPU_REFUSAL, file=sys.stderr)
@@ -162,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         print("no GPU visible: checking smoke cases in Triton's CPU interpreter (no timing)")
         results = [check_op(op, torch.device("cpu"), args.impl) for op in ops if args.impl in op.impls]
         print(format_results(results))
+        if lacking:
+            print("not checked: " + "; ".join(f"{op.name} (no implementation {args.impl!r})" for op in lacking))
         return 0 if all(r.ok for r in results) else 1
 
     import torch

@@ -15,7 +15,9 @@ Each kernel module ends with one ``register(Op(...))`` call that declares:
 - ``mutates``: names of inputs written in place, compared after the call like returned outputs.
 
 Extra implementations (an edited kernel under another name) are added with :func:`register_impl` and
-selected by name everywhere an op is looked up, which is how the engine hot-swaps kernels.
+selected by name everywhere an op is looked up, which is how the engine hot-swaps kernels. Each one
+declares the backend it runs on (``"triton"`` unless said otherwise), and :func:`resolve` checks that
+backend for it as it does for the built-in implementations.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from kernels.device import BackendUnavailable, check_backend
+from kernels.device import BACKENDS, check_backend
 
 Case = dict[str, Any]
 
@@ -54,9 +56,12 @@ class Op:
     # generic tests run those cases on the GPU only, by marker, instead of dropping them.
     gpu_only_dtypes: tuple[torch.dtype, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
+    # Implementation name -> the backend it runs on ("triton" or "torch"), checked by resolve().
+    impl_backends: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.impls = {"triton": self.triton, "torch": self.torch, **self.impls}
+        self.impl_backends = {name: name if name in BACKENDS else "triton" for name in self.impls} | self.impl_backends
 
     def impl(self, backend: str) -> Callable:
         try:
@@ -77,9 +82,18 @@ def register(op: Op) -> Op:
     return op
 
 
-def register_impl(op_name: str, impl_name: str, fn: Callable) -> None:
-    """Add an implementation of a registered op, selectable by ``impl_name`` (kernel hot-swap)."""
-    get(op_name).impls[impl_name] = fn
+def register_impl(op_name: str, impl_name: str, fn: Callable, backend: str = "triton") -> None:
+    """Add an implementation of a registered op, selectable by ``impl_name`` (kernel hot-swap).
+
+    ``backend`` is what ``fn`` runs on: ``"triton"`` (an edited kernel, the usual case) or ``"torch"``
+    (plain torch code); :func:`resolve` checks that it can run on the caller's device.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"register_impl({op_name!r}, {impl_name!r}): backend must be one of {BACKENDS}, "
+                         f"got {backend!r}")
+    op = get(op_name)
+    op.impls[impl_name] = fn
+    op.impl_backends[impl_name] = backend
 
 
 def get(name: str) -> Op:
@@ -98,11 +112,8 @@ def all_ops() -> list[Op]:
 def resolve(name: str, backend: str, device: torch.device | str) -> Callable:
     """The callable for ``name`` under ``backend``; raises if it cannot run on ``device`` here."""
     op = get(name)
-    fn = op.impl(backend)
-    if backend in ("triton", "torch"):
-        check_backend(backend, device)
-    elif backend not in op.impls:
-        raise BackendUnavailable(f"op {name!r} has no implementation {backend!r}")
+    fn = op.impl(backend)  # KeyError naming the registered implementations if there is none
+    check_backend(op.impl_backends.get(backend, "triton"), device)
     return fn
 
 

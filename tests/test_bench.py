@@ -137,6 +137,26 @@ def test_sweep_correctness_only(tmp_path, capsys):
     assert "silu_and_mul" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("gpu", [False, True], ids=["interpreter", "gpu-path"])
+def test_sweep_refuses_an_impl_that_no_chosen_op_has(tmp_path, monkeypatch, capsys, gpu):
+    if gpu:
+        _fake_gpu(monkeypatch)
+    assert sweep.run(_args(tmp_path, ops=["rmsnorm"], impl="nonexistent", correctness=not gpu)) == 2
+    err = capsys.readouterr().err
+    assert "no chosen op has an implementation 'nonexistent'" in err and "rmsnorm: torch, triton" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_sweep_correctness_names_the_ops_without_the_impl(tmp_path, monkeypatch, capsys):
+    from kernels import registry
+
+    op = registry.get("silu_and_mul")
+    monkeypatch.setitem(op.impls, "my_silu_and_mul", op.triton)
+    assert sweep.run(_args(tmp_path, ops=["rmsnorm", "silu_and_mul"], impl="my_silu_and_mul",
+                           correctness=True)) == 0
+    assert "not checked: rmsnorm (no implementation 'my_silu_and_mul')" in capsys.readouterr().out
+
+
 @pytest.mark.gpu
 def test_real_sweep_on_gpu(tmp_path):
     assert sweep.run(_args(tmp_path, ops=["silu_and_mul"], dtypes=["bf16"], quick=True)) == 0

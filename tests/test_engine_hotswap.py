@@ -32,7 +32,7 @@ def _register_counting(backend: str) -> str:
         CALLS[name] = CALLS.get(name, 0) + 1
         return inner(*args, **kwargs)
 
-    registry.register_impl("rmsnorm", name, counting)
+    registry.register_impl("rmsnorm", name, counting, backend=backend)
     return name
 
 
@@ -87,7 +87,7 @@ def test_a_failing_kernel_finishes_its_requests_with_error(model_dir):
             raise RuntimeError("injected kernel failure")
         return inner(*args, **kwargs)
 
-    registry.register_impl("silu_and_mul", "flaky_silu_and_mul", flaky)
+    registry.register_impl("silu_and_mul", "flaky_silu_and_mul", flaky, backend="torch")
     engine = make_engine(model_dir, "torch", op_overrides={"silu_and_mul": "flaky_silu_and_mul"})
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     first = engine.add_request([5, 6, 7], params)
