@@ -52,9 +52,6 @@ class Op:
     mutates: tuple[str, ...] = ()
     # The kernel computes a float32 dot with tl.dot, which is TF32 on NVIDIA GPUs.
     tf32: bool = False
-    # Ops whose interpreter result is unreliable for some dtypes (bf16 tl.dot) list them here; the
-    # generic tests run those cases on the GPU only, by marker, instead of dropping them.
-    gpu_only_dtypes: tuple[torch.dtype, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
     # Implementation name -> the backend it runs on ("triton" or "torch"), checked by resolve().
     impl_backends: dict[str, str] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """Every registered op against its reference, on fresh random inputs drawn by hypothesis.
 
-Generic over the registry: a new kernel module is tested here as soon as it registers. Cases whose
-dtype the interpreter cannot compute for an op (bf16 ``tl.dot``) run in ``test_op_gpu_only_dtypes``,
-which is GPU-marked, so they are skipped with a reason on a CPU and never dropped on a GPU.
+Generic over the registry: a new kernel module is tested here as soon as it registers. Every dtype an op
+declares runs here, in the interpreter too: kernels whose bf16 ``tl.dot`` the interpreter cannot compute
+upcast those operands there (their ``UPCAST`` flag) rather than leaving the dtype to the GPU.
 """
 
 from __future__ import annotations
@@ -24,20 +24,6 @@ def _param(op):
 @pytest.mark.parametrize("op", [_param(op) for op in OPS])
 def test_op_matches_reference(op, device, profile):
     cases = op.cases(profile)
-    if profile == "cpu" and op.gpu_only_dtypes:
-        cases = cases.filter(lambda c: c["dtype"] not in op.gpu_only_dtypes)
-
-    @given(case=cases, seed=st.integers(0, 2**31 - 1))
-    def check(case, seed):
-        run_case(op, case, device, seed)
-
-    check()
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", [_param(op) for op in OPS if op.gpu_only_dtypes])
-def test_op_gpu_only_dtypes(op, device, profile):
-    cases = op.cases(profile).filter(lambda c: c["dtype"] in op.gpu_only_dtypes)
 
     @given(case=cases, seed=st.integers(0, 2**31 - 1))
     def check(case, seed):
