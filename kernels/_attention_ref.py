@@ -6,6 +6,7 @@ an explicit mask, computed in float64 when the inputs are float64 (CPU tests) an
 
 from __future__ import annotations
 
+import einops
 import torch
 
 
@@ -27,8 +28,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     qf = q.to(compute).transpose(0, 1)                                   # [Hq, Sq, D]
-    kf = k.to(compute).repeat_interleave(group, dim=1).transpose(0, 1)   # [Hq, Sk, D]
-    vf = v.to(compute).repeat_interleave(group, dim=1).transpose(0, 1)
+    # Query head h reads KV head h // group: each KV head serves `group` consecutive query heads.
+    kf = einops.repeat(k.to(compute), "s h d -> (h g) s d", g=group)     # [Hq, Sk, D]
+    vf = einops.repeat(v.to(compute), "s h d -> (h g) s d", g=group)
     scores = qf @ kf.transpose(1, 2) * scale                             # [Hq, Sq, Sk]
     if first_query_pos is not None:
         q_pos = first_query_pos + torch.arange(q.shape[0], device=q.device)

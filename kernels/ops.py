@@ -11,7 +11,7 @@ import pkgutil
 
 import kernels
 
-FRAMEWORK = {"device", "registry", "ops", "testing", "tuning", "alloc", "strategies"}
+FRAMEWORK = {"device", "registry", "ops", "testing", "tuning", "alloc"}
 
 for _info in sorted(pkgutil.iter_modules(kernels.__path__), key=lambda m: m.name):
     if _info.name.startswith("_") or _info.name in FRAMEWORK:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import _paged_checks, _prefill_cases
+from kernels._attention_ref import dense_attention
 from kernels.kv_cache import kv_cache_write
 from kernels.prefill_attention import prefill_attention, prefill_attention_reference, prefill_sdpa_baseline
 from kernels.registry import get
@@ -71,6 +72,21 @@ def test_custom_scale(device):
     out = prefill_attention(q, k, v, cu, 7, scale=0.3)
     ref = prefill_attention_reference(q.double(), k.double(), v.double(), cu, 7, scale=0.3)
     assert_close(out, ref, dtype=torch.float32, reduction_len=7, tf32=True)
+
+
+@pytest.mark.parametrize("first_query_pos", [None, 3])
+def test_reference_gives_each_kv_head_its_group_of_query_heads(first_query_pos):
+    """Query head h reads KV head h // (Hq / Hkv), as the kernels do: checked one head at a time."""
+    torch.manual_seed(2)
+    Sq, Sk, Hq, Hkv, D = 4, 7, 6, 2, 8
+    q, k, v = (torch.randn(s, h, D, dtype=torch.float64) for s, h in ((Sq, Hq), (Sk, Hkv), (Sk, Hkv)))
+    out = dense_attention(q, k, v, 0.5, first_query_pos)
+    mask = None if first_query_pos is None else \
+        torch.arange(Sk)[None, :] <= first_query_pos + torch.arange(Sq)[:, None]
+    for h in range(Hq):
+        g = h // (Hq // Hkv)
+        want = torch.nn.functional.scaled_dot_product_attention(q[:, h], k[:, g], v[:, g], attn_mask=mask, scale=0.5)
+        torch.testing.assert_close(out[:, h], want)
 
 
 def _qkv(device, q_heads=4, kv_heads=2, head_dim=32, tokens=6):

@@ -1,10 +1,14 @@
-"""The registry's lookups: a variant added with register_impl is checked for its backend like a built-in."""
+"""The registry's lookups (a variant added with register_impl is checked for its backend like a built-in) and
+the op-module discovery of kernels.ops."""
 
 from __future__ import annotations
 
+import pkgutil
+
 import pytest
 
-from kernels import registry
+import kernels
+from kernels import ops, registry
 from kernels.device import BackendUnavailable
 
 
@@ -40,3 +44,9 @@ def test_unknown_impl_and_backend_are_refused(variants):
     with pytest.raises(ValueError, match="backend must be one of"):
         registry.register_impl("rmsnorm", "odd_rmsnorm", variants.torch, backend="cuda")
     assert "odd_rmsnorm" not in variants.impls
+
+
+def test_every_framework_module_exists():
+    """kernels.ops skips these when importing op modules; a stale name there hides nothing but misleads."""
+    modules = {m.name for m in pkgutil.iter_modules(kernels.__path__)}
+    assert not ops.FRAMEWORK - modules, "listed in kernels.ops.FRAMEWORK but no such module"
