@@ -119,6 +119,7 @@ def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) 
     from bench import report
 
     cases = select_cases(op.bench_cases(), dtypes, args.quick)
+    suffix = "" if args.impl == "triton" else f"_{report.safe_name(args.impl)}"
     rows = []
     for case in cases:
         try:
@@ -131,17 +132,17 @@ def sweep_op(op, args, dtypes, ceilings, out_dir: Path, commit: str, date: str) 
             baseline=op.baseline_name if op.baseline is not None else None, baseline_ms=base_ms,
             ceilings=ceilings, timing=timing, commit=commit, date=date,
         ))
+        versus = f", {op.baseline_name} {base_ms:.4f} ms: {base_ms / ms:.2f}x" if base_ms else ""
         print(f"  {op.name} {report.shape_string(case)} {report.dtype_name(case.get('dtype'))}: "
-              f"{ms:.4f} ms ({rows[-1]['pct_of_ceiling']:.0f}% of ceiling)", flush=True)
+              f"{ms:.4f} ms ({rows[-1]['pct_of_ceiling']:.0f}% of ceiling{versus})", flush=True)
         if len(rows) == 1:
             rows[0]["tuned_check"] = check_tuned_case(op, case, args.impl)
             print(f"  {op.name}: the autotuned config of that case against the reference: {rows[0]['tuned_check']}",
                   flush=True)
-    if rows:
-        suffix = "" if args.impl == "triton" else f"_{report.safe_name(args.impl)}"
+        # Rewritten after every case: a sweep stopped by a time limit keeps the op's cases timed so far.
         report.write_csv(rows, out_dir / f"{op.name}{suffix}.csv")
-        if not args.no_plot:
-            report.plot(rows, out_dir / f"{op.name}{suffix}.png")
+    if rows and not args.no_plot:
+        report.plot(rows, out_dir / f"{op.name}{suffix}.png")
     return rows
 
 
