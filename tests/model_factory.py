@@ -203,6 +203,25 @@ def llama_cpp_permute(rows, num_heads: int):
     return rows.reshape(num_heads, 2, shape[0] // num_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
+def random_k_quantizer(qtype, seed: int = 0):
+    """A ``quantizer`` for :func:`make_gguf_model` that writes every 2-D weight but the embedding as random
+    well-formed ``qtype`` blocks (the gguf package cannot quantize K-quants), and the dict it fills with
+    the blocks it wrote, by tensor name."""
+    from kernels.gguf_formats import random_blocks
+
+    generator = torch.Generator().manual_seed(seed)
+    written = {}
+
+    def quantize(name, array):
+        if array.ndim != 2 or name == "model.embed_tokens.weight":
+            return None
+        blocks = random_blocks(int(qtype), array.shape[0], array.shape[1], generator=generator).numpy()
+        written[name] = blocks
+        return blocks, qtype
+
+    return quantize, written
+
+
 def make_gguf_model(path, arch: str = "llama", qtype=None, hf_dir=None, embed_qtype=None, permute: bool = True,
                     tokenizer_metadata: bool = True, quantizer=None, extra_tensors: dict | None = None,
                     **hf_kwargs) -> Path:

@@ -56,19 +56,9 @@ def _unpermute(rows: np.ndarray, num_heads: int) -> np.ndarray:
 def _k_quant_model(tmp_path, arch, qtype):
     """A GGUF whose 2-D weights (the embedding aside) are random ``qtype`` blocks, and its reference:
     the transformers model holding ``gguf.quants.dequantize`` of those very blocks, in HF row order."""
-    from kernels.gguf_formats import random_blocks
-    from tests.model_factory import make_gguf_model
+    from tests.model_factory import make_gguf_model, random_k_quantizer
 
-    generator = torch.Generator().manual_seed(int(qtype))
-    written = {}
-
-    def k_quant(name, array):
-        if array.ndim != 2 or name == "model.embed_tokens.weight":
-            return None
-        blocks = random_blocks(int(qtype), array.shape[0], array.shape[1], generator=generator).numpy()
-        written[name] = blocks
-        return blocks, qtype
-
+    k_quant, written = random_k_quantizer(qtype, seed=int(qtype))
     path = make_gguf_model(tmp_path / f"{arch}.gguf", arch=arch, qtype=Q.F32, quantizer=k_quant, **K_QUANT_WIDE)
     ref = load_hf_model(tmp_path / f"{arch}-hf")
     config = ref.config

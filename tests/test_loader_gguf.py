@@ -97,18 +97,9 @@ def test_half_precision_tensors_are_plain(tmp_path, qtype):
 
 @pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K])
 def test_k_quant_rows_are_kept_byte_for_byte(tmp_path, qtype):
-    from kernels.gguf_formats import random_blocks
+    from tests.model_factory import random_k_quantizer
 
-    generator = torch.Generator().manual_seed(0)
-    written = {}
-
-    def k_quant(name, array):
-        if array.ndim != 2 or name == "model.embed_tokens.weight":
-            return None
-        blocks = random_blocks(int(qtype), array.shape[0], array.shape[1], generator=generator).numpy()
-        written[name] = blocks
-        return blocks, qtype
-
+    k_quant, written = random_k_quantizer(qtype)
     path = make_gguf_model(tmp_path / "m.gguf", arch="qwen2", qtype=Q.F32, quantizer=k_quant, **WIDE)
     loaded = dict(load_model_source(str(path)).iter_weights("cpu", torch.float32))
     assert written
