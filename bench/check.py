@@ -75,37 +75,16 @@ def format_results(results: list[OpResult]) -> str:
 
 
 class OpModuleBroken(RuntimeError):
-    """An op module failed to import, so the registry cannot be read."""
-
-
-def _broken_op_modules() -> list[str]:
-    """Import each op module on its own and describe the ones that fail (the registry imports them all)."""
-    import importlib
-    import pkgutil
-
-    import kernels
-
-    broken = []
-    # Framework modules import too (harmlessly); kernels.ops is the loop that failed, so it is skipped.
-    for info in sorted(pkgutil.iter_modules(kernels.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "ops":
-            continue
-        try:
-            importlib.import_module(f"kernels.{info.name}")
-        except Exception as e:  # reported, with every other broken module, instead of the first traceback
-            broken.append(f"kernels.{info.name}: {type(e).__name__}: {e}")
-    return broken
+    """An op module failed to import: its ops are missing from the registry."""
 
 
 def select_ops(names: list[str] | None):
     """The ops named (all when None); raises KeyError for an unknown name, OpModuleBroken for an import error."""
     from kernels import registry
 
-    try:
-        registry.all_ops()
-    except Exception as e:  # whatever an op module raised on import: re-raised below with every broken module
-        broken = _broken_op_modules() or [f"{type(e).__name__}: {e}"]
-        raise OpModuleBroken("op modules failed to import:\n  " + "\n  ".join(broken)) from e
+    registry.all_ops()
+    if broken := registry.broken_modules():
+        raise OpModuleBroken("op modules failed to import:\n  " + "\n  ".join(f"{m}: {e}" for m, e in broken.items()))
 
     if not names:
         return registry.all_ops()

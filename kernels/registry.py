@@ -98,7 +98,10 @@ def get(name: str) -> Op:
     try:
         return _OPS[name]
     except KeyError:
-        raise KeyError(f"no op named {name!r}; registered ops: {sorted(_OPS)}") from None
+        broken = broken_modules()
+        hint = ("; op modules that failed to import: " + "; ".join(f"{m} ({e})" for m, e in broken.items())
+                if broken else "")
+        raise KeyError(f"no op named {name!r}; registered ops: {sorted(_OPS)}{hint}") from None
 
 
 def all_ops() -> list[Op]:
@@ -112,6 +115,13 @@ def resolve(name: str, backend: str, device: torch.device | str) -> Callable:
     fn = op.impl(backend)  # KeyError naming the registered implementations if there is none
     check_backend(op.impl_backends.get(backend, "triton"), device)
     return fn
+
+
+def broken_modules() -> dict[str, str]:
+    """Op modules that failed to import: {module: "ErrorType: message"} (empty when all is well)."""
+    from kernels.ops import BROKEN
+
+    return dict(BROKEN)
 
 
 def _load_all() -> None:

@@ -50,3 +50,40 @@ def test_every_framework_module_exists():
     """kernels.ops skips these when importing op modules; a stale name there hides nothing but misleads."""
     modules = {m.name for m in pkgutil.iter_modules(kernels.__path__)}
     assert not ops.FRAMEWORK - modules, "listed in kernels.ops.FRAMEWORK but no such module"
+
+
+def test_every_op_module_imports():
+    """A kernel module that fails to import is kept out of the registry (the other ops still load and
+    test); this is the test that names it and fails."""
+    assert registry.broken_modules() == {}, "op modules failed to import: " + "; ".join(
+        f"{m}: {e}" for m, e in registry.broken_modules().items())
+
+
+def test_a_broken_op_module_is_recorded_and_the_others_still_import(tmp_path, monkeypatch):
+    package = tmp_path / "opsdemo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "good.py").write_text("LOADED = True\n")
+    (package / "half_edited.py").write_text("def kernel(:\n")  # a syntax error mid-edit
+    (package / "raises.py").write_text("raise ImportError('needs a package that is not installed')\n")
+    (package / "_private.py").write_text("raise RuntimeError('never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import opsdemo
+
+    broken = ops.import_op_modules(opsdemo)
+    assert set(broken) == {"opsdemo.half_edited", "opsdemo.raises"}
+    assert broken["opsdemo.half_edited"].startswith("SyntaxError")
+    assert broken["opsdemo.raises"] == "ImportError: needs a package that is not installed"
+    import opsdemo.good
+
+    assert opsdemo.good.LOADED
+
+
+def test_lookups_and_the_cli_name_a_broken_module(monkeypatch):
+    from bench import check
+
+    monkeypatch.setitem(ops.BROKEN, "kernels.my_attention", "SyntaxError: invalid syntax (my_attention.py, line 3)")
+    with pytest.raises(KeyError, match=r"kernels\.my_attention \(SyntaxError"):
+        registry.get("my_attention")
+    with pytest.raises(check.OpModuleBroken, match=r"kernels\.my_attention: SyntaxError"):
+        check.select_ops(None)
