@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from bench.model_shapes import MODELS, SMOKE_SHAPE, decode_weight_bytes, write_model
+from engine.commands.generate import op_override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +299,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--op", action="append", default=[], metavar="NAME=IMPL",
+    parser.add_argument("--op", action="append", default=[], type=op_override, metavar="NAME=IMPL",
                         help="run op NAME with the registered implementation IMPL (repeatable)")
     parser.add_argument("--backend", choices=["triton", "torch"], default=None,
                         help="the engine's ops (default: triton on a GPU, torch with --smoke)")
@@ -308,12 +309,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="default: cuda, or cpu with --smoke (cpu runs only with --smoke)")
     args = parser.parse_args(argv)
-    from engine.commands.generate import parse_op_overrides
-
-    try:
-        args.ops = parse_op_overrides(args.op)
-    except ValueError as err:
-        parser.error(str(err))
+    args.ops = dict(args.op)
     if args.device == "cpu" and not args.smoke:
         parser.error("--device cpu is for --smoke runs only: CPU numbers say nothing about the engine on a GPU")
     args.device = args.device or ("cpu" if args.smoke else "cuda")

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from bench.serve_spawn import missing_server_modules, server_stats, spawn_server, stop_server, wait_healthy
+from engine.commands.generate import op_override
 
 # --- the workload -------------------------------------------------------------------------------
 
@@ -260,17 +261,12 @@ def parse_args(argv):
     engine.add_argument("--enforce-eager", action="store_true")
     engine.add_argument("--backend", default=None)
     engine.add_argument("--device", default=None)
-    engine.add_argument("--op", action="append", default=[], metavar="NAME=IMPL",
+    engine.add_argument("--op", action="append", default=[], type=op_override, metavar="NAME=IMPL",
                         help="run op NAME with the registered implementation IMPL (repeatable), server and offline")
     p.add_argument("--smoke", action="store_true",
                    help="a CPU check of this script: toy-width model, short requests, torch backend")
     args = p.parse_args(argv)
-    from engine.commands.generate import parse_op_overrides
-
-    try:
-        args.ops = parse_op_overrides(args.op)
-    except ValueError as err:
-        p.error(str(err))
+    args.ops = dict(args.op)
     if args.smoke:
         args.input_len, args.output_len, args.max_model_len = 16, 8, 128
         args.device, args.backend = "cpu", args.backend or "torch"

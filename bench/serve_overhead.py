@@ -125,7 +125,7 @@ def _process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of another process (Linux /proc; 0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    except OSError:  # no /proc (not Linux) or the process is gone: report no CPU time rather than fail
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -69,7 +69,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
-        except httpx.HTTPError:
+        except httpx.HTTPError:  # not listening yet (still loading): poll again
             pass
         time.sleep(1)
     raise RuntimeError(f"the server did not become healthy in {SERVER_START_TIMEOUT_S}s")

@@ -53,7 +53,9 @@ def _run_staggered(engine, prompts: list[list[int]], max_tokens: int) -> int:
 
 
 def test_second_workload_compiles_no_kernel(model_dir, monkeypatch):
-    knobs = getattr(__import__("triton"), "knobs", None)
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
     if knobs is None or not hasattr(knobs.runtime, "jit_cache_hook"):
         pytest.skip("this triton has no knobs.runtime.jit_cache_hook (triton >= 3.4 has)")
     engine = make_engine(model_dir, "triton", dtype=torch.bfloat16)

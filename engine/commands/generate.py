@@ -59,6 +59,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="per-request timeout in seconds")
 
 
+def op_override(text: str) -> tuple[str, str]:
+    """An argparse ``type`` for one ``NAME=IMPL`` (``dict(args.op)`` then gives the overrides)."""
+    try:
+        return next(iter(parse_op_overrides([text]).items()))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_op_overrides(items: list[str]) -> dict[str, str]:
     overrides = {}
     for item in items:
