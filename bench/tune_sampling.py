@@ -7,11 +7,14 @@ Run from the repository root on a GPU machine::
 In one process, so every number comes from the same card:
 
 1. the copy bandwidth (bytes read + written of a 1 GiB device copy);
-2. with ``--explore``: every CUDA config of the kernel, fixed (no autotuning), on each benchmark case
-   (``sampling_configs.csv``): what the config list in kernels/sampling.py is chosen from;
-3. the op's benchmark cases (``registry.get("sample").bench_cases()``): the autotuned kernel, the baseline
-   ("torch sort": the same pipeline with a full sort, ``sample_baseline``) and ``torch.argmax`` over the
-   same logits, plus a mixed batch (half greedy, half sampled) (``sampling_bench.csv``).
+2. with ``--explore``: every CUDA config of the row-wise kernel, fixed (no autotuning), and a few chunk
+   sizes and warp counts of the split kernels, on each benchmark case (``sampling_configs.csv``): what the
+   config lists in kernels/sampling.py and kernels/_sampling_split.py are chosen from;
+3. the op's benchmark cases (``registry.get("sample").bench_cases()``): ``sample`` (the split kernels for
+   the batches they take, the row-wise kernel for the others), the row-wise kernel alone
+   (``sample_rowwise``), the baseline ("torch sort": the same pipeline with a full sort,
+   ``sample_baseline``) and ``torch.argmax`` over the same logits, plus a mixed batch (half greedy, half
+   sampled) (``sampling_bench.csv``).
 
 Timing: ``triton.testing.do_bench`` medians (L2 cleared before every call), inputs rotated among enough
 sets to exceed twice L2. Both the kernel and the baseline check for NaN logits and so synchronise once per
@@ -44,11 +47,12 @@ import torch
 from bench.ceilings import copy_bandwidth_gbps
 from bench.report import write_rows
 from bench.timing import input_sets_for, time_rotating
-from kernels import registry
+from kernels import _sampling_split, registry
 from kernels._sampling_registration import bench_params
-from kernels.sampling import CONFIGS, SamplingTensors, launch
+from kernels.sampling import CONFIGS, SamplingTensors, launch, sample_rowwise
 
 DEVICE = "cuda"
+SPLIT_EXPLORE = [(2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16)]  # (CHUNK, num_warps) of the split kernels
 
 
 def input_sets(op, case, l2_bytes: int) -> list[dict]:
@@ -82,6 +86,20 @@ def explore(op, l2_bytes: int, rows: list, save) -> None:
                 continue
             rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": i,
                          "params": str(config), "ms": t})
+        split = _sampling_split.CONFIGS["cuda"]
+        saved = dict(split)
+        for chunk, warps in SPLIT_EXPLORE:
+            split.update(CHUNK=chunk, num_warps=warps)
+            try:
+                t = time_rotating(op.triton, sets)
+            except Exception as e:
+                print(f"  split CHUNK={chunk} num_warps={warps}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                continue
+            finally:
+                split.clear()
+                split.update(saved)
+            rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": "split",
+                         "params": f"CHUNK={chunk} num_warps={warps}", "ms": t})
         print(f"explored {case['mode']} B={case['batch']} V={case['vocab']}", flush=True)
         save(rows)
 
@@ -94,16 +112,19 @@ def bench(op, copy_gbs: float, l2_bytes: int, rows: list, save) -> None:
         sets = mixed_inputs(case, l2_bytes) if case["mode"] == "mixed-half-greedy" else input_sets(op, case, l2_bytes)
         B, V = case["batch"], case["vocab"]
         t_kernel = time_rotating(op.triton, sets)
+        t_rowwise = time_rotating(sample_rowwise, sets)
         t_base = time_rotating(op.baseline, sets)
         t_argmax = time_rotating(lambda logits, st: torch.argmax(logits, -1), sets)
         nbytes = op.bytes(case)
         rows.append({
-            "mode": case["mode"], "batch": B, "vocab": V, "kernel_ms": t_kernel, "torch_sort_ms": t_base,
+            "mode": case["mode"], "batch": B, "vocab": V, "kernel_ms": t_kernel, "rowwise_ms": t_rowwise,
+            "torch_sort_ms": t_base,
             "argmax_ms": t_argmax, "speedup": t_base / t_kernel, "vs_argmax": t_kernel / t_argmax,
             "kernel_gbs": nbytes / t_kernel / 1e6, "pct_copy_bw": 100 * nbytes / t_kernel / 1e6 / copy_gbs,
         })
         print(f"{case['mode']:>18} B={B:<4} V={V:<7} kernel {t_kernel * 1e3:8.1f} us  torch sort "
-              f"{t_base * 1e3:8.1f} us  x{t_base / t_kernel:5.1f}  argmax {t_argmax * 1e3:7.1f} us", flush=True)
+              f"{t_base * 1e3:8.1f} us  x{t_base / t_kernel:5.1f}  row-wise {t_rowwise * 1e3:8.1f} us  "
+              f"argmax {t_argmax * 1e3:7.1f} us", flush=True)
         save(rows)
 
 
@@ -134,10 +155,11 @@ def main() -> None:
     rows: list = []
     bench(op, copy_gbs, l2, rows, writer(os.path.join(args.out, "sampling_bench.csv")))
     print(f"\n{props.name}, copy {copy_gbs:.0f} GB/s; times in microseconds (median, do_bench)")
-    print(f"{'mode':>18} {'B':>4} {'V':>7} {'kernel':>9} {'torch sort':>10} {'speedup':>7} {'argmax':>8} "
-          f"{'k/argmax':>8} {'%copy':>6}")
+    print(f"{'mode':>18} {'B':>4} {'V':>7} {'kernel':>9} {'row-wise':>9} {'torch sort':>10} {'speedup':>7} "
+          f"{'argmax':>8} {'k/argmax':>8} {'%copy':>6}")
     for r in rows:
         print(f"{r['mode']:>18} {r['batch']:>4} {r['vocab']:>7} {r['kernel_ms'] * 1e3:9.1f} "
+              f"{r['rowwise_ms'] * 1e3:9.1f} "
               f"{r['torch_sort_ms'] * 1e3:10.1f} {r['speedup']:7.1f} {r['argmax_ms'] * 1e3:8.1f} "
               f"{r['vs_argmax']:8.2f} {r['pct_copy_bw']:6.1f}")
 

@@ -24,6 +24,7 @@ one cache-less forward per prefill token bucket and one sampling per batch class
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -87,6 +88,12 @@ class ModelRunner:
             except RuntimeError as err:  # a kernel that cannot be captured: slower, but still correct
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", err)
                 torch.cuda.synchronize(self.device)
+        if self.device.type != "cpu":
+            # Compiling and autotuning leave millions of long-lived Python objects behind; frozen, they are
+            # out of the collector's reach, so a full collection while serving no longer walks them all.
+            # (Not on a CPU, where tests build many engines in one process and frozen objects are never freed.)
+            gc.collect()
+            gc.freeze()
 
     # --- KV cache sizing -------------------------------------------------------------------------
 

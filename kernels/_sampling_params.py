@@ -252,6 +252,9 @@ class SamplingTensors:
     max_logprobs: int | None         # widest top-logprobs request in the batch (None: no row asked)
     has_edits: bool                  # some row has a penalty or a bias to apply
     greedy_only: bool                # every row is greedy
+    # The largest top-k of the sampled rows with a filter (top-k, top-p or min-p); None when one of them
+    # filters without a top-k (its kept set can only be found over the whole vocabulary). 0: no such row.
+    candidate_bound: int | None = None
 
     @property
     def batch(self) -> int:
@@ -296,6 +299,8 @@ class SamplingTensors:
         top_k, key1, key2, num_logprobs = dev[6 * B:10 * B].view(4, B).unbind()
         edit_token, edit_count, edit_in_context = dev[11 * B + 1:11 * B + 1 + 3 * E1].view(3, E1).unbind()
         max_n = int(ints64[1].max()) if B else NO_LOGPROBS
+        filtered = (floats64[0] > 0) & ((floats64[1] < 1.0) | (floats64[2] > 0.0) | (ints64[0] > 0))
+        bound = None if (filtered & (ints64[0] == 0)).any() else int(ints64[0][filtered].max(initial=0))
         return SamplingTensors(
             temperature=temperature, top_p=top_p, min_p=min_p, repetition_penalty=rep_t,
             presence_penalty=pres_t, frequency_penalty=freq_t,
@@ -304,7 +309,7 @@ class SamplingTensors:
             edit_token=edit_token, edit_count=edit_count, edit_in_context=edit_in_context,
             edit_bias=dev[11 * B + 1 + 3 * E1:].view(torch.float32),
             vocab_size=vocab_size, max_logprobs=None if max_n <= 0 else max_n, has_edits=E > 0,
-            greedy_only=bool((host[:B].view(np.float32) == 0).all()),
+            greedy_only=bool((host[:B].view(np.float32) == 0).all()), candidate_bound=bound,
         )
 
 

@@ -55,6 +55,24 @@ def _load_z(logits_ptr, work_ptr, row_l, row_w, offs, mask, from_work, inv_t):
 
 
 @triton.jit
+def _patch_edits(logits_ptr, work_ptr, row_l, row_w, tok_lo, tok_hi, e0, e1, etok_ptr, ecnt_ptr, ectx_ptr, ebias_ptr,
+                 rep, pres, freq, EBLOCK: tl.constexpr):
+    """Write the row's edited logits (edits e0..e1 whose token lies in [tok_lo, tok_hi)) into the fp32
+    workspace row: bias, then the repetition penalty on context tokens, then frequency and presence."""
+    for es in range(e0, e1, EBLOCK):
+        eo = es + tl.arange(0, EBLOCK)
+        tok = tl.load(etok_ptr + eo, mask=eo < e1, other=-1)
+        em = (eo < e1) & (tok >= tok_lo) & (tok < tok_hi)
+        count = tl.load(ecnt_ptr + eo, mask=em, other=0).to(tl.float32)
+        in_context = tl.load(ectx_ptr + eo, mask=em, other=0)
+        x = tl.load(logits_ptr + row_l + tok, mask=em, other=0.0).to(tl.float32)
+        x += tl.load(ebias_ptr + eo, mask=em, other=0.0)
+        x = tl.where(in_context != 0, tl.where(x > 0, x / rep, x * rep), x)
+        x = x - freq * count - tl.where(count > 0, pres, 0.0)
+        tl.store(work_ptr + row_w + tok, x, mask=em)
+
+
+@triton.jit
 def _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2,
                    BLOCK: tl.constexpr):
     """One pass: the token maximising z + Gumbel noise among tokens with z >= tau (ties: lowest index)."""

@@ -32,7 +32,12 @@ naming the rows (the kernel flags them and writes token -1 there; the launcher r
 small device-to-host copy, and returns them as ``host_token_ids`` so that the caller need not copy again).
 -inf logits are valid and never sampled.
 
-Kernel: one program per row, the row streamed in blocks. Edited rows (bias or penalties) first copy the
+Two kernels. Batches with no top-logprobs request whose filtered rows all have a top-k of at most 256
+take the split path (``kernels/_sampling_split.py``): each row cut into chunks of 4096 tokens, one
+program per chunk, then one program per row on the chunks' partials and candidates; it draws the same
+tokens. Every other batch takes the row-wise kernel below (also registered alone as ``sample_rowwise``).
+
+Row-wise kernel: one program per row, the row streamed in blocks. Edited rows (bias or penalties) first copy the
 row to a float32 workspace and patch their few edited entries there. Pass 0 computes the max, the softmax
 sum, the argmax and the minimum; greedy rows and rows without filters (their Gumbel argmax is fused into
 pass 0) are done after it. Top-k and top-p find their thresholds by a pivot search (``_sampling_search``),
@@ -56,11 +61,13 @@ from kernels._sampling_search import (
     _gumbel,
     _gumbel_argmax,
     _load_z,
+    _patch_edits,
     _threshold_search,
 )
+from kernels._sampling_split import handles, launch_split
 from kernels._triton import tl, triton
 from kernels.device import check_backend, interpreting
-from kernels.registry import Op, register
+from kernels.registry import Op, register, register_impl
 from kernels.tuning import Tuned
 
 __all__ = ["MAX_LOGPROBS", "SampleResult", "SamplingParamsError", "SamplingTensors", "sample",
@@ -75,17 +82,8 @@ def _apply_edits(logits_ptr, work_ptr, row_l, row_w, V, e0, e1, etok_ptr, ecnt_p
         mask = offs < V
         tl.store(work_ptr + row_w + offs, tl.load(logits_ptr + row_l + offs, mask=mask).to(tl.float32), mask=mask)
     tl.debug_barrier()  # the patches below overwrite entries other threads of this program copied
-    for es in range(e0, e1, EBLOCK):
-        eo = es + tl.arange(0, EBLOCK)
-        em = eo < e1
-        tok = tl.load(etok_ptr + eo, mask=em, other=0)
-        count = tl.load(ecnt_ptr + eo, mask=em, other=0).to(tl.float32)
-        in_context = tl.load(ectx_ptr + eo, mask=em, other=0)
-        x = tl.load(logits_ptr + row_l + tok, mask=em, other=0.0).to(tl.float32)
-        x += tl.load(ebias_ptr + eo, mask=em, other=0.0)
-        x = tl.where(in_context != 0, tl.where(x > 0, x / rep, x * rep), x)
-        x = x - freq * count - tl.where(count > 0, pres, 0.0)
-        tl.store(work_ptr + row_w + tok, x, mask=em)
+    _patch_edits(logits_ptr, work_ptr, row_l, row_w, 0, V, e0, e1, etok_ptr, ecnt_ptr, ectx_ptr, ebias_ptr,
+                 rep, pres, freq, EBLOCK)
     tl.debug_barrier()  # later passes read the patched row
 
 
@@ -312,15 +310,34 @@ def _batch_bucket(batch: int) -> int:
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
-    """Draw one token per row honouring each row's parameters (see the module docstring for the math)."""
+    """Draw one token per row honouring each row's parameters (see the module docstring for the math).
+
+    Batches the split kernels handle (``_sampling_split.handles``: no top logprobs, every filtered row
+    with a top-k of at most CAND_CHUNK) go there; the others to the row-wise kernel. Both draw the same
+    tokens."""
+    _check(logits, st)
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    if st.batch and handles(st):
+        tokens, lps = launch_split(logits, st)
+        return _read_back(tokens, lps, None, None)
+    return _launch_rowwise(logits, st, None)
+
+
+def sample_rowwise(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
+    """``sample`` on the row-wise kernel alone (one program per row), for every batch."""
     return launch(logits, st)
 
 
 def launch(logits: torch.Tensor, st: SamplingTensors, config: dict | None = None) -> SampleResult:
-    """``sample`` with an optional fixed config (one of ``CONFIGS``) instead of the autotuned one."""
+    """The row-wise kernel with an optional fixed config (one of ``CONFIGS``) instead of the autotuned one."""
     _check(logits, st)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
+    return _launch_rowwise(logits, st, config)
+
+
+def _launch_rowwise(logits: torch.Tensor, st: SamplingTensors, config: dict | None) -> SampleResult:
     B, V = logits.shape
     dev = logits.device
     width = st.max_logprobs or 0
@@ -346,14 +363,16 @@ def launch(logits: torch.Tensor, st: SamplingTensors, config: dict | None = None
             tokens, lps, top_ids, top_lp, ties, cand_z, cand_idx, status, width, _batch_bucket(B),
             HAS_EDITS=st.has_edits, TOPN=topn, CAND=cand, MAX_PASSES=MAX_PASSES, EBLOCK=EBLOCK,
         )
-        # The kernel writes token -1 for an invalid row: one read of the tokens both checks the rows and
-        # hands them to the caller (the step's only wait for the device).
-        host_tokens = tokens.tolist()
-        if -1 in host_tokens:
-            _raise_invalid([row for row, t in enumerate(host_tokens) if t == -1])
-    else:
-        host_tokens = []
-    return SampleResult(tokens, lps, top_ids if width else None, top_lp if width else None, host_tokens)
+    return _read_back(tokens, lps, top_ids if width else None, top_lp if width else None)
+
+
+def _read_back(tokens, lps, top_ids, top_lp) -> SampleResult:
+    # The kernels write token -1 for an invalid row: one read of the tokens both checks the rows and hands
+    # them to the caller (the step's only wait for the device).
+    host_tokens = tokens.tolist()
+    if -1 in host_tokens:
+        _raise_invalid([row for row, t in enumerate(host_tokens) if t == -1])
+    return SampleResult(tokens, lps, top_ids, top_lp, host_tokens)
 
 
 def _fixed(config: dict, batch: int):
@@ -372,3 +391,4 @@ register(Op(
     baseline_name="torch sort",
     **op_fields(),
 ))
+register_impl("sample", "sample_rowwise", sample_rowwise)

@@ -36,6 +36,19 @@ def _register_counting(backend: str) -> str:
     return name
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """The variants these tests register leave the registry with the test (other tests list its impls)."""
+    ops = [registry.get(name) for name in ("rmsnorm", "silu_and_mul")]
+    saved = [(dict(op.impls), dict(op.impl_backends)) for op in ops]
+    yield
+    for op, (impls, backends) in zip(ops, saved, strict=True):
+        op.impls.clear()
+        op.impls.update(impls)
+        op.impl_backends.clear()
+        op.impl_backends.update(backends)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_hf_model(tmp_path_factory.mktemp("hotswap"), arch="llama")
