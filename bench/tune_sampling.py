@@ -52,6 +52,7 @@ from kernels._sampling_registration import bench_params
 from kernels.sampling import CONFIGS, SamplingTensors, launch, sample_rowwise
 
 DEVICE = "cuda"
+CROSSOVER_BATCHES = [16, 32, 64, 96, 128, 192, 256]
 SPLIT_EXPLORE = [(2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16)]  # (CHUNK, num_warps) of the split kernels
 
 
@@ -101,6 +102,18 @@ def explore(op, l2_bytes: int, rows: list, save) -> None:
             rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": "split",
                          "params": f"CHUNK={chunk} num_warps={warps}", "ms": t})
         print(f"explored {case['mode']} B={case['batch']} V={case['vocab']}", flush=True)
+        save(rows)
+    # Where the split kernels stop paying (their MAX_ROWS): both paths forced, sampled rows, V=151936.
+    forced = {"split": lambda logits, st: _sampling_split.launch_split(logits, st)[0].tolist(),
+              "rowwise": sample_rowwise}
+    for batch in CROSSOVER_BATCHES:
+        case = {"batch": batch, "vocab": 151936, "mode": "bench-sampled"}
+        sets = input_sets(op, case, l2_bytes)
+        for name, fn in forced.items():
+            rows.append({"batch": batch, "vocab": 151936, "mode": "bench-sampled", "config": name,
+                         "params": "forced", "ms": time_rotating(fn, sets)})
+        print(f"crossover B={batch}: " + ", ".join(f"{r['config']} {r['ms'] * 1e3:.0f} us" for r in rows[-2:]),
+              flush=True)
         save(rows)
 
 

@@ -100,8 +100,9 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
     target_frac * F(lo)). Requires lo <= hi, both finite, and hi a token value.
 
     A pass streams the row in BLOCK chunks and reduces once per chunk (does it touch the bracket?);
-    chunks that do are re-read in SBLOCK pieces whose per-pivot statistics accumulate per lane in
-    [SBLOCK, NPIV] registers, reduced once at the end of the pass: no cross-thread reduction per piece.
+    chunks that do are re-read in SBLOCK pieces; a piece that touches it too (one reduction decides)
+    accumulates its per-pivot statistics per lane in [SBLOCK, NPIV] registers, reduced once at the end of
+    the pass. After the first pass the bracket is narrow and most pieces skip the [SBLOCK, NPIV] work.
     """
     j = tl.arange(0, NPIV)
     frac = j.to(tl.float32) / (NPIV - 1)
@@ -130,13 +131,15 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
                     for sub in tl.static_range(0, BLOCK, SBLOCK):
                         so = start + sub + tl.arange(0, SBLOCK)
                         zs = _load_z(logits_ptr, work_ptr, row_l, row_w, so, so < V, from_work, inv_t)
-                        zin = tl.where((zs >= lo) & (zs <= hi), zs, float("-inf"))[:, None]
-                        ge = zin >= piv[None, :]
-                        cnt2 += ge.to(tl.float32)
-                        if USE_MASS:
-                            mass2 += tl.where(ge, tl.exp(zin - m), 0.0)
-                        mn2 = tl.minimum(mn2, tl.where(ge, zin, float("inf")))
-                        mx2 = tl.maximum(mx2, tl.where(ge, float("-inf"), zin))
+                        inside = (zs >= lo) & (zs <= hi)
+                        if tl.max(inside.to(tl.int32), 0) > 0:  # once the bracket is narrow, most pieces skip
+                            zin = tl.where(inside, zs, float("-inf"))[:, None]
+                            ge = zin >= piv[None, :]
+                            cnt2 += ge.to(tl.float32)
+                            if USE_MASS:
+                                mass2 += tl.where(ge, tl.exp(zin - m), 0.0)
+                            mn2 = tl.minimum(mn2, tl.where(ge, zin, float("inf")))
+                            mx2 = tl.maximum(mx2, tl.where(ge, float("-inf"), zin))
             cnt = tl.sum(cnt2, 0) + tl.sum(cnt_above, 0)
             mass = tl.sum(mass2, 0) + tl.sum(mass_above, 0)
             mn = tl.min(mn2, 0)

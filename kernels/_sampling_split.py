@@ -129,8 +129,8 @@ def _finish_kernel(
     temp_ptr, topp_ptr, minp_ptr, topk_ptr, key1_ptr, key2_ptr, estart_ptr,
     pm_ptr, ps_ptr, pa_ptr, pmin_ptr, pbad_ptr, pg_ptr, pgi_ptr, pthr_ptr, pn_ptr, cz_ptr, ci_ptr,
     rz_ptr, ri_ptr, token_ptr, lp_ptr, P,
-    HAS_EDITS: tl.constexpr, PBLOCK: tl.constexpr, CAND_CHUNK: tl.constexpr, CAND_ROW: tl.constexpr,
-    BLOCK: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr, MAX_PASSES: tl.constexpr,
+    HAS_EDITS: tl.constexpr, PBLOCK: tl.constexpr, CGROUP: tl.constexpr, CAND_CHUNK: tl.constexpr,
+    CAND_ROW: tl.constexpr, BLOCK: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr, MAX_PASSES: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_l = row.to(tl.int64) * stride_l
@@ -177,18 +177,21 @@ def _finish_kernel(
         count = tl.where(tl.max(((n_c > CAND_CHUNK) & (m_c >= bound)).to(tl.int32), 0) > 0, CAND_ROW + 1, 0)
         row_c = row.to(tl.int64) * CAND_ROW
         jj = tl.arange(0, CAND_CHUNK)
-        if count == 0:
-            for c in range(0, P):
-                n = tl.minimum(tl.load(pn_ptr + base + c), CAND_CHUNK)
-                if tl.load(pm_ptr + base + c) >= bound:  # chunks below bound hold no candidate
-                    slot = (base + c) * CAND_CHUNK + jj
-                    z = tl.load(cz_ptr + slot, mask=jj < n, other=float("-inf"))
-                    keep = (z >= bound).to(tl.int32)
-                    pos = count + tl.cumsum(keep, 0) - 1
-                    ok = (keep != 0) & (pos < CAND_ROW)
-                    tl.store(rz_ptr + row_c + pos, z, mask=ok)
-                    tl.store(ri_ptr + row_c + pos, tl.load(ci_ptr + slot, mask=jj < n, other=0), mask=ok)
-                    count += tl.sum(keep, 0)
+        if count == 0:  # the chunks' candidates >= bound, CGROUP chunks at a time, in index order
+            for g0 in range(0, P, CGROUP):
+                cc = g0 + tl.arange(0, CGROUP)
+                n = tl.minimum(tl.load(pn_ptr + base + cc, mask=cc < P, other=0), CAND_CHUNK)
+                live = (cc < P) & (tl.load(pm_ptr + base + cc, mask=cc < P, other=float("-inf")) >= bound)
+                take = live[:, None] & (jj[None, :] < n[:, None])
+                slot = (base + cc)[:, None] * CAND_CHUNK + jj[None, :]
+                z = tl.reshape(tl.load(cz_ptr + slot, mask=take, other=float("-inf")), [CGROUP * CAND_CHUNK])
+                idx = tl.reshape(tl.load(ci_ptr + slot, mask=take, other=0), [CGROUP * CAND_CHUNK])
+                keep = (z >= bound).to(tl.int32)
+                pos = count + tl.cumsum(keep, 0) - 1
+                ok = (keep != 0) & (pos < CAND_ROW)
+                tl.store(rz_ptr + row_c + pos, z, mask=ok)
+                tl.store(ri_ptr + row_c + pos, idx, mask=ok)
+                count += tl.sum(keep, 0)
             tl.debug_barrier()  # the gathered candidates were written by other threads of this program
         if count <= CAND_ROW:
             v_k = _threshold_search(logits_ptr, rz_ptr, row_l, row_c, count, True, 1.0, mx, bound, mx,
@@ -214,15 +217,17 @@ def _finish_kernel(
 # --- configs (data), chosen at first launch --------------------------------------------------------------
 
 CONFIGS = {
+    # MAX_ROWS: a larger batch fills the GPU with one program per row and takes the row-wise kernel.
     # CHUNK tokens per stage-1 program (37 programs per row at V=151936), its pivot search's SBLOCK and
-    # NPIV, and stage 2's whole-row fallback BLOCK. The interpreter's chunks are small so that CPU tests
-    # with small vocabularies cross several chunks and fill and overflow the candidate buffers.
-    "cuda": dict(CHUNK=4096, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, BLOCK=2048, num_warps=8,
-                 finish_warps=8),
-    "hip": dict(CHUNK=4096, SBLOCK=256, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, BLOCK=2048, num_warps=8,
-                finish_warps=8),
-    "interpreter": dict(CHUNK=64, SBLOCK=32, NPIV=8, CAND_CHUNK=16, CAND_ROW=128, BLOCK=64, num_warps=1,
-                        finish_warps=1),
+    # NPIV, stage 2's gather (CGROUP chunks' candidate buffers at a time) and its whole-row fallback BLOCK.
+    # The interpreter's chunks are small so that CPU tests with small vocabularies cross several chunks
+    # and fill and overflow the candidate buffers.
+    "cuda": dict(MAX_ROWS=128, CHUNK=4096, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
+                 BLOCK=2048, num_warps=8, finish_warps=8),
+    "hip": dict(MAX_ROWS=128, CHUNK=4096, SBLOCK=256, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
+                BLOCK=2048, num_warps=8, finish_warps=8),
+    "interpreter": dict(MAX_ROWS=1 << 30, CHUNK=64, SBLOCK=32, NPIV=8, CAND_CHUNK=16, CAND_ROW=128, CGROUP=2,
+                        BLOCK=64, num_warps=1, finish_warps=1),
 }
 MAX_PASSES = 8
 EBLOCK = 128
@@ -234,9 +239,51 @@ def config() -> dict:
 
 
 def handles(st: SamplingTensors) -> bool:
-    """True when every row of the batch is one the split kernels finish: greedy, sampled without filters,
-    or filtered with a top-k of at most CAND_CHUNK; and no row asks for top logprobs."""
-    return not st.max_logprobs and st.candidate_bound is not None and st.candidate_bound <= config()["CAND_CHUNK"]
+    """True when the batch has at most MAX_ROWS rows, each one the split kernels finish (greedy, sampled
+    without filters, or filtered with a top-k of at most CAND_CHUNK), and no row asks for top logprobs."""
+    cfg = config()
+    return (st.batch <= cfg["MAX_ROWS"] and not st.max_logprobs and st.candidate_bound is not None
+            and st.candidate_bound <= cfg["CAND_CHUNK"])
+
+
+class _Buffers:
+    """Scratch of the split kernels, kept per (device, chunks per row, buffer sizes) and grown by doubling
+    the rows: a step allocates only its two outputs. Rows past the batch are never read. One engine loop
+    samples at a time; the buffers are internal (results never alias them)."""
+
+    def __init__(self):
+        self.by_key: dict = {}
+
+    def get(self, key, rows: int, make):
+        held = self.by_key.get(key)
+        if held is None or held[0] < rows:
+            cap = max(rows, 2 * held[0]) if held is not None else triton.next_power_of_2(rows)
+            held = (cap, make(cap))
+            self.by_key[key] = held
+        return held[1]
+
+
+_BUFFERS = _Buffers()
+
+
+def _scratch(dev, B: int, P: int, cfg: dict) -> tuple:
+    cc, cr = cfg["CAND_CHUNK"], cfg["CAND_ROW"]
+
+    def make(rows: int) -> tuple:
+        part_f = torch.empty(5, rows, P, dtype=torch.float32, device=dev)  # max, sum, min, Gumbel best, threshold
+        part_i = torch.empty(4, rows, P, dtype=torch.int32, device=dev)    # argmax, bad, Gumbel token, candidates
+        return (*part_f.unbind(), *part_i.unbind(),
+                torch.empty(rows, P, cc, dtype=torch.float32, device=dev),
+                torch.empty(rows, P, cc, dtype=torch.int32, device=dev),
+                torch.empty(rows, cr, dtype=torch.float32, device=dev),
+                torch.empty(rows, cr, dtype=torch.int32, device=dev))
+
+    return _BUFFERS.get((dev, P, cc, cr), B, make)
+
+
+def _workspace(dev, B: int, V: int) -> torch.Tensor:
+    """The fp32 rows edited logits are written to (bias, penalties): [B, V] or larger, contiguous rows."""
+    return _BUFFERS.get((dev, "work", V), B, lambda rows: torch.empty(rows, V, dtype=torch.float32, device=dev))
 
 
 def launch_split(logits: torch.Tensor, st: SamplingTensors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,15 +296,8 @@ def launch_split(logits: torch.Tensor, st: SamplingTensors) -> tuple[torch.Tenso
     P = triton.cdiv(V, chunk)
     tokens = alloc.empty(B, dtype=torch.int64, device=dev)
     lps = alloc.empty(B, dtype=torch.float32, device=dev)
-    part_f = torch.empty(5, B, P, dtype=torch.float32, device=dev)  # max, sum, min, Gumbel best, threshold
-    part_i = torch.empty(4, B, P, dtype=torch.int32, device=dev)    # argmax, bad, Gumbel token, candidates
-    cand_z = torch.empty(B, P, cand_chunk, dtype=torch.float32, device=dev)
-    cand_i = torch.empty(B, P, cand_chunk, dtype=torch.int32, device=dev)
-    row_z = torch.empty(B, cand_row, dtype=torch.float32, device=dev)
-    row_i = torch.empty(B, cand_row, dtype=torch.int32, device=dev)
-    work = torch.empty(B, V, dtype=torch.float32, device=dev) if st.has_edits else lps
-    pm, ps, pmin, pg, pthr = part_f.unbind()
-    pa, pbad, pgi, pn = part_i.unbind()
+    pm, ps, pmin, pg, pthr, pa, pbad, pgi, pn, cand_z, cand_i, row_z, row_i = _scratch(dev, B, P, cfg)
+    work = _workspace(dev, B, V) if st.has_edits else lps
     _chunk_kernel[(B, P)](
         logits, work, logits.stride(0), V,
         st.temperature, st.top_p, st.min_p, st.repetition_penalty, st.presence_penalty, st.frequency_penalty,
@@ -271,7 +311,8 @@ def launch_split(logits: torch.Tensor, st: SamplingTensors) -> tuple[torch.Tenso
         logits, work, logits.stride(0), V,
         st.temperature, st.top_p, st.min_p, st.top_k, st.rng_key1, st.rng_key2, st.edit_start,
         pm, ps, pa, pmin, pbad, pg, pgi, pthr, pn, cand_z, cand_i, row_z, row_i, tokens, lps, P,
-        HAS_EDITS=st.has_edits, PBLOCK=triton.next_power_of_2(P), CAND_CHUNK=cand_chunk, CAND_ROW=cand_row,
+        HAS_EDITS=st.has_edits, PBLOCK=triton.next_power_of_2(P), CGROUP=cfg["CGROUP"], CAND_CHUNK=cand_chunk,
+        CAND_ROW=cand_row,
         BLOCK=cfg["BLOCK"], SBLOCK=cfg["SBLOCK"], NPIV=cfg["NPIV"], MAX_PASSES=MAX_PASSES,
         num_warps=cfg["finish_warps"],
     )

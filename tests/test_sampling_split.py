@@ -35,7 +35,7 @@ def assert_same_draws(logits, st):
     rowwise = sample_rowwise(logits, st)
     assert got.token_ids.tolist() == ref.token_ids.tolist() == rowwise.token_ids.tolist() == got.host_token_ids
     torch.testing.assert_close(got.logprobs.double(), ref.logprobs.double(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.logprobs, rowwise.logprobs, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.logprobs, rowwise.logprobs, rtol=1e-5, atol=1e-5)  # sums in another order
     return got
 
 
@@ -51,6 +51,14 @@ def assert_same_draws(logits, st):
 ], ids=["greedy", "top-k", "top-p-only", "min-p-only", "greedy-filters", "large-k", "top-logprobs", "lp0"])
 def test_which_batches_take_the_split_path(device, params, expected):
     assert handles(build(params, device, 20_000)) is expected
+
+
+def test_batches_above_max_rows_take_the_rowwise_kernel(device, monkeypatch):
+    from kernels import _sampling_split
+
+    monkeypatch.setitem(_sampling_split.config(), "MAX_ROWS", 2)
+    assert handles(build([P(temperature=0.0)] * 2, device, 100))
+    assert not handles(build([P(temperature=0.0)] * 3, device, 100))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
