@@ -9,7 +9,8 @@ In one process, so every number comes from the same card:
 1. the copy bandwidth (bytes read + written of a 1 GiB device copy);
 2. with ``--explore``: every CUDA config of the row-wise kernel, fixed (no autotuning), and a few chunk
    sizes and warp counts of the split kernels, on each benchmark case (``sampling_configs.csv``): what the
-   config lists in kernels/sampling.py and kernels/_sampling_split.py are chosen from;
+   config lists in kernels/sampling.py and kernels/_sampling_split.py are chosen from; with
+   ``--crossover``: both paths forced at batch sizes 16..256 (``sampling_crossover.csv``), for MAX_ROWS;
 3. the op's benchmark cases (``registry.get("sample").bench_cases()``): ``sample`` (the split kernels for
    the batches they take, the row-wise kernel for the others), the row-wise kernel alone
    (``sample_rowwise``), the baseline ("torch sort": the same pipeline with a full sort,
@@ -103,11 +104,14 @@ def explore(op, l2_bytes: int, rows: list, save) -> None:
                          "params": f"CHUNK={chunk} num_warps={warps}", "ms": t})
         print(f"explored {case['mode']} B={case['batch']} V={case['vocab']}", flush=True)
         save(rows)
+
+
+def crossover(op, l2_bytes: int, rows: list, save) -> None:
     # Where the split kernels stop paying (their MAX_ROWS): both paths forced, sampled rows, V=151936.
     forced = {"split": lambda logits, st: _sampling_split.launch_split(logits, st)[0].tolist(),
               "rowwise": sample_rowwise}
     for batch in CROSSOVER_BATCHES:
-        case = {"batch": batch, "vocab": 151936, "mode": "bench-sampled"}
+        case = {"batch": batch, "vocab": 151936, "mode": "bench-sampled", "dtype": torch.float32}
         sets = input_sets(op, case, l2_bytes)
         for name, fn in forced.items():
             rows.append({"batch": batch, "vocab": 151936, "mode": "bench-sampled", "config": name,
@@ -151,6 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".", help="folder for sampling_bench.csv (and sampling_configs.csv)")
     ap.add_argument("--explore", action="store_true", help="time every CUDA config of the kernel, fixed, first")
+    ap.add_argument("--crossover", action="store_true",
+                    help="time the split and row-wise paths, both forced, over batch sizes (sampling_crossover.csv)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("tune_sampling: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
@@ -165,6 +171,8 @@ def main() -> None:
     if args.explore:
         explore(op, l2, [], writer(os.path.join(args.out, "sampling_configs.csv")))
         print(f"explore took {time.time() - t0:.0f} s", flush=True)
+    if args.crossover:
+        crossover(op, l2, [], writer(os.path.join(args.out, "sampling_crossover.csv")))
     rows: list = []
     bench(op, copy_gbs, l2, rows, writer(os.path.join(args.out, "sampling_bench.csv")))
     print(f"\n{props.name}, copy {copy_gbs:.0f} GB/s; times in microseconds (median, do_bench)")

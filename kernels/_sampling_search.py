@@ -91,13 +91,15 @@ def _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau,
 
 @triton.jit
 def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, lo, hi,
-                      target_abs, target_frac,
+                      target_abs, target_frac, enough,
                       USE_MASS: tl.constexpr, BLOCK: tl.constexpr, SBLOCK: tl.constexpr, NPIV: tl.constexpr,
                       MAX_PASSES: tl.constexpr):
     """The largest token value v in [lo, hi] with F(v) >= target.
 
     F counts tokens (``USE_MASS`` false) or sums exp(z - m) (true); target = max(target_abs,
-    target_frac * F(lo)). Requires lo <= hi, both finite, and hi a token value.
+    target_frac * F(lo)). Requires lo <= hi, both finite, and hi a token value. ``enough`` > 0 lets the
+    search stop early at a token value v with target <= F(v) <= enough (a lower bound on the answer that
+    keeps at most ``enough``); pass 0 for the exact answer.
 
     A pass streams the row in BLOCK chunks and reduces once per chunk (does it touch the bracket?);
     chunks that do are re-read in SBLOCK pieces; a piece that touches it too (one reduction decides)
@@ -153,7 +155,8 @@ def _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m
             mx_next = tl.sum(tl.where(j == a_safe + 1, mx, 0.0), 0)
             reached_top = a == NPIV - 1
             ans = tl.where(reached_top, hi, tl.where(a < 0, lo, mn_a))
-            if reached_top | (a < 0) | (mn_a >= mx_next):
+            f_a = tl.sum(tl.where(j == a_safe, f_at, 0.0), 0)
+            if reached_top | (a < 0) | (mn_a >= mx_next) | (f_a <= enough):
                 done = 1
             else:
                 lo = mn_a

@@ -2,21 +2,24 @@
 
 The row-wise kernel (``kernels/sampling.py``) gives a row one program, which walks the whole vocabulary
 pass after pass. A batch of a few rows then leaves most of the GPU idle and every pass is bound by one
-SM: on an H200 a greedy row of 151936 tokens took 176 us (torch.argmax: 12 us) and a top-k/top-p row
-690 us. Here the same math (the module docstring of ``kernels/sampling.py``) runs in two stages:
+SM: on an H200 a top-k/top-p row of 151936 tokens took 690-790 us (bench/results/NVIDIA_H200/run5_notes.md).
+Here the same math (the module docstring of ``kernels/sampling.py``) runs in two stages:
 
     stage 1, program (b, c), chunk c of row b, z = x / T after bias and penalties:
         m_c = max z,  a_c = lowest index attaining it,  s_c = sum exp(z - m_c),  zmin_c,  bad_c (NaN, +inf);
         sampled rows without filters:  the chunk's best Gumbel score g_c and its token;
-        rows with a top-k:  t_c = the chunk's own k-th largest value (the pivot search, on CHUNK tokens),
-                            and the chunk's tokens with z >= t_c in index order (n_c of them).
+        rows with a top-k:  t_c, a value with k <= n_c <= min(2k, CAND_CHUNK) of the chunk's tokens at or
+                            above it (the pivot search on CHUNK tokens, stopped at the first pivot that
+                            gives one; at most k..k when 2k > CAND_CHUNK; ties may exceed it), and those
+                            n_c tokens, in index order.
     stage 2, program b:
         M = max m_c,  lse = M + log sum_c s_c exp(m_c - M),  greedy token = min{a_c : m_c = M};
         unfiltered: the token of max g_c (ties: lowest index);
-        top-k:  L = max{t_c : n_c >= k} is at most the row's k-th largest value v_k (that chunk alone holds
-                k tokens >= L), so every token the filters keep (z >= v_k, or more) is a chunk candidate
-                >= L. Gather those (index order), then v_k, min-p, top-p and the Gumbel draw run on them
-                as the row-wise kernel runs them on its candidates: the same token, bit for bit.
+        top-k:  L = max{t_c : n_c >= k} is at most the row's k-th largest value v_k (that chunk alone
+                holds k tokens >= L), so every token the filters keep (z >= v_k, or more) is a chunk
+                candidate >= L, and a chunk holds at most its n_c of them. Gather those (index order),
+                then v_k, min-p, top-p and the Gumbel draw run on them as the row-wise kernel runs them
+                on its candidates: the same token, bit for bit.
         A row whose candidates do not fit (a chunk with more than CAND_CHUNK tokens tied at its t_c, or
         more than CAND_ROW gathered) finishes on its whole row exactly as the row-wise kernel does.
 
@@ -108,8 +111,12 @@ def _chunk_kernel(
         thr = tl.full([], float("inf"), tl.float32)
         if (m > float("-inf")) & (bad == 0):
             zmin = tl.min(tl.where(z > float("-inf"), z, float("inf")), 0)
-            thr = _threshold_search(logits_ptr, work_ptr, row_l + start, row_w + start, tl.minimum(V - start, CHUNK),
-                                    from_work, inv_t, m, zmin, m, top_k, 0.0, False, CHUNK, SBLOCK, NPIV, MAX_PASSES)
+            # Any value with k..enough tokens at or above it bounds the row's k-th value as well as the
+            # chunk's exact k-th value does: the search stops at the first pivot that gives one.
+            enough = tl.maximum(top_k, tl.minimum(2 * top_k, CAND_CHUNK))
+            thr = _threshold_search(logits_ptr, work_ptr, row_l + start, row_w + start,
+                                    tl.minimum(V - start, CHUNK), from_work, inv_t, m, zmin, m, top_k, 0.0, enough,
+                                    False, CHUNK, SBLOCK, NPIV, MAX_PASSES)
         keep = (z >= thr).to(tl.int32)
         pos = tl.cumsum(keep, 0) - 1
         slot = out * CAND_CHUNK + pos
@@ -195,19 +202,19 @@ def _finish_kernel(
             tl.debug_barrier()  # the gathered candidates were written by other threads of this program
         if count <= CAND_ROW:
             v_k = _threshold_search(logits_ptr, rz_ptr, row_l, row_c, count, True, 1.0, mx, bound, mx,
-                                    top_k, 0.0, False, CAND_ROW, SBLOCK, NPIV, MAX_PASSES)
+                                    top_k, 0.0, 0, False, CAND_ROW, SBLOCK, NPIV, MAX_PASSES)
             tau = tl.maximum(tau, v_k)
             if top_p < 1.0:
                 tau = _threshold_search(logits_ptr, rz_ptr, row_l, row_c, count, True, 1.0, mx, tau, mx,
-                                        0.0, top_p, True, CAND_ROW, SBLOCK, NPIV, MAX_PASSES)
+                                        0.0, top_p, 0, True, CAND_ROW, SBLOCK, NPIV, MAX_PASSES)
             token = _draw_from_candidates(rz_ptr, ri_ptr, row_c, count, tau, key1, key2, CAND_ROW)
         else:  # the whole row, as the row-wise kernel does it
             v_k = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, mx, zmin, mx,
-                                    top_k, 0.0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+                                    top_k, 0.0, 0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
             tau = tl.maximum(tau, v_k)
             if top_p < 1.0:
                 tau = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, mx,
-                                        tl.maximum(tau, zmin), mx, 0.0, top_p, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+                                        tl.maximum(tau, zmin), mx, 0.0, top_p, 0, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
             token = _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2, BLOCK)
     tl.store(token_ptr + row, token.to(tl.int64))
     z_tok = _load_z(logits_ptr, work_ptr, row_l, row_w, token, token < V, from_work, inv_t)
@@ -218,12 +225,13 @@ def _finish_kernel(
 
 CONFIGS = {
     # MAX_ROWS: a larger batch fills the GPU with one program per row and takes the row-wise kernel.
-    # CHUNK tokens per stage-1 program (37 programs per row at V=151936), its pivot search's SBLOCK and
-    # NPIV, stage 2's gather (CGROUP chunks' candidate buffers at a time) and its whole-row fallback BLOCK.
+    # CHUNK tokens per stage-1 program (19 programs per row at V=151936; on an H200, 8192 tokens with 16
+    # warps beat 4096 and 2048 at batch 64 and tied at batch 1), its pivot search's SBLOCK and NPIV,
+    # stage 2's gather (CGROUP chunks' candidate buffers at a time) and its whole-row fallback BLOCK.
     # The interpreter's chunks are small so that CPU tests with small vocabularies cross several chunks
     # and fill and overflow the candidate buffers.
-    "cuda": dict(MAX_ROWS=128, CHUNK=4096, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
-                 BLOCK=2048, num_warps=8, finish_warps=8),
+    "cuda": dict(MAX_ROWS=128, CHUNK=8192, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
+                 BLOCK=2048, num_warps=16, finish_warps=8),
     "hip": dict(MAX_ROWS=128, CHUNK=4096, SBLOCK=256, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
                 BLOCK=2048, num_warps=8, finish_warps=8),
     "interpreter": dict(MAX_ROWS=1 << 30, CHUNK=64, SBLOCK=32, NPIV=8, CAND_CHUNK=16, CAND_ROW=128, CGROUP=2,

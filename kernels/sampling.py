@@ -96,7 +96,7 @@ def _top_logprobs(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zm
     jj = tl.arange(0, TOPN)
     out = row.to(tl.int64) * width
     vn = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zmin, m,
-                           n, 0.0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+                           n, 0.0, 0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
     n_gt = tl.zeros([], tl.int32)
     n_eq = tl.zeros([], tl.int32)
     for start in range(0, V, BLOCK):
@@ -212,7 +212,7 @@ def _sample_kernel(
         tau = tl.where(min_p > 0.0, m + tl.log(tl.maximum(min_p, 1e-30)), float("-inf"))
         if top_k > 0:
             v_k = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m, zmin, m,
-                                    top_k, 0.0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+                                    top_k, 0.0, 0, False, BLOCK, SBLOCK, NPIV, MAX_PASSES)
             tau = tl.maximum(tau, v_k)
         n_cand = tl.full([], CAND + 1, tl.int32)
         row_c = row.to(tl.int64) * CAND
@@ -223,12 +223,12 @@ def _sample_kernel(
             tl.debug_barrier()  # the candidates were written by other threads of this program
         if n_cand <= CAND:
             tau = _threshold_search(logits_ptr, cand_z_ptr, row_l, row_c, n_cand, True, 1.0, m,
-                                    tau, m, 0.0, top_p, True, CAND, SBLOCK, NPIV, MAX_PASSES)
+                                    tau, m, 0.0, top_p, 0, True, CAND, SBLOCK, NPIV, MAX_PASSES)
             token = _draw_from_candidates(cand_z_ptr, cand_idx_ptr, row_c, n_cand, tau, key1, key2, CAND)
         else:
             if top_p < 1.0:
                 tau = _threshold_search(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, m,
-                                        tl.maximum(tau, zmin), m, 0.0, top_p, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
+                                        tl.maximum(tau, zmin), m, 0.0, top_p, 0, True, BLOCK, SBLOCK, NPIV, MAX_PASSES)
             token = _gumbel_argmax(logits_ptr, work_ptr, row_l, row_w, V, from_work, inv_t, tau, key1, key2,
                                    BLOCK)
     tl.store(token_ptr + row, token.to(tl.int64))
