@@ -224,13 +224,14 @@ def _finish_kernel(
 # --- configs (data), chosen at first launch --------------------------------------------------------------
 
 CONFIGS = {
-    # MAX_ROWS: a larger batch fills the GPU with one program per row and takes the row-wise kernel.
+    # MAX_ROWS: a larger batch fills the GPU with one program per row and takes the row-wise kernel (on an
+    # H200 the split path won at every batch from 16 to 192 and tied at 256: run5_notes.md).
     # CHUNK tokens per stage-1 program (19 programs per row at V=151936; on an H200, 8192 tokens with 16
     # warps beat 4096 and 2048 at batch 64 and tied at batch 1), its pivot search's SBLOCK and NPIV,
     # stage 2's gather (CGROUP chunks' candidate buffers at a time) and its whole-row fallback BLOCK.
     # The interpreter's chunks are small so that CPU tests with small vocabularies cross several chunks
     # and fill and overflow the candidate buffers.
-    "cuda": dict(MAX_ROWS=128, CHUNK=8192, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
+    "cuda": dict(MAX_ROWS=256, CHUNK=8192, SBLOCK=512, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
                  BLOCK=2048, num_warps=16, finish_warps=8),
     "hip": dict(MAX_ROWS=128, CHUNK=4096, SBLOCK=256, NPIV=16, CAND_CHUNK=256, CAND_ROW=2048, CGROUP=8,
                 BLOCK=2048, num_warps=8, finish_warps=8),
