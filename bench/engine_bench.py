@@ -234,38 +234,41 @@ def bench_model(name: str, config: dict, workdir: Path, args, work: Workload, re
     result.update(engine=engine_facts(engine), engine_load_s=load_s, kv_blocks=engine.runner.num_blocks,
                   weight_bytes_per_token=decode_weight_bytes(config))
     print(f"[{name}] engine: {result['engine']}", file=sys.stderr, flush=True)
-    replays = count_graph_replays(engine)
+    try:  # closed on the way out, failed or not: its memory must be free for the next model
+        replays = count_graph_replays(engine)
 
-    # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
-    # and mixed-step shapes (token-count buckets) here rather than inside the timed runs.
-    run_engine(engine, random_requests(rng, vocab, args.num_requests, work, output_len=4))
-    prompt = [rng.randrange(vocab) for _ in range(work.single_prompt_len)]
-    run_engine(engine, [(prompt, 16)])
+        # Warm-up: the same mix of prompt lengths as the offline run, so that the autotuner meets the prefill
+        # and mixed-step shapes (token-count buckets) here rather than inside the timed runs.
+        run_engine(engine, random_requests(rng, vocab, args.num_requests, work, output_len=4))
+        prompt = [rng.randrange(vocab) for _ in range(work.single_prompt_len)]
+        run_engine(engine, [(prompt, 16)])
 
-    new_tokens = work.single_new_tokens
-    single = run_engine(engine, [(prompt, new_tokens)], replays)
-    if single["output_tokens"] != new_tokens:
-        raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of {new_tokens}")
-    decode_tok_s = single["decode_steps"] / single["decode_time_s"]
-    bw = copy_bandwidth(device, work.copy_bytes)
-    limit = bw / result["weight_bytes_per_token"]
-    result["single_stream"] = {**single, "decode_tok_per_s": decode_tok_s, "copy_bandwidth_GBps": bw / 1e9,
-                               "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
-    print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
-          f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
-    replay_ms = graph_replay_ms(engine, 1)
-    if replay_ms is not None:  # the step's device part alone: the rest of a step is host work and waits
-        result["single_stream"]["graph_replay_ms"] = replay_ms
-        print(f"[{name}] batch-1 decode graph alone: {replay_ms:.3f} ms per replay "
-              f"(step p50 {single['decode_step_ms']['p50']:.3f} ms)", file=sys.stderr, flush=True)
-    save()
+        new_tokens = work.single_new_tokens
+        single = run_engine(engine, [(prompt, new_tokens)], replays)
+        if single["output_tokens"] != new_tokens:
+            raise RuntimeError(f"single stream produced {single['output_tokens']} tokens instead of {new_tokens}")
+        decode_tok_s = single["decode_steps"] / single["decode_time_s"]
+        bw = copy_bandwidth(device, work.copy_bytes)
+        limit = bw / result["weight_bytes_per_token"]
+        result["single_stream"] = {**single, "decode_tok_per_s": decode_tok_s, "copy_bandwidth_GBps": bw / 1e9,
+                                   "bandwidth_limit_tok_per_s": limit, "fraction_of_limit": decode_tok_s / limit}
+        print(f"[{name}] single stream: {decode_tok_s:.0f} tok/s decode ({decode_tok_s / limit:.0%} of the "
+              f"{limit:.0f} tok/s bandwidth limit)", file=sys.stderr, flush=True)
+        replay_ms = graph_replay_ms(engine, 1)
+        if replay_ms is not None:  # the step's device part alone: the rest of a step is host work and waits
+            result["single_stream"]["graph_replay_ms"] = replay_ms
+            print(f"[{name}] batch-1 decode graph alone: {replay_ms:.3f} ms per replay "
+                  f"(step p50 {single['decode_step_ms']['p50']:.3f} ms)", file=sys.stderr, flush=True)
+        save()
 
-    requests = random_requests(rng, vocab, args.num_requests, work)
-    offline = run_engine(engine, requests, replays)
-    result["offline"] = offline
-    print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
-          file=sys.stderr, flush=True)
-    save()
+        requests = random_requests(rng, vocab, args.num_requests, work)
+        offline = run_engine(engine, requests, replays)
+        result["offline"] = offline
+        print(f"[{name}] offline: {offline['output_tok_per_s']:.0f} output tok/s over {len(requests)} requests",
+              file=sys.stderr, flush=True)
+        save()
+    finally:
+        engine.close()
     del engine
     empty_cache(device)
     if args.skip_hf:

@@ -35,6 +35,10 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_kwargs))
         self.tokenizer = self.engine.tokenizer
 
+    def close(self) -> None:
+        """Give the GPU memory back now (``LLMEngine.close``)."""
+        self.engine.close()
+
     def generate(self, prompts: str | list[str] | list[list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None,
                  progress: bool = False) -> list:

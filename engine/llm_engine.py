@@ -105,6 +105,7 @@ class LLMEngine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, timeout_s: float | None = None) -> str:
         """Queue a request; returns its id. Raises ValueError (naming the problem) for a bad request."""
+        self._check_open()
         params = params if params is not None else SamplingParams()
         params.validate(self.model_config.vocab_size)
         if params.n != 1:
@@ -146,9 +147,23 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self._requests) or bool(self._pending)
 
+    def close(self) -> None:
+        """Give the GPU memory back now (weights, KV cache, CUDA graphs); the engine takes no more work.
+        Unfinished requests are dropped. Calling it again does nothing."""
+        if self.runner is not None:
+            self.runner.release()
+            self.runner = None
+            self._requests.clear()
+            self._pending.clear()
+
+    def _check_open(self) -> None:
+        if self.runner is None:
+            raise RuntimeError("this engine was closed (LLMEngine.close); create a new one")
+
     # --- the loop --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        self._check_open()
         self._expire_deadlines()
         outputs, self._pending = self._pending, []
         batch = self.scheduler.schedule()

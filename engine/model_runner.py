@@ -95,6 +95,18 @@ class ModelRunner:
             gc.collect()
             gc.freeze()
 
+    def release(self) -> None:
+        """Drop the weights, the KV cache and the CUDA graphs (the graphs refer back to the runner, and the
+        start-up objects are frozen out of the cycle collector: only dropping the references frees them)."""
+        self.graphs = None
+        self.kv_caches = []
+        self.model = None
+        if self.device.type != "cpu":
+            gc.unfreeze()  # what start-up froze is collectable again
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     # --- KV cache sizing -------------------------------------------------------------------------
 
     @property

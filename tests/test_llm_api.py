@@ -189,3 +189,24 @@ def test_generate_url_refuses_local_only_flags(capsys):
 
     assert main(["generate", "--url", "http://127.0.0.1:9", "--n", "2", "--logit-bias", "1=1", "Hello"]) == 2
     assert "--n, --logit-bias work with --model only" in capsys.readouterr().err
+
+
+def test_close_gives_the_memory_back_and_refuses_more_work(model_dir):
+    """A closed engine holds no weights, cache or graphs, and says so when asked for more work."""
+    import weakref
+
+    from engine.llm import LLM
+
+    llm = LLM(str(model_dir), backend="torch", device="cpu")
+    runner = llm.engine.runner
+    cache = weakref.ref(runner.kv_caches[0][0])
+    model_tensor = weakref.ref(runner.model.cos_sin_cache)
+    llm.engine.add_request([5, 6, 7], SamplingParams(temperature=0, max_tokens=4))
+    llm.close()
+    assert cache() is None and model_tensor() is None and runner.graphs is None
+    assert not llm.engine.has_unfinished()
+    with pytest.raises(RuntimeError, match="closed"):
+        llm.generate(["again"], SamplingParams(max_tokens=2))
+    with pytest.raises(RuntimeError, match="closed"):
+        llm.engine.step()
+    llm.close()  # a second close does nothing
