@@ -37,10 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_server(model_dir: Path, settings: dict, log_path: Path,
-                 stream_interval: float, ops: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """``tritonforge serve`` on a free loopback port with the engine ``settings`` (EngineConfig fields) and
-    the kernel overrides ``ops`` (op name -> registered implementation)."""
+def spawn_server(model_dir: Path, settings: dict, log_path: Path, stream_interval: float,
+                 ops: dict[str, str] | None = None,
+                 switch_interval: float | None = None) -> tuple[subprocess.Popen, str]:
+    """``tritonforge serve`` on a free loopback port with the engine ``settings`` (EngineConfig fields), the
+    kernel overrides ``ops`` (op name -> registered implementation) and, when given, its GIL switch interval."""
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "info", "--max-queue", "100000",
@@ -49,6 +50,8 @@ def spawn_server(model_dir: Path, settings: dict, log_path: Path,
         cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     for name, impl in (ops or {}).items():
         cmd += ["--op", f"{name}={impl}"]
+    if switch_interval is not None:
+        cmd += ["--switch-interval", str(switch_interval)]
     return start_logged(cmd, log_path), f"http://127.0.0.1:{port}"
 
 

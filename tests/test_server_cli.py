@@ -121,6 +121,13 @@ def test_serve_command_drains_in_flight_streams_on_sigterm(model_dir):
             proc.wait()
 
 
+@pytest.mark.parametrize("flags,message", [(["--port", "0"], "--port must be in 1..65535"),
+                                           (["--switch-interval", "0"], "--switch-interval must be > 0")])
+def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):
+    assert main(["serve", "--model", str(tmp_path / "never-loaded"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_serve_reports_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err

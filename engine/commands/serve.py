@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-interval", type=float, default=0.0,
                         help="least seconds between two writes of one stream (0: send tokens as they come); "
                              "larger values cost the server fewer writes per token under many streams")
+    parser.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL_S,
+                        help="seconds a thread may hold the GIL while another waits (sys.setswitchinterval): "
+                             f"how soon the engine loop gets it back from the HTTP side (default {SWITCH_INTERVAL_S})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     engine = parser.add_argument_group("engine")
     engine.add_argument("--backend", choices=["triton", "torch"], help="default: triton on a GPU, torch on a CPU")
@@ -72,6 +75,9 @@ def run(args) -> int:
     if not 0 < args.port < 65536:
         print(f"tritonforge serve: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
+    if not args.switch_interval > 0:
+        print(f"tritonforge serve: --switch-interval must be > 0 seconds, got {args.switch_interval}", file=sys.stderr)
+        return 2
     try:
         engine = build_engine(args)
         app = create_app(engine, model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
@@ -80,7 +86,7 @@ def run(args) -> int:
     except (ModelLoadError, ValueError, TypeError, OSError, MemoryError) as err:
         print(f"tritonforge serve: {err}", file=sys.stderr)
         return 1
-    serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout)
+    serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout, args.switch_interval)
     return 0
 
 
