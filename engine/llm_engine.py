@@ -32,7 +32,7 @@ from engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LLMEngine", "RequestOutput", "TokenLogprob"]
+__all__ = ["LLMEngine", "RequestOutput", "TokenLogprob", "check_request"]
 
 
 @dataclass
@@ -58,6 +58,38 @@ class _Request:
     stops: StopStringMatcher
     num_reported_tokens: int = 0
     logprobs: list = field(default_factory=list)
+
+
+def check_request(engine, prompt: str | list[int], params: SamplingParams | None,
+                  timeout_s: float | None) -> tuple[list[int], SamplingParams, float | None]:
+    """A request's token ids, its parameters (max_tokens cut to the room the prompt leaves) and its timeout,
+    or ValueError naming what is wrong. ``engine`` gives the tokenizer, the model config, the length
+    limit and the default timeout: an :class:`LLMEngine`, or the server's front of one in another process."""
+    params = params if params is not None else SamplingParams()
+    vocab_size = engine.model_config.vocab_size
+    params.validate(vocab_size)
+    if params.n != 1:
+        raise ValueError(f"n={params.n}: one engine request yields one completion; add n requests "
+                         "(LLM.generate does this for you)")
+    if isinstance(prompt, str):
+        token_ids = engine.tokenizer.encode(prompt)
+    else:
+        token_ids = [int(t) for t in prompt]
+        bad = [t for t in token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids must be in [0, {vocab_size}); got {bad[:5]}")
+    if not token_ids:
+        raise ValueError("the prompt is empty; give at least one token")
+    if len(token_ids) >= engine.max_model_len:
+        raise ValueError(f"the prompt has {len(token_ids)} tokens; this engine holds at most "
+                         f"{engine.max_model_len} per sequence (prompt + output), so shorten it")
+    room = engine.max_model_len - len(token_ids)
+    if params.max_tokens > room:
+        params = dataclasses.replace(params, max_tokens=room)
+    timeout_s = timeout_s if timeout_s is not None else engine.config.request_timeout_s
+    if timeout_s is not None and timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    return token_ids, params, timeout_s
 
 
 class LLMEngine:
@@ -106,32 +138,10 @@ class LLMEngine:
                     request_id: str | None = None, timeout_s: float | None = None) -> str:
         """Queue a request; returns its id. Raises ValueError (naming the problem) for a bad request."""
         self._check_open()
-        params = params if params is not None else SamplingParams()
-        params.validate(self.model_config.vocab_size)
-        if params.n != 1:
-            raise ValueError(f"n={params.n}: one engine request yields one completion; add n requests "
-                             "(LLM.generate does this for you)")
-        if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt)
-        else:
-            token_ids = [int(t) for t in prompt]
-            bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size}); got {bad[:5]}")
-        if not token_ids:
-            raise ValueError("the prompt is empty; give at least one token")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens; this engine holds at most "
-                             f"{self.max_model_len} per sequence (prompt + output), so shorten it")
-        room = self.max_model_len - len(token_ids)
-        if params.max_tokens > room:
-            params = dataclasses.replace(params, max_tokens=room)
+        token_ids, params, timeout_s = check_request(self, prompt, params, timeout_s)
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        timeout_s = timeout_s if timeout_s is not None else self.config.request_timeout_s
-        if timeout_s is not None and timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         seq = Sequence(request_id, token_ids, params)
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None

@@ -26,8 +26,11 @@ def env_op_overrides() -> dict[str, str]:
     return parse_op_overrides([item for item in spec.split(",") if item.strip()]) if spec else {}
 
 
-def make_engine(model_dir, backend: str = "torch", **overrides):
+def make_engine(model_dir, backend: str = "torch", in_child: bool = False, **overrides):
+    """An LLMEngine for tests; ``in_child``: the same engine in a child process (``EngineProcess``, as the
+    serve command runs it), which the caller closes."""
     from engine.config import EngineConfig
+    from engine.engine_process import EngineProcess
     from engine.llm_engine import LLMEngine
 
     # A fixed, small KV cache: several engines live at once in a test session, and the default (90% of
@@ -36,7 +39,8 @@ def make_engine(model_dir, backend: str = "torch", **overrides):
     kwargs = dict(backend=backend, device=engine_device(backend), dtype=torch.float32, enforce_eager=False,
                   num_kv_blocks=256, max_num_seqs=64, op_overrides=env_op_overrides())
     kwargs.update(overrides)
-    return LLMEngine(EngineConfig(model=str(model_dir), **kwargs))
+    config = EngineConfig(model=str(model_dir), **kwargs)
+    return EngineProcess(config, log_level="warning") if in_child else LLMEngine(config)
 
 
 def run_to_completion(engine, requests: list[tuple[object, object]]) -> dict[str, dict]:

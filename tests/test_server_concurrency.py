@@ -85,11 +85,16 @@ async def _run_all(url: str, prompts: list[list[int]]):
         return results, await watcher
 
 
-def test_concurrent_streams_match_requests_run_alone(model_dir, prompts, alone):
-    with running_server(make_engine(model_dir, num_kv_blocks=256)) as server:
-        results, probes = asyncio.run(_run_all(server.url, prompts))
-        metrics = httpx.get(server.url + "/metrics").text
-        stats = server.stats()
+@pytest.mark.parametrize("in_child", [False, True], ids=["engine-thread", "engine-process"])
+def test_concurrent_streams_match_requests_run_alone(model_dir, prompts, alone, in_child):
+    engine = make_engine(model_dir, num_kv_blocks=256, in_child=in_child)
+    try:
+        with running_server(engine) as server:
+            results, probes = asyncio.run(_run_all(server.url, prompts))
+            metrics = httpx.get(server.url + "/metrics").text
+            stats = server.stats()
+    finally:
+        engine.close()
     for got, ref in zip(results, alone, strict=True):
         assert got["done"]
         assert got["text"] == ref.text

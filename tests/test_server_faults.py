@@ -29,11 +29,16 @@ def model_dir(tmp_path_factory):
     return make_hf_model(tmp_path_factory.mktemp("faults") / "tiny", arch="llama")
 
 
-@pytest.fixture(scope="module")
-def slow_server(model_dir):
-    engine = slow_steps(make_engine(model_dir, num_kv_blocks=64), 0.01)
-    with running_server(engine) as server:
-        yield server
+@pytest.fixture(scope="module", params=[False, True], ids=["engine-thread", "engine-process"])
+def slow_server(model_dir, request):
+    """The server over an engine in its loop thread, and over one in a child process (the serve command's
+    default), whose step the parent slows the same way."""
+    engine = slow_steps(make_engine(model_dir, num_kv_blocks=64, in_child=request.param), 0.01)
+    try:
+        with running_server(engine) as server:
+            yield server
+    finally:
+        engine.close()
 
 
 def _events(lines, count: int) -> list[dict]:

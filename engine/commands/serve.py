@@ -51,6 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--no-prefix-cache", action="store_true", help="disable prefix reuse")
     engine.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     engine.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    engine.add_argument("--engine-in-process", action="store_true",
+                        help="run the engine in the server's process (default: a child process, so that HTTP "
+                             "work and the engine's host work do not share one GIL)")
 
 
 def build_engine(args):
@@ -64,10 +67,15 @@ def build_engine(args):
                           num_kv_blocks=args.num_kv_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
                           enable_prefix_cache=not args.no_prefix_cache, enforce_eager=args.enforce_eager,
                           revision=args.revision)
-    return LLMEngine(config)
+    if args.engine_in_process:
+        return LLMEngine(config)
+    from engine.engine_process import EngineProcess
+
+    return EngineProcess(config, log_level=args.log_level)
 
 
 def run(args) -> int:
+    from engine.engine_process import EngineProcessError
     from engine.loader.errors import ModelLoadError
     from engine.server.app import create_app
 
@@ -83,10 +91,13 @@ def run(args) -> int:
         app = create_app(engine, model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
                          request_timeout_s=args.request_timeout, shutdown_timeout_s=args.shutdown_timeout,
                          stream_interval_s=args.stream_interval)
-    except (ModelLoadError, ValueError, TypeError, OSError, MemoryError) as err:
+    except (ModelLoadError, EngineProcessError, ValueError, TypeError, OSError, MemoryError) as err:
         print(f"tritonforge serve: {err}", file=sys.stderr)
         return 1
-    serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout, args.switch_interval)
+    try:
+        serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout, args.switch_interval)
+    finally:
+        engine.close()
     return 0
 
 

@@ -1,0 +1,89 @@
+"""The engine in a child process (engine/engine_process.py), as ``tritonforge serve`` runs it: the same
+tokens as the engine in-process, bad requests refused at once in the parent, a start-up failure in the
+child raised in the parent, and close stopping the child."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.sampling_params import SamplingParams
+from tests.engine_helpers import (
+    make_engine,
+    prompt_batch,
+    run_to_completion,
+    single_threaded,  # noqa: F401  (autouse fixture: one CPU thread)
+)
+from tests.model_factory import make_hf_model
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_hf_model(tmp_path_factory.mktemp("child") / "tiny", arch="qwen2")
+
+
+def _tokens(results: dict) -> list[tuple[list[int], str, str]]:
+    return [(r["tokens"], r["text"], r["reason"]) for r in results.values()]
+
+
+def test_same_outputs_as_the_engine_in_process(model_dir):
+    prompts = prompt_batch(300, 6, seed=3, min_len=2, max_len=20)
+    params = [SamplingParams(temperature=0, max_tokens=7, ignore_eos=True),
+              SamplingParams(temperature=0.8, top_k=20, seed=11, max_tokens=5, ignore_eos=True)]
+    requests = [(p, params[i % 2]) for i, p in enumerate(prompts)]
+    want = _tokens(run_to_completion(make_engine(model_dir), requests))
+    child = make_engine(model_dir, in_child=True)
+    try:
+        got = run_to_completion_child(child, requests)
+        assert got == want
+        assert child.scheduler.stats()["kv_free_blocks"] == child.scheduler.kv.num_blocks
+    finally:
+        child.close()
+
+
+def run_to_completion_child(engine, requests) -> list[tuple[list[int], str, str]]:
+    ids = [engine.add_request(p, sp) for p, sp in requests]
+    results = {i: {"tokens": [], "text": "", "reason": None} for i in ids}
+    while engine.has_unfinished():
+        for out in engine.step():
+            r = results[out.request_id]
+            r["tokens"] += out.new_token_ids
+            r["text"] += out.new_text
+            if out.finished:
+                r["reason"] = out.finish_reason
+    return _tokens(results)
+
+
+def test_bad_requests_fail_in_the_parent_and_aborts_reach_the_child(model_dir):
+    child = make_engine(model_dir, in_child=True, max_model_len=64)
+    try:
+        with pytest.raises(ValueError, match="the prompt is empty"):
+            child.add_request([], SamplingParams())
+        with pytest.raises(ValueError, match="at most 64 per sequence"):
+            child.add_request(list(range(3, 80)), SamplingParams())
+        rid = child.add_request([5, 6, 7], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        with pytest.raises(ValueError, match="already in use"):
+            child.add_request([5], SamplingParams(), request_id=rid)
+        child.step()
+        assert child.abort(rid) and not child.abort("nope")
+        finals = [o for _ in range(3) if child.has_unfinished() for o in child.step() if o.finished]
+        assert [(o.request_id, o.finish_reason) for o in finals] == [(rid, "abort")]
+        assert not child.has_unfinished()
+        assert child.scheduler.stats()["kv_free_blocks"] == child.scheduler.kv.num_blocks
+    finally:
+        child.close()
+
+
+def test_a_start_up_failure_in_the_child_is_raised_in_the_parent(model_dir):
+    with pytest.raises(ValueError, match="no implementation 'nope'"):
+        make_engine(model_dir, in_child=True, op_overrides={"rmsnorm": "nope"})
+
+
+def test_close_stops_the_child(model_dir):
+    child = make_engine(model_dir, in_child=True)
+    child.close()
+    assert child._proc.exitcode is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        child.step()
+    child.close()  # a second close does nothing
