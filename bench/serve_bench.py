@@ -252,6 +252,8 @@ def parse_args(argv):
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--stream-interval", type=float, default=0.0,
                    help="the spawned server's --stream-interval (least seconds between writes of one stream)")
+    p.add_argument("--engine-in-process", action="store_true",
+                   help="the spawned server runs its engine in its own process (default: in a child process)")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="the spawned server's --switch-interval (its GIL switch interval; default: the server's)")
     engine = p.add_argument_group("engine settings (spawned server and offline run alike)")
@@ -307,10 +309,11 @@ def main(argv=None) -> int:
             model_dir, vocab = model_for(args.spawn_model, Path(tmp), args.smoke)
             settings = engine_settings(args)
             report.update(model=args.spawn_model, engine_settings=settings, stream_interval_s=args.stream_interval,
-                          switch_interval_s=args.switch_interval, op_overrides=args.ops)
+                          switch_interval_s=args.switch_interval, engine_in_process=args.engine_in_process,
+                          op_overrides=args.ops)
             log_path = out / "serve_bench_server.log"
             proc, url = spawn_server(model_dir, settings, log_path, args.stream_interval, args.ops,
-                                     args.switch_interval)
+                                     args.switch_interval, args.engine_in_process)
             print(f"server starting at {url} (log: {log_path})", file=sys.stderr, flush=True)
         else:
             url, vocab = args.url.rstrip("/"), args.vocab or 256

@@ -38,8 +38,8 @@ def free_port() -> int:
 
 
 def spawn_server(model_dir: Path, settings: dict, log_path: Path, stream_interval: float,
-                 ops: dict[str, str] | None = None,
-                 switch_interval: float | None = None) -> tuple[subprocess.Popen, str]:
+                 ops: dict[str, str] | None = None, switch_interval: float | None = None,
+                 engine_in_process: bool = False) -> tuple[subprocess.Popen, str]:
     """``tritonforge serve`` on a free loopback port with the engine ``settings`` (EngineConfig fields), the
     kernel overrides ``ops`` (op name -> registered implementation) and, when given, its GIL switch interval."""
     port = free_port()
@@ -52,6 +52,8 @@ def spawn_server(model_dir: Path, settings: dict, log_path: Path, stream_interva
         cmd += ["--op", f"{name}={impl}"]
     if switch_interval is not None:
         cmd += ["--switch-interval", str(switch_interval)]
+    if engine_in_process:
+        cmd.append("--engine-in-process")
     return start_logged(cmd, log_path), f"http://127.0.0.1:{port}"
 
 
