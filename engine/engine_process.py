@@ -6,24 +6,30 @@ which keeps it up to a switch interval. On an H200 that held 64 streams to 0.62-
 workload run offline (bench/results/NVIDIA_H200/run5_notes.md). :class:`EngineProcess` runs the
 :class:`LLMEngine` in a spawned child and stands in for it in the server's loop thread:
 
-    loop thread:  add_request / abort (checked here, queued) -> step() ---- one message ---->  child:
-                                                                                   apply adds and aborts,
-                  outputs, scheduler stats, num_steps, has_unfinished  <--- one message ---- LLMEngine.step()
+    loop thread:  add_request / abort (checked here)  --commands (a sender thread)-->  child: apply them,
+                  step() <--- (outputs, stats, last command applied, busy) ---------  LLMEngine.step(), again
+                                                                                     while it has work
 
-One round trip per step; the loop thread waits on the pipe with the GIL released, so the HTTP side runs
-meanwhile, and the child's Python runs in parallel with it. Requests are checked in the parent by the same
-``check_request`` the engine uses (the parent loads the tokenizer and config, not the weights), so a bad
-request still fails at once with its message. The child ignores SIGINT (the parent drains and stops it),
-exits when the parent's end of the pipe closes, and a start-up failure there (a bad model file, no GPU
-memory) is raised in the parent as the same exception.
+The child steps on its own while it has work, taking whatever commands have arrived between steps, and
+sends each step's outputs; ``step()`` here returns the next of them. So the engine's cadence does not wait
+for the server's side: the loop thread receives and publishes with the GIL contended by the HTTP work,
+while the child's Python runs in parallel. Commands go through a sender thread, so that a child blocked
+on sending outputs never waits on a parent blocked on sending commands. Every command batch is numbered
+and every outputs message says the last batch applied: the parent knows exactly when one more message
+is due. Requests are checked in the parent by the same ``check_request`` the engine uses (the parent
+loads the tokenizer and config, not the weights), so a bad request still fails at once with its message.
+The child ignores SIGINT (the parent drains and stops it), exits when the parent's end of the pipe
+closes, and a start-up failure there (a bad model file, no GPU memory) is raised in the parent as the
+same exception.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
+import queue
 import signal
+import threading
 import uuid
 from types import SimpleNamespace
 
@@ -52,11 +58,13 @@ class EngineProcess:
         self.tokenizer = source.tokenizer
         self.generation_defaults = dict(source.generation_defaults or {})
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be initialised again in a forked child
-        self._conn, child_end = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(config, child_end, log_level),
+        self._conn, child_out = ctx.Pipe(duplex=False)     # child -> parent: start-up, then outputs
+        child_in, self._commands = ctx.Pipe(duplex=False)  # parent -> child: command batches
+        self._proc = ctx.Process(target=_child_main, args=(config, child_in, child_out, log_level),
                                  name="tritonforge-engine", daemon=True)
         self._proc.start()
-        child_end.close()
+        child_in.close()
+        child_out.close()
         kind, *payload = self._recv()  # the child's start-up: weights, KV cache, warm-up, graphs
         if kind == "error":
             self._proc.join(5)
@@ -73,7 +81,12 @@ class EngineProcess:
         self._aborts: list[str] = []
         self._live: set[str] = set()
         self._child_busy = False
+        self._sent = 0      # command batches sent
+        self._applied = 0   # the last batch the child reported applied
         self.closed = False
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="engine-commands", daemon=True)
+        self._sender.start()
 
     # --- the LLMEngine surface (the server's loop thread) -------------------------------------------
 
@@ -95,16 +108,22 @@ class EngineProcess:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self._adds or self._aborts or self._child_busy)
+        return bool(self._adds or self._aborts or self._child_busy or self._applied < self._sent)
 
     def step(self) -> list[RequestOutput]:
+        """Send the queued adds and aborts, then return the child's next step's outputs (none when the
+        child is idle and owes no answer)."""
         self._check_open()
-        adds, aborts, self._adds, self._aborts = self._adds, self._aborts, [], []
-        self._send(("step", adds, aborts))
+        if self._adds or self._aborts:
+            self._sent += 1
+            self._outbox.put(("commands", self._sent, self._adds, self._aborts))
+            self._adds, self._aborts = [], []
+        if not (self._child_busy or self._applied < self._sent):
+            return []
         kind, *payload = self._recv()
         if kind == "error":
             raise EngineProcessError(f"the engine process failed: {payload[0]}")
-        outputs, self._stats, self.num_steps, self._child_busy = payload
+        outputs, self._stats, self.num_steps, self._applied, self._child_busy = payload
         for out in outputs:
             if out.finished:
                 self._live.discard(out.request_id)
@@ -115,14 +134,15 @@ class EngineProcess:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(OSError, ValueError):  # the child may be gone already
-            self._conn.send(("stop",))
+        self._outbox.put(("stop",))
+        self._sender.join(STOP_TIMEOUT_S)
         self._proc.join(STOP_TIMEOUT_S)
         if self._proc.is_alive():
             log.error("the engine process did not stop within %.0f s; killing it", STOP_TIMEOUT_S)
             self._proc.kill()
             self._proc.join()
         self._conn.close()
+        self._commands.close()
 
     # --- the pipe -----------------------------------------------------------------------------------
 
@@ -130,11 +150,16 @@ class EngineProcess:
         if self.closed:
             raise RuntimeError("this engine was closed (EngineProcess.close); create a new one")
 
-    def _send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as err:
-            raise EngineProcessError(f"the engine process is gone (exit code {self._proc.exitcode}): {err}") from err
+    def _send_loop(self) -> None:
+        """The sender thread: command batches to the child, in order, until "stop" (sent too)."""
+        while True:
+            message = self._outbox.get()
+            try:
+                self._commands.send(message)
+            except (OSError, ValueError):
+                return  # the child is gone: the receiving side reports it
+            if message[0] == "stop":
+                return
 
     def _recv(self) -> tuple:
         try:
@@ -145,8 +170,8 @@ class EngineProcess:
                                      "lines above") from err
 
 
-def _child_main(config: EngineConfig, conn, log_level: str) -> None:
-    """The child: build the engine, then one step per message until "stop" or the parent goes away."""
+def _child_main(config: EngineConfig, commands, out, log_level: str) -> None:
+    """The child: build the engine, then step while there is work, taking commands between steps."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     from engine.commands.serve import configure_logging
 
@@ -154,33 +179,44 @@ def _child_main(config: EngineConfig, conn, log_level: str) -> None:
     try:
         engine = LLMEngine(config)
     except BaseException as err:  # handed to the parent, which raises it where the server starts
-        conn.send(("error", _picklable(err)))
+        out.send(("error", _picklable(err)))
         return
-    conn.send(("ready", {"max_model_len": engine.max_model_len, "eos_token_ids": engine.eos_token_ids,
-                         "dtype": engine.dtype, "num_blocks": engine.runner.num_blocks,
-                         "stats": engine.scheduler.stats()}))
+    out.send(("ready", {"max_model_len": engine.max_model_len, "eos_token_ids": engine.eos_token_ids,
+                        "dtype": engine.dtype, "num_blocks": engine.runner.num_blocks,
+                        "stats": engine.scheduler.stats()}))
+    applied = 0
     try:
         while True:
             try:
-                message = conn.recv()
-            except EOFError:  # the parent went away
-                break
-            if message[0] == "stop":
-                break
-            _, adds, aborts = message
-            try:
-                for request_id, token_ids, params, timeout_s in adds:
-                    engine.add_request(token_ids, params, request_id=request_id, timeout_s=timeout_s)
-                for request_id in aborts:
-                    engine.abort(request_id)
+                # Idle: wait for a command batch. Busy: take only the batches that have arrived, then step.
+                while not engine.has_unfinished() or commands.poll():
+                    message = commands.recv()
+                    if message[0] == "stop":
+                        return
+                    applied = _apply(engine, message)
+                    if not engine.has_unfinished():  # e.g. aborts of finished requests: answer the batch
+                        break
                 outputs = engine.step() if engine.has_unfinished() else []
-                conn.send(("ok", outputs, engine.scheduler.stats(), engine.num_steps, engine.has_unfinished()))
+                out.send(("outputs", outputs, engine.scheduler.stats(), engine.num_steps, applied,
+                          engine.has_unfinished()))
+            except EOFError:  # the parent went away
+                return
             except Exception as err:  # the parent marks the engine dead and fails its requests
                 log.exception("the engine failed")
-                conn.send(("error", f"{type(err).__name__}: {err}"))
-                break
+                out.send(("error", f"{type(err).__name__}: {err}"))
+                return
     finally:
         engine.close()
+
+
+def _apply(engine: LLMEngine, message: tuple) -> int:
+    """One command batch: its adds (checked by the parent already), then its aborts; returns its number."""
+    _, number, adds, aborts = message
+    for request_id, token_ids, params, timeout_s in adds:
+        engine.add_request(token_ids, params, request_id=request_id, timeout_s=timeout_s)
+    for request_id in aborts:
+        engine.abort(request_id)
+    return number
 
 
 def _picklable(err: BaseException) -> BaseException:
