@@ -32,8 +32,8 @@ naming the rows (the kernel flags them and writes token -1 there; the launcher r
 small device-to-host copy, and returns them as ``host_token_ids`` so that the caller need not copy again).
 -inf logits are valid and never sampled.
 
-Two kernels. Batches with no top-logprobs request whose filtered rows all have a top-k of at most 256
-take the split path (``kernels/_sampling_split.py``): each row cut into chunks of 4096 tokens, one
+Two kernels. Batches of at most 256 rows with no top-logprobs request whose filtered rows all have a
+top-k of at most 256 take the split path (``kernels/_sampling_split.py``): each row cut into chunks of 8192 tokens, one
 program per chunk, then one program per row on the chunks' partials and candidates; it draws the same
 tokens. Every other batch takes the row-wise kernel below (also registered alone as ``sample_rowwise``).
 
