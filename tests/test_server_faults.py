@@ -152,6 +152,26 @@ def test_api_key(model_dir):
         assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
 
 
+def test_a_dead_engine_process_fails_requests_and_health(model_dir):
+    """The child engine killed mid-request: the request gets a 500 naming it, /health turns 503, new
+    requests are refused with 503, and the server itself stays up."""
+    engine = slow_steps(make_engine(model_dir, num_kv_blocks=16, in_child=True), 0.01)
+    try:
+        with running_server(engine) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/health").status_code == 200
+            with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
+                lines = response.iter_lines()
+                assert len(_events(lines, 2)) == 2
+                engine._proc.kill()
+                rest = [line for line in lines if line.startswith("data: ")]
+            assert any("engine process died" in line for line in rest)
+            health = client.get("/health")
+            assert health.status_code == 503 and "engine process died" in health.json()["reason"]
+            assert client.post("/v1/completions", json=SHORT).status_code == 503
+    finally:
+        engine.close()
+
+
 def test_engine_failure_fails_requests_and_health(model_dir):
     engine = fail_steps(slow_steps(make_engine(model_dir, num_kv_blocks=16), 0.01), after=3)
     with running_server(engine) as server, httpx.Client(base_url=server.url, timeout=30) as client:
