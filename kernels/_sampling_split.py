@@ -31,6 +31,8 @@ stage 2 reads a few partials and candidates per chunk.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from kernels import alloc
@@ -255,10 +257,11 @@ def handles(st: SamplingTensors) -> bool:
             and st.candidate_bound <= cfg["CAND_CHUNK"])
 
 
-class _Buffers:
-    """Scratch of the split kernels, kept per (device, chunks per row, buffer sizes) and grown by doubling
-    the rows: a step allocates only its two outputs. Rows past the batch are never read. One engine loop
-    samples at a time; the buffers are internal (results never alias them)."""
+class _Buffers(threading.local):
+    """Scratch of the split kernels, kept per (thread, device, chunks per row, buffer sizes) and grown by
+    doubling the rows: a step allocates only its two outputs. Rows past the batch are never read. Per
+    thread, so that two threads sampling at once never share a launch pair's partials; the buffers are
+    internal (results never alias them)."""
 
     def __init__(self):
         self.by_key: dict = {}
