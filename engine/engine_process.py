@@ -11,7 +11,8 @@ workload run offline (bench/results/NVIDIA_H200/run5_notes.md). :class:`EnginePr
                                                                                      while it has work
 
 The child steps on its own while it has work, taking whatever commands have arrived between steps, and
-sends each step's outputs; ``step()`` here returns the next of them. So the engine's cadence does not wait
+sends each step's outputs, at most AHEAD of them unread (a semaphore the parent releases per read);
+``step()`` here returns the next of them. So the engine's cadence does not wait
 for the server's side: the loop thread receives and publishes with the GIL contended by the HTTP work,
 while the child's Python runs in parallel. Commands go through a sender thread, so that a child blocked
 on sending outputs never waits on a parent blocked on sending commands. Every command batch is numbered
@@ -40,6 +41,10 @@ from engine.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 30.0
+# How many steps the child may run ahead of what the parent has read: enough to keep it busy while the
+# parent publishes, few enough that an abort (a client gone) lands within a few steps and a slow parent
+# slows the engine instead of piling up outputs.
+AHEAD = 3
 
 
 class EngineProcessError(RuntimeError):
@@ -60,7 +65,8 @@ class EngineProcess:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be initialised again in a forked child
         self._conn, child_out = ctx.Pipe(duplex=False)     # child -> parent: start-up, then outputs
         child_in, self._commands = ctx.Pipe(duplex=False)  # parent -> child: command batches
-        self._proc = ctx.Process(target=_child_main, args=(config, child_in, child_out, log_level),
+        self._slots = ctx.Semaphore(AHEAD)                 # outputs messages the child may send unread
+        self._proc = ctx.Process(target=_child_main, args=(config, child_in, child_out, self._slots, log_level),
                                  name="tritonforge-engine", daemon=True)
         self._proc.start()
         child_in.close()
@@ -123,6 +129,7 @@ class EngineProcess:
         kind, *payload = self._recv()
         if kind == "error":
             raise EngineProcessError(f"the engine process failed: {payload[0]}")
+        self._slots.release()  # one read: the child may run one more step ahead
         outputs, self._stats, self.num_steps, self._applied, self._child_busy = payload
         for out in outputs:
             if out.finished:
@@ -134,6 +141,7 @@ class EngineProcess:
         if self.closed:
             return
         self.closed = True
+        self._slots.release()  # a child waiting for a slot must get to read "stop"
         self._outbox.put(("stop",))
         self._sender.join(STOP_TIMEOUT_S)
         self._proc.join(STOP_TIMEOUT_S)
@@ -170,7 +178,7 @@ class EngineProcess:
                                      "lines above") from err
 
 
-def _child_main(config: EngineConfig, commands, out, log_level: str) -> None:
+def _child_main(config: EngineConfig, commands, out, slots, log_level: str) -> None:
     """The child: build the engine, then step while there is work, taking commands between steps."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     from engine.commands.serve import configure_logging
@@ -187,6 +195,7 @@ def _child_main(config: EngineConfig, commands, out, log_level: str) -> None:
     applied = 0
     try:
         while True:
+            slots.acquire()  # at most AHEAD outputs messages unread by the parent
             try:
                 # Idle: wait for a command batch. Busy: take only the batches that have arrived, then step.
                 while not engine.has_unfinished() or commands.poll():

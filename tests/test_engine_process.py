@@ -56,20 +56,25 @@ def run_to_completion_child(engine, requests) -> list[tuple[list[int], str, str]
 
 
 def test_bad_requests_fail_in_the_parent_and_aborts_reach_the_child(model_dir):
-    child = make_engine(model_dir, in_child=True, max_model_len=64)
+    child = make_engine(model_dir, in_child=True, max_model_len=200)
     try:
         with pytest.raises(ValueError, match="the prompt is empty"):
             child.add_request([], SamplingParams())
-        with pytest.raises(ValueError, match="at most 64 per sequence"):
-            child.add_request(list(range(3, 80)), SamplingParams())
-        rid = child.add_request([5, 6, 7], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        with pytest.raises(ValueError, match="at most 200 per sequence"):
+            child.add_request([5] * 250, SamplingParams())
+        # Long enough that the abort reaches the child (which steps on its own) well before the end.
+        rid = child.add_request([5, 6, 7], SamplingParams(temperature=0, max_tokens=190, ignore_eos=True))
         with pytest.raises(ValueError, match="already in use"):
             child.add_request([5], SamplingParams(), request_id=rid)
         child.step()
         assert child.abort(rid) and not child.abort("nope")
-        finals = [o for _ in range(3) if child.has_unfinished() for o in child.step() if o.finished]
-        assert [(o.request_id, o.finish_reason) for o in finals] == [(rid, "abort")]
-        assert not child.has_unfinished()
+        finals, tokens = [], 0
+        while child.has_unfinished():
+            for out in child.step():
+                tokens += len(out.new_token_ids)
+                if out.finished:
+                    finals.append((out.request_id, out.finish_reason))
+        assert finals == [(rid, "abort")] and tokens < 190
         assert child.scheduler.stats()["kv_free_blocks"] == child.scheduler.kv.num_blocks
     finally:
         child.close()

@@ -4,11 +4,12 @@
     engine loop thread: add/abort -> LLMEngine.step() -> outputs --call_soon_threadsafe--> per-request mailboxes
 
 Only the loop thread touches the :class:`LLMEngine` (its scheduler and KV cache take no locks: they have
-one owner). Under ``tritonforge serve`` that engine is an :class:`engine.engine_process.EngineProcess`: the
-same calls, with the engine itself stepping in a child process. Handlers never block it: they put a command in the inbox, set a wake-up event, and await
-their group's mailbox, which the loop thread fills through ``loop.call_soon_threadsafe`` (one callback
-per step for all requests). An HTTP request with several completions (``n > 1``, several prompts) is one
-:class:`RequestGroup` of several engine requests sharing one mailbox.
+one owner). Under ``tritonforge serve`` that engine is an :class:`engine.engine_process.EngineProcess`:
+the same calls, with the engine itself stepping in a child process. Handlers never block it: they put a
+command in the inbox, set a wake-up event, and await their group's mailbox, which the loop thread fills
+through ``loop.call_soon_threadsafe`` (one callback per step for all requests). An HTTP request with
+several completions (``n > 1``, several prompts) is one :class:`RequestGroup` of several engine requests
+sharing one mailbox.
 
 The mailbox is a deque and one future: a step's events for a group wake its handler once, and the handler
 takes everything pending at once (one SSE write per step per stream, or fewer when it falls behind). No
