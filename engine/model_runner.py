@@ -18,7 +18,8 @@ Decode-only steps on CUDA/HIP replay a graph captured for the next larger padded
 Warm-up. Autotuned kernels time their configs at the first launch of each shape bucket (the token count's
 power of two, the sampler's batch size class). On a live server that first launch stalls every request in
 the step for seconds, so on a GPU the runner makes those launches at start-up (:meth:`ModelRunner._warm_up`):
-one cache-less forward per prefill token bucket and one sampling per batch class. Nothing is timed with
+one cache-less forward per prefill token bucket and one sampling per sampler path and variant per batch
+class. Nothing is timed with
 ``TRITONFORGE_TUNE=first`` (kernels.tuning), so nothing is warmed then.
 """
 
@@ -176,8 +177,12 @@ class ModelRunner:
         from engine.sampling_params import SamplingParams
         from kernels.sampling import SamplingTensors
 
-        # The sampler's variants: with and without logit edits (penalties), with and without top logprobs.
+        # The sampler's variants, with and without logit edits (penalties), on each of its paths
+        # (kernels/sampling.py): greedy rows take the split kernels (compiled, not autotuned); top-p without
+        # top-k, and top logprobs, take the autotuned row-wise kernel, whose key tells the two apart.
         variants = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, repetition_penalty=1.1),
+                    SamplingParams(temperature=1.0, top_p=0.9),
+                    SamplingParams(temperature=1.0, top_p=0.9, repetition_penalty=1.1),
                     SamplingParams(temperature=0.0, logprobs=1),
                     SamplingParams(temperature=0.0, repetition_penalty=1.1, logprobs=1)]
         for batch in warm_up_sample_batches(self.config.max_num_seqs):

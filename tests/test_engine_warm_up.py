@@ -12,6 +12,7 @@ import pytest
 
 from engine.model_runner import warm_up_sample_batches, warm_up_token_counts
 from engine.sampling_params import SamplingParams
+from kernels._sampling_split import handles
 from tests.engine_helpers import (
     make_engine,
     run_to_completion,
@@ -34,7 +35,7 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
     before = run_to_completion(engine, [(prompt, params)])
 
-    forwards, samples, attention = [], [], []
+    forwards, samples, attention, paths = [], [], [], set()
     inner_prefill, inner_sample = runner._cacheless_prefill, runner.ops.sample
     inner_decode, inner_attend = runner.ops.paged_decode_attention, runner.ops.prefill_attention
 
@@ -44,6 +45,7 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
 
     def counting_sample(logits, st):
         samples.append(logits.shape[0])
+        paths.add((logits.shape[0], handles(st), st.has_edits, bool(st.max_logprobs)))
         return inner_sample(logits, st)
 
     def counting_decode(*args, max_context_len, **kwargs):
@@ -63,7 +65,11 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     runner._warm_up(force=True)
     top = min(300, 40 * runner.max_model_len)
     assert [n for n, _ in forwards] == warm_up_token_counts(top) and all(n == m for n, m in forwards)
-    assert samples == [b for b in warm_up_sample_batches(40) for _ in range(4)] == [1] * 4 + [32] * 4 + [40] * 4
+    assert samples == [b for b in warm_up_sample_batches(40) for _ in range(6)] == [1] * 6 + [32] * 6 + [40] * 6
+    # Each batch class meets the split path and both keys of the row-wise kernel (with and without top
+    # logprobs), each with and without edits: no autotuning waits for a request's first top-p step.
+    assert paths == {(b, split, edits, lp) for b in (1, 32, 40) for edits in (False, True)
+                     for split, lp in ((True, False), (False, False), (False, True))}
     # Beside the cache-less forwards' own prefills: decode in one split and in many, prefill after a prefix.
     extra = [a for a in attention if a != ("prefill", False)]
     assert extra == [("decode", 1), ("decode", runner.max_model_len), ("prefill", True)]
