@@ -42,6 +42,7 @@ import os
 import random
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -88,18 +89,13 @@ def explore(op, l2_bytes: int, rows: list, save) -> None:
                 continue
             rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": i,
                          "params": str(config), "ms": t})
-        split = _sampling_split.CONFIGS["cuda"]
-        saved = dict(split)
         for chunk, warps in SPLIT_EXPLORE:
-            split.update(CHUNK=chunk, num_warps=warps)
             try:
-                t = time_rotating(op.triton, sets)
-            except Exception as e:
+                with mock.patch.dict(_sampling_split.CONFIGS["cuda"], CHUNK=chunk, num_warps=warps):
+                    t = time_rotating(op.triton, sets)
+            except Exception as e:  # a config that cannot compile or run here is reported, not fatal
                 print(f"  split CHUNK={chunk} num_warps={warps}: {type(e).__name__}: {str(e)[:160]}", flush=True)
                 continue
-            finally:
-                split.clear()
-                split.update(saved)
             rows.append({"batch": case["batch"], "vocab": case["vocab"], "mode": case["mode"], "config": "split",
                          "params": f"CHUNK={chunk} num_warps={warps}", "ms": t})
         print(f"explored {case['mode']} B={case['batch']} V={case['vocab']}", flush=True)

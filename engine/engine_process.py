@@ -234,5 +234,5 @@ def _picklable(err: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(err))
         return err
-    except Exception:
+    except Exception:  # an exception that cannot cross the pipe goes as its type and message
         return EngineProcessError(f"{type(err).__name__}: {err}")

@@ -17,10 +17,10 @@ Decode-only steps on CUDA/HIP replay a graph captured for the next larger padded
 
 Warm-up. Autotuned kernels time their configs at the first launch of each shape bucket (the token count's
 power of two, the sampler's batch size class). On a live server that first launch stalls every request in
-the step for seconds, so on a GPU the runner makes those launches at start-up (:meth:`ModelRunner._warm_up`):
-one cache-less forward per prefill token bucket and one sampling per sampler path and variant per batch
-class. Nothing is timed with
-``TRITONFORGE_TUNE=first`` (kernels.tuning), so nothing is warmed then.
+the step for seconds, so on a GPU the runner makes those launches at start-up
+(:meth:`ModelRunner._warm_up`): one cache-less forward per prefill token bucket and one sampling per
+sampler path and variant per batch class. Nothing is timed with ``TRITONFORGE_TUNE=first``
+(kernels.tuning), so nothing is warmed then.
 """
 
 from __future__ import annotations

@@ -33,9 +33,10 @@ small device-to-host copy, and returns them as ``host_token_ids`` so that the ca
 -inf logits are valid and never sampled.
 
 Two kernels. Batches of at most 256 rows with no top-logprobs request whose filtered rows all have a
-top-k of at most 256 take the split path (``kernels/_sampling_split.py``): each row cut into chunks of 8192 tokens, one
-program per chunk, then one program per row on the chunks' partials and candidates; it draws the same
-tokens. Every other batch takes the row-wise kernel below (also registered alone as ``sample_rowwise``).
+top-k of at most 256 take the split path (``kernels/_sampling_split.py``): each row cut into chunks of
+8192 tokens, one program per chunk, then one program per row on the chunks' partials and candidates; it
+draws the same tokens. Every other batch takes the row-wise kernel below (also registered alone as
+``sample_rowwise``).
 
 Row-wise kernel: one program per row, the row streamed in blocks. Edited rows (bias or penalties) first copy the
 row to a float32 workspace and patch their few edited entries there. Pass 0 computes the max, the softmax
