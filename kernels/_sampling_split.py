@@ -36,7 +36,7 @@ import threading
 import torch
 
 from kernels import alloc
-from kernels._sampling_params import SampleResult, SamplingTensors
+from kernels._sampling_params import SamplingTensors
 from kernels._sampling_search import (
     _draw_from_candidates,
     _gumbel,
@@ -331,4 +331,4 @@ def launch_split(logits: torch.Tensor, st: SamplingTensors) -> tuple[torch.Tenso
     return tokens, lps
 
 
-__all__ = ["CONFIGS", "SampleResult", "handles", "launch_split"]
+__all__ = ["CONFIGS", "handles", "launch_split"]

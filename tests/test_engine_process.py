@@ -23,36 +23,21 @@ def model_dir(tmp_path_factory):
     return make_hf_model(tmp_path_factory.mktemp("child") / "tiny", arch="qwen2")
 
 
-def _tokens(results: dict) -> list[tuple[list[int], str, str]]:
-    return [(r["tokens"], r["text"], r["reason"]) for r in results.values()]
-
-
 def test_same_outputs_as_the_engine_in_process(model_dir):
     prompts = prompt_batch(300, 6, seed=3, min_len=2, max_len=20)
     params = [SamplingParams(temperature=0, max_tokens=7, ignore_eos=True),
               SamplingParams(temperature=0.8, top_k=20, seed=11, max_tokens=5, ignore_eos=True)]
     requests = [(p, params[i % 2]) for i, p in enumerate(prompts)]
-    want = _tokens(run_to_completion(make_engine(model_dir), requests))
+    want = list(run_to_completion(make_engine(model_dir), requests).values())
     child = make_engine(model_dir, in_child=True)
     try:
-        got = run_to_completion_child(child, requests)
-        assert got == want
+        got = list(run_to_completion(child, requests).values())
+        assert [(r["tokens"], r["text"], r["reason"]) for r in got] == [
+            (r["tokens"], r["text"], r["reason"]) for r in want]
+        assert got == want  # logprobs and cached-token counts too
         assert child.scheduler.stats()["kv_free_blocks"] == child.scheduler.kv.num_blocks
     finally:
         child.close()
-
-
-def run_to_completion_child(engine, requests) -> list[tuple[list[int], str, str]]:
-    ids = [engine.add_request(p, sp) for p, sp in requests]
-    results = {i: {"tokens": [], "text": "", "reason": None} for i in ids}
-    while engine.has_unfinished():
-        for out in engine.step():
-            r = results[out.request_id]
-            r["tokens"] += out.new_token_ids
-            r["text"] += out.new_text
-            if out.finished:
-                r["reason"] = out.finish_reason
-    return _tokens(results)
 
 
 def test_bad_requests_fail_in_the_parent_and_aborts_reach_the_child(model_dir):
