@@ -14,6 +14,9 @@ Each size is run once eagerly before capture, on the stream the capture then use
 kernels pick their configs outside the graph (benchmarking inside a capture is not allowed) and per-stream
 state such as the split-K arrival counters exists, zeroed for real, before the graph refers to it.
 
+The graph ends with the ``greedy`` op over its logits, so a batch of plain greedy requests (the runner
+checks) reads its tokens straight back with no sampler launch.
+
 Host cost per replay: three copies into the static buffers (token ids, positions and slots in one, the
 block tables, the context lengths) and the replay; padded rows are reset only when the batch shrinks.
 """
@@ -53,6 +56,7 @@ class DecodeGraphs:
         self.num_dirty_rows = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.greedy_tokens: dict[int, torch.Tensor] = {}  # each row's argmax, for all-greedy batches
         self._capture_all()
 
     def _meta(self, bs: int) -> AttentionMetadata:
@@ -64,10 +68,13 @@ class DecodeGraphs:
             num_prefills=0, prefill_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev), prefill_max_seqlen=0,
             prefill_block_tables=self.tables[:0], prefill_prefix_lens=empty, prefill_has_prefix=False)
 
-    def _forward(self, bs: int) -> torch.Tensor:
+    def _forward(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.runner.model
         hidden = model.forward(self.token_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._meta(bs))
-        return model.compute_logits(hidden)
+        logits = model.compute_logits(hidden)
+        # The argmax rides along in the graph (a few microseconds of device time): a batch of plain greedy
+        # rows then needs no sampler launch at all, only the read-back.
+        return logits, self.runner.ops.greedy(logits)
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -83,7 +90,7 @@ class DecodeGraphs:
             # arrival counters, zeroed for real) is what the graph uses. On another stream it would be
             # made inside the capture, where a zero fill only joins the graph (kernels/_split_k.py).
             with torch.cuda.graph(graph, pool=pool, stream=stream):
-                self.logits[bs] = self._forward(bs)
+                self.logits[bs], self.greedy_tokens[bs] = self._forward(bs)
             pool = graph.pool()
             self.graphs[bs] = graph
         torch.cuda.synchronize(self.runner.device)
@@ -94,7 +101,8 @@ class DecodeGraphs:
         return (batch.num_tokens <= self.sizes[-1] and meta.max_decode_context_len <= self.max_context
                 and meta.decode_block_tables.shape[1] <= self.max_blocks)
 
-    def run(self, batch) -> torch.Tensor:
+    def run(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the graph for ``batch``: its logits [n, vocab] and each row's argmax [n]."""
         n = batch.num_tokens
         bs = self.sizes[bisect.bisect_left(self.sizes, n)]
         meta = batch.meta
@@ -114,4 +122,4 @@ class DecodeGraphs:
         self.tables[:n, :width].copy_(meta.decode_block_tables)
         self.context_lens[:n].copy_(meta.decode_context_lens)
         self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        return self.logits[bs][:n], self.greedy_tokens[bs][:n]

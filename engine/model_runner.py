@@ -4,7 +4,9 @@ One forward pass per step over the whole mixed batch: every token of every sched
 tokens first, then prefill chunks; see :mod:`engine.attention_metadata`) goes through the embedding, the
 projections, the MLPs and the norms together; only attention splits the batch between the decode and
 prefill kernels. Logits are computed only for the rows that end a sequence's known tokens, then each of
-those rows is sampled with its own request's parameters through the ``sample`` op.
+those rows is sampled with its own request's parameters through the ``sample`` op; a step whose rows are
+all plain greedy (no penalties, bias or logprobs) takes each row's argmax through the ``greedy`` op
+instead, which a decode graph has already run.
 
 KV cache size. ``EngineConfig.num_kv_blocks`` wins when given. On a GPU the runner loads the weights, runs
 a profiling forward over ``max_num_batched_tokens`` tokens, and gives the KV cache what is left of
@@ -249,10 +251,21 @@ class ModelRunner:
 
         ``seeds[i]`` is sequence i's sampling seed (its request's seed, or one the engine drew)."""
         batch = build_step_batch(seqs, num_new_tokens, self.block_size, self.device)
-        logits = self._logits(batch)
+        logits, greedy_tokens = self._logits(batch)
         sampled: list[int | None] = [None] * len(seqs)
         entries: list[TokenLogprob | None] = [None] * len(seqs)
         if not batch.sampled_seqs:
+            return StepResult(sampled, entries)
+        if all(seqs[i].params.plain_greedy for i in batch.sampled_seqs):
+            # Nothing to sample: each row's argmax is its token (the graph computed it already).
+            if greedy_tokens is None:
+                greedy_tokens = self.ops.greedy(logits)
+            token_ids = greedy_tokens.tolist()
+            if -1 in token_ids:
+                raise ValueError(f"greedy: rows {[r for r, t in enumerate(token_ids) if t < 0][:16]} hold NaN or "
+                                 "+inf logits or no finite logit (the model's output is broken)")
+            for row, i in enumerate(batch.sampled_seqs):
+                sampled[i] = token_ids[row]
             return StepResult(sampled, entries)
         from kernels.sampling import SamplingTensors
 
@@ -282,14 +295,15 @@ class ModelRunner:
                 entries[i] = TokenLogprob(token_ids[row], lp[row], top)
         return StepResult(sampled, entries)
 
-    def _logits(self, batch: StepBatch) -> torch.Tensor | None:
+    def _logits(self, batch: StepBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The sampled rows' logits, and their argmax when a decode graph computed it (else None)."""
         if not batch.sampled_seqs:
             self.model.forward(batch.token_ids, batch.positions, self.kv_caches, batch.meta)
-            return None
+            return None, None
         if self.graphs is not None and batch.num_decodes == batch.num_tokens and self.graphs.fits(batch):
             return self.graphs.run(batch)
         hidden = self.model.forward(batch.token_ids, batch.positions, self.kv_caches, batch.meta)
-        return self.model.compute_logits(hidden[batch.logits_rows])
+        return self.model.compute_logits(hidden[batch.logits_rows]), None
 
 
 def warm_up_token_counts(top: int) -> list[int]:

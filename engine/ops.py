@@ -21,6 +21,7 @@ from kernels.device import BACKENDS, check_backend
 ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
+    "greedy",
 )
 
 

@@ -53,6 +53,14 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that edits the logits or asks for more than the token: the row's argmax is
+        the whole answer, so a batch of such rows needs no sampler (the ``greedy`` op does it)."""
+        return (self.temperature == 0.0 and self.logprobs is None and not self.logit_bias
+                and self.presence_penalty == 0.0 and self.frequency_penalty == 0.0
+                and self.repetition_penalty == 1.0)
+
     def validate(self, vocab_size: int | None = None) -> SamplingParams:
         """Raise ValueError naming the first bad field; return self so calls can chain.
 

@@ -91,6 +91,7 @@ def _graphs_on_cpu(max_batch: int) -> DecodeGraphs:
     for bs in graphs.sizes:
         graphs.graphs[bs] = _Snapshot(graphs, bs)
         graphs.logits[bs] = torch.arange(bs * 3.0).view(bs, 3)
+        graphs.greedy_tokens[bs] = torch.full((bs,), 2)
     return graphs
 
 
@@ -102,8 +103,8 @@ def test_graph_inputs_are_staged_and_padded_rows_reset_when_the_batch_shrinks():
         batch = build_step_batch(seqs, [1] * n, BS, torch.device("cpu"))
         assert graphs.fits(batch)
         bs = min(s for s in graphs.sizes if s >= n)
-        logits = graphs.run(batch)
-        assert logits.shape[0] == n
+        logits, greedy_tokens = graphs.run(batch)
+        assert logits.shape[0] == n and greedy_tokens.shape[0] == n
         tokens, positions, slots, tables, lens = graphs.graphs[bs].seen[-1]
         for row, seq in enumerate(seqs):
             pos = seq.num_computed_tokens
@@ -164,7 +165,7 @@ def test_incremental_detokenizer_over_a_long_output_equals_the_full_decode(tmp_p
 
 class _RecordingGraphs:
     """Stands in for DecodeGraphs on the CPU: records which steps would replay a graph, and computes their
-    logits eagerly so that the engine's output must not change."""
+    logits and argmax eagerly so that the engine's output must not change."""
 
     def __init__(self, runner):
         self.runner, self.batches = runner, []
@@ -175,7 +176,8 @@ class _RecordingGraphs:
     def run(self, batch):
         self.batches.append((batch.num_tokens, batch.num_decodes))
         hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
-        return self.runner.model.compute_logits(hidden[batch.logits_rows])
+        logits = self.runner.model.compute_logits(hidden[batch.logits_rows])
+        return logits, self.runner.ops.greedy(logits)
 
 
 def test_single_stream_decode_steps_take_the_graph_path(tmp_path):

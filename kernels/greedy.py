@@ -1,0 +1,167 @@
+"""Greedy decoding: each row's argmax, the step a batch of plain greedy requests needs instead of a sampler.
+
+Math, for one row x of logits over the vocabulary (length V):
+
+    token = min { i : x_i = max_j x_j }        (the lowest index on ties, as torch.argmax and ``sample``)
+    token = -1  when the row holds NaN or +inf, or no finite value at all (``sample`` raises there; the
+                engine turns -1 into the same error)
+
+``sample`` with temperature 0 returns the same tokens; this op exists because a batch whose rows are all
+plain greedy (no penalties, bias or logprobs) needs nothing else, and this fits in the decode step's CUDA
+graph: the engine reads the step's tokens back with one copy instead of building sampling tensors and
+launching a sampler each step.
+
+Layout: logits [B, V] with a unit stride on V (rows may be strided), float32, float16 or bfloat16; the
+result is a fresh int64 [B].
+
+Kernel: one program per row streams the row in BLOCK-wide tiles, keeping per lane the best value and its
+index (a strictly greater value replaces it, so each lane keeps its first maximum), a NaN/+inf flag and
+whether any finite value was seen; the lanes are reduced at the end (max value, then the lowest index
+holding it). Memory-bound: it reads B*V elements once. One program per row leaves most of the card idle at
+batch 1 but a 152k-token row is 0.6 MB, a few microseconds for one SM; the point is the launch it saves,
+not bandwidth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import alloc
+from kernels._triton import tl, triton
+from kernels.device import check_backend, vendor
+from kernels.registry import Op, register
+
+
+@triton.jit(do_not_specialize=["V", "stride_row"])
+def _greedy_kernel(logits_ptr, out_ptr, V, stride_row, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride_row
+    lanes = tl.arange(0, BLOCK)
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    best_i = tl.full([BLOCK], 2147483647, tl.int32)
+    bad = tl.zeros([BLOCK], tl.int32)
+    finite = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + lanes
+        ok = offs < V
+        x = tl.load(base + offs, mask=ok, other=float("-inf")).to(tl.float32)
+        bad |= ((x != x) | (x == float("inf"))).to(tl.int32)
+        finite |= (x > float("-inf")).to(tl.int32)
+        take = x > best
+        best = tl.where(take, x, best)
+        best_i = tl.where(take, offs, best_i)
+    m = tl.max(best, 0)
+    token = tl.min(tl.where(best == m, best_i, 2147483647), 0)
+    invalid = (tl.max(bad, 0) > 0) | (tl.max(finite, 0) == 0)
+    tl.store(out_ptr + row, tl.where(invalid, -1, token).to(tl.int64))
+
+
+# --- configs as data ------------------------------------------------------------------------------
+# Elements per loop step and warps: 4096 over 8 warps is 16 fp32 per lane (four 16-byte loads in flight).
+CONFIGS = {
+    "cuda": dict(BLOCK=4096, num_warps=8),
+    "hip": dict(BLOCK=4096, num_warps=8),   # 64-lane wavefronts: 8 elements per lane
+}
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check(logits: torch.Tensor, dtypes: tuple = KERNEL_DTYPES) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"greedy: logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in dtypes:
+        raise TypeError(f"greedy: logits must be one of {', '.join(str(d).removeprefix('torch.') for d in dtypes)}, "
+                        f"got {logits.dtype}")
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"greedy: logits must be [batch, vocab] with vocab >= 1, got shape {tuple(logits.shape)}")
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax (lowest index on ties) as int64 [B]; -1 for a row with NaN, +inf or no finite value."""
+    _check(logits)
+    check_backend("triton", logits.device)
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    B, V = logits.shape
+    out = alloc.empty(B, dtype=torch.int64, device=logits.device)
+    if B > 0:
+        cfg = CONFIGS["cuda" if vendor() == "cpu" else vendor()]
+        block = min(cfg["BLOCK"], triton.next_power_of_2(V))
+        _greedy_kernel[(B,)](logits, out, V, logits.stride(0), BLOCK=block, num_warps=cfg["num_warps"])
+    return out
+
+
+def greedy_reference(logits: torch.Tensor) -> torch.Tensor:
+    """Pure torch, same signature (float64 accepted too)."""
+    _check(logits, (*KERNEL_DTYPES, torch.float64))
+    x = logits.double()
+    token = torch.argmax(x, dim=1)  # torch.argmax returns the first maximal index
+    invalid = torch.isnan(x).any(1) | torch.isposinf(x).any(1) | ~torch.isfinite(x).any(1)
+    return torch.where(invalid, torch.full_like(token, -1), token)
+
+
+def greedy_eager(logits: torch.Tensor) -> torch.Tensor:
+    """The baseline: torch.argmax alone (no validity check)."""
+    return torch.argmax(logits, dim=1)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+VOCABS = [151936, 128256, 32000]
+
+
+def _cases(profile: str):
+    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
+
+    if profile == "cpu":
+        batch, vocab = st.sampled_from([1, 3, 8]), st.sampled_from([1, 7, 455, 5000])
+    else:
+        batch, vocab = st.sampled_from([1, 7, 64, 256]), st.sampled_from([*VOCABS, 4096 + 17])
+    ties = st.sampled_from(["none", "ties", "bad"])
+    return st.fixed_dictionaries({"batch": batch, "vocab": vocab, "dtype": st.sampled_from(DTYPES), "mode": ties})
+
+
+def _make_inputs(case, device, gen):
+    B, V = case["batch"], case["vocab"]
+    x = 4 * torch.randn(B, V, generator=gen, device=device)
+    if case.get("mode") == "ties" and V > 1:
+        # The maximum repeated at a few random places per row: the lowest of them must win.
+        cols = torch.randint(0, V, (B, 3), generator=gen, device=device)
+        x.scatter_(1, cols, x.max(dim=1, keepdim=True).values.expand(B, 3) + 1.0)
+    elif case.get("mode") == "bad" and B > 1:
+        x[0, V // 2] = float("nan")
+        x[B - 1] = float("-inf")
+    return {"logits": x.to(case["dtype"])}
+
+
+def _compare(out, ref, kernel_inputs, ref_inputs, case):
+    """Token ids must match exactly (a tolerance would pass a neighbouring token)."""
+    if out.dtype != torch.int64 or out.shape != ref.shape:
+        raise AssertionError(f"greedy: got {out.dtype} {tuple(out.shape)}, expected int64 {tuple(ref.shape)}")
+    wrong = (out.cpu() != ref.cpu()).nonzero().flatten().tolist()
+    if wrong:
+        raise AssertionError(f"greedy: rows {wrong[:8]} differ for case {case}: got {out[wrong[:8]].tolist()}, "
+                             f"expected {ref[wrong[:8]].tolist()}")
+
+
+def _bench_cases():
+    return [{"batch": b, "vocab": v, "dtype": torch.float32, "mode": "none"} for v in VOCABS for b in (1, 8, 64, 256)]
+
+
+register(Op(
+    name="greedy",
+    triton=greedy,
+    torch=greedy_reference,
+    cases=_cases,
+    make_inputs=_make_inputs,
+    bench_cases=_bench_cases,
+    smoke_cases=lambda: [{"batch": 3, "vocab": 455, "dtype": dt, "mode": m} for dt in DTYPES
+                         for m in ("ties", "bad")],
+    flops=lambda c: float(c["batch"] * c["vocab"]),
+    bytes=lambda c: float(c["batch"] * c["vocab"] * c["dtype"].itemsize),
+    compare=_compare,
+    baseline=greedy_eager,
+    baseline_name="torch.argmax",
+))
