@@ -5,8 +5,10 @@ and this table decides which registered implementation that is: the engine's bac
 GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrides`` names another
 implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
 edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
-without touching engine code. Ops the model never calls (the GGUF ones for a safetensors model) are
-resolved at first use, so a missing optional module only matters to models that need it.
+without touching engine code. A fused op (RoPE with the KV write, the SwiGLU gate with the down
+projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
+calls (the GGUF ones for a safetensors model) are resolved at first use, so a missing optional module
+only matters to models that need it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from kernels.device import BACKENDS, check_backend
 ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
-    "greedy",
+    "greedy", "rope_kv_write", "silu_mul_linear",
 )
+# Fused ops and the ops they stand for. The model calls a fused op only while none of its parts is swapped
+# for another implementation (a researcher's edited ``rope`` must run, not be fused away), unless the fused
+# op itself is swapped.
+FUSIONS = {"rope_kv_write": ("rope", "kv_cache_write"), "silu_mul_linear": ("silu_and_mul", "linear")}
 
 
 class OpTable:
@@ -63,6 +69,10 @@ class OpTable:
         # Cache as an instance attribute: later lookups skip __getattr__ (thousands per step).
         setattr(self, name, fn)
         return fn
+
+    def fused(self, name: str) -> bool:
+        """Whether the model should call the fused op ``name`` rather than its parts (see FUSIONS)."""
+        return name in self.overrides or not any(part in self.overrides for part in FUSIONS[name])
 
     def describe(self) -> dict[str, str]:
         """Op name -> chosen implementation name, for logs and ``stats()``."""

@@ -56,7 +56,7 @@ PROGRAMS_PER_SM = 2
 def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_INPUT: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -75,6 +75,12 @@ def _linear_decode_kernel(
     for k in range(k_start, k_end, BLOCK_K):
         in_k = (k + offs_k)[None, :] < k_end
         a = tl.load(x_ptrs, mask=in_m & in_k, other=0.0)
+        if SILU_INPUT:
+            # x holds [gate | up] (2K per row): the input is silu(gate) * up, rounded to x's dtype as
+            # silu_and_mul would store it, so the product matches the unfused pair.
+            g = a.to(tl.float32)
+            u = tl.load(x_ptrs + K, mask=in_m & in_k, other=0.0).to(tl.float32)
+            a = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptrs, mask=in_k, other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
@@ -149,15 +155,17 @@ _MIN_BLOCK_N = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS
 
 
 def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
+                     config: dict | None = None, k_chunk: int | None = None, silu_input: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D contiguous-along-K operands by split-K weight streaming.
 
-    ``k_chunk`` overrides :func:`decode_chunk` (tests use it to exercise the reduction on small K);
-    ``config`` (a ``DECODE_CONFIGS`` entry) bypasses the autotuner. Any M works: rows beyond 64 are
-    handled by further row tiles, though the prefill kernels are faster there.
+    ``silu_input``: x is [M, 2K], a SwiGLU's gate and up halves, and the product's input is
+    ``silu(gate) * up`` computed as the tiles are loaded (kernels/silu_linear.py). ``k_chunk`` overrides
+    :func:`decode_chunk` (tests use it to exercise the reduction on small K); ``config`` (a
+    ``DECODE_CONFIGS`` entry) bypasses the autotuner. Any M works: rows beyond 64 are handled by further
+    row tiles, though the prefill kernels are faster there.
     """
-    M, K = x.shape
-    N = weight.shape[0]
+    M = x.shape[0]
+    N, K = weight.shape
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
@@ -173,7 +181,8 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, block_m))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
-    flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m)
+    flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m,
+                 SILU_INPUT=silu_input)
     if config is None:
         _decode[grid](*args, **flags)
     else:

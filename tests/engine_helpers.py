@@ -94,3 +94,41 @@ def single_threaded():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class EagerGraphs:
+    """Stands in for the runner's CUDA graphs on a CPU: takes every decode step the engine offers it,
+    records its shape, and computes the logits and their argmax eagerly (as the captured graph returns
+    them), so the engine's output must not change."""
+
+    def __init__(self, runner):
+        self.runner, self.batches = runner, []
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def fits(self, batch):
+        return True
+
+    def run(self, batch):
+        self.batches.append((batch.num_tokens, batch.num_decodes))
+        hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
+        logits = self.runner.model.compute_logits(hidden[batch.logits_rows])
+        return logits, self.runner.ops.greedy(logits)
+
+
+class OpSpy:
+    """Counts an engine's calls of the named ops (``spy.calls[name]``), passing each through."""
+
+    def __init__(self, engine, names):
+        self.calls = dict.fromkeys(names, 0)
+        ops = engine.runner.ops
+        for name in names:
+            setattr(ops, name, self._wrap(name, ops.get(name)))
+
+    def _wrap(self, name, fn):
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+        return call

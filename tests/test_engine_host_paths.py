@@ -21,6 +21,7 @@ from engine.detokenizer import StopStringMatcher
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from kernels._sampling_params import SMALL_BATCH, rng_keys
+from tests.engine_helpers import EagerGraphs
 
 pytestmark = pytest.mark.engine
 
@@ -163,23 +164,6 @@ def test_incremental_detokenizer_over_a_long_output_equals_the_full_decode(tmp_p
         assert all("\ufffd" not in p for p in pieces)
 
 
-class _RecordingGraphs:
-    """Stands in for DecodeGraphs on the CPU: records which steps would replay a graph, and computes their
-    logits and argmax eagerly so that the engine's output must not change."""
-
-    def __init__(self, runner):
-        self.runner, self.batches = runner, []
-
-    def fits(self, batch):
-        return True
-
-    def run(self, batch):
-        self.batches.append((batch.num_tokens, batch.num_decodes))
-        hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
-        logits = self.runner.model.compute_logits(hidden[batch.logits_rows])
-        return logits, self.runner.ops.greedy(logits)
-
-
 def test_single_stream_decode_steps_take_the_graph_path(tmp_path):
     from engine.config import EngineConfig
     from engine.demo_model import build_demo_model
@@ -194,7 +178,7 @@ def test_single_stream_decode_steps_take_the_graph_path(tmp_path):
     eager_ids = []
     while engine.has_unfinished():
         eager_ids += [t for o in engine.step() if o.request_id == eager for t in o.new_token_ids]
-    engine.runner.graphs = graphs = _RecordingGraphs(engine.runner)
+    engine.runner.graphs = graphs = EagerGraphs(engine.runner)
     request = engine.add_request(prompt, params)
     ids = []
     while engine.has_unfinished():

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.engine_helpers import EagerGraphs
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SUITE, GPU_ENGINE = ROOT / "bench" / "gpu_suite.sh", ROOT / "bench" / "gpu_engine.sh"
 MODELS = ("qwen2.5-0.5b", "llama-3.2-1b")
@@ -214,21 +216,6 @@ def test_engine_bench_keeps_earlier_phases_when_one_fails(tmp_path, monkeypatch,
     assert f"failed for {MODELS[0]}" in capsys.readouterr().err
 
 
-class _EagerGraphs:
-    """Stands in for the runner's CUDA graphs on the CPU: takes every decode step, computes it eagerly."""
-
-    def __init__(self, runner):
-        self.runner, self.calls = runner, 0
-
-    def fits(self, batch):
-        return True
-
-    def run(self, batch):
-        self.calls += 1
-        hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
-        return self.runner.model.compute_logits(hidden[batch.logits_rows])
-
-
 def test_run_engine_counts_graph_replays(tmp_path):
     from bench.engine_bench import count_graph_replays, run_engine
     from bench.model_shapes import MODELS as SHAPES
@@ -239,7 +226,7 @@ def test_run_engine_counts_graph_replays(tmp_path):
     model = write_model(tmp_path / "m", dict(SHAPES["qwen2.5-0.5b"], **SMOKE_SHAPE), torch.device("cpu"))
     engine = LLMEngine(EngineConfig(model=str(model), backend="torch", device="cpu", max_model_len=64))
     assert run_engine(engine, [([3, 4, 5], 3)], count_graph_replays(engine))["graph_replays"] == 0
-    engine.runner.graphs = graphs = _EagerGraphs(engine.runner)
+    engine.runner.graphs = graphs = EagerGraphs(engine.runner)
     replays = count_graph_replays(engine)
     run = run_engine(engine, [([11, 12, 13, 14], 5)], replays)
     # one prefill step samples the first token, then 4 decode steps, each through the graph path

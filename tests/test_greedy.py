@@ -12,8 +12,7 @@ import torch
 
 from kernels import alloc, registry
 from kernels.greedy import CONFIGS, greedy, greedy_reference
-
-from tests.engine_helpers import make_engine, single_threaded  # noqa: F401  (autouse fixture: one CPU thread)
+from tests.engine_helpers import OpSpy, make_engine, single_threaded  # noqa: F401  (autouse fixture: one CPU thread)
 from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.greedy
@@ -66,23 +65,6 @@ def test_bad_input_is_named():
         greedy(torch.zeros(2, 3, dtype=torch.int32))
 
 
-class _Spy:
-    """Counts the sampler and greedy calls an engine makes, passing them through."""
-
-    def __init__(self, engine):
-        self.calls = {"sample": 0, "greedy": 0}
-        ops = engine.runner.ops
-        for name in self.calls:
-            fn = ops.get(name)
-            setattr(ops, name, self._wrap(name, fn))
-
-    def _wrap(self, name, fn):
-        def call(*args, **kwargs):
-            self.calls[name] += 1
-            return fn(*args, **kwargs)
-        return call
-
-
 def _run(engine, requests):
     ids = [engine.add_request(p, params) for p, params in requests]
     out = {i: [] for i in ids}
@@ -99,7 +81,7 @@ def test_engine_uses_the_greedy_op_only_when_every_row_is_plain_greedy(tiny_mode
     prompt = list(range(3, 20))
     engine = make_engine(tiny_model_dir)
     try:
-        spy = _Spy(engine)
+        spy = OpSpy(engine, ("sample", "greedy"))
         [alone] = _run(engine, [(prompt, greedy_params)])
         assert spy.calls == {"sample": 0, "greedy": 5}
         # Penalties, logprobs or a sampled neighbour send the step through the sampler, same tokens.

@@ -6,11 +6,13 @@
   applied and the outputs concatenated. Dense weights go to the ``linear`` op, quantized ones (any object
   with ``data``, ``qtype`` and ``shape``, i.e. the loader's ``GGUFWeight``) to ``gguf_linear``.
 - :class:`Embedding`: a row gather; quantized tables dequantize only the rows looked up.
-- :class:`Attention`: fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE in place, the
-  chunk's keys and values written into the paged cache, then attention: decode tokens (the first
+- :class:`Attention`: fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE in place and the
+  chunk's keys and values written into the paged cache (one fused op unless either part is swapped), then
+  attention: decode tokens (the first
   ``num_decode_tokens`` of the batch) through ``paged_decode_attention``, prefill chunks through
   ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
-- :class:`MLP`: SwiGLU, ``down(silu(gate x) * up x)`` with gate and up fused.
+- :class:`MLP`: SwiGLU, ``down(silu(gate x) * up x)`` with gate and up fused, and the gate applied inside
+  the down projection (``silu_mul_linear``) when that is dense and neither part is swapped.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class Attention:
         self.qkv, self.o_proj = qkv, o_proj
         self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = head_dim ** -0.5
+        self.fuse_rope_kv = ops.fused("rope_kv_write")
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -123,8 +126,11 @@ class Attention:
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         # RoPE rotates q and k in place; views into the fused qkv output are fine (unit stride on D).
-        self.ops.rope(q, k, positions, cos_sin_cache)
-        self.ops.kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+        if self.fuse_rope_kv:
+            self.ops.rope_kv_write(q, k, v, positions, cos_sin_cache, k_cache, v_cache, meta.slot_mapping)
+        else:
+            self.ops.rope(q, k, positions, cos_sin_cache)
+            self.ops.kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
         nd = meta.num_decode_tokens
         decoded = prefilled = None
         if nd > 0:
@@ -147,6 +153,12 @@ class Attention:
 class MLP:
     def __init__(self, ops: OpTable, gate_up: Linear, down: Linear):
         self.ops, self.gate_up, self.down = ops, gate_up, down
+        # One dense down matrix: the gate can be applied as the down projection loads its input.
+        dense_down = len(down.weights) == 1 and not is_quantized(down.weights[0])
+        self.fuse_down = dense_down and ops.fused("silu_mul_linear")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.ops.silu_and_mul(self.gate_up(x)))
+        h = self.gate_up(x)
+        if self.fuse_down:
+            return self.ops.silu_mul_linear(h, self.down.weights[0], self.down.biases[0])
+        return self.down(self.ops.silu_and_mul(h))
