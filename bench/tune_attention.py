@@ -43,12 +43,13 @@ PREFILL_TILES = [
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
 ]
-DECODE_TILES = [
+DECODE_TILES = [  # 5 stages double-buffer K/V (kernels/paged_decode.py); 64/4/3 is the single-buffered one
+    dict(BLOCK_N=32, num_warps=4, num_stages=5),
+    dict(BLOCK_N=64, num_warps=4, num_stages=5),
+    dict(BLOCK_N=64, num_warps=4, num_stages=7),
+    dict(BLOCK_N=64, num_warps=8, num_stages=5),
+    dict(BLOCK_N=128, num_warps=8, num_stages=5),
     dict(BLOCK_N=64, num_warps=4, num_stages=3),
-    dict(BLOCK_N=64, num_warps=4, num_stages=4),
-    dict(BLOCK_N=32, num_warps=4, num_stages=4),
-    dict(BLOCK_N=128, num_warps=4, num_stages=3),
-    dict(BLOCK_N=32, num_warps=2, num_stages=6),
 ]
 BF16 = torch.bfloat16
 DEVICE = "cuda"

@@ -21,11 +21,22 @@ lse_s = m_s + log2(l_s); a reduce kernel combines them:
 
 Why a fixed size and not a fixed count: a sequence's partition then depends only on ``split_size``, not on
 its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
-size is the same. :func:`choose_split_size` picks it from (batch, kv heads, max context, SM count) so that
-small batches with long contexts still give about two programs per SM; it is a power of two, so it moves
-in coarse steps. An engine that needs bitwise batch invariance passes one constant ``split_size``. The
+size is the same. An engine that needs bitwise batch invariance passes one constant ``split_size``. The
 result depends on the split size only through rounding (tested). With a single split the kernel writes
 the output directly and the reduce is skipped.
+
+How many splits (:func:`choose_split_size`, from batch, KV heads, max context and the SM count). Decode
+moves bytes and nothing else, so the question is how many bytes each SM has in flight, start to end:
+
+- at most ``PROGRAMS_PER_SM`` (2) programs per SM in all: a launch that fits one wave has no tail wave
+  (on an H200, 512 programs where 396 fit at once ran 1.2x slower than 256 longer ones);
+- at least ``MIN_SPLIT`` (256) tokens per split: shorter programs spend their time starting up;
+- at most ``MAX_SPLITS`` (64) splits: the reduce then combines each head in one or two steps;
+- the size rounded up to whole ``SPLIT_ALIGN`` (64)-token tiles, so no split ends on a masked tile.
+
+Bytes in flight per program come from the tile (:data:`TILES`): the pipeliner puts the block-table load
+one stage before the K/V loads that use it, so only ``num_stages=5`` double-buffers K and V (at 3 or 4
+stages each program waits for every tile before asking for the next).
 
 No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int, an upper bound of
 context_lens: a smaller value would drop tokens, which TRITONFORGE_DEBUG_CHECKS=1 catches) or, if it is
@@ -48,8 +59,10 @@ from kernels.device import interpreting, num_sms, vendor
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
-MIN_SPLIT, SPLIT_ALIGN = 64, 16
-REDUCE_SPLITS = 16  # partial outputs combined per step of the reduce (a [16, D] fp32 tile in registers)
+# The split policy (see the module docstring and choose_split_size).
+PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 256, 64, 64
+COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
+REDUCE_SPLITS = 32  # partial outputs combined per step of the reduce (a [32, D] fp32 tile in registers)
 
 
 @triton.jit
@@ -156,20 +169,25 @@ def _decode_reduce_kernel(
 
 
 # --- configs (data) -------------------------------------------------------------------------------
-# One tile per vendor and padded head dim, measured by bench/tune_attention.py (bf16); a fixed table
-# rather than triton.autotune for the reason given in kernels/prefill_attention.py. The interpreter
-# runs 16-token tiles (least CPU time per program at the test shapes).
+# Two tiles per vendor and padded head dim: SPLIT_TILES for launches cut into splits (at most two programs
+# per SM, each a short loop: the larger tile keeps more bytes in flight per program), TILES for launches
+# with one split per sequence (large batches, several waves: 32-token tiles let four programs share an SM,
+# so 512 programs fit one wave of 528 on an H100/H200 where 64-token tiles fit 396). Measured on an NVIDIA
+# H200 (bench/results/NVIDIA_H200/run6/decode_notes.md): bf16 D=128 in full, the other entries against the
+# previous 3-stage tiles on two shapes each. A fixed table rather than triton.autotune for the reason given
+# in kernels/prefill_attention.py. The interpreter runs 16-token tiles (least CPU time per program at the
+# test shapes).
 
-TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
+TILES = {  # vendor -> element size in bytes -> padded head dim -> tile (one split per sequence)
     "cuda": {
         2: {
-            64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
-            128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
-            256: dict(BLOCK_N=32, num_warps=4, num_stages=3),
+            64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
+            128: dict(BLOCK_N=32, num_warps=4, num_stages=5),
+            256: dict(BLOCK_N=32, num_warps=4, num_stages=5),
         },
         4: {
-            128: dict(BLOCK_N=32, num_warps=4, num_stages=3),
-            256: dict(BLOCK_N=16, num_warps=8, num_stages=3),  # 4 warps spill registers here
+            128: dict(BLOCK_N=32, num_warps=4, num_stages=3),  # 5 stages: 4% slower here (546 vs 526 us)
+            256: dict(BLOCK_N=16, num_warps=8, num_stages=5),  # 4 warps spill registers here
         },
     },
     "hip": {  # not measured yet
@@ -178,28 +196,46 @@ TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
     },
     "interpreter": {2: {256: dict(BLOCK_N=16)}, 4: {256: dict(BLOCK_N=16)}},
 }
+SPLIT_TILES = {  # the same keys: the tile of launches cut into splits
+    "cuda": {
+        2: {
+            64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
+            128: dict(BLOCK_N=64, num_warps=4, num_stages=5),
+            256: dict(BLOCK_N=32, num_warps=4, num_stages=5),
+        },
+        4: {
+            128: dict(BLOCK_N=32, num_warps=4, num_stages=5),
+            256: dict(BLOCK_N=16, num_warps=8, num_stages=5),
+        },
+    },
+    "hip": TILES["hip"],
+    "interpreter": TILES["interpreter"],
+}
 
 
-def pick_tile(d_pad: int, itemsize: int) -> dict:
+def pick_tile(d_pad: int, itemsize: int, split: bool = False) -> dict:
     """The launch tile for a padded head dim and element size here (looked up at launch, never at import)."""
-    table = TILES["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
+    tiles = SPLIT_TILES if split else TILES
+    table = tiles["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
     return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
 
 
 # --- launcher -------------------------------------------------------------------------------------
 
 def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None) -> int:
-    """Tokens per split: the largest power of two that still gives at least two programs per SM.
+    """Tokens per split for a launch of ``batch`` sequences of up to ``max_context_len`` tokens.
 
-    batch * num_kv_heads programs exist per split; long contexts in small batches are cut until
-    batch * num_kv_heads * splits >= 2 * SMs, but never below MIN_SPLIT tokens (below that the partial
-    outputs cost more traffic than they save). Large batches get one split: no reduce at all.
+    ``batch * num_kv_heads`` programs exist per split. The split count is the largest that keeps
+    ``programs * splits <= PROGRAMS_PER_SM * sms`` (one wave), splits of at least ``MIN_SPLIT`` tokens
+    and at most ``MAX_SPLITS`` splits; batches that fill the card alone get one split (no reduce). The
+    size is rounded up to whole ``SPLIT_ALIGN``-token tiles. A researcher can call this with another
+    ``sms`` or pass ``split_size``/``num_splits`` to the op to override it.
     """
     sms = num_sms() if sms is None else sms
     programs = max(1, batch * num_kv_heads)
-    want_splits = max(1, -(-2 * sms // programs))
-    size = max(1, -(-max_context_len // want_splits))
-    return max(MIN_SPLIT, 1 << (size.bit_length() - 1))  # round down: never fewer splits than wanted
+    splits = min(PROGRAMS_PER_SM * sms // programs, max_context_len // MIN_SPLIT, MAX_SPLITS)
+    size = -(-max(max_context_len, 1) // max(1, splits))
+    return -(-size // SPLIT_ALIGN) * SPLIT_ALIGN
 
 
 def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int:
@@ -211,7 +247,7 @@ def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int
         if not isinstance(num_splits, int) or num_splits < 1:
             raise ValueError(f"paged_decode_attention: num_splits must be a positive int, got {num_splits!r}")
         size = -(-max(max_context, 1) // num_splits)
-        return -(-size // SPLIT_ALIGN) * SPLIT_ALIGN
+        return -(-size // COUNT_ALIGN) * COUNT_ALIGN
     return choose_split_size(batch, num_kv_heads, max_context)
 
 
@@ -256,7 +292,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
     ``max_context_len`` (host int, an upper bound of context_lens) sizes the grid; ``num_splits`` or
     ``split_size`` override :func:`choose_split_size` (``split_size`` wins if both are given). ``_tile``
-    (benchmarks only) overrides the launch tile from :data:`TILES`.
+    (benchmarks only) overrides the launch tile from :data:`TILES` / :data:`SPLIT_TILES`.
     """
     max_context = _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len)
     if checks.debug_checks():
@@ -280,6 +316,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
+    tile = _tile or pick_tile(d_pad, q.element_size(), split=not direct)
     _decode_split_kernel[(batch, kv_heads, max_splits)](
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -287,7 +324,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         scale * LOG2E, group, q_heads, size, max_splits, max_context,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
-        DIRECT=direct, UPCAST=interpreting(), **(_tile or pick_tile(d_pad, q.element_size())),
+        DIRECT=direct, UPCAST=interpreting(), **tile,
     )
     if not direct:
         _decode_reduce_kernel[(batch, q_heads)](
