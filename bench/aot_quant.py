@@ -31,20 +31,28 @@ TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", t
 
 
 class _Capture:
-    """Stands in for a tuned kernel: records the launch instead of running it."""
+    """Stands in for a tuned kernel: records the launch (and which kernel it was for) instead of running it."""
 
-    def __init__(self, kernel, config: dict):
-        self.kernel, self.config, self.calls = kernel, config, []
+    def __init__(self, config: dict):
+        self.kernel, self.config, self.calls = None, config, []
+
+    def bind(self, tuned):
+        self.kernel = tuned.kernel
+        return self
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.calls.append((args, {**kwargs, **self.config}))
 
 
-def capture(module, tuned_name: str, config: dict, launch: Callable[[], object]):
-    """(kernel, positional args, keyword args) of the launch ``launch()`` makes through ``module.launcher``."""
-    cap = _Capture(getattr(module, tuned_name).kernel, config)
+def capture(module, config: dict, launch: Callable[[], object]):
+    """(kernel, positional args, keyword args) of the launch ``launch()`` makes through ``module.launcher``.
+
+    ``launch`` should pin ``config`` itself (``config=``): a launcher picks its kernel (GEMV or tensor-core)
+    by the pinned config.
+    """
+    cap = _Capture(config)
     original = module.launcher
-    module.launcher = lambda tuned, cfg: cap
+    module.launcher = lambda tuned, cfg: cap.bind(tuned)
     try:
         launch()
     finally:
@@ -138,7 +146,7 @@ def inspect(compiled) -> Report:
 
 
 def decode_launches():
-    """(label, module, tuned name, config, launch, weight bytes per loop trip) for the M = 1 decode kernels."""
+    """(label, module, config, launch, weight bytes per loop trip) for the M = 1 decode kernels."""
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
     from kernels.gguf_formats import FORMATS, random_blocks
@@ -150,19 +158,18 @@ def decode_launches():
     w = (0.05 * torch.randn(N, K, generator=gen)).to(torch.bfloat16)
     q4, s4, z4 = quantize_w4(w, 128)
     q8, s8 = quantize_w8(w)
-    for c in ql.W4_CONFIGS["cuda"]:
-        if c["BLOCK_M"] == 16:
-            yield (f"w4a16 g128 {c}", ql, "_w4a16", c, lambda: ql.w4a16_linear(x, q4, s4, z4, 128),
-                   c["BLOCK_N"] * 64 * c["GROUPS_PER_ITER"])
-    for c in ql.W8_CONFIGS["cuda"]:
-        if c["BLOCK_M"] == 16:
-            yield f"w8a16 {c}", ql, "_w8a16", c, lambda: ql.w8a16_linear(x, q8, s8), c["BLOCK_N"] * c["BLOCK_K"]
+    for c in ql.W4_GEMV_CONFIGS["cuda"] + [c for c in ql.W4_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
+        yield (f"w4a16 g128 {c}", ql, c, lambda c=c: ql.w4a16_linear(x, q4, s4, z4, 128, config=c),
+               c["BLOCK_N"] * 64 * c["GROUPS_PER_ITER"])
+    for c in ql.W8_GEMV_CONFIGS["cuda"] + [c for c in ql.W8_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
+        yield (f"w8a16 {c}", ql, c, lambda c=c: ql.w8a16_linear(x, q8, s8, config=c),
+               c["BLOCK_N"] * (4 * c["BLOCK_W"] if "BLOCK_W" in c else c["BLOCK_K"]))
+    gemv = {gl.Q4_0: gl.Q4_0_GEMV_CONFIGS["cuda"], gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"]}
     for q in sorted(FORMATS):
         fmt, data = FORMATS[q], random_blocks(q, N, K, generator=gen)
-        for c in gl.CONFIGS["cuda"]:
-            if fmt.block_size != 256 or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32):
-                yield (f"gguf {fmt.name} {c}", gl, "_gguf_linear", c,
-                       lambda data=data, q=q: gl.gguf_linear(x, data, q),
+        for c in gemv.get(q, []) + gl.CONFIGS["cuda"]:
+            if "BLOCK_M" not in c or fmt.block_size != 256 or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32):
+                yield (f"gguf {fmt.name} {c}", gl, c, lambda data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c),
                        c["BLOCK_N"] * fmt.type_size * c["BLOCKS_PER_ITER"])
 
 
@@ -180,30 +187,43 @@ def check_launches():
     for dtype, m in ((torch.bfloat16, 1), (torch.bfloat16, 64), (torch.float16, 1)):
         x = torch.randn(m, 512, generator=gen).to(dtype)
         s, z, bias = s4.to(dtype), z4.to(dtype), x[0, :64]
-        w4 = next(c for c in ql.W4_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))
-        w8 = next(c for c in ql.W8_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))
-        yield (f"w4a16 {dtype} M={m} {w4}", ql, "_w4a16", w4,
-               lambda x=x, s=s, z=z, bias=bias: ql.w4a16_linear(x, q4, s, z, 128, bias))
-        yield f"w8a16 {dtype} M={m} {w8}", ql, "_w8a16", w8, lambda x=x: ql.w8a16_linear(x, q8, s8)
+        w4s = [next(c for c in ql.W4_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))]
+        w8s = [next(c for c in ql.W8_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))]
+        if m == 1:  # and the GEMV kernels, at one row and at four (M = 3)
+            w4s.append(ql.W4_GEMV_CONFIGS["cuda"][0])
+            w8s.append(ql.W8_GEMV_CONFIGS["cuda"][0])
+        for rows in ((m,) if m > 1 else (1, 3)):
+            xr = torch.randn(rows, 512, generator=gen).to(dtype)
+            for w4 in w4s:
+                if rows > 1 and "BLOCK_M" in w4:
+                    continue
+                yield (f"w4a16 {dtype} M={rows} {w4}", ql, w4,
+                       lambda x=xr, s=s, z=z, bias=bias, w4=w4: ql.w4a16_linear(x, q4, s, z, 128, bias, config=w4))
+            for w8 in w8s:
+                if rows > 1 and "BLOCK_M" in w8:
+                    continue
+                yield f"w8a16 {dtype} M={rows} {w8}", ql, w8, lambda x=xr, w8=w8: ql.w8a16_linear(x, q8, s8, config=w8)
     for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0]), (torch.float32, [Q4_0])):
         x = torch.randn(1, 512, generator=gen).to(dtype)
         for q in qtypes:
             data = random_blocks(q, 64, 512, generator=gen)
             # The configs the autotuner would try first for this format.
-            c = next(c for c in gl.CONFIGS["cuda"] if FORMATS[q].block_size != 256
-                     or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32))
-            yield (f"gguf {FORMATS[q].name} {dtype} {c}", gl, "_gguf_linear", c,
-                   lambda x=x, data=data, q=q: gl.gguf_linear(x, data, q))
+            cs = [next(c for c in gl.CONFIGS["cuda"] if FORMATS[q].block_size != 256
+                       or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32))]
+            cs += {gl.Q4_0: gl.Q4_0_GEMV_CONFIGS["cuda"][:1], gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"][:1]}.get(q, [])
+            for c in cs:
+                yield (f"gguf {FORMATS[q].name} {dtype} {c}", gl, c,
+                       lambda x=x, data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c))
             if dtype == torch.bfloat16:
-                yield (f"gguf_dequantize {FORMATS[q].name}", gd, "_dequant", gd.CONFIGS["cuda"][0],
+                yield (f"gguf_dequantize {FORMATS[q].name}", gd, gd.CONFIGS["cuda"][0],
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))
 
 
 def check() -> int:
     """Compile every ``check_launches`` variant; nonzero exit on a compile error or a register spill."""
     failures = 0
-    for label, module, tuned, config, launch in check_launches():
-        kernel, args, kwargs = capture(module, tuned, config, launch)
+    for label, module, config, launch in check_launches():
+        kernel, args, kwargs = capture(module, config, launch)
         try:
             report = inspect(compile_sm90(kernel, args, dict(kwargs)))
         except Exception as e:  # every variant is tried; each failure is reported with its cause
@@ -223,8 +243,8 @@ def main() -> int:
     if "--check" in sys.argv[1:]:
         return check()
     print(f"{'kernel and config':<100}{'regs':>5}{'stack':>6}{'loop':>6}{'instr/B':>8}")
-    for label, module, tuned, config, launch, bytes_per_trip in decode_launches():
-        kernel, args, kwargs = capture(module, tuned, config, launch)
+    for label, module, config, launch, bytes_per_trip in decode_launches():
+        kernel, args, kwargs = capture(module, config, launch)
         report = inspect(compile_sm90(kernel, args, dict(kwargs)))
         per_byte = report.loop_instructions * config["num_warps"] / bytes_per_trip
         print(f"{label:<100}{report.registers:>5}{report.stack_bytes:>6}{report.loop_instructions:>6}"

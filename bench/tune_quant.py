@@ -60,8 +60,26 @@ def input_sets(op, case, l2_bytes, seed=0):
     return [op.make_inputs(case, torch.device(DEVICE), gen) for _ in range(n)]
 
 
+def warm_capture_stream(fn, sets) -> None:
+    """Run ``fn`` once per input set on the stream that ``torch.cuda.graph`` captures on.
+
+    The split-K arrival counters are made per stream and may not be made during a capture
+    (``kernels._split_k.arrival_counters``); ``do_bench_cudagraph`` captures on torch's default capture
+    stream, which no eager launch has used, so a split launch would fail there without this.
+    """
+    torch.cuda.graph(torch.cuda.CUDAGraph())  # makes torch's default capture stream if it is not there yet
+    stream = torch.cuda.graph.default_capture_stream
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for s in sets:
+            fn(**s)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+
+
 def time_case(op, case, sets, impl=None) -> float:
     fn = impl or op.impl("triton")
+    warm_capture_stream(fn, sets[:1])
     return time_rotating(fn, sets, graph=True)
 
 
@@ -93,15 +111,16 @@ def bench(ceil, rows, deadline, save) -> None:
         del sets
 
 
-def explore(ceil, rows, save) -> None:
+def explore(ceil, rows, save, deadline=None) -> None:
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
 
-    plans = [
-        ("linear_w4a16", {"group_size": 128}, ql.W4_CONFIGS["cuda"]),
-        ("linear_w8a16", {}, ql.W8_CONFIGS["cuda"]),
-        ("gguf_linear", {"qtype": Q4_0}, gl.CONFIGS["cuda"]),
-        ("gguf_linear", {"qtype": Q4_K}, gl.CONFIGS["cuda"]),
+    decode = lambda configs: [c for c in configs if c.get("BLOCK_M", 16) == 16]
+    plans = [  # the GEMV kernels' configs (no BLOCK_M) first, then the tensor-core kernels' decode tiles
+        ("linear_w4a16", {"group_size": 128}, ql.W4_GEMV_CONFIGS["cuda"] + decode(ql.W4_CONFIGS["cuda"])),
+        ("linear_w8a16", {}, ql.W8_GEMV_CONFIGS["cuda"] + decode(ql.W8_CONFIGS["cuda"])),
+        ("gguf_linear", {"qtype": Q4_0}, gl.Q4_0_GEMV_CONFIGS["cuda"] + gl.CONFIGS["cuda"]),
+        ("gguf_linear", {"qtype": Q4_K}, gl.Q4_K_GEMV_CONFIGS["cuda"] + gl.CONFIGS["cuda"]),
     ]
     for name, extra, configs in plans:
         op = OPS[name]
@@ -112,15 +131,16 @@ def explore(ceil, rows, save) -> None:
                 op.baseline(**s)
             base = time_case(op, case, sets, op.baseline)
             for cfg in configs:
-                if cfg["BLOCK_M"] != 16:
-                    continue
+                if deadline is not None and time.time() > deadline:
+                    break
                 fn = lambda cfg=cfg, launch=op.triton, **kw: launch(**kw, config=cfg)
                 try:
                     t = time_case(op, case, sets, fn)
                 except Exception as e:  # a config that cannot compile or run is reported, not fatal
                     print(f"  {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
                     continue
-                rows.append({"kernel": label(case, name), "N": n, "K": k, "config": str(cfg),
+                rows.append({"kernel": label(case, name), "N": n, "K": k,
+                             "path": "tensor-core" if "BLOCK_M" in cfg else "gemv", "config": str(cfg),
                              "us": 1e3 * t, "speedup": base / t, "pct_copy_bw": 100 * op.bytes(case) / t / 1e6
                              / ceil.copy_gbps})
             save(rows)
@@ -136,11 +156,11 @@ def main() -> int:
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
     p.add_argument("--explore", action="store_true", help="time each decode config alone first")
     p.add_argument("--budget-s", type=float, default=200, help="stop starting new cases after this")
+    p.add_argument("--explore-s", type=float, default=120, help="stop exploring configs after this")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("tune_quant: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
         return 2
-    deadline = time.time() + args.budget_s
     ceil = measure()
     out = results_dir(ceil.gpu, args.out)
     write_rows([vars(ceil)], os.path.join(out, "quant_ceilings.csv"))
@@ -148,8 +168,10 @@ def main() -> int:
           f"L2 {ceil.l2_bytes / 2**20:.0f} MiB", flush=True)
     if args.explore:
         cfg_rows: list = []
-        explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, "quant_configs.csv")))
+        explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, "quant_configs.csv")),
+                deadline=time.time() + args.explore_s)
     rows: list = []
+    deadline = time.time() + args.budget_s  # after exploring: the budget is the benchmark's
     bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "quant_bench.csv")))
     print(f"\n{'kernel':<12}{'M':>4}{'N':>7}{'K':>7}{'kernel us':>11}{'cuBLAS us':>11}{'speedup':>9}"
           f"{'%copy':>7}  target")

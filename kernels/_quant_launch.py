@@ -19,6 +19,23 @@ def prune_by_m(configs, named_args, **kwargs):
     return kept or configs
 
 
+def gemv_rows(M: int) -> int:
+    """The GEMV kernels' ROWS for M <= 4: 1, 2 or 4 (each row's arithmetic is the same in all three)."""
+    return 1 if M == 1 else 2 if M == 2 else 4
+
+
+def use_gemv(M: int, weight, align: int, config: dict | None, max_m: int = 4) -> bool:
+    """Whether a decode launch takes the GEMV kernel: M <= max_m, a weight whose rows can be read as
+    ``align``-byte words, and no pinned tensor-core config (one with BLOCK_M); a pinned GEMV config
+    (no BLOCK_M) forces it."""
+    if config is not None:
+        if "BLOCK_M" not in config and not 0 < M <= max_m:
+            raise ValueError(f"a GEMV config was pinned for M={M}; the GEMV kernels take 1 <= M <= {max_m}")
+        return "BLOCK_M" not in config
+    return (0 < M <= max_m and weight.is_contiguous() and weight.data_ptr() % align == 0
+            and weight.shape[-1] % align == 0)
+
+
 class Pinned:
     """A kernel launched with one fixed config instead of autotuning (tuning scripts time each config)."""
 

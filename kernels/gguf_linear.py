@@ -10,6 +10,8 @@ K (split-K, reduced inside the launch: ``kernels._split_k``); it walks its chunk
 (BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer quants with x on the
 tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
 fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
+Q4_0 and Q4_K at M <= 4 take the weight-streaming GEMV kernels of ``kernels._gguf_gemv`` instead (fp32
+FMAs on the CUDA cores, the blocks read as int16 / int32 words).
 
 For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
 dequantizes the weight (``gguf_dequantize``) and runs the project's dense matmul (``kernels.linear``): the
@@ -24,12 +26,13 @@ import torch
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
-from kernels._quant_launch import launcher, m_bucket
+from kernels._gguf_gemv import Q4_0_GEMV_CONFIGS, Q4_K_GEMV_CONFIGS, q4_0_gemv_kernel, q4_k_gemv_kernel
+from kernels._quant_launch import gemv_rows, launcher, m_bucket, use_gemv
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
 from kernels.gguf_dequant import check_aligned, gguf_dequantize
-from kernels.gguf_formats import FORMATS, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
+from kernels.gguf_formats import FORMATS, Q4_0, Q4_K, check_blocks, gguf_dequantize_reference, random_blocks
 from kernels.linear import linear as dense_linear
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
@@ -108,6 +111,12 @@ def _prune(configs, named_args, **kwargs):
 
 _gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "QTYPE"],
                      prune_configs_by={"early_config_prune": _prune})
+# Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels (kernels._gguf_gemv), with the word size
+# their loads need (2 bytes for Q4_0's 18-byte blocks, 4 for Q4_K's 144-byte ones).
+_GEMV = {
+    Q4_0: (Tuned(q4_0_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"]), 2),
+    Q4_K: (Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"]), 4),
+}
 
 # --- launcher ----------------------------------------------------------------------------------
 
@@ -135,7 +144,8 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
                 config: dict | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` with W given as raw GGUF blocks of ``qtype``; y [M, N] in x's dtype.
 
-    ``config`` pins one entry of ``CONFIGS`` for the decode kernel instead of autotuning (tuning scripts).
+    ``config`` pins one entry of ``CONFIGS`` for the decode kernel (or, for Q4_0 and Q4_K at M <= 4, of
+    the GEMV kernel's list when it has no BLOCK_M) instead of autotuning (tuning scripts).
     """
     fmt, N, K = _check(x, data, qtype, bias)
     M = x.shape[0]
@@ -152,6 +162,15 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     per_unit = 1 if fmt.block_size == 256 else 4
     n_blocks = K // fmt.block_size
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device)
+    gemv, align = _GEMV.get(fmt.qtype, (None, 0))
+    if gemv is not None and use_gemv(M, data, align, config):
+        grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
+        launcher(gemv, config)[grid](
+            x, data, bias if bias is not None else x, y, partials, counters,
+            M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits,
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M),
+        )
+        return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_gguf_linear, config)[grid](
         x, data, bias if bias is not None else x, y, partials, counters,

@@ -7,7 +7,9 @@ At decode (M <= 16) the layer is bound by reading the weight, so fewer weight by
 int8 halves and int4 quarters the bytes of a bf16 weight. There K is also split across programs so that
 every SM streams weight bytes, and the partial sums are reduced inside the same launch
 (``kernels._split_k``). Large M (prefill) runs the same fused kernel with larger M tiles and no split;
-the weight tile is then reused across the rows of x.
+the weight tile is then reused across the rows of x. At M <= 4 the launchers take the weight-streaming
+GEMV kernels of ``kernels._quant_gemv`` instead (CUDA-core fp32 FMAs on int32 words of the same layouts,
+no M padding and no shared-memory round trip), when the weight's rows can be read as 4-byte words.
 
 W8A16, symmetric per output channel:
     qweight int8 [N, K], scales [N] (fp16, bf16 or fp32);   W[n, k] = qweight[n, k] * scales[n]
@@ -44,7 +46,13 @@ from kernels._quant_cases import (
     w8_inputs,
     w8a16_cublas,
 )
-from kernels._quant_launch import launcher, m_bucket, prune_by_m
+from kernels._quant_gemv import (
+    W4_GEMV_CONFIGS,
+    W8_GEMV_CONFIGS,
+    w4a16_gemv_kernel,
+    w8a16_gemv_kernel,
+)
+from kernels._quant_launch import gemv_rows, launcher, m_bucket, prune_by_m, use_gemv
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
@@ -176,6 +184,8 @@ _w8a16 = Tuned(_w8a16_kernel, W8_CONFIGS, key=["M_BUCKET", "N", "K"],
                prune_configs_by={"early_config_prune": prune_by_m})
 _w4a16 = Tuned(_w4a16_kernel, W4_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP"],
                prune_configs_by={"early_config_prune": prune_by_m})
+_w8a16_gemv = Tuned(w8a16_gemv_kernel, W8_GEMV_CONFIGS, key=["N", "W_TOTAL", "ROWS"])
+_w4a16_gemv = Tuned(w4a16_gemv_kernel, W4_GEMV_CONFIGS, key=["N", "G_TOTAL", "GROUP", "ROWS"])
 
 
 # --- launchers ------------------------------------------------------------------------------------
@@ -221,7 +231,8 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``x @ (qweight * scales[:, None]).T + bias`` with int8 ``qweight`` [N, K] and ``scales`` [N].
 
-    ``config`` pins one entry of ``W8_CONFIGS`` instead of autotuning (for tuning scripts).
+    ``config`` pins one entry of ``W8_CONFIGS`` (the tensor-core kernel) or of ``W8_GEMV_CONFIGS`` (the
+    GEMV kernel, M <= GEMV_MAX_M) instead of autotuning (for tuning scripts).
     """
     if qweight.dtype != torch.int8 or qweight.dim() != 2:
         raise TypeError(f"w8a16_linear: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
@@ -237,6 +248,14 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return y
     # K is split in whole 512-element chunks (every BLOCK_K divides 512).
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(K, 512), N * K, x.device)
+    if use_gemv(M, qweight, 4, config):
+        grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
+        launcher(_w8a16_gemv, config)[grid](
+            x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,
+            counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits,
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0,
+        )
+        return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_w8a16, config)[grid](
         x, qweight, scales.contiguous(), bias if bias is not None else scales, y, partials, counters,
@@ -262,7 +281,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring).
 
-    ``config`` pins one entry of ``W4_CONFIGS`` instead of autotuning (for tuning scripts).
+    ``config`` pins one entry of ``W4_CONFIGS`` (the tensor-core kernel) or of ``W4_GEMV_CONFIGS`` (the
+    GEMV kernel, M <= GEMV_MAX_M) instead of autotuning (for tuning scripts).
     """
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise TypeError(f"w4a16_linear: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
@@ -280,6 +300,15 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     # K is split in whole chunks of 4 groups (GROUPS_PER_ITER divides 4).
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(K // group_size, 4), N * K // 2,
                                                      x.device)
+    if use_gemv(M, qweight, 4, config):
+        grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
+        launcher(_w4a16_gemv, config)[grid](
+            x, qweight.view(torch.int32), scales.contiguous(), zeros.contiguous(),
+            bias if bias is not None else scales, y, partials, counters,
+            M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * 4, splits,
+            GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % 4 == 0,
+        )
+        return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_w4a16, config)[grid](
         x, qweight, scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales, y,

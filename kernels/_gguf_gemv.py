@@ -1,0 +1,187 @@
+"""Weight-streaming GEMV kernels for GGUF Q4_0 and Q4_K at M <= GEMV_MAX_M (``kernels.gguf_linear``).
+
+Same scheme as ``kernels._quant_gemv`` (read there first): the blocks are read as wide words along the
+row, each nibble becomes the fp32 ``1 + q / 16`` by one shift and one LOP3, and fp32 FMAs on the CUDA
+cores sum ``S = sum x (1 + q / 16)``; with ``xs = sum x`` over the same k, ``sum x q = 16 (S - xs)``.
+The per-block (Q4_0) or per-sub-block (Q4_K) scale is applied per word, after the word's nibbles are
+summed, so the per-weight cost is the shift, the LOP3 and the FMA.
+
+Q4_0 blocks are 18 bytes, so only 2-byte alignment holds: the 16 quant bytes of a block are read as 8
+int16 words (word j holds elements 2j and 2j + 1 in its low nibbles, 2j + 16 and 2j + 17 in its high
+ones) and d as one more; a warp's loads still cover consecutive bytes of a row.
+    block result = d * sum x (q - 8) = d * (16 S - 24 xs)
+Q4_K blocks are 144 bytes (16-byte aligned in a row of them): the 128 quant bytes at byte 16 are 4 chunks
+of 8 int32 words; byte l of chunk c holds element l of sub-block 2c (low nibble) and of 2c + 1 (high).
+    sub-block s result = d sc_s sum x q - dmin m_s xs = 16 d sc_s S - (16 d sc_s + dmin m_s) xs
+Layouts: ``kernels.gguf_formats``.
+"""
+
+from __future__ import annotations
+
+from kernels._quant_gemv import _field, put_row
+from kernels._split_k import finish_tile
+from kernels._triton import tl, triton
+
+
+@triton.jit
+def _f16_bits(h):
+    """int32 holding an IEEE half in its low 16 bits -> fp32."""
+    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _q4_0_row(acc, h, x_blk, x_ok, d16, d24):
+    """One row's products with [BN, NB, 8] int16 quant words; x_blk: x at the blocks, [NB, 8] pointers."""
+    part = tl.zeros(h.shape, dtype=tl.float32)
+    xs = tl.zeros(x_blk.shape, dtype=tl.float32)
+    for i in tl.static_range(4):  # nibble i of word j: element 2j + (i // 2) + 16 (i % 2)
+        xv = tl.load(x_blk + (i // 2) + 16 * (i % 2), mask=x_ok, other=0.0).to(tl.float32)
+        part += xv[None, :, :] * _field(h, 19 - 4 * i, 0x780000)
+        xs += xv
+    return acc + d16 * part - d24 * xs[None, :, :]
+
+
+@triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
+def q4_0_gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+):
+    """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
+    pid_n, split = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, ROWS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    bi = tl.arange(0, BLOCKS_PER_ITER)
+    j = tl.arange(0, 8)
+    b_start = split * B_CHUNK
+    b_end = tl.minimum(b_start + B_CHUNK, B_TOTAL)
+    rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None, None] * row_bytes  # [BN, 1, 1] bytes
+    qs_ptrs = (rows + 18 * bi[None, :, None] + 2 + 2 * j[None, None, :]).to(tl.pointer_type(tl.int16))
+    d_ptrs = (rows + 18 * bi[None, :, None]).to(tl.pointer_type(tl.float16))  # [BN, NB, 1]
+    x_offs = 32 * bi[:, None] + 2 * j[None, :]  # [NB, 8]
+    x0 = x_ptr + x_offs
+    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs
+    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs
+    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs
+    acc0 = tl.zeros((BLOCK_N, BLOCKS_PER_ITER, 8), dtype=tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
+        b_ok = (b0 + bi) < b_end
+        h = tl.load(qs_ptrs + 9 * b0, mask=b_ok[None, :, None], other=0).to(tl.int32)  # 9 int16 per block
+        d = tl.load(d_ptrs + 9 * b0, mask=b_ok[None, :, None], other=0.0).to(tl.float32)
+        d16, d24 = 16.0 * d, 24.0 * d
+        x_ok = b_ok[:, None]
+        acc0 = _q4_0_row(acc0, h, x0 + 32 * b0, x_ok, d16, d24)
+        if ROWS > 1:
+            acc1 = _q4_0_row(acc1, h, x1 + 32 * b0, x_ok, d16, d24)
+        if ROWS > 2:
+            acc2 = _q4_0_row(acc2, h, x2 + 32 * b0, x_ok, d16, d24)
+            acc3 = _q4_0_row(acc3, h, x3 + 32 * b0, x_ok, d16, d24)
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
+    if ROWS > 1:
+        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
+    if ROWS > 2:
+        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
+        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+@triton.jit
+def _k4_scales(blk, s, ok):
+    """6-bit scale and min of sub-blocks ``s`` (a tensor) of Q4_K blocks at byte pointers ``blk``."""
+    a = tl.load(blk + 4 + s, mask=ok, other=0).to(tl.int32)  # scales[s]
+    b = tl.load(blk + 8 + s, mask=ok, other=0).to(tl.int32)  # scales[s + 4]
+    c = tl.load(blk + s, mask=ok & (s >= 4), other=0).to(tl.int32)  # scales[s - 4]
+    lo = s < 4
+    sc = tl.where(lo, a & 63, (b & 0xF) | ((c >> 6) << 4))
+    mn = tl.where(lo, b & 63, (b >> 4) | ((a >> 6) << 4))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
+def _q4_k_row(acc, w, x_blk, x_ok, a_lo, b_lo, a_hi, b_hi):
+    """One row's products with one block's [BN, 4, 8] quant words; x_blk: [4, 8] pointers (nibble 0)."""
+    for hi in tl.static_range(2):  # low nibbles: sub-block 2c; high: 2c + 1
+        part = tl.zeros(w.shape, dtype=tl.float32)
+        xs = tl.zeros(x_blk.shape, dtype=tl.float32)
+        for byte in tl.static_range(4):
+            xv = tl.load(x_blk + 32 * hi + byte, mask=x_ok, other=0.0).to(tl.float32)
+            part += xv[None, :, :] * _field(w, 19 - 8 * byte - 4 * hi, 0x780000)
+            xs += xv
+        if hi == 0:
+            acc += a_lo[:, :, None] * part - b_lo[:, :, None] * xs[None, :, :]
+        else:
+            acc += a_hi[:, :, None] * part - b_hi[:, :, None] * xs[None, :, :]
+    return acc
+
+
+@triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
+def q4_k_gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+):
+    """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
+    pid_n, split = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, ROWS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = tl.arange(0, 4)  # 32-byte chunk: sub-blocks 2c and 2c + 1
+    t = tl.arange(0, 8)  # word within the chunk
+    b_start = split * B_CHUNK
+    b_end = tl.minimum(b_start + B_CHUNK, B_TOTAL)
+    rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64) * row_bytes  # [BN] bytes
+    # The quants as int32 words (36 per block, from word 4), so that the loads are 16-byte vectors.
+    words = w_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(offs_n, N - 1).to(tl.int64) * (row_bytes // 4)
+    q_words = 4 + 8 * c[:, None] + t[None, :]  # [4, 8] words within a block
+    x_offs = 64 * c[:, None] + 4 * t[None, :]  # [4, 8]: element of nibble 0 of each word
+    x0 = x_ptr + x_offs
+    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs
+    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs
+    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs
+    acc0 = tl.zeros((BLOCK_N, 4, 8), dtype=tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
+        for bb in tl.static_range(BLOCKS_PER_ITER):
+            b = b0 + bb
+            r_ok = (b + tl.zeros([BLOCK_N], tl.int32)) < b_end
+            blk = rows + 144 * b  # [BN]
+            w = tl.load(words[:, None, None] + 36 * b + q_words[None, :, :], mask=r_ok[:, None, None], other=0)
+            dd = tl.load(blk.to(tl.pointer_type(tl.int32)), mask=r_ok, other=0)  # d | dmin << 16
+            d, dmin = _f16_bits(dd)[:, None], _f16_bits(dd >> 16)[:, None]
+            sc, mn = _k4_scales(blk[:, None], 2 * c[None, :], r_ok[:, None])  # [BN, 4]
+            a_lo = 16.0 * d * sc
+            b_lo = a_lo + dmin * mn
+            sc, mn = _k4_scales(blk[:, None], 2 * c[None, :] + 1, r_ok[:, None])
+            a_hi = 16.0 * d * sc
+            b_hi = a_hi + dmin * mn
+            x_ok = (b + tl.zeros([4, 8], tl.int32)) < b_end
+            acc0 = _q4_k_row(acc0, w, x0 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+            if ROWS > 1:
+                acc1 = _q4_k_row(acc1, w, x1 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+            if ROWS > 2:
+                acc2 = _q4_k_row(acc2, w, x2 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+                acc3 = _q4_k_row(acc3, w, x3 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
+    if ROWS > 1:
+        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
+    if ROWS > 2:
+        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
+        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+def _cfg(bn, blocks, warps, stages):
+    return dict(BLOCK_N=bn, BLOCKS_PER_ITER=blocks, num_warps=warps, num_stages=stages)
+
+
+# BLOCKS_PER_ITER divides the split unit: 4 blocks for Q4_0, 1 for Q4_K (a power of two for Q4_0's tiles).
+Q4_0_GEMV_CONFIGS = {
+    "cuda": [_cfg(64, 4, 4, 3), _cfg(32, 4, 4, 3), _cfg(128, 4, 4, 3), _cfg(16, 4, 2, 3), _cfg(64, 4, 8, 3),
+             _cfg(128, 4, 8, 2), _cfg(256, 4, 8, 2)],
+    "hip": [_cfg(16, 4, 4, 2), _cfg(32, 4, 4, 2)],
+}
+Q4_K_GEMV_CONFIGS = {
+    "cuda": [_cfg(32, 1, 4, 3), _cfg(64, 1, 4, 3), _cfg(16, 1, 4, 3), _cfg(16, 1, 2, 3), _cfg(64, 1, 8, 3),
+             _cfg(128, 1, 8, 2), _cfg(128, 1, 4, 2)],
+    "hip": [_cfg(16, 1, 4, 2), _cfg(32, 1, 4, 2)],
+}

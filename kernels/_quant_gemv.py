@@ -1,0 +1,208 @@
+"""Weight-streaming GEMV kernels for W8A16 and W4A16 at M <= GEMV_MAX_M (``kernels.quant_linear``).
+
+At M = 1 a decode linear is a matrix-vector product: each weight byte is used once, so the kernel is
+done when it has read the weight, and the only questions are whether enough bytes are in flight and
+whether the dequantize arithmetic keeps up with them. The tensor-core path pads M to 16 and moves every
+weight tile through shared memory into the dot-operand layout; these kernels skip both. A program owns
+BLOCK_N weight rows and one chunk of K (split-K, reduced in the launch: ``kernels._split_k``), loads the
+packed weight as int32 words (16-byte vectors along K, coalesced along the row) and multiplies on the
+CUDA cores in fp32.
+
+Dequantizing costs three instructions per weight: a shift, one LOP3 (``(t & mask) | bits``) and the FMA.
+The shift puts a field of ``b`` bits at the top of an fp32 mantissa and the OR supplies the exponent of
+1.0, so the word *is* the float ``1 + u / 2^b`` (u the unsigned field), with no int-to-float conversion
+(a quarter- or eighth-rate instruction on NVIDIA GPUs). Summing ``x * (1 + u / 2^b)`` gives
+``S = xs + (sum x u) / 2^b`` with ``xs`` the sum of x over the same k, so ``sum x u = 2^b (S - xs)``;
+the constant is folded into the per-row or per-group correction applied after the sum. The terms of S
+are about |x|, so the cancellation costs a few bits of fp32, not the 8 to 20 a larger constant would.
+
+W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed; XOR 0x80 makes it unsigned
+u = q + 128, so  sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
+W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1), so
+sum x q = 16 (S - xs) and group g adds  scale[g, n] * (16 S_g - (16 + zero[g, n]) xs_g).
+"""
+
+from __future__ import annotations
+
+from kernels._split_k import finish_tile
+from kernels._triton import tl, triton
+
+GEMV_MAX_M = 4  # rows handled by the GEMV kernels; above, the tensor-core kernels
+
+
+@triton.jit
+def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr):
+    """The bit field of ``w`` moved by SHIFT (left if positive) into MASK, as the fp32 1 + u / 2^bits."""
+    if SHIFT >= 0:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
+        t = w << SHIFT
+    else:
+        t = w >> (-SHIFT)  # arithmetic, but the mask keeps only bits that came from w
+    return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def put_row(y, offs_m, r: tl.constexpr, row):
+    """y [ROWS, BN] with row r replaced by ``row`` [BN]."""
+    return tl.where((offs_m == r)[:, None], row[None, :], y)
+
+
+@triton.jit
+def _x(ptr, ok, EVEN: tl.constexpr):
+    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
+        v = tl.load(ptr)
+    else:
+        v = tl.load(ptr, mask=ok, other=0.0)
+    return v.to(tl.float32)
+
+
+@triton.jit
+def _w8_words(acc, xs, w, x_row, x_offs, x_ok, EVEN: tl.constexpr):
+    """One row's products with a [BN, BW] tile of words (bytes already made unsigned)."""
+    for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
+        xv = _x(x_row + x_offs + i, x_ok, EVEN)
+        acc += xv[None, :] * _field(w, 15 - 8 * i, 0x7F8000)
+        xs += xv
+    return acc, xs
+
+
+@triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
+def w8a16_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """w_ptr: int32 words [N, K / 4]; a program: BLOCK_N rows, words [split * W_CHUNK, +W_CHUNK).
+
+    Rows past N and M are clamped to the last one (loaded, computed, never stored): no load masks. EVEN:
+    every chunk is whole BLOCK_W tiles, so neither are there masks along K.
+    """
+    pid_n, split = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, ROWS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_w = tl.arange(0, BLOCK_W)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    w_start = split * W_CHUNK
+    w_end = tl.minimum(w_start + W_CHUNK, W_TOTAL)
+    w_rows = w_ptr + rows[:, None] * stride_wn + offs_w[None, :]  # [BN, BW]
+    x0 = x_ptr
+    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm
+    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm
+    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm
+    acc0 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+    xs0 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc1, acc2, acc3, xs1, xs2, xs3 = acc0, acc0, acc0, xs0, xs0, xs0
+    for w0 in range(w_start, w_end, BLOCK_W):
+        if EVEN:
+            w = tl.load(w_rows + w0)
+            x_ok = offs_w < 0  # unused
+        else:
+            x_ok = (w0 + offs_w) < w_end
+            w = tl.load(w_rows + w0, mask=x_ok[None, :], other=0)
+        w = w ^ -0x7F7F7F80  # 0x80808080: u = q + 128
+        x_offs = 4 * (w0 + offs_w)
+        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, EVEN)
+        if ROWS > 1:
+            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, EVEN)
+        if ROWS > 2:
+            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, EVEN)
+            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, EVEN)
+    scale = tl.load(s_ptr + rows).to(tl.float32)
+    y = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    y = put_row(y, offs_m, 0, scale * (256.0 * tl.sum(acc0, axis=1) - 384.0 * tl.sum(xs0, axis=0)))
+    if ROWS > 1:
+        y = put_row(y, offs_m, 1, scale * (256.0 * tl.sum(acc1, axis=1) - 384.0 * tl.sum(xs1, axis=0)))
+    if ROWS > 2:
+        y = put_row(y, offs_m, 2, scale * (256.0 * tl.sum(acc2, axis=1) - 384.0 * tl.sum(xs2, axis=0)))
+        y = put_row(y, offs_m, 3, scale * (256.0 * tl.sum(acc3, axis=1) - 384.0 * tl.sum(xs3, axis=0)))
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+@triton.jit
+def _w4_group(acc, w, x_row, x_offs, x_ok, a, b, EVEN: tl.constexpr):
+    """One row's products with one group's [BN, WPG] words; a = 16 scale, b = scale (16 + zero), [BN]."""
+    part = tl.zeros(w.shape, dtype=tl.float32)
+    xs = tl.zeros(x_offs.shape, dtype=tl.float32)
+    for i in tl.static_range(8):  # nibble i of word t: k = 8 t + i
+        xv = _x(x_row + x_offs + i, x_ok, EVEN)
+        part += xv[None, :] * _field(w, 19 - 4 * i, 0x780000)
+        xs += xv
+    return acc + a[:, None] * part - b[:, None] * xs[None, :]
+
+
+@triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
+def w4a16_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
+):
+    """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
+
+    Rows clamped as in the W8 kernel; EVEN: every chunk is whole GROUPS_PER_ITER steps.
+    """
+    WPG: tl.constexpr = GROUP // 8  # words per group
+    pid_n, split = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, ROWS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    wi = tl.arange(0, WPG)
+    rows = tl.minimum(offs_n, N - 1)
+    g_start = split * G_CHUNK
+    g_end = tl.minimum(g_start + G_CHUNK, G_TOTAL)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + wi[None, :]  # [BN, WPG]
+    x0 = x_ptr
+    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm
+    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm
+    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm
+    acc0 = tl.zeros((BLOCK_N, WPG), dtype=tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for g0 in range(g_start, g_end, GROUPS_PER_ITER):
+        for gi in tl.static_range(GROUPS_PER_ITER):
+            g = g0 + gi
+            if EVEN:
+                w = tl.load(w_rows + g * WPG)
+                s = tl.load(s_ptr + g * N + rows).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rows).to(tl.float32)
+                x_ok = wi < 0  # unused
+            else:
+                ok = (g + tl.zeros_like(rows)) < g_end  # [BN]: false past this split's groups
+                w = tl.load(w_rows + g * WPG, mask=ok[:, None], other=0)
+                s = tl.load(s_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
+                x_ok = (g + tl.zeros_like(wi)) < g_end
+            a, b = 16.0 * s, s * (16.0 + z)
+            x_offs = g * GROUP + 8 * wi
+            acc0 = _w4_group(acc0, w, x0, x_offs, x_ok, a, b, EVEN)
+            if ROWS > 1:
+                acc1 = _w4_group(acc1, w, x1, x_offs, x_ok, a, b, EVEN)
+            if ROWS > 2:
+                acc2 = _w4_group(acc2, w, x2, x_offs, x_ok, a, b, EVEN)
+                acc3 = _w4_group(acc3, w, x3, x_offs, x_ok, a, b, EVEN)
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(acc0, axis=1))
+    if ROWS > 1:
+        y = put_row(y, offs_m, 1, tl.sum(acc1, axis=1))
+    if ROWS > 2:
+        y = put_row(y, offs_m, 2, tl.sum(acc2, axis=1))
+        y = put_row(y, offs_m, 3, tl.sum(acc3, axis=1))
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+def _w8(bn, bw, warps, stages):
+    return dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=warps, num_stages=stages)
+
+
+def _w4(bn, gpi, warps, stages):
+    return dict(BLOCK_N=bn, GROUPS_PER_ITER=gpi, num_warps=warps, num_stages=stages)
+
+
+# BLOCK_W divides 128 words (the 512-k split unit); GROUPS_PER_ITER divides 4 (the W4 split unit).
+W8_GEMV_CONFIGS = {
+    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(32, 128, 4, 3),
+             _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
+    "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
+}
+W4_GEMV_CONFIGS = {
+    "cuda": [_w4(64, 1, 4, 3), _w4(128, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 4, 3), _w4(128, 2, 8, 3),
+             _w4(256, 1, 8, 3), _w4(64, 4, 4, 2), _w4(32, 4, 2, 3)],
+    "hip": [_w4(16, 1, 4, 2), _w4(32, 1, 4, 2), _w4(16, 2, 4, 2)],
+}
