@@ -14,12 +14,14 @@ launching a sampler each step.
 Layout: logits [B, V] with a unit stride on V (rows may be strided), float32, float16 or bfloat16; the
 result is a fresh int64 [B].
 
-Kernel: one program per row streams the row in BLOCK-wide tiles, keeping per lane the best value and its
-index (a strictly greater value replaces it, so each lane keeps its first maximum), a NaN/+inf flag and
-whether any finite value was seen; the lanes are reduced at the end (max value, then the lowest index
-holding it). Memory-bound: it reads B*V elements once. One program per row leaves most of the card idle at
-batch 1 but a 152k-token row is 0.6 MB, a few microseconds for one SM; the point is the launch it saves,
-not bandwidth.
+Kernel: program (row, c) reduces chunk c of the row (CHUNK elements, read as unrolled BLOCK-wide loads so
+all are in flight) to its best value and that value's lowest index (per lane, a strictly greater value
+replaces the best, so each lane keeps its first maximum; then the lanes), a NaN/+inf flag and whether it
+saw a finite value. Each program publishes its four numbers; the last of the row to arrive (an atomic
+counter, as kernels/_split_k.py does for split-K) combines them in chunk order and writes the token. One
+launch, and a 152k-token row spread over 19 programs instead of streamed by one: a single program
+looping over the row took tens of microseconds at batch 1 (one SM's bandwidth), longer than the launch
+this op exists to save. Memory-bound: B*V elements read once.
 """
 
 from __future__ import annotations
@@ -27,41 +29,77 @@ from __future__ import annotations
 import torch
 
 from kernels import alloc
+from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
 from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
 
 
-@triton.jit(do_not_specialize=["V", "stride_row"])
-def _greedy_kernel(logits_ptr, out_ptr, V, stride_row, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+@triton.jit
+def _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """(best value, its lowest index, any NaN/+inf, any finite) over elements [chunk*CHUNK, +CHUNK) of a row."""
     base = logits_ptr + row * stride_row
     lanes = tl.arange(0, BLOCK)
     best = tl.full([BLOCK], float("-inf"), tl.float32)
     best_i = tl.full([BLOCK], 2147483647, tl.int32)
     bad = tl.zeros([BLOCK], tl.int32)
     finite = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, V, BLOCK):
-        offs = start + lanes
+    for start in tl.static_range(0, CHUNK, BLOCK):  # unrolled: every load of the chunk in flight at once
+        offs = chunk * CHUNK + start + lanes
         ok = offs < V
         x = tl.load(base + offs, mask=ok, other=float("-inf")).to(tl.float32)
         bad |= ((x != x) | (x == float("inf"))).to(tl.int32)
         finite |= (x > float("-inf")).to(tl.int32)
-        take = x > best
+        take = x > best  # strictly greater: each lane keeps its first maximum
         best = tl.where(take, x, best)
         best_i = tl.where(take, offs, best_i)
     m = tl.max(best, 0)
-    token = tl.min(tl.where(best == m, best_i, 2147483647), 0)
-    invalid = (tl.max(bad, 0) > 0) | (tl.max(finite, 0) == 0)
-    tl.store(out_ptr + row, tl.where(invalid, -1, token).to(tl.int64))
+    return m, tl.min(tl.where(best == m, best_i, 2147483647), 0), tl.max(bad, 0), tl.max(finite, 0)
+
+
+@triton.jit(do_not_specialize=["V", "stride_row"])
+def _greedy_kernel(logits_ptr, out_ptr, part_ptr, count_ptr, V, stride_row, CHUNKS,
+                   CHUNK: tl.constexpr, BLOCK: tl.constexpr, P_BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    m, idx, bad, finite = _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK, BLOCK)
+    if CHUNKS == 1:
+        tl.store(out_ptr + row, tl.where((bad > 0) | (finite == 0), -1, idx).to(tl.int64))
+    else:
+        # Publish this chunk's (value, index, flags); the row's last program to arrive combines them in
+        # chunk order and re-arms the row's counter (the split-K pattern of kernels/_split_k.py).
+        slot = part_ptr + (row * CHUNKS + chunk) * 4
+        tl.store(slot, m.to(tl.int32, bitcast=True))
+        tl.store(slot + 1, idx)
+        tl.store(slot + 2, bad)
+        tl.store(slot + 3, finite)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + row, 1, sem="acq_rel")
+        if arrived == CHUNKS - 1:
+            c = tl.arange(0, P_BLOCK)
+            have = c < CHUNKS
+            slots = part_ptr + (row * CHUNKS + c) * 4
+            vals = tl.load(slots, mask=have, other=0, cache_modifier=".cg").to(tl.float32, bitcast=True)
+            vals = tl.where(have, vals, float("-inf"))
+            idxs = tl.load(slots + 1, mask=have, other=2147483647, cache_modifier=".cg")
+            bads = tl.load(slots + 2, mask=have, other=0, cache_modifier=".cg")
+            finites = tl.load(slots + 3, mask=have, other=0, cache_modifier=".cg")
+            best = tl.max(vals, 0)
+            token = tl.min(tl.where(vals == best, idxs, 2147483647), 0)
+            invalid = (tl.max(bads, 0) > 0) | (tl.max(finites, 0) == 0)
+            tl.store(out_ptr + row, tl.where(invalid, -1, token).to(tl.int64))
+            tl.store(count_ptr + row, 0)
 
 
 # --- configs as data ------------------------------------------------------------------------------
-# Elements per loop step and warps: 4096 over 8 warps is 16 fp32 per lane (four 16-byte loads in flight).
+# CHUNK elements per program, read as unrolled BLOCK-wide loads over num_warps warps: 8192 over 8 warps is
+# 32 fp32 per lane, all in flight; a 152k vocabulary is 19 programs per row.
 CONFIGS = {
-    "cuda": dict(BLOCK=4096, num_warps=8),
-    "hip": dict(BLOCK=4096, num_warps=8),   # 64-lane wavefronts: 8 elements per lane
+    "cuda": dict(CHUNK=8192, BLOCK=2048, num_warps=8),
+    "hip": dict(CHUNK=8192, BLOCK=4096, num_warps=8),   # 64-lane wavefronts: the same elements per lane
 }
+# Rows at most this many chunks long are combined in one step by the last program.
+MAX_CHUNKS = 64
 
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -87,8 +125,15 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     out = alloc.empty(B, dtype=torch.int64, device=logits.device)
     if B > 0:
         cfg = CONFIGS["cuda" if vendor() == "cpu" else vendor()]
+        chunk = max(cfg["CHUNK"], triton.next_power_of_2(triton.cdiv(V, MAX_CHUNKS)))
         block = min(cfg["BLOCK"], triton.next_power_of_2(V))
-        _greedy_kernel[(B,)](logits, out, V, logits.stride(0), BLOCK=block, num_warps=cfg["num_warps"])
+        chunk = min(chunk, triton.cdiv(V, block) * block)  # a short row: one chunk of whole blocks
+        chunks = triton.cdiv(V, chunk)
+        parts = torch.empty(B * chunks * 4 if chunks > 1 else 1, dtype=torch.int32, device=logits.device)
+        counters = arrival_counters(logits.device, B)
+        _greedy_kernel[(B, chunks)](logits, out, parts, counters, V, logits.stride(0), chunks,
+                                    CHUNK=chunk, BLOCK=block, P_BLOCK=triton.next_power_of_2(chunks),
+                                    num_warps=cfg["num_warps"])
     return out
 
 

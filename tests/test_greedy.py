@@ -16,7 +16,7 @@ from tests.engine_helpers import OpSpy, make_engine, single_threaded  # noqa: F4
 from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.greedy
-TILE = CONFIGS["cuda"]["BLOCK"]
+BLOCK, CHUNK = CONFIGS["cuda"]["BLOCK"], CONFIGS["cuda"]["CHUNK"]
 
 
 @pytest.fixture(scope="module")
@@ -29,33 +29,35 @@ def _device():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ties_keep_the_lowest_index_within_a_lane_and_across_lanes(dtype):
+def test_ties_keep_the_lowest_index_within_a_lane_across_lanes_and_across_chunks(dtype):
     dev = _device()
-    V = 3 * TILE + 5
+    V = 2 * CHUNK + 5                                       # three chunks, the last one short
     gen = torch.Generator(device=dev).manual_seed(3)
-    x = torch.randn(4, V, generator=gen, device=dev)
+    x = torch.randn(5, V, generator=gen, device=dev)
     top = float(x.max()) + 2.0
-    x[0, [7, 7 + TILE, 7 + 2 * TILE]] = top               # one lane, three tiles
-    x[1, [TILE + 9, 8]] = top                               # two lanes, the later lane holding the lower index
-    x[2, [V - 1, 2 * TILE + 3]] = top                       # the tail tile
+    x[0, [7, 7 + BLOCK, 7 + 2 * BLOCK]] = top              # one lane, three blocks of one chunk
+    x[1, [BLOCK + 9, 8]] = top                              # two lanes, the later lane holding the lower index
+    x[2, [V - 1, CHUNK + 3, 2 * CHUNK + 1]] = top           # later chunks only, the tail one included
     x[3, :] = top                                           # everything tied
+    x[4, [2 * CHUNK, CHUNK + 17]] = top                     # the lower index in the middle chunk
     x = x.to(dtype)
     with alloc.poisoned():
         got = greedy(x)
-    assert got.tolist() == [7, 8, 2 * TILE + 3, 0]
+    assert got.tolist() == [7, 8, CHUNK + 3, 0, CHUNK + 17]
     assert got.tolist() == greedy_reference(x).tolist()
 
 
 def test_invalid_rows_give_minus_one_and_valid_rows_do_not():
     dev = _device()
-    x = torch.randn(5, 300, device=dev)
-    x[1, 17] = float("nan")
-    x[2, 5] = float("inf")
-    x[3, :] = float("-inf")
-    x[4, :] = float("-inf")
-    x[4, 250] = -1e30                                       # one finite value is enough
-    got = greedy(x).tolist()
-    assert got == [int(x[0].argmax()), -1, -1, -1, 250] == greedy_reference(x).tolist()
+    for V in (300, CHUNK + 300):                          # one chunk, and flags combined across chunks
+        x = torch.randn(5, V, device=dev)
+        x[1, V - 17] = float("nan")
+        x[2, 5] = float("inf")
+        x[3, :] = float("-inf")
+        x[4, :] = float("-inf")
+        x[4, V - 50] = -1e30                                # one finite value is enough
+        got = greedy(x).tolist()
+        assert got == [int(x[0].argmax()), -1, -1, -1, V - 50] == greedy_reference(x).tolist()
 
 
 def test_bad_input_is_named():
