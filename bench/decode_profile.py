@@ -1,0 +1,136 @@
+"""Where a decode step's device time goes: every kernel of the batch-1 decode graph, timed by the profiler.
+
+    PYTHONPATH=. python3 bench/decode_profile.py --out DIR [--models qwen2.5-0.5b llama-3.2-1b]
+        [--variant NAME=OP=IMPL,OP=IMPL ...] [--replays 50]
+
+For each model shape (random bf16 weights, real layout) and each variant (a set of op overrides; the
+default variant ``engine`` swaps nothing, so the engine's fusions are on), one engine is built, brought to
+steady single-stream decode, and then:
+
+- ``graph_ms``: the batch-1 decode graph's device time per replay (CUDA events over back-to-back replays,
+  as engine_bench's ``graph_replay_ms``);
+- a profile of ``--replays`` replays (torch.profiler, CUDA activity): per kernel name, launches per
+  replay, mean microseconds per launch and per replay, and its share of the summed kernel time. The gap
+  between the graph time and the summed kernel time is what launching and draining those kernels costs.
+
+Variants in one process share Triton's autotuning results, so each after the first starts in seconds.
+Writes ``decode_profile.csv`` (one row per model, variant and kernel) and ``decode_profile.json``
+(graph time, summed kernel time, kernel count per replay), and prints a short table per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.engine_bench import graph_replay_ms
+from bench.model_shapes import MODELS, write_model
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME=OP=IMPL,OP=IMPL`` (or ``NAME=`` for no overrides) -> (NAME, {OP: IMPL})."""
+    name, _, spec = text.partition("=")
+    overrides = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        op, sep, impl = item.partition("=")
+        if not sep or not op or not impl:
+            raise argparse.ArgumentTypeError(f"variant {text!r}: each override is OP=IMPL, got {item!r}")
+        overrides[op] = impl
+    if not name:
+        raise argparse.ArgumentTypeError(f"variant {text!r} needs a name before the first '='")
+    return name, overrides
+
+
+def steady_engine(model_dir: Path, overrides: dict[str, str]):
+    """An engine with one decode graph (batch 1), after a 128-token prompt and 32 decoded tokens."""
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+
+    engine = LLMEngine(EngineConfig(model=str(model_dir), device="cuda", dtype=torch.bfloat16, max_model_len=4096,
+                                    max_num_seqs=1, max_num_batched_tokens=512, enable_prefix_cache=False,
+                                    op_overrides=overrides))
+    engine.add_request(list(range(1000, 1128)), SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+    return engine
+
+
+def profile_graph(engine, replays: int) -> list[dict]:
+    """Per kernel name: launches and device microseconds per replay of the batch-1 decode graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph = engine.runner.graphs.graphs[1]
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "cuda_time_total", 0.0)
+        if not device_us or event.count < replays:
+            continue
+        rows.append({"kernel": event.key, "launches_per_replay": event.count / replays,
+                     "us_per_launch": device_us / event.count, "us_per_replay": device_us / replays})
+    total = sum(r["us_per_replay"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = r["us_per_replay"] / total
+    return sorted(rows, key=lambda r: -r["us_per_replay"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"], choices=sorted(MODELS))
+    p.add_argument("--variant", action="append", type=parse_variant, default=None,
+                   help="NAME=OP=IMPL,OP=IMPL: op overrides for one variant (repeatable; default: engine=)")
+    p.add_argument("--replays", type=int, default=50)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("decode_profile: needs a CUDA or ROCm GPU", file=sys.stderr)
+        return 2
+    variants = args.variant or [("engine", {})]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table, summary = [], {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            model_dir = write_model(Path(tmp) / model, MODELS[model], torch.device("cuda"))
+            for name, overrides in variants:
+                engine = steady_engine(model_dir, overrides)
+                try:
+                    graph_ms = graph_replay_ms(engine, 1)
+                    rows = profile_graph(engine, args.replays)
+                finally:
+                    engine.close()
+                kernel_us = sum(r["us_per_replay"] for r in rows)
+                launches = sum(r["launches_per_replay"] for r in rows)
+                summary["runs"].append({"model": model, "variant": name, "overrides": overrides, "graph_ms": graph_ms,
+                                        "kernel_us_per_replay": kernel_us, "launches_per_replay": launches})
+                print(f"[{model} / {name}] graph {graph_ms * 1e3:.1f} us per replay; kernels {kernel_us:.1f} us "
+                      f"in {launches:.0f} launches", flush=True)
+                for r in rows[:14]:
+                    print(f"    {r['us_per_replay']:8.1f} us  {r['launches_per_replay']:5.0f} x "
+                          f"{r['us_per_launch']:6.2f}  {r['kernel'][:90]}", flush=True)
+                table += [{"model": model, "variant": name, **r} for r in rows]
+                (out / "decode_profile.json").write_text(json.dumps(summary, indent=2))
+                with open(out / "decode_profile.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["model", "variant", "kernel", "launches_per_replay",
+                                                      "us_per_launch", "us_per_replay", "share"])
+                    w.writeheader()
+                    w.writerows(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
