@@ -29,6 +29,10 @@ from kernels._triton import tl, triton
 
 GEMV_MAX_M = 4  # rows handled by the GEMV kernels; above, the tensor-core kernels
 
+# Rows 1 to 4 share one compiled ROWS (1, 2 or 4) per M and one tuned config per shape (the autotuning key
+# leaves ROWS out), and each row runs the same code in all three: a row's output does not depend on the
+# batch of the 1-4 bucket it was decoded in, as ``kernels._split_k`` promises for the split.
+
 
 @triton.jit
 def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr):

@@ -114,8 +114,8 @@ _gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "Q
 # Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels (kernels._gguf_gemv), with the word size
 # their loads need (2 bytes for Q4_0's 18-byte blocks, 4 for Q4_K's 144-byte ones).
 _GEMV = {
-    Q4_0: (Tuned(q4_0_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"]), 2),
-    Q4_K: (Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"]), 4),
+    Q4_0: (Tuned(q4_0_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2),
+    Q4_K: (Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4),
 }
 
 # --- launcher ----------------------------------------------------------------------------------
