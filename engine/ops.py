@@ -5,8 +5,8 @@ and this table decides which registered implementation that is: the engine's bac
 GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrides`` names another
 implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
 edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
-without touching engine code. A fused op (RoPE with the KV write, the SwiGLU gate with the down
-projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
+without touching engine code. A fused op (RoPE with the KV write; opt-in, the SwiGLU gate with the
+down projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
 calls (the GGUF ones for a safetensors model) are resolved at first use, so a missing optional module
 only matters to models that need it.
 """
@@ -25,10 +25,16 @@ ENGINE_OPS = (
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
     "greedy", "rope_kv_write", "silu_mul_linear",
 )
-# Fused ops and the ops they stand for. The model calls a fused op only while none of its parts is swapped
-# for another implementation (a researcher's edited ``rope`` must run, not be fused away), unless the fused
-# op itself is swapped.
-FUSIONS = {"rope_kv_write": ("rope", "kv_cache_write"), "silu_mul_linear": ("silu_and_mul", "linear")}
+# Fused ops: the ops each stands for, and whether the engine uses it unless told otherwise. A fusion on by
+# default gives way to its parts while one of them is swapped for another implementation (a researcher's
+# edited ``rope`` must run, not be fused away); naming the fused op itself (``--op silu_mul_linear=triton``)
+# turns it on. Measured on an H200 (bench/results/NVIDIA_H200/run6/decode_profile.csv, batch-1 decode
+# graph): rope_kv_write saves 24-34 us per step; silu_mul_linear costs 7.6 us more per down projection
+# than it saves (the gate's exp and the second input load slow the weight stream), so it is opt-in.
+FUSIONS = {
+    "rope_kv_write": (("rope", "kv_cache_write"), True),
+    "silu_mul_linear": (("silu_and_mul", "linear"), False),
+}
 
 
 class OpTable:
@@ -72,7 +78,8 @@ class OpTable:
 
     def fused(self, name: str) -> bool:
         """Whether the model should call the fused op ``name`` rather than its parts (see FUSIONS)."""
-        return name in self.overrides or not any(part in self.overrides for part in FUSIONS[name])
+        parts, default = FUSIONS[name]
+        return name in self.overrides or (default and not any(part in self.overrides for part in parts))
 
     def describe(self) -> dict[str, str]:
         """Op name -> chosen implementation name, for logs and ``stats()``."""

@@ -17,8 +17,12 @@ Variants: :func:`choose_silu_linear_variant` picks ``"fused"`` (the decode kerne
 load) up to :data:`FUSED_MAX_M` rows, else ``"separate"`` (``silu_and_mul`` then ``linear``: at prefill
 sizes the matmul is compute-bound and the extra pass over h is small).
 
-The engine calls this op when neither ``silu_and_mul`` nor ``linear`` is swapped for another
-implementation (engine/ops.py), and only for dense down projections.
+The engine calls this op only when it is named (``--op silu_mul_linear=triton``; engine/ops.py FUSIONS),
+and only for dense down projections. Measured in the batch-1 decode graph on an H200
+(bench/results/NVIDIA_H200/run6/decode_profile.csv), the fused down projections took 7.6 us more each
+than the plain ones, against 1.2 us saved per silu_and_mul launch: the gate's exp and the second input
+load sit in the weight-streaming loop. Timed alone by the sweep (fused_ops_sweep.log) the op looked 1.5-2x
+faster than the pair, so the two measurements disagree; the engine's is the one that counts here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The engine's fused ops (engine/ops.py FUSIONS): used by default, and given up for their parts when a part
-is swapped for another implementation, with the same tokens either way."""
+"""The engine's fused ops (engine/ops.py FUSIONS): RoPE with the KV write by default, given up for its parts
+when a part is swapped for another implementation; the SwiGLU gate with the down projection only when
+named. The same tokens every way."""
 
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def _generate(model_dir, backend, overrides):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fusions_by_default_and_parts_when_one_is_swapped(model_dir, backend):
-    fused_ids, fused = _generate(model_dir, backend, {})
-    assert fused["rope_kv_write"] > 0 and fused["silu_mul_linear"] > 0
-    assert fused["rope"] == fused["kv_cache_write"] == fused["silu_and_mul"] == 0
+def test_fusions_by_default_opt_in_and_parts_when_one_is_swapped(model_dir, backend):
+    default_ids, default = _generate(model_dir, backend, {})
+    assert default["rope_kv_write"] > 0 and default["rope"] == default["kv_cache_write"] == 0
+    assert default["silu_mul_linear"] == 0 and default["silu_and_mul"] > 0
+    # Named, the opt-in fusion runs in place of silu_and_mul.
+    opt_ids, opt = _generate(model_dir, backend, {"silu_mul_linear": backend})
+    assert opt["silu_mul_linear"] == default["silu_and_mul"] and opt["silu_and_mul"] == 0
     # Naming a part (even as the backend's own implementation) turns its fusion off.
-    parts_ids, parts = _generate(model_dir, backend, {"rope": backend, "silu_and_mul": backend})
-    assert parts["rope_kv_write"] == parts["silu_mul_linear"] == 0
-    assert parts["rope"] == parts["kv_cache_write"] == fused["rope_kv_write"]
-    assert parts["silu_and_mul"] == fused["silu_mul_linear"]
-    assert parts_ids == fused_ids and all(len(ids) == 6 for ids in fused_ids)
+    parts_ids, parts = _generate(model_dir, backend, {"rope": backend})
+    assert parts["rope_kv_write"] == 0
+    assert parts["rope"] == parts["kv_cache_write"] == default["rope_kv_write"]
+    assert default_ids == opt_ids == parts_ids and all(len(ids) == 6 for ids in default_ids)
