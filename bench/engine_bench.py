@@ -111,7 +111,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 # --- engine runs --------------------------------------------------------------------------------
 
-def run_engine(engine, requests: list[tuple[list[int], int]], graph_replays: list[int] | None = None) -> dict:
+def run_engine(engine, requests: list[tuple[list[int], int]], graph_replays=None) -> dict:
     """Submit all requests at once and step to completion; timing per step and per request.
 
     Every request must end by its length limit (greedy, ignore_eos): a request that ends otherwise
@@ -121,7 +121,7 @@ def run_engine(engine, requests: list[tuple[list[int], int]], graph_replays: lis
     from engine.sampling_params import SamplingParams
 
     device = torch.device(engine.config.device)
-    replays_before = graph_replays[0] if graph_replays else 0
+    replays_before = graph_replays() if graph_replays else 0
     synchronize(device)
     start = time.perf_counter()
     ids = [engine.add_request(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)) for p, n in requests]
@@ -157,7 +157,7 @@ def run_engine(engine, requests: list[tuple[list[int], int]], graph_replays: lis
     return {"elapsed_s": elapsed, "output_tokens": out_tokens, "output_tok_per_s": out_tokens / elapsed,
             "ttft_ms": _percentiles(ttft, 1000), "decode_step_ms": _percentiles(decode_steps, 1000),
             "decode_steps": len(decode_steps), "decode_time_s": sum(decode_steps),
-            "graph_replays": (graph_replays[0] - replays_before) if graph_replays else 0,
+            "graph_replays": (graph_replays() - replays_before) if graph_replays else 0,
             "finish_reasons": dict(finish_reasons)}
 
 
@@ -189,20 +189,11 @@ def random_requests(rng: random.Random, vocab: int, count: int, work: Workload,
              output_len if output_len is not None else rng.randint(lo, hi)) for _ in range(count)]
 
 
-def count_graph_replays(engine) -> list[int]:
-    """A one-element counter of decode steps that replayed a CUDA graph (the runner's graphs.run, wrapped
-    here so that the engine needs no benchmark hooks); stays 0 where no graph was captured."""
-    counter = [0]
+def count_graph_replays(engine):
+    """A function giving how many decode steps a CUDA graph has served so far (replayed then, or run one
+    step ahead: engine.decode_graphs counts both); always 0 where no graph was captured."""
     graphs = engine.runner.graphs
-    if graphs is not None:
-        replay = graphs.run
-
-        def counted(batch):
-            counter[0] += 1
-            return replay(batch)
-
-        graphs.run = counted
-    return counter
+    return (lambda: graphs.steps_served) if graphs is not None else (lambda: 0)
 
 
 def engine_facts(engine) -> dict:

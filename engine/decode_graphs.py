@@ -17,6 +17,19 @@ state such as the split-K arrival counters exists, zeroed for real, before the g
 The graph ends with the ``greedy`` op over its logits, so a batch of plain greedy requests (the runner
 checks) reads its tokens straight back with no sampler launch.
 
+Running one step ahead (plain greedy batches). A step's host work (scheduling, metadata, output and
+detokenization) would leave the GPU idle between graphs. So after a greedy graph step N is enqueued, and
+its tokens' copy to the host with it, :meth:`DecodeGraphs.run_greedy` also enqueues step N+1 for the same
+sequences before waiting: the next inputs are made on the device (token ids from step N's argmax,
+positions, slots and context lengths plus one), with no sync. It does so only where nothing the host
+decides could change step N+1's inputs: every row's next position in the block it already holds, under
+the graph's context bound, and no row at its token limit. The next :meth:`ModelRunner.execute` takes
+that result if its step is exactly the one run ahead (same sequences in order, each at the expected
+position with the expected input token and the same blocks); otherwise it drops it and runs its own.
+A dropped step is harmless: it only wrote each sequence's KV at the next position, in a partial block the
+sequence owns (never a prefix-cache block, which is full), with the values the real step writes again if
+the sequence goes on; a block freed meanwhile is written by any new owner after it, in stream order.
+
 Host cost per replay: three copies into the static buffers (token ids, positions and slots in one, the
 block tables, the context lengths) and the replay; padded rows are reset only when the batch shrinks.
 """
@@ -26,6 +39,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +49,20 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 GRAPH_MAX_CONTEXT = 8192
+
+
+@dataclass
+class _Ahead:
+    """A step enqueued ahead: what each row must be at the next step (see :func:`row_keys`), and its graph."""
+
+    keys: list[tuple]
+    bs: int
+
+
+def row_keys(seqs) -> list[tuple]:
+    """Each sequence's (request, next input position, its token there, blocks held, last block)."""
+    return [(s.request_id, s.num_computed_tokens, s.token_ids[s.num_computed_tokens], len(s.block_table),
+             s.block_table[-1]) for s in seqs]
 
 
 class DecodeGraphs:
@@ -57,6 +85,12 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy_tokens: dict[int, torch.Tensor] = {}  # each row's argmax, for all-greedy batches
+        self.ahead: _Ahead | None = None
+        self.steps_served = 0  # decode steps whose logits came from a graph (replayed now or ahead)
+        self.steps_ahead = 0   # of those, steps run ahead
+        on_gpu = dev.type == "cuda"
+        self.host_tokens = torch.empty(n, dtype=torch.int64, pin_memory=on_gpu)
+        self.read_done = torch.cuda.Event() if on_gpu else None
         self._capture_all()
 
     def _meta(self, bs: int) -> AttentionMetadata:
@@ -103,6 +137,8 @@ class DecodeGraphs:
 
     def run(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay the graph for ``batch``: its logits [n, vocab] and each row's argmax [n]."""
+        self.ahead = None
+        self.steps_served += 1
         n = batch.num_tokens
         bs = self.sizes[bisect.bisect_left(self.sizes, n)]
         meta = batch.meta
@@ -123,3 +159,51 @@ class DecodeGraphs:
         self.context_lens[:n].copy_(meta.decode_context_lens)
         self.graphs[bs].replay()
         return self.logits[bs][:n], self.greedy_tokens[bs][:n]
+
+    # --- plain greedy steps, one ahead -----------------------------------------------------------
+
+    def take_ahead(self, seqs) -> list[int] | None:
+        """The tokens of this step if it is the one run ahead (and run the next one ahead); else None."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None or row_keys(seqs) != ahead.keys:
+            return None
+        self.steps_served += 1
+        self.steps_ahead += 1
+        return self._finish(seqs, ahead.bs)
+
+    def run_greedy(self, batch, seqs) -> list[int]:
+        """Replay ``batch`` (all rows decoding, all plain greedy) and return each row's token."""
+        self.run(batch)
+        return self._finish(seqs, self.sizes[bisect.bisect_left(self.sizes, len(seqs))])
+
+    def _finish(self, seqs, bs: int) -> list[int]:
+        n = len(seqs)
+        tokens = self.greedy_tokens[bs][:n]
+        if self.read_done is None:  # no CUDA: everything ran already
+            host = tokens.tolist()
+        else:  # the copy to the host goes before the step run ahead, which overwrites the outputs
+            self.host_tokens[:n].copy_(tokens, non_blocking=True)
+            self.read_done.record()
+        go_ahead = self._can_run_ahead(seqs)
+        if go_ahead:
+            self.token_ids[:n].copy_(tokens)
+            self.inputs[1:, :n] += 1        # positions and slots: the next position, in the same block
+            self.context_lens[:n] += 1
+            self.graphs[bs].replay()
+        if self.read_done is not None:
+            self.read_done.synchronize()
+            host = self.host_tokens[:n].tolist()
+        if go_ahead:
+            nxt = [(r, pos + 1, t, nb, last) for (r, pos, _, nb, last), t in zip(row_keys(seqs), host, strict=True)]
+            self.ahead = _Ahead(nxt, bs)
+        return host
+
+    def _can_run_ahead(self, seqs) -> bool:
+        """Whether the next step's inputs are known without the host: each row's next position in a block it
+        holds and under the context bound, and no row ending at this step by its token limit."""
+        block_size, limit = self.runner.block_size, min(self.max_context, self.runner.max_model_len) - 1
+        for s in seqs:
+            nxt = s.num_computed_tokens + 1
+            if nxt % block_size == 0 or nxt >= limit or s.num_output_tokens + 1 >= s.params.max_tokens:
+                return False
+        return True

@@ -250,22 +250,28 @@ class ModelRunner:
         """Run the model over the step's tokens and sample where a sequence reached its end.
 
         ``seeds[i]`` is sequence i's sampling seed (its request's seed, or one the engine drew)."""
+        greedy = all(s.params.plain_greedy for s in seqs)
+        if self.graphs is not None and greedy and all(n == 1 for n in num_new_tokens):
+            token_ids = self.graphs.take_ahead(seqs)  # this step, if the last one ran it ahead
+            if token_ids is not None:
+                return self._greedy_result(seqs, token_ids)
         batch = build_step_batch(seqs, num_new_tokens, self.block_size, self.device)
+        if self.graphs is not None:
+            self.graphs.ahead = None  # a step run ahead and not taken is dropped (see engine.decode_graphs)
+            if greedy and self._graph_step(batch):
+                return self._greedy_result(seqs, self.graphs.run_greedy(batch, seqs))
         logits, greedy_tokens = self._logits(batch)
         sampled: list[int | None] = [None] * len(seqs)
         entries: list[TokenLogprob | None] = [None] * len(seqs)
         if not batch.sampled_seqs:
             return StepResult(sampled, entries)
         if all(seqs[i].params.plain_greedy for i in batch.sampled_seqs):
-            # Nothing to sample: each row's argmax is its token (the graph computed it already).
+            # Nothing to sample: each row's argmax is its token.
             if greedy_tokens is None:
                 greedy_tokens = self.ops.greedy(logits)
-            token_ids = greedy_tokens.tolist()
-            if -1 in token_ids:
-                raise ValueError(f"greedy: rows {[r for r, t in enumerate(token_ids) if t < 0][:16]} hold NaN or "
-                                 "+inf logits or no finite logit (the model's output is broken)")
+            result = self._greedy_result([seqs[i] for i in batch.sampled_seqs], greedy_tokens.tolist())
             for row, i in enumerate(batch.sampled_seqs):
-                sampled[i] = token_ids[row]
+                sampled[i] = result.sampled[row]
             return StepResult(sampled, entries)
         from kernels.sampling import SamplingTensors
 
@@ -295,12 +301,25 @@ class ModelRunner:
                 entries[i] = TokenLogprob(token_ids[row], lp[row], top)
         return StepResult(sampled, entries)
 
+    @staticmethod
+    def _greedy_result(seqs, token_ids: list[int]) -> StepResult:
+        """One greedy token per sequence; -1 (a row of NaN or +inf logits) raises, as the sampler would."""
+        if -1 in token_ids:
+            raise ValueError(f"greedy: rows {[r for r, t in enumerate(token_ids) if t < 0][:16]} hold NaN or +inf "
+                             "logits or no finite logit (the model's output is broken)")
+        return StepResult(list(token_ids), [None] * len(seqs))
+
+    def _graph_step(self, batch: StepBatch) -> bool:
+        """Whether ``batch`` replays a decode graph: every row decoding and sampled, within the graphs' bounds."""
+        return (self.graphs is not None and bool(batch.sampled_seqs) and batch.num_decodes == batch.num_tokens
+                and self.graphs.fits(batch))
+
     def _logits(self, batch: StepBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The sampled rows' logits, and their argmax when a decode graph computed it (else None)."""
         if not batch.sampled_seqs:
             self.model.forward(batch.token_ids, batch.positions, self.kv_caches, batch.meta)
             return None, None
-        if self.graphs is not None and batch.num_decodes == batch.num_tokens and self.graphs.fits(batch):
+        if self._graph_step(batch):
             return self.graphs.run(batch)
         hidden = self.model.forward(batch.token_ids, batch.positions, self.kv_caches, batch.meta)
         return self.model.compute_logits(hidden[batch.logits_rows]), None

@@ -96,28 +96,6 @@ def single_threaded():
     torch.set_num_threads(previous)
 
 
-class EagerGraphs:
-    """Stands in for the runner's CUDA graphs on a CPU: takes every decode step the engine offers it,
-    records its shape, and computes the logits and their argmax eagerly (as the captured graph returns
-    them), so the engine's output must not change."""
-
-    def __init__(self, runner):
-        self.runner, self.batches = runner, []
-
-    @property
-    def calls(self) -> int:
-        return len(self.batches)
-
-    def fits(self, batch):
-        return True
-
-    def run(self, batch):
-        self.batches.append((batch.num_tokens, batch.num_decodes))
-        hidden = self.runner.model.forward(batch.token_ids, batch.positions, self.runner.kv_caches, batch.meta)
-        logits = self.runner.model.compute_logits(hidden[batch.logits_rows])
-        return logits, self.runner.ops.greedy(logits)
-
-
 class OpSpy:
     """Counts an engine's calls of the named ops (``spy.calls[name]``), passing each through."""
 
@@ -132,3 +110,32 @@ class OpSpy:
             self.calls[name] += 1
             return fn(*args, **kwargs)
         return call
+
+
+class _EagerReplay:
+    """A captured decode graph's stand-in on a CPU: ``replay()`` runs the forward on the static buffers and
+    writes the static outputs, as the graph would."""
+
+    def __init__(self, graphs, bs: int):
+        self.graphs, self.bs = graphs, bs
+
+    def replay(self) -> None:
+        logits, tokens = self.graphs._forward(self.bs)
+        self.graphs.logits[self.bs].copy_(logits)
+        self.graphs.greedy_tokens[self.bs].copy_(tokens)
+
+
+def cpu_decode_graphs(runner, max_batch: int):
+    """The runner's real DecodeGraphs (static buffers, staging, running ahead) on a CPU, with each captured
+    graph replaced by an eager replay of the same forward."""
+    from unittest import mock
+
+    from engine.decode_graphs import DecodeGraphs
+
+    with torch.inference_mode(), mock.patch.object(DecodeGraphs, "_capture_all", lambda self: None):
+        graphs = DecodeGraphs(runner, max_batch)
+        for bs in graphs.sizes:
+            logits, tokens = graphs._forward(bs)
+            graphs.logits[bs], graphs.greedy_tokens[bs] = logits.clone(), tokens.clone()
+            graphs.graphs[bs] = _EagerReplay(graphs, bs)
+    return graphs
