@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _decode_cases, _paged_checks
+from kernels import _decode_cases, _paged_checks, paged_decode
+from kernels._split_k import arrival_counters
 from kernels.paged_decode import (
     MAX_SPLITS,
     MIN_SPLIT,
@@ -37,6 +38,13 @@ def _inputs(case, device, seed=0):
     return _decode_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
 
 
+@pytest.fixture(params=[True, False], ids=["folded", "two_kernels"])
+def reduce_in_split(request, monkeypatch):
+    """Run a test through both combines of split launches (kernels.paged_decode.REDUCE_IN_SPLIT)."""
+    monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", request.param)
+    return request.param
+
+
 def test_context_lengths_around_block_edges(device):
     run_case(OP, _case([1, 15, 16, 17, 64, 90]), device, seed=1)
 
@@ -47,7 +55,7 @@ def test_gqa_ratios(device, ratio):
 
 
 @pytest.mark.parametrize("head_dim", [80, 96])
-def test_padded_head_dims(device, head_dim):
+def test_padded_head_dims(device, head_dim, reduce_in_split):
     run_case(OP, _case([20, 33], head_dim=head_dim, dtype=torch.float16, num_splits=2), device, seed=2)
 
 
@@ -55,7 +63,7 @@ def test_grid_sized_from_the_table_when_max_context_is_not_given(device):
     run_case(OP, _case([3, 50], pass_max=False, block_size=32), device, seed=3)
 
 
-def test_result_does_not_depend_on_the_split_count(device):
+def test_result_does_not_depend_on_the_split_count(device, reduce_in_split):
     inputs = _inputs(_case([100, 7, 64], q_heads=6, kv_heads=2), device, seed=4)
     inputs.pop("num_splits", None)
     ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
@@ -71,7 +79,7 @@ def test_result_does_not_depend_on_the_split_count(device):
         torch.testing.assert_close(out, outs[0], rtol=tight, atol=tight)
 
 
-def test_decode_equals_the_last_row_of_causal_prefill(device):
+def test_decode_equals_the_last_row_of_causal_prefill(device, reduce_in_split):
     """Two kernels, one answer: the newest token's attention over n cached tokens."""
     torch.manual_seed(5)
     n, Hq, Hkv, D, bs = 45, 6, 3, 32, 16
@@ -117,7 +125,7 @@ def test_rejects_context_beyond_the_table(device):
 
 
 @pytest.mark.parametrize("pass_max", [False, True])
-def test_context_beyond_the_bound_is_clamped_not_read(device, pass_max):
+def test_context_beyond_the_bound_is_clamped_not_read(device, pass_max, reduce_in_split):
     """Invalid input that only the debug checks catch (no sync otherwise): context lengths past the bound
     the grid is sized for. The kernel stays inside the block table and attends to the bound's tokens."""
     inputs = _inputs(_case([20, 10], pass_max=pass_max), device, seed=8)
@@ -125,7 +133,7 @@ def test_context_beyond_the_bound_is_clamped_not_read(device, pass_max):
     too_long = torch.tensor([bound + 500, 10], dtype=torch.int32, device=device)
     want = paged_decode_attention_reference(**{**inputs, "context_lens": torch.tensor([bound, 10], dtype=torch.int32,
                                                                                       device=device)})
-    got = paged_decode_attention(**{**inputs, "context_lens": too_long})
+    got = paged_decode_attention(**{**inputs, "context_lens": too_long}, num_splits=3)
     # fp32 inputs: exact dots in the interpreter, TF32 dots on a GPU (attending to the 500 extra tokens
     # would miss by far more than either tolerance).
     assert_close(got, want, dtype=torch.float32, reduction_len=bound, tf32=device.type != "cpu")
@@ -158,14 +166,14 @@ def test_debug_checks_catch_bad_context_lengths_and_block_ids(device, monkeypatc
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(32, 8), (14, 2)])
-def test_long_context_bf16_small_batch(device, heads):
+def test_long_context_bf16_small_batch(device, heads, reduce_in_split):
     case = _case([32768, 5000, 1], q_heads=heads[0], kv_heads=heads[1], head_dim=128, block_size=16,
                  dtype=torch.bfloat16)
     run_case(OP, case, device, seed=7)
 
 
 @pytest.mark.gpu
-def test_split_independence_bf16_on_gpu(device):
+def test_split_independence_bf16_on_gpu(device, reduce_in_split):
     inputs = _inputs(_case([20000, 333, 4097], q_heads=32, kv_heads=8, head_dim=128, block_size=128,
                            dtype=torch.bfloat16), device, seed=8)
     outs = [paged_decode_attention(**inputs, num_splits=n).float() for n in (1, 5, 40)]
@@ -184,7 +192,7 @@ SHIPPED_BLOCK_N = sorted({t["BLOCK_N"] for tiles in (TILES, SPLIT_TILES) for by_
 
 
 @pytest.mark.parametrize("block_n", SHIPPED_BLOCK_N)
-def test_gpu_tile_shapes_through_the_same_checks(device, block_n):
+def test_gpu_tile_shapes_through_the_same_checks(device, block_n, reduce_in_split):
     """The GPU's tiles (tiles spanning several 16-token pages, splits not a multiple of the tile)."""
     inputs = _inputs(_case([1, 300, 64, 65, 129], q_heads=14, kv_heads=2), device, seed=9)
     ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
@@ -194,7 +202,7 @@ def test_gpu_tile_shapes_through_the_same_checks(device, block_n):
         assert_close(out, ref, dtype=torch.float32, reduction_len=300, tf32=True)
 
 
-def test_fixed_split_size_makes_a_sequence_batch_invariant(device):
+def test_fixed_split_size_makes_a_sequence_batch_invariant(device, reduce_in_split):
     """With one split size, a sequence's output is bit-identical alone and inside a bigger batch."""
     inputs = _inputs(_case([100, 37, 250], q_heads=6, kv_heads=2), device, seed=10)
     inputs.pop("max_context_len")
@@ -202,3 +210,47 @@ def test_fixed_split_size_makes_a_sequence_batch_invariant(device):
     alone = paged_decode_attention(inputs["q"][:1], inputs["k_cache"], inputs["v_cache"], inputs["block_tables"][:1],
                                    inputs["context_lens"][:1], split_size=32, max_context_len=100)
     assert torch.equal(alone, batched[:1])
+
+
+def _counters_of(device, rows):
+    return arrival_counters(device, rows)[:rows]
+
+
+def test_folded_reduce_equals_the_two_kernel_path_and_rearms_its_counters(device, monkeypatch):
+    """One launch combining its own partials gives the two launches' bits, leaves every arrival counter at
+    zero, and a second launch right after it (counters re-armed) gives the same output. Contexts of 150
+    tokens in splits of 4: 38 splits, so the combine takes two 32-split steps; the 9- and 1-token sequences
+    leave most of their programs past their end (they neither compute nor arrive)."""
+    inputs = _inputs(_case([150, 9, 1, 64], q_heads=6, kv_heads=2), device, seed=11)
+    rows = 4 * 2
+    monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", False)
+    two_kernels = paged_decode_attention(**inputs, split_size=4)
+    monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", True)
+    assert not _counters_of(device, rows).any()
+    first = paged_decode_attention(**inputs, split_size=4)
+    assert not _counters_of(device, rows).any()
+    second = paged_decode_attention(**inputs, split_size=4)
+    assert not _counters_of(device, rows).any()
+    assert torch.equal(first, second)
+    if device.type == "cpu":
+        assert torch.equal(first, two_kernels)  # the same combine code on the same partials
+    else:  # on a GPU the same code may still round differently where the two kernels' warp counts differ
+        torch.testing.assert_close(first, two_kernels, rtol=1e-5, atol=1e-6)
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    assert_close(first, ref, dtype=torch.float32, reduction_len=150, tf32=True)
+
+
+# The empty split's log-sum-exp is log2(0) = -inf on purpose; the interpreter's numpy says so.
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")
+def test_an_empty_context_gives_zeros_in_both_combines(device, reduce_in_split):
+    """Never valid input, but it must not hang the folded path's row (split 0 still arrives) or leave o unset."""
+    inputs = _inputs(_case([40, 40]), device, seed=12)
+    inputs["context_lens"] = torch.tensor([40, 0], dtype=torch.int32, device=device)
+    out = paged_decode_attention(**inputs, num_splits=3)
+    assert not _counters_of(device, 2 * 2).any()
+    assert not out[1].any()
+    first = {**inputs, "q": inputs["q"][:1], "block_tables": inputs["block_tables"][:1],
+             "context_lens": inputs["context_lens"][:1]}
+    want = paged_decode_attention_reference(**first)
+    assert_close(out[:1], want, dtype=torch.float32, reduction_len=40, tf32=True)
