@@ -85,15 +85,17 @@ def decode_variants():
                                  ("bf16", 64, 8, False), ("bf16", 256, 8, False), ("fp32", 128, 4, False),
                                  ("fp32", 256, 4, False)):
         d_pad = triton.next_power_of_2(D)
-        tile = paged_decode.TILES["cuda"][DTYPE_BYTES[dt]]
+        # A one-split launch writes the output directly; a split one uses the split tiles and, with the
+        # reduce folded in (paged_decode.REDUCE_IN_SPLIT), combines the partials in its last program.
+        tile = (paged_decode.TILES if direct else paged_decode.SPLIT_TILES)["cuda"][DTYPE_BYTES[dt]]
         tile = dict(tile[min((d for d in tile if d >= d_pad), default=max(tile))])
         options = {k: tile.pop(k) for k in ("num_warps", "num_stages")}
         types = {n: f"*{dt}" for n in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "o_ptr")}
         types |= {"bt_ptr": "*i32", "ctx_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-                  "qk_scale": "fp32"}
+                  "count_ptr": "*i32", "qk_scale": "fp32"}
         g_pad = max(16, triton.next_power_of_2(group))
         consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
-                      **tile)
+                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, S_BLOCK=paged_decode.REDUCE_SPLITS, **tile)
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
