@@ -29,7 +29,8 @@ their sequence neither compute nor arrive. The counters come from ``arrival_coun
 other in-launch reductions, made outside CUDA-graph capture). Unfolded (False), a second launch, the
 reduce kernel, combines each (sequence, head). Both combine through the same code (``_combine_head``),
 so the two paths give the same bits (on a GPU, wherever the two kernels run with the same warp count).
-The fold saves a launch per layer and step (2-3 us each on an H200 at batch 1, most of the gap to SDPA).
+The fold saves a launch per layer and step, but on an H200 the serial combine in the row's last program
+cost more than the launch it saved, so the two-launch path is the default (see ``REDUCE_IN_SPLIT``).
 
 Why a fixed size and not a fixed count: a sequence's partition then depends only on ``split_size``, not on
 its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
@@ -76,8 +77,12 @@ LOG2E = 1.4426950408889634
 PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 256, 64, 64
 COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
 REDUCE_SPLITS = 32  # partial outputs combined per step of the reduce (a [32, D] fp32 tile in registers)
-# The split launch combines its own partials (one launch); False: a separate reduce launch does (two).
-REDUCE_IN_SPLIT = True
+# True: the split launch combines its own partials (one launch); False: a separate reduce launch does (two).
+# Measured on an H200 (bench/results/NVIDIA_H200/run6/attention_decode_folded.csv against
+# decode_sweep_call2.csv): folded, the row's last program combines its heads one after another on the
+# critical path, and split launches got slower (batch 1 at 32k: 43.3 us against 37.9 for SDPA, 0.87x, where
+# the two launches gave 0.96x; batch 8 at 4k: 0.87x against 0.95x). So the two-launch path is the default.
+REDUCE_IN_SPLIT = False
 
 
 @triton.jit
