@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.model_runner import warm_up_sample_batches, warm_up_token_counts
 from engine.sampling_params import SamplingParams
+from engine.warm_up import warm_up_sample_batches, warm_up_token_counts
 from kernels._sampling_split import handles
 from tests.engine_helpers import (
     make_engine,
@@ -60,12 +60,17 @@ def test_warm_up_launches_every_bucket_and_changes_nothing(model_dir, monkeypatc
     monkeypatch.setattr(runner.ops, "paged_decode_attention", counting_decode)
     monkeypatch.setattr(runner.ops, "prefill_attention", counting_attend)
     monkeypatch.setattr(runner.ops, "sample", counting_sample)
+    greedy_batches = []
+    inner_greedy = runner.ops.greedy
+    monkeypatch.setattr(runner.ops, "greedy", lambda logits: greedy_batches.append(logits.shape[0]) or
+                        inner_greedy(logits))
     runner._warm_up()  # on a CPU: nothing
     assert forwards == [] and samples == []
     runner._warm_up(force=True)
     top = min(300, 40 * runner.max_model_len)
     assert [n for n, _ in forwards] == warm_up_token_counts(top) and all(n == m for n, m in forwards)
     assert samples == [b for b in warm_up_sample_batches(40) for _ in range(6)] == [1] * 6 + [32] * 6 + [40] * 6
+    assert greedy_batches == [1, 32, 40]
     # Each batch class meets the split path and both keys of the row-wise kernel (with and without top
     # logprobs), each with and without edits: no autotuning waits for a request's first top-p step.
     assert paths == {(b, split, edits, lp) for b in (1, 32, 40) for edits in (False, True)

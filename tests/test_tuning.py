@@ -46,7 +46,7 @@ def test_candidates_are_filtered_per_vendor_and_never_empty():
 
 def test_engine_warm_up_covers_every_prefill_bucket():
     """The runner's start-up launches reach every M bucket a step of up to ``top`` tokens can hit."""
-    from engine.model_runner import warm_up_token_counts
+    from engine.warm_up import warm_up_token_counts
     from kernels.linear_decode import decode_block_m
     from kernels.linear_prefill import m_bucket
 
@@ -58,7 +58,7 @@ def test_engine_warm_up_covers_every_prefill_bucket():
 
 
 def test_engine_warm_up_covers_every_sampler_class():
-    from engine.model_runner import warm_up_sample_batches
+    from engine.warm_up import warm_up_sample_batches
     from kernels.sampling import _batch_bucket
 
     for max_seqs in range(1, 300):
