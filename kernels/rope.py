@@ -45,17 +45,31 @@ from kernels.registry import Op, register
 
 
 @triton.jit
-def _rotate_heads(base_ptr, token, head0, n_heads, stride_t, stride_h, cos, sin, half,
-                  HEADS: tl.constexpr, HALF: tl.constexpr):
+def _heads_tile(base_ptr, token, head0, n_heads, stride_t, stride_h, half, HEADS: tl.constexpr, HALF: tl.constexpr):
+    """Pointers to the first halves of a [HEADS, HALF] tile of one token's heads, and its mask."""
     h = head0 + tl.arange(0, HEADS)[:, None]
     i = tl.arange(0, HALF)[None, :]
-    mask = (h < n_heads) & (i < half)
-    p1 = base_ptr + token * stride_t + h * stride_h + i
+    return base_ptr + token * stride_t + h * stride_h + i, (h < n_heads) & (i < half)
+
+
+@triton.jit
+def _rotate_in_place(p1, mask, cos, sin, half):
+    """Rotate the tile whose first halves ``p1`` points at, in float32, store it; return the stored halves."""
     x1 = tl.load(p1, mask=mask, other=0.0)
     x2 = tl.load(p1 + half, mask=mask, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(p1, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
-    tl.store(p1 + half, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+    r1 = (x1f * cos - x2f * sin).to(x1.dtype)
+    r2 = (x2f * cos + x1f * sin).to(x1.dtype)
+    tl.store(p1, r1, mask=mask)
+    tl.store(p1 + half, r2, mask=mask)
+    return r1, r2
+
+
+@triton.jit
+def _rotate_heads(base_ptr, token, head0, n_heads, stride_t, stride_h, cos, sin, half,
+                  HEADS: tl.constexpr, HALF: tl.constexpr):
+    p1, mask = _heads_tile(base_ptr, token, head0, n_heads, stride_t, stride_h, half, HEADS, HALF)
+    _rotate_in_place(p1, mask, cos, sin, half)
 
 
 @triton.jit

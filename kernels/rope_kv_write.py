@@ -36,17 +36,11 @@ from kernels.registry import Op, register
 def _rotate_write_heads(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, token, slot, head0, n_heads,
                         stride_kt, stride_kh, stride_vt, stride_vh, stride_cb, stride_co, stride_ch,
                         cos, sin, half, BLOCK_SIZE: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr):
+    """Rotate a tile of k's heads in place (as ``rope`` does), then write it and v's same heads to the slot."""
+    p1, mask = rope._heads_tile(k_ptr, token, head0, n_heads, stride_kt, stride_kh, half, HEADS, HALF)
+    r1, r2 = rope._rotate_in_place(p1, mask, cos, sin, half)
     h = head0 + tl.arange(0, HEADS)[:, None]
     i = tl.arange(0, HALF)[None, :]
-    mask = (h < n_heads) & (i < half)
-    p1 = k_ptr + token * stride_kt + h * stride_kh + i
-    x1 = tl.load(p1, mask=mask, other=0.0)
-    x2 = tl.load(p1 + half, mask=mask, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    r1 = (x1f * cos - x2f * sin).to(x1.dtype)
-    r2 = (x2f * cos + x1f * sin).to(x1.dtype)
-    tl.store(p1, r1, mask=mask)
-    tl.store(p1 + half, r2, mask=mask)
     # The slot test as a full-tile comparison: a scalar boolean operand of `&` breaks the interpreter's
     # masked store (as in kv_cache_write).
     write = mask & ((h * 0 + slot) >= 0)
