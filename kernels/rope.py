@@ -66,6 +66,17 @@ def _rotate_in_place(p1, mask, cos, sin, half):
 
 
 @triton.jit
+def _token_cos_sin(pos_ptr, cache_ptr, token, max_position, stride_cache, half, HALF: tl.constexpr):
+    """The token's cos and sin rows, [1, HALF] each, from the cos/sin cache at its position."""
+    pos = tl.load(pos_ptr + token)
+    tl.device_assert((pos >= 0) & (pos < max_position), "rope: position outside the cos/sin cache")
+    i = tl.arange(0, HALF)[None, :]
+    cos = tl.load(cache_ptr + pos * stride_cache + i, mask=i < half, other=0.0)
+    sin = tl.load(cache_ptr + pos * stride_cache + half + i, mask=i < half, other=0.0)
+    return cos, sin
+
+
+@triton.jit
 def _rotate_heads(base_ptr, token, head0, n_heads, stride_t, stride_h, cos, sin, half,
                   HEADS: tl.constexpr, HALF: tl.constexpr):
     p1, mask = _heads_tile(base_ptr, token, head0, n_heads, stride_t, stride_h, half, HEADS, HALF)
@@ -82,11 +93,7 @@ def _rope_kernel(
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     q_blocks = tl.cdiv(n_q_heads, HEADS)
-    pos = tl.load(pos_ptr + token)
-    tl.device_assert((pos >= 0) & (pos < max_position), "rope: position outside the cos/sin cache")
-    i = tl.arange(0, HALF)[None, :]
-    cos = tl.load(cache_ptr + pos * stride_cache + i, mask=i < half, other=0.0)
-    sin = tl.load(cache_ptr + pos * stride_cache + half + i, mask=i < half, other=0.0)
+    cos, sin = _token_cos_sin(pos_ptr, cache_ptr, token, max_position, stride_cache, half, HALF)
     if head_block < q_blocks:
         _rotate_heads(q_ptr, token, head_block * HEADS, n_q_heads, stride_qt, stride_qh, cos, sin, half,
                       HEADS, HALF)

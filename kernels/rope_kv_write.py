@@ -65,11 +65,7 @@ def _rope_kv_write_kernel(
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     q_blocks = tl.cdiv(n_q_heads, HEADS)
-    pos = tl.load(pos_ptr + token)
-    tl.device_assert((pos >= 0) & (pos < max_position), "rope_kv_write: position outside the cos/sin cache")
-    i = tl.arange(0, HALF)[None, :]
-    cos = tl.load(cache_ptr + pos * stride_cache + i, mask=i < half, other=0.0)
-    sin = tl.load(cache_ptr + pos * stride_cache + half + i, mask=i < half, other=0.0)
+    cos, sin = rope._token_cos_sin(pos_ptr, cache_ptr, token, max_position, stride_cache, half, HALF)
     if head_block < q_blocks:
         rope._rotate_heads(q_ptr, token, head_block * HEADS, n_q_heads, stride_qt, stride_qh, cos, sin, half,
                            HEADS, HALF)
