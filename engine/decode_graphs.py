@@ -20,18 +20,17 @@ checks) reads its tokens straight back with no sampler launch.
 Running one step ahead (plain greedy batches). A step's host work (scheduling, metadata, output and
 detokenization) would leave the GPU idle between graphs. So after a greedy graph step N is enqueued, and
 its tokens' copy to the host with it, :meth:`DecodeGraphs.run_greedy` also enqueues step N+1 for the same
-sequences before waiting: the next inputs are made on the device (token ids from step N's argmax,
-positions, slots and context lengths plus one), with no sync. It does so only where nothing the host
-decides could change step N+1's inputs: every row's next position in the block it already holds, under
-the graph's context bound, and no row at its token limit. The next :meth:`ModelRunner.execute` takes
-that result if its step is exactly the one run ahead (same sequences in order, each at the expected
-position with the expected input token and the same blocks); otherwise it drops it and runs its own.
-A dropped step is harmless: it only wrote each sequence's KV at the next position, in a partial block the
-sequence owns (never a prefix-cache block, which is full), with the values the real step writes again if
-the sequence goes on; a block freed meanwhile is written by any new owner after it, in stream order.
-
-Host cost per replay: three copies into the static buffers (token ids, positions and slots in one, the
-block tables, the context lengths) and the replay; padded rows are reset only when the batch shrinks.
+sequences before waiting: its token ids come from step N's argmax on the device, its positions, slots,
+context lengths and any new block-table entry from the host by non-blocking copies. It does so only where
+nothing the host has yet to decide could change step N+1's inputs: every row's next position in a block
+it already holds (the scheduler keeps one lookahead slot per decoding sequence where free blocks allow,
+``SchedulerConfig.num_lookahead_slots``), under the graph's context bound, and no row at its token limit.
+The next :meth:`ModelRunner.execute` takes that result if its step is exactly the one run ahead (same
+sequences in order, each at the expected position with the expected input token and block); otherwise it
+drops it and runs its own. A dropped step is harmless: it only wrote each sequence's KV at the next
+position, in a block the sequence owns that is not yet full (so never a prefix-cache block), with the
+values the real step writes again if the sequence goes on; a block freed meanwhile is written by any new
+owner after it, in stream order.
 """
 
 from __future__ import annotations
@@ -59,10 +58,10 @@ class _Ahead:
     bs: int
 
 
-def row_keys(seqs) -> list[tuple]:
-    """Each sequence's (request, next input position, its token there, blocks held, last block)."""
-    return [(s.request_id, s.num_computed_tokens, s.token_ids[s.num_computed_tokens], len(s.block_table),
-             s.block_table[-1]) for s in seqs]
+def row_keys(seqs, block_size: int) -> list[tuple]:
+    """Each sequence's (request, next input position, its token there, the block holding that position)."""
+    return [(s.request_id, s.num_computed_tokens, s.token_ids[s.num_computed_tokens],
+             s.block_table[s.num_computed_tokens // block_size]) for s in seqs]
 
 
 class DecodeGraphs:
@@ -165,7 +164,7 @@ class DecodeGraphs:
     def take_ahead(self, seqs) -> list[int] | None:
         """The tokens of this step if it is the one run ahead (and run the next one ahead); else None."""
         ahead, self.ahead = self.ahead, None
-        if ahead is None or row_keys(seqs) != ahead.keys:
+        if ahead is None or row_keys(seqs, self.runner.block_size) != ahead.keys:
             return None
         self.steps_served += 1
         self.steps_ahead += 1
@@ -186,24 +185,43 @@ class DecodeGraphs:
             self.read_done.record()
         go_ahead = self._can_run_ahead(seqs)
         if go_ahead:
-            self.token_ids[:n].copy_(tokens)
-            self.inputs[1:, :n] += 1        # positions and slots: the next position, in the same block
-            self.context_lens[:n] += 1
+            nxt = self._stage_next(seqs, tokens)
             self.graphs[bs].replay()
         if self.read_done is not None:
             self.read_done.synchronize()
             host = self.host_tokens[:n].tolist()
         if go_ahead:
-            nxt = [(r, pos + 1, t, nb, last) for (r, pos, _, nb, last), t in zip(row_keys(seqs), host, strict=True)]
-            self.ahead = _Ahead(nxt, bs)
+            self.ahead = _Ahead([(r, p, t, b) for (r, p, b), t in zip(nxt, host, strict=True)], bs)
         return host
 
+    def _stage_next(self, seqs, tokens: torch.Tensor) -> list[tuple]:
+        """Stage the next step's inputs while this step runs: token ids from this step's argmax (device to
+        device), the rest from the host by pinned, non-blocking copies (the caching host allocator keeps a
+        pinned buffer until its copy is done). Returns each row's (request, position, block) there."""
+        n, bsz, pin = len(seqs), self.runner.block_size, self.read_done is not None
+        pos = [s.num_computed_tokens + 1 for s in seqs]
+        blocks = [s.block_table[p // bsz] for s, p in zip(seqs, pos, strict=True)]
+        self.token_ids[:n].copy_(tokens)
+        staged = torch.tensor([pos, [b * bsz + p % bsz for b, p in zip(blocks, pos, strict=True)]], dtype=torch.int64,
+                              pin_memory=pin)
+        self.inputs[1:, :n].copy_(staged, non_blocking=pin)  # positions and slots
+        self.context_lens[:n] += 1
+        # A row whose next position starts a block: its table entry there (the block the lookahead slot
+        # gave it) may postdate the table staged for this step.
+        new = [(row, p // bsz, b) for row, (p, b) in enumerate(zip(pos, blocks, strict=True)) if p % bsz == 0]
+        if new:
+            entries = torch.tensor(new, dtype=torch.int64, pin_memory=pin).to(self.tables.device, non_blocking=pin)
+            self.tables[entries[:, 0], entries[:, 1]] = entries[:, 2].to(self.tables.dtype)
+        return [(s.request_id, p, b) for s, p, b in zip(seqs, pos, blocks, strict=True)]
+
     def _can_run_ahead(self, seqs) -> bool:
-        """Whether the next step's inputs are known without the host: each row's next position in a block it
-        holds and under the context bound, and no row ending at this step by its token limit."""
+        """Whether the next step's inputs are known without the host's answer: each row's next position in a
+        block it holds (the scheduler's lookahead slot) and under the context bound, and no row ending at
+        this step by its token limit."""
         block_size, limit = self.runner.block_size, min(self.max_context, self.runner.max_model_len) - 1
         for s in seqs:
             nxt = s.num_computed_tokens + 1
-            if nxt % block_size == 0 or nxt >= limit or s.num_output_tokens + 1 >= s.params.max_tokens:
+            if (nxt // block_size >= len(s.block_table) or nxt >= limit
+                    or s.num_output_tokens + 1 >= s.params.max_tokens):
                 return False
         return True

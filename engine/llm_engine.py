@@ -123,7 +123,8 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                             block_size=cfg.block_size, enable_chunked_prefill=cfg.enable_chunked_prefill,
-                            enable_prefix_cache=cfg.enable_prefix_cache, max_model_len=self.max_model_len),
+                            enable_prefix_cache=cfg.enable_prefix_cache, max_model_len=self.max_model_len,
+                            num_lookahead_slots=1 if self.runner.graphs is not None else 0),
             kv, eos_token_ids=eos)
         self._requests: dict[str, _Request] = {}
         self._pending: list[RequestOutput] = []

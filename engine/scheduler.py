@@ -49,12 +49,18 @@ class SchedulerConfig:
     enable_prefix_cache: bool = True
     # Most tokens (prompt + output) one sequence may hold; None = only the KV pool limits it.
     max_model_len: int | None = None
+    # Room kept for this many tokens past a decode step, when free blocks allow it (never by preempting
+    # anyone): the decode graphs run a step ahead only where its KV slot is already allocated.
+    num_lookahead_slots: int = 0
 
     def validate(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        lookahead = self.num_lookahead_slots
+        if not isinstance(lookahead, int) or isinstance(lookahead, bool) or lookahead < 0:
+            raise ValueError(f"num_lookahead_slots must be a non-negative integer, got {lookahead!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 1):
             raise ValueError(f"max_model_len must be a positive integer or None, got {self.max_model_len!r}")
 
@@ -219,6 +225,12 @@ class Scheduler:
             _insert_by_arrival(self.running, seq)
             out._add(seq, num_new)
             budget -= num_new
+        if self.config.num_lookahead_slots:
+            # Last, so that it takes only blocks no one in this step needed: room for the next step of each
+            # decoding sequence where free blocks allow. Nobody is preempted for it.
+            for seq, num_new, decode in zip(out.seqs, out.num_new_tokens, out.is_decode, strict=True):
+                if decode:
+                    self.kv.allocate_slots(seq, num_new + self.config.num_lookahead_slots)
         return out
 
     def postprocess(

@@ -125,9 +125,17 @@ class _EagerReplay:
         self.graphs.greedy_tokens[self.bs].copy_(tokens)
 
 
+def use_cpu_decode_graphs(engine, max_batch: int):
+    """Give a CPU engine the real DecodeGraphs (static buffers, staging, running ahead), each captured graph
+    replaced by an eager replay of the same forward, and the lookahead slot an engine with graphs keeps."""
+    engine.runner.graphs = cpu_decode_graphs(engine.runner, max_batch)
+    engine.scheduler.config.num_lookahead_slots = 1
+    return engine.runner.graphs
+
+
 def cpu_decode_graphs(runner, max_batch: int):
-    """The runner's real DecodeGraphs (static buffers, staging, running ahead) on a CPU, with each captured
-    graph replaced by an eager replay of the same forward."""
+    """The runner's real DecodeGraphs on a CPU, with each captured graph replaced by an eager replay of the
+    same forward (see :func:`use_cpu_decode_graphs`)."""
     from unittest import mock
 
     from engine.decode_graphs import DecodeGraphs

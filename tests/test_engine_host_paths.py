@@ -21,7 +21,7 @@ from engine.detokenizer import StopStringMatcher
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from kernels._sampling_params import SMALL_BATCH, rng_keys
-from tests.engine_helpers import cpu_decode_graphs
+from tests.engine_helpers import use_cpu_decode_graphs
 
 pytestmark = pytest.mark.engine
 
@@ -178,7 +178,7 @@ def test_single_stream_decode_steps_take_the_graph_path(tmp_path):
     eager_ids = []
     while engine.has_unfinished():
         eager_ids += [t for o in engine.step() if o.request_id == eager for t in o.new_token_ids]
-    engine.runner.graphs = graphs = cpu_decode_graphs(engine.runner, max_batch=4)
+    graphs = use_cpu_decode_graphs(engine, max_batch=4)
     request = engine.add_request(prompt, params)
     ids = []
     while engine.has_unfinished():

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_helpers import cpu_decode_graphs
+from tests.engine_helpers import use_cpu_decode_graphs
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SUITE, GPU_ENGINE = ROOT / "bench" / "gpu_suite.sh", ROOT / "bench" / "gpu_engine.sh"
@@ -226,7 +226,7 @@ def test_run_engine_counts_graph_replays(tmp_path):
     model = write_model(tmp_path / "m", dict(SHAPES["qwen2.5-0.5b"], **SMOKE_SHAPE), torch.device("cpu"))
     engine = LLMEngine(EngineConfig(model=str(model), backend="torch", device="cpu", max_model_len=64))
     assert run_engine(engine, [([3, 4, 5], 3)], count_graph_replays(engine))["graph_replays"] == 0
-    engine.runner.graphs = graphs = cpu_decode_graphs(engine.runner, max_batch=4)
+    graphs = use_cpu_decode_graphs(engine, max_batch=4)
     replays = count_graph_replays(engine)
     run = run_engine(engine, [([11, 12, 13, 14], 5)], replays)
     # one prefill step samples the first token, then 4 decode steps, each through the graph path

@@ -283,3 +283,46 @@ def test_config_and_manager_must_agree():
         Scheduler(SchedulerConfig(max_num_seqs=0), KVCacheManager(4, 16))
     with pytest.raises(ValueError, match="block_size"):
         Scheduler(SchedulerConfig(block_size=16), KVCacheManager(4, 8))
+
+
+def test_lookahead_slots_give_the_next_block_a_step_early_and_never_preempt():
+    # Block size 4, prompt of 3: the first decode step writes position 3 (the block's last slot), so the
+    # next step's position 4 needs a second block, which the lookahead slot allocates now.
+    s = make(num_blocks=8, block_size=4, num_lookahead_slots=1)
+    a = seq("a", 3, arrival=0.0, max_tokens=10, ignore_eos=True)
+    s.add(a)
+    step(s)                                   # prefill: positions 0-2, room kept for position 3 too
+    assert len(a.block_table) == 1
+    step(s)                                   # decode at position 3: room kept for position 4
+    assert a.num_computed_tokens == 4 and len(a.block_table) == 2
+    without = make(num_blocks=8, block_size=4)
+    b = seq("b", 3, arrival=0.0, max_tokens=10, ignore_eos=True)
+    without.add(b)
+    step(without)
+    step(without)
+    assert len(b.block_table) == 1            # without it, the block comes with the step that needs it
+    # A full cache: nobody is preempted for a lookahead slot. c decodes at the last slot of its block; d
+    # needs a block for its own next token and is preempted for that, as it would be without lookahead
+    # slots; only then, with d's block free, does c's lookahead take it (c needs it next step anyway).
+    full = make(num_blocks=2, block_size=4, num_lookahead_slots=1)
+    c = seq("c", 3, arrival=0.0, max_tokens=10, ignore_eos=True)
+    d = seq("d", 4, arrival=1.0, max_tokens=10, ignore_eos=True)
+    full.add(c)
+    full.add(d)
+    out, _ = step(full)
+    assert planned(out) == [("c", 3), ("d", 4)] and not out.preempted
+    out, _ = step(full)
+    assert planned(out) == [("c", 1)] and out.preempted == [d] and len(c.block_table) == 2
+    # Lookahead slots are kept last: a block one sequence's next step needs now is never taken by another's
+    # lookahead. e needs a second block for its own step; f, before it in the queue, would like one ahead.
+    tight = make(num_blocks=3, block_size=4, num_lookahead_slots=1)
+    f = seq("f", 3, arrival=0.0, max_tokens=10, ignore_eos=True)
+    e = seq("e", 4, arrival=1.0, max_tokens=10, ignore_eos=True)
+    tight.add(f)
+    tight.add(e)
+    step(tight)
+    out, _ = step(tight)
+    assert planned(out) == [("f", 1), ("e", 1)] and not out.preempted
+    assert len(e.block_table) == 2 and len(f.block_table) == 1
+    with pytest.raises(ValueError, match="num_lookahead_slots"):
+        make(num_lookahead_slots=-1)

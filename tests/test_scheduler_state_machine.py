@@ -43,11 +43,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         chunked=st.booleans(),
         prefix_cache=st.booleans(),
         max_model_len=st.none() | st.integers(3, 40),
+        lookahead=st.integers(0, 2),
     )
-    def setup(self, num_blocks, block_size, budget, max_num_seqs, chunked, prefix_cache, max_model_len):
+    def setup(self, num_blocks, block_size, budget, max_num_seqs, chunked, prefix_cache, max_model_len, lookahead):
         self.config = SchedulerConfig(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, block_size=block_size,
             enable_chunked_prefill=chunked, enable_prefix_cache=prefix_cache, max_model_len=max_model_len,
+            num_lookahead_slots=lookahead,
         )
         self.kv = KVCacheManager(num_blocks, block_size, prefix_cache)
         self.scheduler = Scheduler(self.config, self.kv, eos_token_ids=[EOS])
