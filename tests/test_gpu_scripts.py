@@ -272,3 +272,18 @@ def test_a_failure_with_cuda_graphs_is_rerun_eagerly(monkeypatch, tmp_path):
     first, rerun = report["results"]
     assert "error=1" in first["error"] and "rerun" not in first
     assert "enforce_eager" in rerun["rerun"] and rerun["engine_load_s"] == 1.5 and "error" not in rerun
+
+
+def test_decode_profile_variants_parse_and_refuse_a_cpu():
+    import argparse
+
+    from bench.decode_profile import main, parse_variant
+
+    assert parse_variant("engine=") == ("engine", {})
+    assert parse_variant("unfused=rope=triton,silu_and_mul=triton") == (
+        "unfused", {"rope": "triton", "silu_and_mul": "triton"})
+    for bad in ("=rope=triton", "x=rope", "x=rope=triton,=torch"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_variant(bad)
+    if not torch.cuda.is_available():
+        assert main(["--out", "unused"]) == 2  # says it needs a GPU, writes nothing
