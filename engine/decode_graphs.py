@@ -135,8 +135,8 @@ class DecodeGraphs:
                 and meta.decode_block_tables.shape[1] <= self.max_blocks)
 
     def run(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replay the graph for ``batch``: its logits [n, vocab] and each row's argmax [n]."""
-        self.ahead = None
+        """Replay the graph for ``batch``: its logits [n, vocab] and each row's argmax [n]. (A step run ahead
+        is dropped by the runner before any other step: see ``ModelRunner.execute``.)"""
         self.steps_served += 1
         n = batch.num_tokens
         bs = self.sizes[bisect.bisect_left(self.sizes, n)]

@@ -212,7 +212,7 @@ class ModelRunner:
         entries: list[TokenLogprob | None] = [None] * len(seqs)
         if not batch.sampled_seqs:
             return StepResult(sampled, entries)
-        if all(seqs[i].params.plain_greedy for i in batch.sampled_seqs):
+        if greedy or all(seqs[i].params.plain_greedy for i in batch.sampled_seqs):
             # Nothing to sample: each row's argmax is its token.
             if greedy_tokens is None:
                 greedy_tokens = self.ops.greedy(logits)
@@ -251,10 +251,10 @@ class ModelRunner:
     @staticmethod
     def _greedy_result(seqs, token_ids: list[int]) -> StepResult:
         """One greedy token per sequence; -1 (a row of NaN or +inf logits) raises, as the sampler would."""
-        if -1 in token_ids:
-            raise ValueError(f"greedy: rows {[r for r, t in enumerate(token_ids) if t < 0][:16]} hold NaN or +inf "
-                             "logits or no finite logit (the model's output is broken)")
-        return StepResult(list(token_ids), [None] * len(seqs))
+        from kernels.greedy import raise_for_invalid
+
+        raise_for_invalid("greedy", token_ids)
+        return StepResult(token_ids, [None] * len(seqs))
 
     def _graph_step(self, batch: StepBatch) -> bool:
         """Whether ``batch`` replays a decode graph: every row decoding and sampled, within the graphs' bounds."""

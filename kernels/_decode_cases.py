@@ -3,8 +3,9 @@
 A case is a dict: per-sequence ``context_lens``, ``q_heads``, ``kv_heads``, ``head_dim``, ``block_size``,
 ``dtype``, ``num_splits`` (None: the kernel chooses), ``pass_max`` (hand max_context_len to the op) and
 ``layout``: "shuffled" (blocks in random order, spare table entries pointing at other blocks) or
-"contiguous" (the benchmark layout that SDPA can read as a plain tensor). Benchmark cases, where every
-sequence has one length, say ``batch`` and ``context`` instead (shorter to print).
+"contiguous" (the benchmark layout that SDPA can read as a plain tensor: ``decode_sdpa_baseline``).
+Benchmark cases, where every sequence has one length, say ``batch`` and ``context`` instead (shorter to
+print).
 """
 
 from __future__ import annotations
@@ -120,3 +121,22 @@ def bytes_moved(case):
     e, D = case["dtype"].itemsize, case["head_dim"]
     ctx = context_lens_of(case)
     return e * D * (2 * case["kv_heads"] * sum(ctx) + 2 * len(ctx) * case["q_heads"])
+
+
+def decode_sdpa_baseline(q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None,
+                         num_splits=None, split_size=None):
+    """torch SDPA on the same KV laid out contiguously, as in the benchmark cases.
+
+    Valid only for the benchmark layout: sequence b owns blocks b*n .. b*n+n-1 in order and every
+    context has max_context_len tokens (the table's capacity if it is not given), so the cache *is* a
+    contiguous [B, n*block_size, Hkv, D] tensor, sliced to the context (a view, no copy).
+    """
+    batch, q_heads, D = q.shape
+    num_blocks, _, kv_heads, _ = k_cache.shape
+    if num_blocks != batch * block_tables.shape[1]:
+        raise ValueError("decode_sdpa_baseline needs the benchmark layout (cache blocks == batch * table width)")
+    length = block_tables.shape[1] * k_cache.shape[1] if max_context_len is None else max_context_len
+    dense = lambda c: c.view(batch, -1, kv_heads, D)[:, :length].transpose(1, 2)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None, :], dense(k_cache), dense(v_cache), scale=scale, enable_gqa=kv_heads != q_heads)
+    return o[:, :, 0, :]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from kernels._sampling_params import SampleResult, SamplingTensors
+from kernels.greedy import invalid_rows_error
 
 _M32 = 0xFFFFFFFF
 
@@ -25,8 +26,7 @@ def check_logits(logits: torch.Tensor) -> None:
     invalid = torch.isnan(logits).any(-1) | (logits == float("inf")).any(-1) | (logits == float("-inf")).all(-1)
     if bool(invalid.any()):
         bad = invalid.nonzero().flatten().tolist()
-        raise ValueError(f"sample: rows {bad[:16]}{'...' if len(bad) > 16 else ''} hold NaN or +inf logits or no "
-                         "finite logit; check the model's output for these requests")
+        raise invalid_rows_error("sample", bad)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

@@ -137,6 +137,19 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def invalid_rows_error(op: str, bad: list[int]) -> ValueError:
+    """The error for rows whose logits hold NaN or +inf, or no finite value (token -1 from the kernels of
+    ``greedy`` and ``sample``)."""
+    return ValueError(f"{op}: rows {bad[:16]}{'...' if len(bad) > 16 else ''} hold NaN or +inf logits or no "
+                      "finite logit; check the model's output for these requests")
+
+
+def raise_for_invalid(op: str, host_tokens: list[int]) -> None:
+    """Raise :func:`invalid_rows_error` if any token read back from ``op`` is -1."""
+    if -1 in host_tokens:
+        raise invalid_rows_error(op, [row for row, t in enumerate(host_tokens) if t == -1])
+
+
 def greedy_reference(logits: torch.Tensor) -> torch.Tensor:
     """Pure torch, same signature (float64 accepted too)."""
     _check(logits, (*KERNEL_DTYPES, torch.float64))

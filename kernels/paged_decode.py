@@ -393,25 +393,6 @@ def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_
     return out
 
 
-def decode_sdpa_baseline(q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None,
-                         num_splits=None, split_size=None):
-    """torch SDPA on the same KV laid out contiguously, as in the benchmark cases.
-
-    Valid only for the benchmark layout: sequence b owns blocks b*n .. b*n+n-1 in order and every
-    context has max_context_len tokens (the table's capacity if it is not given), so the cache *is* a
-    contiguous [B, n*block_size, Hkv, D] tensor, sliced to the context (a view, no copy).
-    """
-    batch, q_heads, D = q.shape
-    num_blocks, _, kv_heads, _ = k_cache.shape
-    if num_blocks != batch * block_tables.shape[1]:
-        raise ValueError("decode_sdpa_baseline needs the benchmark layout (cache blocks == batch * table width)")
-    length = block_tables.shape[1] * k_cache.shape[1] if max_context_len is None else max_context_len
-    dense = lambda c: c.view(batch, -1, kv_heads, D)[:, :length].transpose(1, 2)
-    o = torch.nn.functional.scaled_dot_product_attention(
-        q[:, :, None, :], dense(k_cache), dense(v_cache), scale=scale, enable_gqa=kv_heads != q_heads)
-    return o[:, :, 0, :]
-
-
 register(Op(
     name="paged_decode_attention",
     triton=paged_decode_attention,
@@ -423,7 +404,7 @@ register(Op(
     reduction_len=cases.reduction_len,
     flops=cases.flops,
     bytes=cases.bytes_moved,
-    baseline=decode_sdpa_baseline,
+    baseline=cases.decode_sdpa_baseline,
     baseline_name="SDPA",
     tf32=True,
 ))

@@ -68,6 +68,7 @@ from kernels._sampling_search import (
 from kernels._sampling_split import handles, launch_split
 from kernels._triton import tl, triton
 from kernels.device import check_backend, interpreting
+from kernels.greedy import raise_for_invalid
 from kernels.registry import Op, register, register_impl
 from kernels.tuning import Tuned
 
@@ -300,11 +301,6 @@ def _check(logits: torch.Tensor, st: SamplingTensors) -> None:
     check_backend("triton", logits.device)  # a CPU tensor needs the interpreter: say so instead of crashing
 
 
-def _raise_invalid(bad: list[int]) -> None:
-    raise ValueError(f"sample: rows {bad[:16]}{'...' if len(bad) > 16 else ''} hold NaN or +inf logits or no "
-                     "finite logit; check the model's output for these requests")
-
-
 def _batch_bucket(batch: int) -> int:
     # The autotuning key: one row (the whole GPU for one program), a few rows, many rows.
     return 0 if batch == 1 else 1 if batch <= 32 else 2
@@ -371,8 +367,7 @@ def _read_back(tokens, lps, top_ids, top_lp) -> SampleResult:
     # The kernels write token -1 for an invalid row: one read of the tokens both checks the rows and hands
     # them to the caller (the step's only wait for the device).
     host_tokens = tokens.tolist()
-    if -1 in host_tokens:
-        _raise_invalid([row for row, t in enumerate(host_tokens) if t == -1])
+    raise_for_invalid("sample", host_tokens)
     return SampleResult(tokens, lps, top_ids, top_lp, host_tokens)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import _decode_cases, _paged_checks, paged_decode
+from kernels._decode_cases import decode_sdpa_baseline
 from kernels._split_k import arrival_counters
 from kernels.paged_decode import (
     MAX_SPLITS,
@@ -15,7 +16,6 @@ from kernels.paged_decode import (
     SPLIT_TILES,
     TILES,
     choose_split_size,
-    decode_sdpa_baseline,
     paged_decode_attention,
     paged_decode_attention_reference,
 )
