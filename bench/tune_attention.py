@@ -36,12 +36,13 @@ from bench.report import write_rows
 from bench.timing import input_sets_for, time_each
 from kernels import registry
 
-PREFILL_TILES = [
+PREFILL_TILES = [  # the shipped D=128 tile first
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
 ]
 DECODE_TILES = [  # 5 stages double-buffer K/V (kernels/paged_decode.py); 64/4/3 is the single-buffered one
     dict(BLOCK_N=32, num_warps=4, num_stages=5),
@@ -66,9 +67,12 @@ def _decode(batch, ctx, Hq, Hkv, bs, D=128):
 
 
 EXPLORE = {
-    "prefill_attention": (PREFILL_TILES, [
-        _prefill(4, 4096, 128, 32, 32, True), _prefill(4, 4096, 64, 16, 16, True),
-        _prefill(2, 2048, 256, 16, 16, True), _prefill(8, 512, 128, 32, 8, True, prefix=4096),
+    "prefill_attention": (PREFILL_TILES, [  # the target's shapes (D=128 causal, 1k..16k) first
+        _prefill(16, 1024, 128, 32, 32, True), _prefill(8, 2048, 128, 32, 32, True),
+        _prefill(4, 4096, 128, 32, 32, True), _prefill(2, 8192, 128, 32, 32, True),
+        _prefill(1, 16384, 128, 32, 32, True), _prefill(16, 1024, 128, 32, 8, True),
+        _prefill(4, 4096, 128, 32, 32, False), _prefill(8, 512, 128, 32, 8, True, prefix=4096),
+        _prefill(16, 1024, 64, 16, 16, True), _prefill(4, 4096, 64, 16, 16, True),
     ]),
     "paged_decode_attention": (DECODE_TILES, [
         _decode(1, 32768, 32, 8, 16), _decode(64, 4096, 32, 8, 16), _decode(8, 16384, 14, 2, 128),

@@ -1,9 +1,9 @@
 """Triton building blocks shared by the prefill and decode attention kernels.
 
 ``softmax_step`` folds one tile of keys into an online softmax (flash attention): with a running row max
-m, row sum l and an fp32 accumulator, a tile of scores s = q k^T * scale * log2(e) updates
+m, row sum l and an fp32 accumulator, a tile of raw scores r = q k^T and c = scale * log2(e) > 0 update
 
-    m' = max(m, max_j s_j),   l' = l * 2^(m - m') + sum_j 2^(s_j - m'),   acc' = acc * 2^(m - m') + P v
+    m' = max(m, c max_j r_j),   l' = l * 2^(m - m') + sum_j 2^(c r_j - m'),   acc' = acc * 2^(m - m') + P v
 
 ``load_tile`` loads a [rows, D_PAD] tile, masking only what can be out of range.
 """
@@ -30,11 +30,12 @@ def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, 
     """One key tile: q [M, D], k/v [N, D]; ``valid`` ([M, N] or [1, N]) is applied only if MASKED."""
     # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
     s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
-    s = s * qk_scale
     if MASKED:
         s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
+    # qk_scale > 0 (the launchers check it), so the max of the scaled row is the scaled max: each score
+    # then costs one multiply-add before exp2 instead of a multiply and a subtract.
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]

@@ -8,6 +8,7 @@ stream; they run only when ``TRITONFORGE_DEBUG_CHECKS=1`` is set or :data:`DEBUG
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -55,6 +56,15 @@ def index_tensor(op: str, name: str, t: torch.Tensor, ndim: int, dtypes=INDEX_DT
 def head_dim(op: str, d: int) -> None:
     if d not in HEAD_DIMS:
         raise ValueError(f"{op}: head_dim {d} is not supported; supported head dims are {HEAD_DIMS}")
+
+
+def softmax_scale(op: str, scale: float | None, d: int) -> float:
+    """The scale as a float (1/sqrt(d) if None). It must be positive: the kernels take each row's max
+    before scaling (one multiply-add per score instead of a multiply and a subtract)."""
+    value = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if not value > 0.0 or math.isinf(value):
+        raise ValueError(f"{op}: scale must be a positive finite number, got {scale!r}")
+    return value
 
 
 def head_counts(op: str, num_q_heads: int, num_kv_heads: int) -> None:

@@ -32,11 +32,17 @@ so the two paths give the same bits (on a GPU, wherever the two kernels run with
 The fold saves a launch per layer and step, but on an H200 the serial combine in the row's last program
 cost more than the launch it saved, so the two-launch path is the default (see ``REDUCE_IN_SPLIT``).
 
-Why a fixed size and not a fixed count: a sequence's partition then depends only on ``split_size``, not on
+A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
 its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
 size is the same. An engine that needs bitwise batch invariance passes one constant ``split_size``. The
 result depends on the split size only through rounding (tested). With a single split the kernel writes
 the output directly: no partials, no counters, no reduce.
+
+Fitted to each context, by default (``FIT_SPLITS_TO_CONTEXT``): the grid's split count comes from the
+launch's context bound, but each sequence spreads its own C tokens over those splits, in whole
+``SPLIT_ALIGN``-token tiles (:func:`_split_len`). A decode graph captured for an 8192-token bound then
+decodes a 200-token context with four one-tile programs per KV head, not one program walking 256 tokens
+while the others exit; at the bound the size is the policy's own.
 
 How many splits (:func:`choose_split_size`, from batch, KV heads, max context and the SM count). Decode
 moves bytes and nothing else, so the question is how many bytes each SM has in flight, start to end:
@@ -83,6 +89,10 @@ REDUCE_SPLITS = 32  # partial outputs combined per step of the reduce (a [32, D]
 # critical path, and split launches got slower (batch 1 at 32k: 43.3 us against 37.9 for SDPA, 0.87x, where
 # the two launches gave 0.96x; batch 8 at 4k: 0.87x against 0.95x). So the two-launch path is the default.
 REDUCE_IN_SPLIT = False
+# True: with the default policy (no split_size or num_splits given), each sequence spreads its own context
+# over the launch's splits (see _split_len), so a short context under a large bound (a decode graph sized
+# for 8192 tokens decoding at 200) uses several one-tile programs instead of one program walking it all.
+FIT_SPLITS_TO_CONTEXT = True
 
 
 @triton.jit
@@ -98,6 +108,18 @@ def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, vali
     k = load_tile(k_head_ptr + rows, valid, d_ok, MASKED, EVEN_D)
     v = load_tile(v_head_ptr + rows, valid, d_ok, MASKED, EVEN_D)
     return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid[None, :] if MASKED else None, MASKED, UPCAST)
+
+
+@triton.jit
+def _split_len(ctx, split_size, max_splits, FIT: tl.constexpr, ALIGN: tl.constexpr):
+    """Tokens per split of a sequence with ``ctx`` tokens: the launch's ``split_size``, or (FIT) the fewest
+    whole ALIGN-token tiles that spread ``ctx`` over the launch's ``max_splits`` (never more splits than the
+    grid has: ctx <= the bound the grid was sized for)."""
+    if FIT:
+        size = tl.maximum(tl.cdiv(tl.cdiv(ctx, max_splits), ALIGN), 1) * ALIGN
+    else:
+        size = split_size
+    return size
 
 
 @triton.jit
@@ -135,8 +157,8 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
     qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
-    DIRECT: tl.constexpr, FOLD: tl.constexpr, S_BLOCK: tl.constexpr, UPCAST: tl.constexpr,
-    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DIRECT: tl.constexpr, FOLD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -144,14 +166,15 @@ def _decode_split_kernel(
     # Clamped to the bound the grid was sized for (never past the block table): a context length beyond it
     # (invalid input, caught by the debug checks) cannot send the kernel outside its memory.
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
-    start = split * split_size
+    size = _split_len(ctx, split_size, max_splits, FIT, ALIGN)
+    start = split * size
     # Nested on purpose: Triton has no `and` between a constexpr and a tensor.
     if not DIRECT:  # noqa: SIM102  (see the line above)
         # Past this sequence's end: no partial to write, none read, no arrival counted. Split 0 of an empty
         # context (never valid input) still runs, so that the folded path has an arrival to finish on.
         if start >= tl.maximum(ctx, 1):
             return
-    end = tl.minimum(start + split_size, ctx)
+    end = tl.minimum(start + size, ctx)
 
     g = tl.arange(0, G_PAD)
     heads = kv_head * group + g
@@ -187,7 +210,7 @@ def _decode_split_kernel(
         tl.store(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=out_mask)
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=head_ok)
         if FOLD:
-            n_splits = tl.cdiv(ctx, split_size)  # the row's programs that get here: the count to wait for
+            n_splits = tl.cdiv(ctx, size)  # the row's programs that get here: the count to wait for
             tl.debug_barrier()  # every thread's partial stores happen before the release below
             row = seq * tl.num_programs(1) + kv_head
             arrived = tl.atomic_add(count_ptr + row, 1, sem="acq_rel")
@@ -202,11 +225,12 @@ def _decode_split_kernel(
 @triton.jit(do_not_specialize=["ctx_ptr", "max_splits", "ctx_cap"])  # per-step values: compiled once
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits, ctx_cap,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
     """The unfolded path's second launch: one program per (sequence, head)."""
     seq = tl.program_id(0)
-    n_splits = tl.cdiv(tl.minimum(tl.load(ctx_ptr + seq), ctx_cap), split_size)
+    ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
+    n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
     _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), n_splits, stride_ob, stride_oh,
                   num_q_heads, max_splits, HEAD_DIM, D_PAD, S_BLOCK)
 
@@ -353,6 +377,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1
     fold = REDUCE_IN_SPLIT and not direct  # read at launch: a test or a benchmark may flip it
+    fit = FIT_SPLITS_TO_CONTEXT and num_splits is None and split_size is None  # likewise
     if direct:
         part_o = part_lse = o  # unused
     else:
@@ -360,7 +385,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_lse = alloc.empty(batch, q_heads, max_splits, dtype=torch.float32, device=q.device)
     # One arrival counter per (sequence, KV head); made before any CUDA-graph capture (see arrival_counters).
     counters = arrival_counters(q.device, batch * kv_heads) if fold else part_lse  # unused unless folded
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = checks.softmax_scale("paged_decode_attention", scale, D)
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
     tile = _tile or pick_tile(d_pad, q.element_size(), split=not direct)
@@ -371,12 +396,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         scale * LOG2E, group, q_heads, size, max_splits, max_context,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
-        DIRECT=direct, FOLD=fold, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(), **tile,
+        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(), **tile,
     )
     if not direct and not fold:
         _decode_reduce_kernel[(batch, q_heads)](
             part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits, max_context,
-            HEAD_DIM=D, D_PAD=d_pad, S_BLOCK=REDUCE_SPLITS, num_warps=4,
+            HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, num_warps=4,
         )
     return o
 

@@ -234,7 +234,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     o = alloc.empty(T, Hq, D, dtype=q.dtype, device=q.device)
     if T == 0 or batch == 0 or max_seqlen == 0:
         return o
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = checks.softmax_scale("prefill_attention", scale, D)
     has_prefix = k_cache is not None
     if not has_prefix:  # unused pointers when HAS_PREFIX is False
         k_cache, v_cache, block_tables, prefix_lens = k, v, cu_seqlens[None], cu_seqlens

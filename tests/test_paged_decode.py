@@ -79,6 +79,23 @@ def test_result_does_not_depend_on_the_split_count(device, reduce_in_split):
         torch.testing.assert_close(out, outs[0], rtol=tight, atol=tight)
 
 
+def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, reduce_in_split, monkeypatch):
+    """The default policy under a bound far above most contexts (a decode graph's case): each sequence
+    spreads its own context over the grid's splits, and the answer is the fixed-size split's."""
+    monkeypatch.setattr(paged_decode, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
+    inputs = _inputs(_case([1000, 1, 17, 65, 200]), device, seed=6)
+    inputs.pop("num_splits", None)
+    assert -(-1000 // choose_split_size(5, 2, 1000)) == 3  # three splits: 17 tokens fit one, 200 take two
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    fitted = paged_decode_attention(**inputs)
+    monkeypatch.setattr(paged_decode, "FIT_SPLITS_TO_CONTEXT", False)
+    fixed = paged_decode_attention(**inputs)
+    assert_close(fitted, ref, dtype=torch.float32, reduction_len=1000, tf32=True)
+    tight = 1e-5 if device.type == "cpu" else 2e-3
+    torch.testing.assert_close(fitted, fixed, rtol=tight, atol=tight)
+
+
 def test_decode_equals_the_last_row_of_causal_prefill(device, reduce_in_split):
     """Two kernels, one answer: the newest token's attention over n cached tokens."""
     torch.manual_seed(5)
@@ -149,6 +166,8 @@ def test_rejects_heads_dims_and_dtypes(device):
         paged_decode_attention(**{**inputs, "q": inputs["q"].half()})
     with pytest.raises(ValueError, match="num_splits"):
         paged_decode_attention(**inputs, num_splits=0)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        paged_decode_attention(**inputs, scale=-1.0)
 
 
 def test_debug_checks_catch_bad_context_lengths_and_block_ids(device, monkeypatch):

@@ -114,6 +114,13 @@ def test_rejects_mixed_dtypes_and_device_max_seqlen(device):
         prefill_attention(q, k, v, cu, torch.tensor(6))
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan"), float("inf")])
+def test_rejects_a_scale_that_is_not_positive(device, scale):
+    q, k, v, cu = _qkv(device)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        prefill_attention(q, k, v, cu, 6, scale=scale)
+
+
 def test_rejects_partial_cache_arguments(device):
     q, k, v, cu = _qkv(device)
     with pytest.raises(ValueError, match="all of k_cache"):
