@@ -115,7 +115,7 @@ def _split_len(ctx, split_size, max_splits, FIT: tl.constexpr, ALIGN: tl.constex
     """Tokens per split of a sequence with ``ctx`` tokens: the launch's ``split_size``, or (FIT) the fewest
     whole ALIGN-token tiles that spread ``ctx`` over the launch's ``max_splits`` (never more splits than the
     grid has: ctx <= the bound the grid was sized for)."""
-    if FIT:
+    if FIT:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
         size = tl.maximum(tl.cdiv(tl.cdiv(ctx, max_splits), ALIGN), 1) * ALIGN
     else:
         size = split_size
