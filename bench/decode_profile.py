@@ -14,7 +14,8 @@ steady single-stream decode, and then:
   between the graph time and the summed kernel time is what launching and draining those kernels costs.
 
 Variants in one process share Triton's autotuning results, so each after the first starts in seconds.
-Writes ``decode_profile.csv`` (one row per model, variant and kernel) and ``decode_profile.json``
+Writes ``decode_profile.csv`` (one row per model, variant and kernel), ``decode_sequence.csv`` (the last
+replay's kernels in launch order, to tell which launch of a layer is slow) and ``decode_profile.json``
 (graph time, summed kernel time, kernel count per replay), and prints a short table per variant.
 """
 
@@ -62,8 +63,9 @@ def steady_engine(model_dir: Path, overrides: dict[str, str]):
     return engine
 
 
-def profile_graph(engine, replays: int) -> list[dict]:
-    """Per kernel name: launches and device microseconds per replay of the batch-1 decode graph."""
+def profile_graph(engine, replays: int) -> tuple[list[dict], list[dict]]:
+    """Per kernel name: launches and device microseconds per replay of the batch-1 decode graph; and the
+    last replay's kernels in launch order (which launch of a layer is slow: names carry no shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
     graph = engine.runner.graphs.graphs[1]
@@ -85,7 +87,15 @@ def profile_graph(engine, replays: int) -> list[dict]:
     total = sum(r["us_per_replay"] for r in rows) or 1.0
     for r in rows:
         r["share"] = r["us_per_replay"] / total
-    return sorted(rows, key=lambda r: -r["us_per_replay"])
+    return sorted(rows, key=lambda r: -r["us_per_replay"]), kernel_sequence(prof, replays)
+
+
+def kernel_sequence(prof, replays: int) -> list[dict]:
+    """The last replay's device kernels in start order: position, name, microseconds."""
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    last = kernels[len(kernels) - len(kernels) // replays:] if replays else []
+    return [{"position": i, "kernel": e.name, "us": e.time_range.elapsed_us()} for i, e in enumerate(last)]
 
 
 def main(argv=None) -> int:
@@ -102,7 +112,7 @@ def main(argv=None) -> int:
     variants = args.variant or [("engine", {})]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table, summary = [], {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
+    table, sequences, summary = [], [], {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             model_dir = write_model(Path(tmp) / model, MODELS[model], torch.device("cuda"))
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
                 engine = steady_engine(model_dir, overrides)
                 try:
                     graph_ms = graph_replay_ms(engine, 1)
-                    rows = profile_graph(engine, args.replays)
+                    rows, sequence = profile_graph(engine, args.replays)
                 finally:
                     engine.close()
                 kernel_us = sum(r["us_per_replay"] for r in rows)
@@ -123,12 +133,17 @@ def main(argv=None) -> int:
                     print(f"    {r['us_per_replay']:8.1f} us  {r['launches_per_replay']:5.0f} x "
                           f"{r['us_per_launch']:6.2f}  {r['kernel'][:90]}", flush=True)
                 table += [{"model": model, "variant": name, **r} for r in rows]
+                sequences += [{"model": model, "variant": name, **r} for r in sequence]
                 (out / "decode_profile.json").write_text(json.dumps(summary, indent=2))
                 with open(out / "decode_profile.csv", "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=["model", "variant", "kernel", "launches_per_replay",
                                                       "us_per_launch", "us_per_replay", "share"])
                     w.writeheader()
                     w.writerows(table)
+                with open(out / "decode_sequence.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["model", "variant", "position", "kernel", "us"])
+                    w.writeheader()
+                    w.writerows(sequences)
     return 0
 
 

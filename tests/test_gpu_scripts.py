@@ -287,3 +287,19 @@ def test_decode_profile_variants_parse_and_refuse_a_cpu():
             parse_variant(bad)
     if not torch.cuda.is_available():
         assert main(["--out", "unused"]) == 2  # says it needs a GPU, writes nothing
+
+
+def test_decode_profile_sequence_is_the_last_replay_in_start_order():
+    from types import SimpleNamespace
+
+    from bench.decode_profile import kernel_sequence
+
+    def event(name, start, end, device=torch.autograd.DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device,
+                               time_range=SimpleNamespace(start=start, elapsed_us=lambda: end - start))
+
+    # Two replays of three kernels, listed out of order, with a host event mixed in.
+    events = [event("b", 12, 15), event("a", 0, 2), event("c", 15, 16), event("a", 10, 12), event("b", 2, 5),
+              event("c", 5, 6), event("host", 1, 30, torch.autograd.DeviceType.CPU)]
+    rows = kernel_sequence(SimpleNamespace(events=lambda: events), replays=2)
+    assert [(r["position"], r["kernel"], r["us"]) for r in rows] == [(0, "a", 2), (1, "b", 3), (2, "c", 1)]
