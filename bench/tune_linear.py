@@ -70,7 +70,32 @@ def rotating(fn, x, ws):
     return lambda: fn(x, next(it))
 
 
-def explore(ceil: dict, rows: list, save, which: str) -> None:
+DECODE_STUDY_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864)]  # N, K
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """``NxK,NxK`` -> [(N, K), ...] (the decode exploration's weight shapes)."""
+    try:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes as NxK,NxK (e.g. 896x896,1152x896), got {text!r}")
+    return shapes
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers as 1,16, got {text!r}")
+    return values
+
+
+def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY_SHAPES,
+            decode_ms=(1, 16)) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
     prefill_shapes = [(4096, 4096, 4096), (4096, 14336, 4096), (8192, 28672, 4096), (2048, 4608, 3584)]
     if which == "decode":
@@ -92,10 +117,9 @@ def explore(ceil: dict, rows: list, save, which: str) -> None:
                              "tflops": flops / t / 1e9, "vs_cublas": base / t})
         print(f"explored prefill {M}x{N}x{K} (cuBLAS {flops / base / 1e9:.0f} TFLOP/s)", flush=True)
         save(rows)
-    decode_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864)]
     if which == "prefill":
         decode_shapes = []
-    for (N, K), M in itertools.product(decode_shapes, (1, 16)):
+    for (N, K), M in itertools.product(decode_shapes, decode_ms):
         x, ws = operands(M, N, K, l2, rotate=True)
         base = ms(rotating(F.linear, x, ws), graph=True)
         w_bytes = N * K * 2
@@ -160,6 +184,10 @@ def main() -> int:
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
     p.add_argument("--explore", choices=("all", "prefill", "decode"), default=None,
                    help="time every config alone on representative shapes")
+    p.add_argument("--decode-shapes", type=shape_list, default=DECODE_STUDY_SHAPES, metavar="NxK,...",
+                   help="weight shapes of the decode exploration (default: three Llama-3-8B layers and 896x4864)")
+    p.add_argument("--decode-m", type=int_list, default=[1, 16], metavar="M,...",
+                   help="token counts of the decode exploration (default: 1,16)")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
@@ -175,7 +203,7 @@ def main() -> int:
     if args.explore:
         cfg_rows: list = []
         explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, f"linear_configs_{args.explore}.csv")),
-                args.explore)
+                args.explore, args.decode_shapes, args.decode_m)
         best: dict = {}
         for r in cfg_rows:
             k = (r["kernel"], r["M"], r["N"], r["K"])

@@ -303,3 +303,17 @@ def test_decode_profile_sequence_is_the_last_replay_in_start_order():
               event("c", 5, 6), event("host", 1, 30, torch.autograd.DeviceType.CPU)]
     rows = kernel_sequence(SimpleNamespace(events=lambda: events), replays=2)
     assert [(r["position"], r["kernel"], r["us"]) for r in rows] == [(0, "a", 2), (1, "b", 3), (2, "c", 1)]
+
+
+def test_tune_linear_decode_shape_arguments():
+    import argparse
+
+    from bench.tune_linear import int_list, shape_list
+
+    assert shape_list("896x896, 1152X896") == [(896, 896), (1152, 896)]
+    assert int_list("1,16") == [1, 16]
+    for bad in ("8x", "0x4", "axb", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="NxK"):
+            shape_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
+        int_list("0")
