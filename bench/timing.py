@@ -30,8 +30,27 @@ def time_ms(fn: Callable[[], Any], *, graph: bool = False, warmup_ms: int = WARM
     fn()  # compile / autotune outside the timed region
     torch.cuda.synchronize()
     if graph:
+        warm_capture_stream(fn)
         return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def warm_capture_stream(fn: Callable[[], Any]) -> None:
+    """Call ``fn()`` once on the stream that ``torch.cuda.graph`` captures on by default.
+
+    Split-K arrival counters are made per stream and never during a capture
+    (``kernels._split_k.arrival_counters``); ``do_bench_cudagraph`` captures on torch's default capture
+    stream, which no eager launch has used, so a split launch would refuse to be captured there without this.
+    """
+    import torch
+
+    torch.cuda.graph(torch.cuda.CUDAGraph())  # makes torch's default capture stream if it is not there yet
+    stream = torch.cuda.graph.default_capture_stream
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
 
 
 def input_sets_for(set_bytes: float, l2_bytes: int) -> int:

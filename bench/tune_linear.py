@@ -33,6 +33,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 from bench.ceilings import measure
 from bench.report import results_dir, write_rows
+from bench.timing import warm_capture_stream
 from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
@@ -44,6 +45,7 @@ DEVICE = "cuda"
 
 def ms(fn, graph: bool = False) -> float:
     if graph:
+        warm_capture_stream(fn)  # split-K counters must exist on the capture stream before a capture
         # rep sets how many calls one captured graph unrolls (rep / estimated time, capped by capture
         # cost); 10 ms keeps captures short and still averages hundreds of decode launches.
         return do_bench_cudagraph(fn, rep=10, return_mode="median")

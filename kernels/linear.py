@@ -13,6 +13,8 @@ benchmark sweep times them side by side):
 
 - ``"decode"`` (kernels.linear_decode): split-K weight streaming for M <= 64, where the product is
   bound by reading the weight; batch-invariant within an M bucket (see that module);
+- ``"gemv"`` (kernels.linear_gemv): the same streaming for M <= 4 on the CUDA cores, with no tensor-core
+  padding or shared-memory staging; batch-invariant for M = 1..4;
 - ``"prefill"`` (kernels.linear_prefill): tiles in grouped order, one program per tile;
 - ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them.
 
@@ -32,17 +34,19 @@ import torch.nn.functional as F
 
 from kernels.device import check_backend
 from kernels.linear_decode import linear_decode_2d
+from kernels.linear_gemv import linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.registry import Op, register, register_impl
 
-VARIANTS = ("prefill", "persistent", "decode")
+VARIANTS = ("prefill", "persistent", "decode", "gemv")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Up to this many rows the product is under 64 flops per weight byte, far below an H100/H200's ~250
 # bf16 flops per byte, so reading the weight dominates and split-K streaming fits; the crossover to the
 # tiled kernels between 64 and ~256 rows has not been measured yet.
 DECODE_MAX_M = 64
 
-_KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "decode": linear_decode_2d}
+_KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "decode": linear_decode_2d,
+            "gemv": linear_gemv_2d}
 
 
 def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:

@@ -16,6 +16,7 @@ from kernels.linear import (
     linear_reference,
 )
 from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.testing import assert_close
 
@@ -182,6 +183,8 @@ def test_decode_chunk_rule():
             # the fp32 partials stay under a quarter of the weight bytes at the bucket's largest M
             assert splits == 1 or 8 * block_m * N * splits <= 2 * N * K / 4
     assert decode_chunk(151936, 896, 16, 132) >= 896  # a huge N fills the GPU without splitting K
+    assert decode_chunk(16384, 2048, 16, 132) >= 2048  # 256 column tiles come near 2 per SM: no split
+    assert decode_chunk(2048, 2048, 16, 132) == 512    # 32 column tiles: four splits of 512
 
 
 def test_decode_batch_invariance(device):
@@ -193,6 +196,40 @@ def test_decode_batch_invariance(device):
         alone = linear(x[m:m + 1], w, b, variant="decode")
         assert torch.equal(alone[0], together[m]), f"row {m} differs between batch sizes 1 and 16"
     assert torch.equal(linear(x[:7], w, b, variant="decode"), together[:7])
+
+
+def test_gemv_rows_are_the_same_alone_or_together(device):
+    """The GEMV's row of M = 1 is bitwise its row in M = 2, 3 and 4 (one config, one chunk, any M)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
+    x, w, b = _operands(4, 300, 1000, device, dtype=dtype, seed=8)
+    together = linear(x, w, b, variant="gemv")
+    assert_close(together, _expected(x, w, b), dtype=dtype, reduction_len=1000)
+    for m in range(4):
+        assert torch.equal(linear(x[m:m + 1], w, b, variant="gemv")[0], together[m]), f"row {m} alone differs"
+    for rows in (2, 3):
+        assert torch.equal(linear(x[:rows], w, b, variant="gemv"), together[:rows]), f"M={rows} differs"
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 6, 9])
+def test_gemv_split_k_and_row_tiles(device, M):
+    """Chunks that end inside a tile (k_chunk 96), several splits, bias, and M beyond one ROWS tile."""
+    x, w, b = _operands(M, 37, 300, device, seed=M)
+    for chunk in (None, 96, 512):
+        with alloc.poisoned():
+            y = linear_gemv_2d(x, w, b, k_chunk=chunk)
+        assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=300)
+    with alloc.poisoned():
+        assert_close(linear_gemv_2d(x, w, None), _expected(x, w), dtype=torch.float32, reduction_len=300)
+
+
+def test_gemv_chunk_rule():
+    for N, K in [(896, 896), (1152, 896), (896, 4864), (4096, 14336), (151936, 896), (1, 1)]:
+        chunk = gemv_chunk(N, K, sms=132)
+        assert chunk % GEMV_UNIT == 0 and -(-K // chunk) <= max(1, -(-K // GEMV_UNIT))
+        splits = -(-K // chunk)
+        assert splits == 1 or -(-N // 16) * splits <= 2 * 132  # within two programs per SM
+    assert gemv_chunk(896, 4864, 132) == 1536      # 56 column tiles: four splits of three 512-units
+    assert gemv_chunk(151936, 896, 132) >= 896     # the lm_head fills the card unsplit
 
 
 # --- GPU: real shapes, every variant --------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""Dense linear for one to four tokens: a GEMV on the CUDA cores, split-K reduced in the same launch.
+
+Math: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]), weight [N, K] row-major, accumulated in float32.
+
+Why another decode kernel: the split-K kernel of ``kernels.linear_decode`` pads M to 16 rows for the
+tensor cores and moves each weight tile through shared memory into the dot-operand layout. At M <= 4 none
+of that is needed: every weight element is used by at most four FMAs. Here a program owns BLOCK_N weight
+rows and one chunk of K, loads [BLOCK_N, BLOCK_K] tiles straight into registers (16-byte vectors along K,
+coalesced along the row), multiplies them by the rows of x in fp32 and sums along K at the end. On the
+small layers of a 0.5B-1B model (1-20 MB of weight), where a decode product lasts a few microseconds,
+what is left is the launch, one memory latency per loop trip, and the split-K arrival.
+
+Rows of x: a program computes ROWS (1, 2 or 4, from M) rows with one accumulator each; a launch with
+more rows tiles M by ROWS along the grid's third axis (correct for any M, meant for M <= 4). Rows past M
+re-read row M - 1 (never stored), weight rows past N re-read row N - 1 (never stored): no load masks
+except along K in a chunk that is not whole tiles.
+
+Split-K and batch invariance: the chunk (:func:`gemv_chunk`) depends on N, K and the card only, and the
+autotuner's key (N, K) leaves M out, so one config serves every M: a row's output is bitwise the same
+whether it is decoded alone or with up to three others (tested). The partials are reduced in the launch
+by ``kernels._split_k.finish_tile``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import alloc
+from kernels._quant_gemv import put_row
+from kernels._split_k import PROGRAMS_PER_SM, arrival_counters, finish_tile
+from kernels._triton import tl, triton
+from kernels.device import num_sms
+from kernels.linear_prefill import cdiv
+from kernels.tuning import Tuned
+
+GEMV_MAX_M = 4  # the rows this kernel is meant for (it computes any M, by tiles of 4)
+GEMV_UNIT = 512  # K chunks are whole multiples of this (every BLOCK_K below divides it)
+ROW_TILE = 16  # the split rule counts column tiles of this many weight rows
+
+
+@triton.jit
+def _row_dot(acc, w, x_row, k, offs_k, k_ok, EVEN: tl.constexpr):
+    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
+        xv = tl.load(x_row + k + offs_k)
+    else:
+        xv = tl.load(x_row + k + offs_k, mask=k_ok, other=0.0)
+    return acc + w * xv.to(tl.float32)[None, :]
+
+
+@triton.jit(do_not_specialize=["M"])  # a per-step value: compiled once per ROWS
+def _gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * ROWS + tl.arange(0, ROWS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_start = split * K_CHUNK
+    k_end = tl.minimum(k_start + K_CHUNK, K)
+    w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
+    m0 = pid_m * ROWS
+    x0 = x_ptr + tl.minimum(m0, M - 1).to(tl.int64) * stride_xm
+    x1 = x_ptr + tl.minimum(m0 + 1, M - 1).to(tl.int64) * stride_xm
+    x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
+    x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
+    acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN:
+            k_ok = offs_k < 0  # unused
+            w = tl.load(w_rows + k).to(tl.float32)
+        else:
+            k_ok = (k + offs_k) < k_end
+            w = tl.load(w_rows + k, mask=k_ok[None, :], other=0.0).to(tl.float32)
+        acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, EVEN)
+        if ROWS > 1:
+            acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, EVEN)
+        if ROWS > 2:
+            acc2 = _row_dot(acc2, w, x2, k, offs_k, k_ok, EVEN)
+            acc3 = _row_dot(acc3, w, x3, k, offs_k, k_ok, EVEN)
+    local = tl.arange(0, ROWS)
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), local, 0, tl.sum(acc0, axis=1))
+    if ROWS > 1:
+        y = put_row(y, local, 1, tl.sum(acc1, axis=1))
+    if ROWS > 2:
+        y = put_row(y, local, 2, tl.sum(acc2, axis=1))
+        y = put_row(y, local, 3, tl.sum(acc3, axis=1))
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+# --- configs as data ----------------------------------------------------------------------------
+# BLOCK_K divides GEMV_UNIT. First: the interpreter's choice (small tiles, cheap on a CPU). Wider BLOCK_K
+# keeps more 16-byte loads in flight per thread (a [16, 512] bf16 tile is eight per thread at 4 warps).
+GEMV_CONFIGS = {
+    "cuda": [
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1),
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=2),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, num_stages=2),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=32, BLOCK_K=512, num_warps=8, num_stages=2),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=2, num_stages=3),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=3),
+    ],
+    "hip": [
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1),
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=2),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=2),
+    ],
+}
+_MIN_BLOCK_N = min(c["BLOCK_N"] for c in GEMV_CONFIGS["cuda"] + GEMV_CONFIGS["hip"])
+
+
+def _graph_bench(fn, quantiles):
+    # A GEMV launch lasts a few microseconds, less than the host needs to launch it: graph replays time
+    # the kernel, eager launches would rank configs by host noise.
+    return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
+
+
+_gemv = Tuned(_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=_graph_bench)
+
+
+def gemv_rows(M: int) -> int:
+    """ROWS for a launch of M rows: 1, 2, or 4 (each row's arithmetic is the same in all three)."""
+    return 1 if M == 1 else 2 if M == 2 else 4
+
+
+def gemv_chunk(N: int, K: int, sms: int) -> int:
+    """K elements per split for an [N, K] weight on a GPU with ``sms`` SMs, a multiple of GEMV_UNIT.
+
+    As many splits as keep N/16 column tiles times the splits within PROGRAMS_PER_SM programs per SM
+    (rounded down: a layer whose column tiles alone come near that is not split), at most K/GEMV_UNIT of
+    them. Depends on the shape and the card, never on M or the config: this keeps the GEMV batch-invariant.
+    """
+    units = cdiv(K, GEMV_UNIT)
+    wanted = (PROGRAMS_PER_SM * sms) // cdiv(N, ROW_TILE)
+    splits = max(1, min(wanted, units))
+    return cdiv(units, splits) * GEMV_UNIT
+
+
+def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for 2-D contiguous-along-K operands, ROWS rows of x per program.
+
+    ``k_chunk`` overrides :func:`gemv_chunk` (tests use it to exercise the reduction on small K);
+    ``config`` (a ``GEMV_CONFIGS`` entry) bypasses the autotuner. Any M works, by tiles of ROWS rows,
+    though M <= 4 is what it is for.
+    """
+    M = x.shape[0]
+    N, K = weight.shape
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    chunk = k_chunk if k_chunk is not None else gemv_chunk(N, K, sms)
+    if chunk < 1:
+        raise ValueError(f"linear gemv: k_chunk must be a positive number of K elements, got {chunk}")
+    splits = cdiv(K, chunk)
+    rows = gemv_rows(M)
+    partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
+    counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, rows))
+    grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
+    # EVEN: every chunk is whole BLOCK_K tiles (BLOCK_K divides GEMV_UNIT, which divides a default chunk).
+    even = K % chunk == 0 and chunk % GEMV_UNIT == 0
+    args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
+            x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
+    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even)
+    if config is None:
+        _gemv[grid](*args, **flags)
+    else:
+        _gemv_kernel[grid](*args, **flags, **config)
+    return y
