@@ -37,6 +37,7 @@ from bench.timing import warm_capture_stream
 from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
+from kernels.linear_gemv import GEMV_MAX_M
 from kernels.linear_prefill import PERSISTENT_CONFIGS, TILED_CONFIGS, linear_persistent_2d, linear_tiled_2d
 
 BF16 = torch.bfloat16
@@ -143,10 +144,11 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         save(rows)
 
 
-def bench(ceil: dict, rows: list, deadline: float, save) -> None:
+def bench(ceil: dict, rows: list, deadline: float, save, decode_only: bool = False) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
     # decode cases first: they are quicker, and a run out of time still covers both regimes' extremes
-    for case in sorted(registry.get("linear").bench_cases(), key=lambda c: c["M"] > 64):
+    cases = sorted(registry.get("linear").bench_cases(), key=lambda c: c["M"] > 64)
+    for case in [c for c in cases if c["M"] <= 64] if decode_only else cases:
         if time.time() > deadline:
             print("bench: out of time, remaining cases skipped", flush=True)
             break
@@ -154,7 +156,9 @@ def bench(ceil: dict, rows: list, deadline: float, save) -> None:
         decode = M <= 64
         x, ws = operands(M, N, K, l2, rotate=decode)
         impls = {"cublas": F.linear}
-        variants = ("decode",) if decode else ("prefill", "persistent")
+        variants = ("prefill", "persistent")
+        if decode:
+            variants = ("decode", "gemv") if M <= GEMV_MAX_M else ("decode",)
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
         row = {"M": M, "N": N, "K": K, "auto": choose_linear_variant(M, N, K, BF16)}
         for name, fn in impls.items():
@@ -171,6 +175,9 @@ def bench(ceil: dict, rows: list, deadline: float, save) -> None:
         row["auto_vs_cublas"] = row["cublas_ms"] / row["auto_ms"]
         if decode:
             row["graph_auto_vs_cublas"] = row["graph_cublas_ms"] / row["graph_auto_ms"]
+            if "graph_gemv_ms" in row:
+                row["graph_gemv_vs_cublas"] = row["graph_cublas_ms"] / row["graph_gemv_ms"]
+                row["graph_decode_vs_cublas"] = row["graph_cublas_ms"] / row["graph_decode_ms"]
             row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
             row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
         else:
@@ -191,6 +198,7 @@ def main() -> int:
     p.add_argument("--decode-m", type=int_list, default=[1, 16], metavar="M,...",
                    help="token counts of the decode exploration (default: 1,16)")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
+    p.add_argument("--decode-only", action="store_true", help="only the op's decode cases (M <= 64)")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -216,17 +224,20 @@ def main() -> int:
             print(f"  {kern:10s} {M:5d}x{N:6d}x{K:5d} {r['ms'] * 1e3:9.1f} us  {r['vs_cublas']:5.2f}x  {r['config']}")
     rows: list = []
     if not args.skip_bench:
-        bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")))
+        bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
+              args.decode_only)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
-          f"{'%copy':>6} {'tiled':>6} {'persist':>7}")
+          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'g:decode':>8} {'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
         tiled = f"{r['prefill_vs_cublas']:6.2f}" if "prefill_vs_cublas" in r else " " * 6
         pers = f"{r['persistent_vs_cublas']:7.2f}" if "persistent_vs_cublas" in r else " " * 7
+        gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
+                if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {gemv}")
     return 0
 
 
