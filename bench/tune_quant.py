@@ -7,10 +7,8 @@ Run from the repository root on a GPU machine::
 In one process, so every number comes from the same card:
 
 1. the ceilings (``bench.ceilings``): device-to-device copy bandwidth (read + written) and cuBLAS bf16;
-2. with ``--explore``: each config of each kernel pinned and timed alone at M = 1 (``--explore-m 1,4``:
-   also at M = 4) on two Llama-3-8B shapes (``quant_configs.csv``, one row per config, so the GEMV
-   configs with and without PREFETCH / STAGES sit side by side), which is what the config lists are
-   chosen from;
+2. with ``--explore``: each config of each kernel pinned and timed alone at M = 1 on two Llama-3-8B
+   shapes (``quant_configs.csv``), which is what the config lists are chosen from;
 3. the ops' benchmark cases from the registry (``linear_w8a16``, ``linear_w4a16``, ``gguf_linear``),
    autotuned kernel against its baseline, cuBLAS bf16 ``F.linear`` on the weight dequantized once
    (``quant_bench.csv``). The target cases (M = 1, N and K >= 4096; W4 group 128, W8, GGUF Q4_0 and
@@ -113,7 +111,7 @@ def bench(ceil, rows, deadline, save) -> None:
         del sets
 
 
-def explore(ceil, rows, save, deadline=None, ms=(1,)) -> None:
+def explore(ceil, rows, save, deadline=None) -> None:
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
 
@@ -126,8 +124,8 @@ def explore(ceil, rows, save, deadline=None, ms=(1,)) -> None:
     ]
     for name, extra, configs in plans:
         op = OPS[name]
-        for m, (n, k) in ((m, nk) for m in ms for nk in ((4096, 4096), (4096, 14336))):
-            case = {"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, **extra}
+        for n, k in ((4096, 4096), (4096, 14336)):
+            case = {"M": 1, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, **extra}
             sets = input_sets(op, case, ceil.l2_bytes, seed=1)
             for s in sets:
                 op.baseline(**s)
@@ -141,15 +139,15 @@ def explore(ceil, rows, save, deadline=None, ms=(1,)) -> None:
                 except Exception as e:  # a config that cannot compile or run is reported, not fatal
                     print(f"  {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
                     continue
-                rows.append({"kernel": label(case, name), "M": m, "N": n, "K": k,
+                rows.append({"kernel": label(case, name), "N": n, "K": k,
                              "path": "tensor-core" if "BLOCK_M" in cfg else "gemv", "config": str(cfg),
                              "us": 1e3 * t, "speedup": base / t, "pct_copy_bw": 100 * op.bytes(case) / t / 1e6
                              / ceil.copy_gbps})
             save(rows)
-            best = max((r for r in rows if r["kernel"] == label(case, name) and (r["M"], r["N"], r["K"]) == (m, n, k)),
+            best = max((r for r in rows if r["kernel"] == label(case, name) and r["N"] == n and r["K"] == k),
                        key=lambda r: r["speedup"], default=None)
             if best:
-                print(f"explored {label(case, name)} M={m} {n}x{k}: best {best['us']:.1f} us ({best['speedup']:.2f}x "
+                print(f"explored {label(case, name)} {n}x{k}: best {best['us']:.1f} us ({best['speedup']:.2f}x "
                       f"cuBLAS {1e3 * base:.1f} us) {best['config']}", flush=True)
 
 
@@ -159,7 +157,6 @@ def main() -> int:
     p.add_argument("--explore", action="store_true", help="time each decode config alone first")
     p.add_argument("--budget-s", type=float, default=200, help="stop starting new cases after this")
     p.add_argument("--explore-s", type=float, default=120, help="stop exploring configs after this")
-    p.add_argument("--explore-m", default="1", help="comma-separated M values to explore at (1 to 4 for GEMV)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("tune_quant: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
@@ -172,7 +169,7 @@ def main() -> int:
     if args.explore:
         cfg_rows: list = []
         explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, "quant_configs.csv")),
-                deadline=time.time() + args.explore_s, ms=[int(m) for m in args.explore_m.split(",")])
+                deadline=time.time() + args.explore_s)
     rows: list = []
     deadline = time.time() + args.budget_s  # after exploring: the budget is the benchmark's
     bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "quant_bench.csv")))

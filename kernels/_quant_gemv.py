@@ -8,19 +8,6 @@ BLOCK_N weight rows and one chunk of K (split-K, reduced in the launch: ``kernel
 packed weight as int32 words (16-byte vectors along K, coalesced along the row) and multiplies on the
 CUDA cores in fp32.
 
-Bytes in flight: a trip that loads its words and then computes on them waits one memory latency with
-nothing else in flight, and the compiler pipelines on its own only loads that feed ``tl.dot``. Two
-constexprs, chosen per shape by the autotuner, keep later tiles in flight during the arithmetic:
-- ``PREFETCH = d`` (1 or 2) buffers in registers: the loads of the tile d trips ahead are issued before
-  the current tile's arithmetic, and their values are carried raw (unconverted) to the trip that uses
-  them. A load past the chunk reads nothing (masked) or, in the unmasked EVEN kernels, the chunk's last
-  tile again (clamped, never used). ptxas may still sink such loads below the arithmetic to reuse the
-  registers (seen at sm_90 for W8), so this is a candidate for timing, not a guarantee.
-- ``STAGES = s`` (> 1) hands the loop to Triton's software pipeliner (``tl.range(num_stages=s)``): the
-  words of s - 1 tiles ahead are copied asynchronously into shared memory (cp.async; loads of at least
-  4 bytes a vector only) and read back when their trip comes.
-The arithmetic, and so the result, is the same whatever PREFETCH and STAGES.
-
 Dequantizing costs three instructions per weight: a shift, one LOP3 (``(t & mask) | bits``) and the FMA.
 The shift puts a field of ``b`` bits at the top of an fp32 mantissa and the OR supplies the exponent of
 1.0, so the word *is* the float ``1 + u / 2^b`` (u the unsigned field), with no int-to-float conversion
@@ -73,25 +60,6 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _ahead(t, last, EVEN: tl.constexpr):
-    """Where a load issued ahead reads tile ``t``: an EVEN (unmasked) kernel clamps it to the chunk's
-    ``last`` tile (read again, never used); a masked one reads nothing past the chunk."""
-    if EVEN:
-        t = tl.minimum(t, last)
-    return t
-
-
-@triton.jit
-def _w8_tile(w_rows, w0, w_end, offs_w, EVEN: tl.constexpr):
-    """The raw [BN, BW] words at word ``w0`` of the rows (zero from ``w_end`` on, unless EVEN)."""
-    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
-        w = tl.load(w_rows + w0)
-    else:
-        w = tl.load(w_rows + w0, mask=((w0 + offs_w) < w_end)[None, :], other=0)
-    return w
-
-
-@triton.jit
 def _w8_words(acc, xs, w, x_row, x_offs, x_ok, EVEN: tl.constexpr):
     """One row's products with a [BN, BW] tile of words (bytes already made unsigned)."""
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
@@ -106,12 +74,12 @@ def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PREFETCH: tl.constexpr = 0, STAGES: tl.constexpr = 1,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """w_ptr: int32 words [N, K / 4]; a program: BLOCK_N rows, words [split * W_CHUNK, +W_CHUNK).
 
     Rows past N and M are clamped to the last one (loaded, computed, never stored): no load masks. EVEN:
-    every chunk is whole BLOCK_W tiles, so neither are there masks along K. PREFETCH: tiles loaded ahead.
+    every chunk is whole BLOCK_W tiles, so neither are there masks along K.
     """
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
@@ -128,22 +96,13 @@ def w8a16_gemv_kernel(
     acc0 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     xs0 = tl.zeros((BLOCK_W,), dtype=tl.float32)
     acc1, acc2, acc3, xs1, xs2, xs3 = acc0, acc0, acc0, xs0, xs0, xs0
-    last = w_end - BLOCK_W  # an EVEN chunk's last tile
-    if PREFETCH > 0:
-        w_a = _w8_tile(w_rows, w_start, w_end, offs_w, EVEN)
-    if PREFETCH > 1:
-        w_b = _w8_tile(w_rows, _ahead(w_start + BLOCK_W, last, EVEN), w_end, offs_w, EVEN)
-    for w0 in tl.range(w_start, w_end, BLOCK_W, num_stages=STAGES):
-        if PREFETCH == 0:
-            w = _w8_tile(w_rows, w0, w_end, offs_w, EVEN)
-        elif PREFETCH == 1:
-            w = w_a
-            w_a = _w8_tile(w_rows, _ahead(w0 + BLOCK_W, last, EVEN), w_end, offs_w, EVEN)
+    for w0 in range(w_start, w_end, BLOCK_W):
+        if EVEN:
+            w = tl.load(w_rows + w0)
+            x_ok = offs_w < 0  # unused
         else:
-            w = w_a
-            w_a = w_b
-            w_b = _w8_tile(w_rows, _ahead(w0 + 2 * BLOCK_W, last, EVEN), w_end, offs_w, EVEN)
-        x_ok = (w0 + offs_w) < w_end  # unused if EVEN
+            x_ok = (w0 + offs_w) < w_end
+            w = tl.load(w_rows + w0, mask=x_ok[None, :], other=0)
         w = w ^ -0x7F7F7F80  # 0x80808080: u = q + 128
         x_offs = 4 * (w0 + offs_w)
         acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, EVEN)
@@ -164,21 +123,6 @@ def w8a16_gemv_kernel(
 
 
 @triton.jit
-def _w4_load(w_rows, s_ptr, z_ptr, g, g_end, N, rows, WPG: tl.constexpr, EVEN: tl.constexpr):
-    """Group g's raw words [BN, WPG], scales and zeros [BN] (zero from ``g_end`` on, unless EVEN)."""
-    if EVEN:
-        w = tl.load(w_rows + g * WPG)
-        s = tl.load(s_ptr + g * N + rows)
-        z = tl.load(z_ptr + g * N + rows)
-    else:
-        ok = (g + tl.zeros_like(rows)) < g_end  # [BN]: false past this split's groups
-        w = tl.load(w_rows + g * WPG, mask=ok[:, None], other=0)
-        s = tl.load(s_ptr + g * N + rows, mask=ok, other=0.0)
-        z = tl.load(z_ptr + g * N + rows, mask=ok, other=0.0)
-    return w, s, z
-
-
-@triton.jit
 def _w4_group(acc, w, x_row, x_offs, x_ok, a, b, EVEN: tl.constexpr):
     """One row's products with one group's [BN, WPG] words; a = 16 scale, b = scale (16 + zero), [BN]."""
     part = tl.zeros(w.shape, dtype=tl.float32)
@@ -195,13 +139,11 @@ def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PREFETCH: tl.constexpr = 0,
-    STAGES: tl.constexpr = 1,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 
-    Rows clamped as in the W8 kernel; EVEN: every chunk is whole GROUPS_PER_ITER steps. PREFETCH: groups
-    (words, scales and zeros) loaded ahead, whatever GROUPS_PER_ITER.
+    Rows clamped as in the W8 kernel; EVEN: every chunk is whole GROUPS_PER_ITER steps.
     """
     WPG: tl.constexpr = GROUP // 8  # words per group
     pid_n, split = tl.program_id(0), tl.program_id(1)
@@ -218,27 +160,20 @@ def w4a16_gemv_kernel(
     x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm
     acc0 = tl.zeros((BLOCK_N, WPG), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    if PREFETCH > 0:
-        w_a, s_a, z_a = _w4_load(w_rows, s_ptr, z_ptr, g_start, g_end, N, rows, WPG, EVEN)
-    if PREFETCH > 1:
-        w_b, s_b, z_b = _w4_load(w_rows, s_ptr, z_ptr, _ahead(g_start + 1, g_end - 1, EVEN), g_end, N, rows,
-                                 WPG, EVEN)
-    for g0 in tl.range(g_start, g_end, GROUPS_PER_ITER, num_stages=STAGES):
+    for g0 in range(g_start, g_end, GROUPS_PER_ITER):
         for gi in tl.static_range(GROUPS_PER_ITER):
             g = g0 + gi
-            if PREFETCH == 0:
-                w, s, z = _w4_load(w_rows, s_ptr, z_ptr, g, g_end, N, rows, WPG, EVEN)
-            elif PREFETCH == 1:
-                w, s, z = w_a, s_a, z_a
-                w_a, s_a, z_a = _w4_load(w_rows, s_ptr, z_ptr, _ahead(g + 1, g_end - 1, EVEN), g_end, N, rows,
-                                         WPG, EVEN)
+            if EVEN:
+                w = tl.load(w_rows + g * WPG)
+                s = tl.load(s_ptr + g * N + rows).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rows).to(tl.float32)
+                x_ok = wi < 0  # unused
             else:
-                w, s, z = w_a, s_a, z_a
-                w_a, s_a, z_a = w_b, s_b, z_b
-                w_b, s_b, z_b = _w4_load(w_rows, s_ptr, z_ptr, _ahead(g + 2, g_end - 1, EVEN), g_end, N, rows,
-                                         WPG, EVEN)
-            s, z = s.to(tl.float32), z.to(tl.float32)
-            x_ok = (g + tl.zeros_like(wi)) < g_end  # unused if EVEN
+                ok = (g + tl.zeros_like(rows)) < g_end  # [BN]: false past this split's groups
+                w = tl.load(w_rows + g * WPG, mask=ok[:, None], other=0)
+                s = tl.load(s_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
+                x_ok = (g + tl.zeros_like(wi)) < g_end
             a, b = 16.0 * s, s * (16.0 + z)
             x_offs = g * GROUP + 8 * wi
             acc0 = _w4_group(acc0, w, x0, x_offs, x_ok, a, b, EVEN)
@@ -256,29 +191,22 @@ def w4a16_gemv_kernel(
     finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
 
 
-def _w8(bn, bw, warps, stages, prefetch=0, loop_stages=1):
-    return dict(BLOCK_N=bn, BLOCK_W=bw, PREFETCH=prefetch, STAGES=loop_stages, num_warps=warps, num_stages=stages)
+def _w8(bn, bw, warps, stages):
+    return dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=warps, num_stages=stages)
 
 
-def _w4(bn, gpi, warps, stages, prefetch=0, loop_stages=1):
-    return dict(BLOCK_N=bn, GROUPS_PER_ITER=gpi, PREFETCH=prefetch, STAGES=loop_stages, num_warps=warps,
-                num_stages=stages)
+def _w4(bn, gpi, warps, stages):
+    return dict(BLOCK_N=bn, GROUPS_PER_ITER=gpi, num_warps=warps, num_stages=stages)
 
 
 # BLOCK_W divides 128 words (the 512-k split unit); GROUPS_PER_ITER divides 4 (the W4 split unit).
-# Each list: the single-buffered configs, then two that PREFETCH in registers and two that pipeline
-# through shared memory (STAGES), on tiles of 16 to 32 words a thread so that ROWS = 4 does not spill.
 W8_GEMV_CONFIGS = {
-    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(64, 64, 8, 3),
-             _w8(16, 64, 2, 3),
-             _w8(32, 64, 4, 3, prefetch=1), _w8(64, 32, 4, 3, prefetch=2),
-             _w8(32, 64, 4, 3, loop_stages=3), _w8(64, 64, 4, 3, loop_stages=3)],
+    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(32, 128, 4, 3),
+             _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
 W4_GEMV_CONFIGS = {
-    "cuda": [_w4(64, 1, 4, 3), _w4(128, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 4, 3), _w4(256, 1, 8, 3),
-             _w4(32, 4, 2, 3),
-             _w4(64, 1, 4, 3, prefetch=1), _w4(128, 1, 8, 3, prefetch=2),
-             _w4(128, 1, 4, 3, loop_stages=3), _w4(64, 2, 4, 3, loop_stages=3)],
+    "cuda": [_w4(64, 1, 4, 3), _w4(128, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 4, 3), _w4(128, 2, 8, 3),
+             _w4(256, 1, 8, 3), _w4(64, 4, 4, 2), _w4(32, 4, 2, 3)],
     "hip": [_w4(16, 1, 4, 2), _w4(32, 1, 4, 2), _w4(16, 2, 4, 2)],
 }

@@ -10,16 +10,8 @@ import torch
 
 from kernels import gguf_formats as gf
 from kernels.gguf_dequant import GGUF_DEQUANTIZE_OP, gguf_dequantize
-from kernels.gguf_linear import (
-    DECODE_MAX_M,
-    GGUF_LINEAR_OP,
-    Q4_0_GEMV_CONFIGS,
-    Q4_K_GEMV_CONFIGS,
-    gguf_linear,
-    gguf_linear_reference,
-)
+from kernels.gguf_linear import DECODE_MAX_M, GGUF_LINEAR_OP, gguf_linear, gguf_linear_reference
 from kernels.testing import assert_close, run_case
-from tests.test_quant_linear import check_gemv_rows, config_id
 
 pytestmark = pytest.mark.gguf
 
@@ -148,18 +140,3 @@ def test_kernels_compile_for_hopper():
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "SPILLS" not in run.stdout, run.stdout
-
-
-@pytest.mark.parametrize(("qtype", "config"), [(gf.Q4_0, c) for c in Q4_0_GEMV_CONFIGS["cuda"]]
-                         + [(gf.Q4_K, c) for c in Q4_K_GEMV_CONFIGS["cuda"]],
-                         ids=lambda v: config_id(v) if isinstance(v, dict) else gf.qtype_name(v))
-def test_every_gemv_config(qtype, config, device):
-    # N odd; K of 23 Q4_0 blocks (chunks of 8, the last 7) or 11 Q4_K blocks (chunks of 2, the last 1) on
-    # the CPU's 4 SMs, so loads issued ahead (PREFETCH) run past each chunk's end.
-    k = 23 * 32 if qtype == gf.Q4_0 else 11 * 256
-    gen = torch.Generator().manual_seed(qtype)
-    data = gf.random_blocks(qtype, 19, k, generator=gen).to(device)
-    x = torch.randn(3, k, generator=gen).to(device=device, dtype=torch.bfloat16)
-    bias = torch.randn(19, generator=gen).to(device=device, dtype=torch.bfloat16)
-    check_gemv_rows(lambda m: gguf_linear(x[:m], data, qtype, bias, config=config),
-                    lambda: gguf_linear_reference(x.double(), data, qtype, bias.double()), torch.bfloat16, k)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels._quant_gemv import W4_GEMV_CONFIGS, W8_GEMV_CONFIGS
 from kernels.quant_linear import (
     W4A16_OP,
     W8A16_OP,
@@ -175,40 +174,3 @@ def test_split_k_decode_matches_reference(name, device):
     for seed in range(2):  # twice: the first launch must have re-armed the arrival counters
         run_case(op, case, device, seed=seed)
 
-
-
-def config_id(config: dict) -> str:
-    return "-".join(f"{k.lower()}{v}" for k, v in config.items())
-
-
-def check_gemv_rows(launch, reference, dtype, k):
-    """M = 3 (ROWS 4, the clamped fourth row computed and dropped) against the reference, and the rows of
-    M = 1 and M = 2 (ROWS 1 and 2) equal to its first rows, bit for bit: a row's output does not depend on
-    the batch of the 1-4 bucket it was decoded in."""
-    y3 = launch(3)
-    assert_close(y3, reference(), dtype=dtype, reduction_len=k)
-    for m in (1, 2):
-        assert torch.equal(launch(m), y3[:m]), f"M={m} rows differ from the same rows at M=3"
-
-
-@pytest.mark.parametrize("config", W8_GEMV_CONFIGS["cuda"], ids=config_id)
-@pytest.mark.parametrize("k", [1540, 2048])  # a partial last tile (masked loads), whole tiles (EVEN, none)
-def test_every_w8_gemv_config(config, k, device):
-    # N odd; on the CPU's 4 SMs K splits into 4 chunks of 128 words, so loads issued ahead (PREFETCH)
-    # run past each chunk's end.
-    gen = torch.Generator().manual_seed(k)
-    q8, s8 = quantize_w8((0.05 * torch.randn(19, k, generator=gen)).to(device))
-    x = torch.randn(3, k, generator=gen).to(device=device, dtype=torch.bfloat16)
-    bias = torch.randn(19, generator=gen).to(device=device, dtype=torch.bfloat16)
-    check_gemv_rows(lambda m: w8a16_linear(x[:m], q8, s8, bias, config=config),
-                    lambda: w8a16_linear_reference(x.double(), q8, s8, bias), torch.bfloat16, k)
-
-
-@pytest.mark.parametrize("config", W4_GEMV_CONFIGS["cuda"], ids=config_id)
-@pytest.mark.parametrize(("k", "group"), [(640, 128), (512, 32)])  # 5 groups (masked), 16 (EVEN, none)
-def test_every_w4_gemv_config(config, k, group, device):
-    gen = torch.Generator().manual_seed(k)
-    q4, s4, z4 = quantize_w4((0.05 * torch.randn(19, k, generator=gen)).to(device), group)
-    x = torch.randn(3, k, generator=gen).to(device=device, dtype=torch.float16)
-    check_gemv_rows(lambda m: w4a16_linear(x[:m], q4, s4, z4, group, config=config),
-                    lambda: w4a16_linear_reference(x.double(), q4, s4, z4, group), torch.float16, k)
