@@ -52,6 +52,11 @@ _KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "dec
 def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
     """The kernel ``linear`` uses for an [M, K] x [N, K]^T product when no variant is forced.
 
+    - M = 1: ``"gemv"``: on an H200 (graph replays, bench/results/NVIDIA_H200/run7/linear_bench.csv) it
+      ran at 0.98-1.38x cuBLAS on the 15 decode shapes of the benchmark, where the split-K kernel gave
+      0.84-1.19x; in the 0.5B model's decode step its 97 products took 518 us against 599 us. At M = 4 it
+      ran at 0.31-0.94x cuBLAS (four accumulators per tile under one config tuned at M = 1), so from two
+      rows on the split-K kernel stays;
     - M <= 64: ``"decode"`` (weight-bandwidth bound; the tiled kernels would leave most SMs idle);
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill
       products where the one-program-per-tile kernel reached 0.72-0.85x
@@ -59,6 +64,8 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
       epilogue. On AMD (no measurements yet) the same rule applies.
     ``N``, ``K`` and ``dtype`` are part of the signature so that a rule tuned for another card can use them.
     """
+    if M == 1:
+        return "gemv"
     if M <= DECODE_MAX_M:
         return "decode"
     return "persistent"

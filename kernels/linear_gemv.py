@@ -15,6 +15,11 @@ more rows tiles M by ROWS along the grid's third axis (correct for any M, meant 
 re-read row M - 1 (never stored), weight rows past N re-read row N - 1 (never stored): no load masks
 except along K in a chunk that is not whole tiles.
 
+Measured on an H200 (bench/results/NVIDIA_H200/run7/linear_bench.csv, graph replays against cuBLAS): at
+M = 1, 0.98-1.38x on the decode shapes of three models (the split-K kernel: 0.84-1.19x); at M = 4,
+0.31-0.94x, because one config serves every M and the one tuned at M = 1 carries four accumulators
+badly. ``kernels.linear.choose_linear_variant`` therefore sends only M = 1 here.
+
 Split-K and batch invariance: the chunk (:func:`gemv_chunk`) depends on N, K and the card only, and the
 autotuner's key (N, K) leaves M out, so one config serves every M: a row's output is bitwise the same
 whether it is decoded alone or with up to three others (tested). The partials are reduced in the launch
@@ -33,7 +38,7 @@ from kernels.device import num_sms
 from kernels.linear_prefill import cdiv
 from kernels.tuning import Tuned
 
-GEMV_MAX_M = 4  # the rows this kernel is meant for (it computes any M, by tiles of 4)
+GEMV_MAX_M = 4  # the rows it is built for (any M works, by tiles of 4); the dispatcher uses it at M = 1 only
 GEMV_UNIT = 512  # K chunks are whole multiples of this (every BLOCK_K below divides it)
 ROW_TILE = 16  # the split rule counts column tiles of this many weight rows
 

@@ -92,7 +92,8 @@ def test_rejects_zero_k(device):
 # --- dispatch -------------------------------------------------------------------------------------
 
 def test_choose_variant_by_shape():
-    for M in (1, 4, 16, DECODE_MAX_M):
+    assert choose_linear_variant(1, 4096, 4096, torch.bfloat16) == "gemv"
+    for M in (2, 4, 16, DECODE_MAX_M):
         assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) == "decode"
     for M in (DECODE_MAX_M + 1, 2048, 8192):
         assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) in ("prefill", "persistent")
