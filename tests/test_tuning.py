@@ -65,3 +65,39 @@ def test_engine_warm_up_covers_every_sampler_class():
         batches = warm_up_sample_batches(max_seqs)
         assert all(1 <= b <= max_seqs for b in batches)
         assert {_batch_bucket(b) for b in batches} == {_batch_bucket(b) for b in range(1, max_seqs + 1)}
+
+
+def _tuned_kernels():
+    """Every Tuned of the kernel modules, found in module globals (and one level into dicts and tuples)."""
+    import importlib
+    import pkgutil
+
+    import kernels
+
+    found = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"kernels.{info.name}")
+        for name, value in vars(module).items():
+            inner = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else [value]
+            for item in inner:
+                for obj in item if isinstance(item, tuple) else (item,):
+                    if isinstance(obj, Tuned):
+                        found[f"{info.name}.{name}:{obj.kernel.__name__}"] = obj
+    return found
+
+
+def test_every_config_names_only_what_its_kernel_takes():
+    """A config key the kernel does not take fails only when the autotuner launches that config on a GPU
+    (the interpreter and the GPU tests launch the first config alone), so every list is checked here."""
+    from kernels.tuning import LAUNCH_OPTIONS
+
+    amd_knobs = {"waves_per_eu", "matrix_instr_nonkdim", "kpack"}
+    tuned = _tuned_kernels()
+    assert len(tuned) >= 10, sorted(tuned)  # the search itself works
+    for name, t in tuned.items():
+        params = set(t.kernel.arg_names)
+        for which, configs in t.configs.items():
+            allowed = params | set(LAUNCH_OPTIONS) | (amd_knobs if which == "hip" else set())
+            for c in configs:
+                unknown = set(c) - allowed
+                assert not unknown, f"{name} {which} config {c} names {sorted(unknown)}, not taken by the kernel"
