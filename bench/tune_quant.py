@@ -60,27 +60,9 @@ def input_sets(op, case, l2_bytes, seed=0):
     return [op.make_inputs(case, torch.device(DEVICE), gen) for _ in range(n)]
 
 
-def warm_capture_stream(fn, sets) -> None:
-    """Run ``fn`` once per input set on the stream that ``torch.cuda.graph`` captures on.
-
-    The split-K arrival counters are made per stream and may not be made during a capture
-    (``kernels._split_k.arrival_counters``); ``do_bench_cudagraph`` captures on torch's default capture
-    stream, which no eager launch has used, so a split launch would fail there without this.
-    """
-    torch.cuda.graph(torch.cuda.CUDAGraph())  # makes torch's default capture stream if it is not there yet
-    stream = torch.cuda.graph.default_capture_stream
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for s in sets:
-            fn(**s)
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-
-
 def time_case(op, case, sets, impl=None) -> float:
-    fn = impl or op.impl("triton")
-    warm_capture_stream(fn, sets[:1])
-    return time_rotating(fn, sets, graph=True)
+    # time_rotating's graph timing first runs a call on the capture stream, where split-K counters must exist.
+    return time_rotating(impl or op.impl("triton"), sets, graph=True)
 
 
 def bench(ceil, rows, deadline, save) -> None:
