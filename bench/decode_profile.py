@@ -1,11 +1,14 @@
 """Where a decode step's device time goes: every kernel of the batch-1 decode graph, timed by the profiler.
 
     PYTHONPATH=. python3 bench/decode_profile.py --out DIR [--models qwen2.5-0.5b llama-3.2-1b]
-        [--variant NAME=OP=IMPL,OP=IMPL ...] [--replays 50]
+        [--variant NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,... ...] [--replays 50]
 
-For each model shape (random bf16 weights, real layout) and each variant (a set of op overrides; the
-default variant ``engine`` swaps nothing, so the engine's fusions are on), one engine is built, brought to
-steady single-stream decode, and then:
+For each model shape (random bf16 weights, real layout) and each variant, one engine is built, brought to
+steady single-stream decode, and then profiled as below. A variant is a set of op overrides (``OP=IMPL``)
+and of kernel-module settings (``kernels.MODULE.NAME=VALUE``, a Python literal of the setting's own type:
+``kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=False``), applied while that variant's engine is built and
+profiled and restored after. The default variant ``engine`` changes nothing, so the engine's fusions are
+on. For each:
 
 - ``graph_ms``: the batch-1 decode graph's device time per replay (CUDA events over back-to-back replays,
   as engine_bench's ``graph_replay_ms``);
@@ -22,7 +25,10 @@ replay's kernels in launch order, to tell which launch of a layer is slow) and `
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import csv
+import importlib
 import json
 import sys
 import tempfile
@@ -34,18 +40,58 @@ from bench.engine_bench import graph_replay_ms
 from bench.model_shapes import MODELS, write_model
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """``NAME=OP=IMPL,OP=IMPL`` (or ``NAME=`` for no overrides) -> (NAME, {OP: IMPL})."""
+def parse_variant(text: str) -> tuple[str, dict[str, str], dict[str, object]]:
+    """``NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...`` (or ``NAME=`` for nothing) -> (NAME, overrides, settings)."""
     name, _, spec = text.partition("=")
-    overrides = {}
+    overrides, settings = {}, {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        op, sep, impl = item.partition("=")
-        if not sep or not op or not impl:
-            raise argparse.ArgumentTypeError(f"variant {text!r}: each override is OP=IMPL, got {item!r}")
-        overrides[op] = impl
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise argparse.ArgumentTypeError(
+                f"variant {text!r}: each item is OP=IMPL or kernels.MODULE.NAME=VALUE, got {item!r}")
+        if key.startswith("kernels."):
+            settings[key] = _setting(text, key, value)
+        else:
+            overrides[key] = value
     if not name:
         raise argparse.ArgumentTypeError(f"variant {text!r} needs a name before the first '='")
-    return name, overrides
+    return name, overrides, settings
+
+
+def _setting(text: str, key: str, value: str) -> object:
+    """The value for kernel-module setting ``key``, checked: the module and name exist, the type matches."""
+    module_name, _, attr = key.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(f"variant {text!r}: no module {module_name!r} ({e})") from e
+    if not hasattr(module, attr):
+        raise argparse.ArgumentTypeError(f"variant {text!r}: {module_name} has no setting {attr!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+        raise argparse.ArgumentTypeError(f"variant {text!r}: {value!r} is not a Python literal") from e
+    current = getattr(module, attr)
+    if type(parsed) is not type(current):
+        raise argparse.ArgumentTypeError(
+            f"variant {text!r}: {key} is a {type(current).__name__}, got {value!r} ({type(parsed).__name__})")
+    return parsed
+
+
+@contextlib.contextmanager
+def module_settings(settings: dict[str, object]):
+    """Set each ``kernels.MODULE.NAME`` for the block; the previous values come back after, error or not."""
+    saved = []
+    try:
+        for key, value in settings.items():
+            module_name, _, attr = key.rpartition(".")
+            module = importlib.import_module(module_name)
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, value)
+        yield
+    finally:
+        for module, attr, old in reversed(saved):
+            setattr(module, attr, old)
 
 
 def steady_engine(model_dir: Path, overrides: dict[str, str]):
@@ -103,29 +149,32 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"], choices=sorted(MODELS))
     p.add_argument("--variant", action="append", type=parse_variant, default=None,
-                   help="NAME=OP=IMPL,OP=IMPL: op overrides for one variant (repeatable; default: engine=)")
+                   help="NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...: op overrides and kernel-module settings for "
+                        "one variant (repeatable; default: engine=)")
     p.add_argument("--replays", type=int, default=50)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("decode_profile: needs a CUDA or ROCm GPU", file=sys.stderr)
         return 2
-    variants = args.variant or [("engine", {})]
+    variants = args.variant or [("engine", {}, {})]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table, sequences, summary = [], [], {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             model_dir = write_model(Path(tmp) / model, MODELS[model], torch.device("cuda"))
-            for name, overrides in variants:
-                engine = steady_engine(model_dir, overrides)
-                try:
-                    graph_ms = graph_replay_ms(engine, 1)
-                    rows, sequence = profile_graph(engine, args.replays)
-                finally:
-                    engine.close()
+            for name, overrides, settings in variants:
+                with module_settings(settings):
+                    engine = steady_engine(model_dir, overrides)
+                    try:
+                        graph_ms = graph_replay_ms(engine, 1)
+                        rows, sequence = profile_graph(engine, args.replays)
+                    finally:
+                        engine.close()
                 kernel_us = sum(r["us_per_replay"] for r in rows)
                 launches = sum(r["launches_per_replay"] for r in rows)
-                summary["runs"].append({"model": model, "variant": name, "overrides": overrides, "graph_ms": graph_ms,
+                summary["runs"].append({"model": model, "variant": name, "overrides": overrides,
+                                        "settings": {k: repr(v) for k, v in settings.items()}, "graph_ms": graph_ms,
                                         "kernel_us_per_replay": kernel_us, "launches_per_replay": launches})
                 print(f"[{model} / {name}] graph {graph_ms * 1e3:.1f} us per replay; kernels {kernel_us:.1f} us "
                       f"in {launches:.0f} launches", flush=True)

@@ -279,11 +279,16 @@ def test_decode_profile_variants_parse_and_refuse_a_cpu():
 
     from bench.decode_profile import main, parse_variant
 
-    assert parse_variant("engine=") == ("engine", {})
+    assert parse_variant("engine=") == ("engine", {}, {})
     assert parse_variant("unfused=rope=triton,silu_and_mul=triton") == (
-        "unfused", {"rope": "triton", "silu_and_mul": "triton"})
-    for bad in ("=rope=triton", "x=rope", "x=rope=triton,=torch"):
-        with pytest.raises(argparse.ArgumentTypeError):
+        "unfused", {"rope": "triton", "silu_and_mul": "triton"}, {})
+    assert parse_variant("fixed=kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=False,linear=linear_decode") == (
+        "fixed", {"linear": "linear_decode"}, {"kernels.paged_decode.FIT_SPLITS_TO_CONTEXT": False})
+    for bad, says in [("=rope=triton", "name"), ("x=rope", "OP=IMPL"), ("x=rope=triton,=torch", "OP=IMPL"),
+                      ("x=kernels.nowhere.FLAG=1", "no module"), ("x=kernels.paged_decode.NOPE=1", "no setting"),
+                      ("x=kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=0", "is a bool"),
+                      ("x=kernels.paged_decode.MAX_SPLITS=lots", "literal")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
             parse_variant(bad)
     if not torch.cuda.is_available():
         assert main(["--out", "unused"]) == 2  # says it needs a GPU, writes nothing
@@ -317,3 +322,19 @@ def test_tune_linear_decode_shape_arguments():
             shape_list(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="positive"):
         int_list("0")
+
+
+def test_decode_profile_module_settings_come_back_after_an_error():
+    from bench.decode_profile import module_settings
+    from kernels import paged_decode
+
+    def current():
+        return paged_decode.FIT_SPLITS_TO_CONTEXT, paged_decode.MAX_SPLITS
+
+    before = current()
+    changed = {"kernels.paged_decode.FIT_SPLITS_TO_CONTEXT": not before[0], "kernels.paged_decode.MAX_SPLITS": 7}
+    with pytest.raises(RuntimeError, match="inside"), module_settings(changed):
+        seen = current()
+        raise RuntimeError("inside")
+    assert seen == (not before[0], 7)
+    assert current() == before
