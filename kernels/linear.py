@@ -54,8 +54,8 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
 
     - M = 1: ``"gemv"``: on an H200 (graph replays, bench/results/NVIDIA_H200/run7/linear_bench.csv) it
       ran at 0.98-1.38x cuBLAS on the 15 decode shapes of the benchmark, where the split-K kernel gave
-      0.84-1.19x; in the 0.5B model's decode step its 97 products took 518 us against 599 us. At M = 4 it
-      ran at 0.31-0.94x cuBLAS (four accumulators per tile under one config tuned at M = 1), so from two
+      0.85-1.19x; in the 0.5B model's decode step its 97 products took 518 us against 599 us. At M = 4 it
+      ran at 0.31-0.94x cuBLAS (probably four accumulators per tile under one config tuned at M = 1), so from two
       rows on the split-K kernel stays;
     - M <= 64: ``"decode"`` (weight-bandwidth bound; the tiled kernels would leave most SMs idle);
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill

@@ -16,9 +16,9 @@ re-read row M - 1 (never stored), weight rows past N re-read row N - 1 (never st
 except along K in a chunk that is not whole tiles.
 
 Measured on an H200 (bench/results/NVIDIA_H200/run7/linear_bench.csv, graph replays against cuBLAS): at
-M = 1, 0.98-1.38x on the decode shapes of three models (the split-K kernel: 0.84-1.19x); at M = 4,
-0.31-0.94x, because one config serves every M and the one tuned at M = 1 carries four accumulators
-badly. ``kernels.linear.choose_linear_variant`` therefore sends only M = 1 here.
+M = 1, 0.98-1.38x on the decode shapes of three models (the split-K kernel: 0.85-1.19x); at M = 4,
+0.31-0.94x, probably because one config serves every M and the one tuned at M = 1 carries four
+accumulators badly (not profiled). ``kernels.linear.choose_linear_variant`` therefore sends only M = 1 here.
 
 Split-K and batch invariance: the chunk (:func:`gemv_chunk`) depends on N, K and the card only, and the
 autotuner's key (N, K) leaves M out, so one config serves every M: a row's output is bitwise the same
