@@ -1,8 +1,9 @@
 """Output allocation for launchers, with an optional poison fill for tests.
 
 Launchers allocate their outputs through :func:`empty`. Inside ``with poisoned():`` every such buffer is
-filled with NaN (integers with -1) first, so an element the kernel forgot to write fails the comparison
-instead of passing on whatever memory happened to hold.
+filled with NaN (integers with their dtype's least value, booleans with True) first, so an element the
+kernel forgot to write fails the comparison instead of passing on whatever memory happened to hold. The
+integer poison is not -1 because kernels write -1 on purpose (an invalid row's token, a skipped slot).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def poisoned():
 def poison_(t: torch.Tensor) -> torch.Tensor:
     if t.dtype.is_floating_point:
         return t.fill_(float("nan"))
-    return t.fill_(-1)
+    if t.dtype == torch.bool:
+        return t.fill_(True)
+    return t.fill_(torch.iinfo(t.dtype).min)
 
 
 def empty(*shape, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pkgutil
 
 import pytest
+import torch
 
 import kernels
 from kernels import ops, registry
@@ -87,3 +88,17 @@ def test_lookups_and_the_cli_name_a_broken_module(monkeypatch):
         registry.get("my_attention")
     with pytest.raises(check.OpModuleBroken, match=r"kernels\.my_attention: SyntaxError"):
         check.select_ops(None)
+
+
+def test_poisoned_outputs_hold_values_no_kernel_writes_on_purpose():
+    from kernels import alloc
+
+    assert not alloc.poisoning()
+    with alloc.poisoned():
+        assert alloc.poisoning()
+        assert torch.isnan(alloc.empty(3, dtype=torch.bfloat16, device="cpu")).all()
+        for dtype in (torch.int32, torch.int64):
+            got = alloc.empty(3, dtype=dtype, device="cpu")
+            assert (got == torch.iinfo(dtype).min).all()  # not -1: kernels write -1 on purpose
+        assert alloc.empty(2, dtype=torch.bool, device="cpu").all()
+    assert not alloc.poisoning()
