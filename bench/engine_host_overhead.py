@@ -95,10 +95,10 @@ def stub_device_work(engine, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     vocab = engine.model_config.vocab_size
 
-    def logits(batch):
+    def logits(batch):  # as ModelRunner._logits: (logits, argmax or None)
         if not batch.sampled_seqs:
-            return None
-        return torch.randn(len(batch.sampled_seqs), vocab, generator=gen)
+            return None, None
+        return torch.randn(len(batch.sampled_seqs), vocab, generator=gen), None
 
     def sample(logits, st):
         tokens = logits.argmax(-1)

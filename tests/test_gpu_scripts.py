@@ -338,3 +338,19 @@ def test_decode_profile_module_settings_come_back_after_an_error():
         raise RuntimeError("inside")
     assert seen == (not before[0], 7)
     assert current() == before
+
+
+def test_engine_host_overhead_runs_every_phase_on_a_cpu(tmp_path):
+    """The host-overhead bench on toy sizes: its stand-in forward must keep the runner's (logits, argmax)
+    contract, and every host phase must be timed."""
+    import json
+
+    from bench.engine_host_overhead import main
+
+    assert main(["--out", str(tmp_path), "--label", "smoke", "--batches", "1", "2", "--repeats", "1",
+                 "--steps", "2", "--workloads", "greedy", "sampled", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "engine_host_overhead_smoke.json").read_text())["results"]
+    assert set(results) == {"greedy/b1", "greedy/b2", "sampled/b1", "sampled/b2"}
+    for phases in results.values():
+        assert phases["step"] > 0 and phases["schedule"] > 0 and phases["metadata"] > 0
+    assert results["sampled/b2"]["sampling_tensors"] > 0 and results["sampled/b2"]["sample_op"] > 0
