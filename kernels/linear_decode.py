@@ -41,7 +41,7 @@ from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
 from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
-from kernels.tuning import Tuned
+from kernels.tuning import Tuned, graph_bench
 
 # Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
 # aims at this many programs per multiprocessor (counting BLOCK_N = 64 column tiles). Measured on an
@@ -120,14 +120,8 @@ def _divides_unit(c: dict) -> bool:
     return SPLIT_UNIT % c["BLOCK_K"] == 0
 
 
-def _graph_bench(fn, quantiles):
-    # A decode launch lasts a few microseconds, less than the host needs to launch it, so timing
-    # eager launches would rank configs by host noise; graph replays time the kernel alone.
-    return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
-
-
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=_graph_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
+                do_bench=graph_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def decode_block_m(M: int) -> int:
@@ -146,11 +140,17 @@ def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     read) stay under a quarter of the weight's 2*N*K bytes at M = block_m.
     Depends on the shape and the card, never on M: this is what keeps decode batch-invariant.
     """
-    units = cdiv(K, SPLIT_UNIT)
-    wanted = (PROGRAMS_PER_SM * sms) // cdiv(N, 64)
-    cap = max(1, K // (16 * block_m))
-    splits = max(1, min(wanted, cap, units))
-    return cdiv(units, splits) * SPLIT_UNIT
+    return split_chunk(N, K, sms, row_tile=64, unit=SPLIT_UNIT, max_splits=max(1, K // (16 * block_m)))
+
+
+def split_chunk(N: int, K: int, sms: int, row_tile: int, unit: int, max_splits: int | None = None) -> int:
+    """K elements per split, a multiple of ``unit``: as many splits as keep N/row_tile column tiles times
+    the splits within PROGRAMS_PER_SM programs per SM (rounded down), at most K/unit and ``max_splits``.
+    The rule behind :func:`decode_chunk` and ``kernels.linear_gemv.gemv_chunk``."""
+    units = cdiv(K, unit)
+    wanted = (PROGRAMS_PER_SM * sms) // cdiv(N, row_tile)
+    splits = max(1, min(wanted, units, units if max_splits is None else max_splits))
+    return cdiv(units, splits) * unit
 
 
 # Enough counters for the smallest BLOCK_N any config uses.

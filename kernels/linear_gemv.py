@@ -32,11 +32,13 @@ import torch
 
 from kernels import alloc
 from kernels._quant_gemv import put_row
-from kernels._split_k import PROGRAMS_PER_SM, arrival_counters, finish_tile
+from kernels._quant_launch import gemv_rows
+from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import num_sms
+from kernels.linear_decode import split_chunk
 from kernels.linear_prefill import cdiv
-from kernels.tuning import Tuned
+from kernels.tuning import Tuned, graph_bench
 
 GEMV_MAX_M = 4  # the rows it is built for (any M works, by tiles of 4); the dispatcher uses it at M = 1 only
 GEMV_UNIT = 512  # K chunks are whole multiples of this (every BLOCK_K below divides it)
@@ -117,18 +119,7 @@ GEMV_CONFIGS = {
 _MIN_BLOCK_N = min(c["BLOCK_N"] for c in GEMV_CONFIGS["cuda"] + GEMV_CONFIGS["hip"])
 
 
-def _graph_bench(fn, quantiles):
-    # A GEMV launch lasts a few microseconds, less than the host needs to launch it: graph replays time
-    # the kernel, eager launches would rank configs by host noise.
-    return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
-
-
-_gemv = Tuned(_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=_graph_bench)
-
-
-def gemv_rows(M: int) -> int:
-    """ROWS for a launch of M rows: 1, 2, or 4 (each row's arithmetic is the same in all three)."""
-    return 1 if M == 1 else 2 if M == 2 else 4
+_gemv = Tuned(_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=graph_bench)
 
 
 def gemv_chunk(N: int, K: int, sms: int) -> int:
@@ -138,10 +129,7 @@ def gemv_chunk(N: int, K: int, sms: int) -> int:
     (rounded down: a layer whose column tiles alone come near that is not split), at most K/GEMV_UNIT of
     them. Depends on the shape and the card, never on M or the config: this keeps the GEMV batch-invariant.
     """
-    units = cdiv(K, GEMV_UNIT)
-    wanted = (PROGRAMS_PER_SM * sms) // cdiv(N, ROW_TILE)
-    splits = max(1, min(wanted, units))
-    return cdiv(units, splits) * GEMV_UNIT
+    return split_chunk(N, K, sms, row_tile=ROW_TILE, unit=GEMV_UNIT)
 
 
 def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
