@@ -8,7 +8,7 @@ BLOCK_N weight rows and one chunk of K (split-K, reduced in the launch: ``kernel
 packed weight as int32 words (16-byte vectors along K, coalesced along the row) and multiplies on the
 CUDA cores in fp32.
 
-Dequantizing costs three instructions per weight: a shift, one LOP3 (``(t & mask) | bits``) and the FMA.
+Dequantizing costs at most three instructions per weight: a shift, one LOP3 (``(t & mask) | bits``) and the FMA.
 The shift puts a field of ``b`` bits at the top of an fp32 mantissa and the OR supplies the exponent of
 1.0, so the word *is* the float ``1 + u / 2^b`` (u the unsigned field), with no int-to-float conversion
 (a quarter- or eighth-rate instruction on NVIDIA GPUs). Summing ``x * (1 + u / 2^b)`` gives
@@ -18,8 +18,11 @@ are about |x|, so the cancellation costs a few bits of fp32, not the 8 to 20 a l
 
 W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed; XOR 0x80 makes it unsigned
 u = q + 128, so  sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
-W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1), so
-sum x q = 16 (S - xs) and group g adds  scale[g, n] * (16 S_g - (16 + zero[g, n]) xs_g).
+W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1). One shift
+serves a pair of nibbles: the odd one lands at the top of the mantissa (1 + u / 16), the even one four
+bits lower (1 + u / 256) and is multiplied by 16 x, so both terms carry x u / 16 and
+sum x u = 16 (S - xs16), with xs16 the sum of x (odd k) and 16 x (even k); group g adds
+scale[g, n] * (16 (S_g - xs16_g) - zero[g, n] xs_g). Four shifts, eight LOP3s and eight FMAs per word.
 """
 
 from __future__ import annotations
@@ -41,6 +44,22 @@ def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr):
         t = w << SHIFT
     else:
         t = w >> (-SHIFT)  # arithmetic, but the mask keeps only bits that came from w
+    return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _shifted(w, SHIFT: tl.constexpr):
+    """``w`` moved by SHIFT bits (left if positive); the masks of ``_bits`` keep only bits that came from w."""
+    if SHIFT >= 0:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
+        t = w << SHIFT
+    else:
+        t = w >> (-SHIFT)
+    return t
+
+
+@triton.jit
+def _bits(t, MASK: tl.constexpr):
+    """The field of ``t`` under MASK with the exponent of 1.0 OR-ed in, as fp32 (one LOP3)."""
     return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
 
 
@@ -123,15 +142,25 @@ def w8a16_gemv_kernel(
 
 
 @triton.jit
-def _w4_group(acc, w, x_row, x_offs, x_ok, a, b, EVEN: tl.constexpr):
-    """One row's products with one group's [BN, WPG] words; a = 16 scale, b = scale (16 + zero), [BN]."""
+def _w4_words(acc, w, x_row, x_offs, x_ok, a, c, EVEN: tl.constexpr):
+    """One row's products with a [BN, GPI, WPG] tile of words; a = 16 scale, c = scale zero, [BN, GPI].
+
+    One shift serves two nibbles: after ``w << (15 - 8 j)`` nibble 2j+1 sits at bit 19 (the float
+    1 + u / 16) and nibble 2j at bit 15 (1 + u / 256, weighted by 16 x so that both sum to x u / 16).
+    """
     part = tl.zeros(w.shape, dtype=tl.float32)
-    xs = tl.zeros(x_offs.shape, dtype=tl.float32)
-    for i in tl.static_range(8):  # nibble i of word t: k = 8 t + i
-        xv = _x(x_row + x_offs + i, x_ok, EVEN)
-        part += xv[None, :] * _field(w, 19 - 4 * i, 0x780000)
-        xs += xv
-    return acc + a[:, None] * part - b[:, None] * xs[None, :]
+    xs16 = tl.zeros(x_offs.shape, dtype=tl.float32)  # [GPI, WPG]: the sum of x + 16 x over the pairs
+    xs = tl.zeros(x_offs.shape, dtype=tl.float32)  # the plain sum of x
+    for j in tl.static_range(4):  # nibbles 2j and 2j+1 of word t: k = 8 t + 2 j (+ 1)
+        t = _shifted(w, 15 - 8 * j)
+        x_hi = _x(x_row + x_offs + (2 * j + 1), x_ok, EVEN)
+        x_lo = _x(x_row + x_offs + 2 * j, x_ok, EVEN)
+        part += x_hi[None, :, :] * _bits(t, 0x780000)
+        part += (16.0 * x_lo)[None, :, :] * _bits(t, 0x78000)
+        xs16 += x_hi + 16.0 * x_lo
+        xs += x_hi + x_lo
+    # sum x u = 16 (part - xs16) over each word's columns; the group adds scale (sum x u - zero sum x).
+    return acc + a[:, :, None] * (part - xs16[None, :, :]) - c[:, :, None] * xs[None, :, :]
 
 
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
@@ -143,52 +172,61 @@ def w4a16_gemv_kernel(
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 
-    Rows clamped as in the W8 kernel; EVEN: every chunk is whole GROUPS_PER_ITER steps.
+    A trip loads GROUPS_PER_ITER adjacent groups of every row as one [BN, GPI, WPG] tile (contiguous
+    along a row), so all its bytes are in flight before the first use. Rows clamped as in the W8 kernel;
+    EVEN: every chunk is whole GROUPS_PER_ITER steps.
     """
     WPG: tl.constexpr = GROUP // 8  # words per group
+    GPI: tl.constexpr = GROUPS_PER_ITER
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    gi = tl.arange(0, GPI)
     wi = tl.arange(0, WPG)
     rows = tl.minimum(offs_n, N - 1)
     g_start = split * G_CHUNK
     g_end = tl.minimum(g_start + G_CHUNK, G_TOTAL)
-    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + wi[None, :]  # [BN, WPG]
+    cols = gi[:, None] * WPG + wi[None, :]  # [GPI, WPG]: word offsets within a trip
+    w_rows = w_ptr + rows.to(tl.int64)[:, None, None] * stride_wn + cols[None, :, :]  # [BN, GPI, WPG]
+    sz_offs = gi[None, :] * N + rows[:, None]  # [BN, GPI]
     x0 = x_ptr
     x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm
     x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm
     x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm
-    acc0 = tl.zeros((BLOCK_N, WPG), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    for g0 in range(g_start, g_end, GROUPS_PER_ITER):
-        for gi in tl.static_range(GROUPS_PER_ITER):
-            g = g0 + gi
-            if EVEN:
-                w = tl.load(w_rows + g * WPG)
-                s = tl.load(s_ptr + g * N + rows).to(tl.float32)
-                z = tl.load(z_ptr + g * N + rows).to(tl.float32)
-                x_ok = wi < 0  # unused
-            else:
-                ok = (g + tl.zeros_like(rows)) < g_end  # [BN]: false past this split's groups
-                w = tl.load(w_rows + g * WPG, mask=ok[:, None], other=0)
-                s = tl.load(s_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
-                z = tl.load(z_ptr + g * N + rows, mask=ok, other=0.0).to(tl.float32)
-                x_ok = (g + tl.zeros_like(wi)) < g_end
-            a, b = 16.0 * s, s * (16.0 + z)
-            x_offs = g * GROUP + 8 * wi
-            acc0 = _w4_group(acc0, w, x0, x_offs, x_ok, a, b, EVEN)
-            if ROWS > 1:
-                acc1 = _w4_group(acc1, w, x1, x_offs, x_ok, a, b, EVEN)
-            if ROWS > 2:
-                acc2 = _w4_group(acc2, w, x2, x_offs, x_ok, a, b, EVEN)
-                acc3 = _w4_group(acc3, w, x3, x_offs, x_ok, a, b, EVEN)
-    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(acc0, axis=1))
+    for g0 in range(g_start, g_end, GPI):
+        if EVEN:
+            w = tl.load(w_rows + g0 * WPG)
+            s = tl.load(s_ptr + g0 * N + sz_offs).to(tl.float32)
+            z = tl.load(z_ptr + g0 * N + sz_offs).to(tl.float32)
+            x_ok = cols < 0  # unused
+        else:
+            g_ok = (g0 + gi) < g_end  # [GPI]: false past this split's groups
+            w = tl.load(w_rows + g0 * WPG, mask=g_ok[None, :, None], other=0)
+            s = tl.load(s_ptr + g0 * N + sz_offs, mask=g_ok[None, :], other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + g0 * N + sz_offs, mask=g_ok[None, :], other=0.0).to(tl.float32)
+            x_ok = g_ok[:, None] & (cols >= 0)
+        a, c = 16.0 * s, s * z
+        x_offs = g0 * GROUP + 8 * cols
+        acc0 = _w4_words(acc0, w, x0, x_offs, x_ok, a, c, EVEN)
+        if ROWS > 1:
+            acc1 = _w4_words(acc1, w, x1, x_offs, x_ok, a, c, EVEN)
+        if ROWS > 2:
+            acc2 = _w4_words(acc2, w, x2, x_offs, x_ok, a, c, EVEN)
+            acc3 = _w4_words(acc3, w, x3, x_offs, x_ok, a, c, EVEN)
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, _row_sum(acc0))
     if ROWS > 1:
-        y = put_row(y, offs_m, 1, tl.sum(acc1, axis=1))
+        y = put_row(y, offs_m, 1, _row_sum(acc1))
     if ROWS > 2:
-        y = put_row(y, offs_m, 2, tl.sum(acc2, axis=1))
-        y = put_row(y, offs_m, 3, tl.sum(acc3, axis=1))
+        y = put_row(y, offs_m, 2, _row_sum(acc2))
+        y = put_row(y, offs_m, 3, _row_sum(acc3))
     finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+@triton.jit
+def _row_sum(acc):
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
 
 
 def _w8(bn, bw, warps, stages):
@@ -205,8 +243,8 @@ W8_GEMV_CONFIGS = {
              _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
-W4_GEMV_CONFIGS = {
-    "cuda": [_w4(64, 1, 4, 3), _w4(128, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 4, 3), _w4(128, 2, 8, 3),
-             _w4(256, 1, 8, 3), _w4(64, 4, 4, 2), _w4(32, 4, 2, 3)],
+W4_GEMV_CONFIGS = {  # ordered by their M = 1 times on an H200 (run 8: 4096-14336 wide layers first)
+    "cuda": [_w4(16, 2, 1, 3), _w4(128, 1, 4, 3), _w4(64, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 2, 3),
+             _w4(256, 1, 8, 3), _w4(32, 4, 2, 3), _w4(16, 4, 2, 3)],
     "hip": [_w4(16, 1, 4, 2), _w4(32, 1, 4, 2), _w4(16, 2, 4, 2)],
 }

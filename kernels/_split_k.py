@@ -29,13 +29,16 @@ PROGRAMS_PER_SM = 2  # aim: about this many programs per SM, counting 128-row ti
 REFERENCE_BLOCK_N = 128
 
 
-def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.device) -> tuple[int, int]:
+def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.device,
+               programs_per_sm: int | None = None) -> tuple[int, int]:
     """(splits, units per split) for a decode product whose K is ``units`` indivisible chunks.
 
     Depends on M only through its bucket (1-4 or 5-16), whose largest M bounds the partials' bytes.
+    ``programs_per_sm`` (default ``PROGRAMS_PER_SM``) lets a kernel aim at a fuller card; it must not
+    depend on M within a bucket either.
     """
     n_tiles = triton.cdiv(N, REFERENCE_BLOCK_N)
-    wanted = triton.cdiv(PROGRAMS_PER_SM * num_sms(device.index or 0), n_tiles)
+    wanted = triton.cdiv((programs_per_sm or PROGRAMS_PER_SM) * num_sms(device.index or 0), n_tiles)
     rows = 4 if M <= 4 else 16
     cap = max(1, weight_bytes // (4 * 8 * rows * max(N, 1)))
     splits = max(1, min(wanted, cap, units))
@@ -43,11 +46,12 @@ def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.devi
     return triton.cdiv(units, per_split), per_split
 
 
-def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device):
+def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device,
+                 programs_per_sm: int | None = None):
     """(splits, units per split, fp32 partials, arrival counters) for one launch; one split above M = 16."""
     if M > 16:
         return 1, units, torch.empty(1, dtype=torch.float32, device=device), arrival_counters(device, 1)
-    splits, per_split = split_plan(M, N, units, weight_bytes, device)
+    splits, per_split = split_plan(M, N, units, weight_bytes, device, programs_per_sm)
     partials = torch.empty(splits * M * N if splits > 1 else 1, dtype=torch.float32, device=device)
     # Enough counters for the narrowest config (BLOCK_N = 16).
     return splits, per_split, partials, arrival_counters(device, triton.cdiv(N, 16) * triton.cdiv(M, 16))

@@ -174,3 +174,25 @@ def test_split_k_decode_matches_reference(name, device):
     for seed in range(2):  # twice: the first launch must have re-armed the arrival counters
         run_case(op, case, device, seed=seed)
 
+
+
+@pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
+def test_every_gemv_config_computes_the_reference(name, device):
+    # Autotuning tries only some configs in a given run; each shipped GEMV config, pinned, must be right.
+    # K = 1408 groups and words do not fill whole trips (EVEN is false); the rows of x differ; each config
+    # meets another M of 1..4 and, for W4, another group size.
+    from kernels.quant_linear import W4_GEMV_CONFIGS, W8_GEMV_CONFIGS
+
+    op = {"linear_w8a16": W8A16_OP, "linear_w4a16": W4A16_OP}[name]
+    configs = (W4_GEMV_CONFIGS if name == "linear_w4a16" else W8_GEMV_CONFIGS)["cuda"]
+    for i, cfg in enumerate(configs):
+        case = {"M": 1 + i % 4, "N": 37, "K": 1408 if i % 2 else 1024, "dtype": torch.float16, "bias": i % 3 == 0}
+        if name == "linear_w4a16":
+            case["group_size"] = (32, 64, 128)[i % 3]
+        impl = lambda cfg=cfg, **kw: op.triton(**kw, config=cfg)
+        gen = torch.Generator(device=device).manual_seed(i)
+        inputs = op.make_inputs(case, torch.device(device), gen)
+        got = impl(**inputs)
+        want = op.torch(**{k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                           for k, v in inputs.items()})
+        assert_close(got, want, dtype=torch.float16, reduction_len=case["K"], what=f"{name} {cfg} {case}")
