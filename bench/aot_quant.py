@@ -189,18 +189,21 @@ def check_launches():
         s, z, bias = s4.to(dtype), z4.to(dtype), x[0, :64]
         w4s = [next(c for c in ql.W4_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))]
         w8s = [next(c for c in ql.W8_CONFIGS["cuda"] if (c["BLOCK_M"] == 16) == (m <= 16))]
-        if m == 1:  # and the GEMV kernels, at one row and at four (M = 3)
-            w4s.append(ql.W4_GEMV_CONFIGS["cuda"][0])
-            w8s.append(ql.W8_GEMV_CONFIGS["cuda"][0])
+        if m == 1:  # and the GEMV kernels: the first config at one row, every config at four (M = 3), the
+            # most registers a config must fit in without spilling (one config serves every M of the bucket), in bf16
+            every = dtype == torch.bfloat16
+            w4s += ql.W4_GEMV_CONFIGS["cuda"] if every else ql.W4_GEMV_CONFIGS["cuda"][:1]
+            w8s += ql.W8_GEMV_CONFIGS["cuda"] if every else ql.W8_GEMV_CONFIGS["cuda"][:1]
         for rows in ((m,) if m > 1 else (1, 3)):
             xr = torch.randn(rows, 512, generator=gen).to(dtype)
+            gemv_first = (ql.W4_GEMV_CONFIGS["cuda"][0], ql.W8_GEMV_CONFIGS["cuda"][0])
             for w4 in w4s:
-                if rows > 1 and "BLOCK_M" in w4:
+                if rows > 1 and "BLOCK_M" in w4 or rows == 1 and "BLOCK_M" not in w4 and w4 not in gemv_first:
                     continue
                 yield (f"w4a16 {dtype} M={rows} {w4}", ql, w4,
                        lambda x=xr, s=s, z=z, bias=bias, w4=w4: ql.w4a16_linear(x, q4, s, z, 128, bias, config=w4))
             for w8 in w8s:
-                if rows > 1 and "BLOCK_M" in w8:
+                if rows > 1 and "BLOCK_M" in w8 or rows == 1 and "BLOCK_M" not in w8 and w8 not in gemv_first:
                     continue
                 yield f"w8a16 {dtype} M={rows} {w8}", ql, w8, lambda x=xr, w8=w8: ql.w8a16_linear(x, q8, s8, config=w8)
     for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0]), (torch.float32, [Q4_0])):

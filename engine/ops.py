@@ -5,8 +5,8 @@ and this table decides which registered implementation that is: the engine's bac
 GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrides`` names another
 implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
 edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
-without touching engine code. A fused op (RoPE with the KV write; opt-in, the SwiGLU gate with the
-down projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
+without touching engine code. A fused op (RoPE with the KV write, an RMSNorm with the projection after it;
+opt-in, the SwiGLU gate with the down projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
 calls (the GGUF ones for a safetensors model) are resolved at first use, so a missing optional module
 only matters to models that need it.
 """
@@ -23,7 +23,7 @@ from kernels.device import BACKENDS, check_backend
 ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
-    "greedy", "rope_kv_write", "silu_mul_linear",
+    "greedy", "rope_kv_write", "silu_mul_linear", "rmsnorm_linear",
 )
 # Fused ops: the ops each stands for, and whether the engine uses it unless told otherwise. A fusion on by
 # default gives way to its parts while one of them is swapped for another implementation (a researcher's
@@ -31,9 +31,12 @@ ENGINE_OPS = (
 # turns it on. Measured on an H200 (bench/results/NVIDIA_H200/run6/decode_profile.csv, batch-1 decode
 # graph): rope_kv_write saves 24-34 us per step; silu_mul_linear costs 7.6 us more per down projection
 # than it saves (the gate's exp and the second input load slow the weight stream), so it is opt-in.
+# rmsnorm_linear (run8/decode_profile.csv): the Qwen2.5-0.5B graph 897.6 -> 838.2 us, Llama-3.2-1B 1039.3
+# -> 1011.0 us (48 and 32 norm launches fewer); the folded attention reduce, tried in the same call, was slower.
 FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),
     "silu_mul_linear": (("silu_and_mul", "linear"), False),
+    "rmsnorm_linear": (("rmsnorm", "linear"), True),
 }
 
 

@@ -239,12 +239,12 @@ def _w4(bn, gpi, warps, stages):
 
 # BLOCK_W divides 128 words (the 512-k split unit); GROUPS_PER_ITER divides 4 (the W4 split unit).
 W8_GEMV_CONFIGS = {
-    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(32, 128, 4, 3),
+    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(32, 128, 8, 3),
              _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
-W4_GEMV_CONFIGS = {  # ordered by their M = 1 times on an H200 (run 8: 4096-14336 wide layers first)
-    "cuda": [_w4(16, 2, 1, 3), _w4(128, 1, 4, 3), _w4(64, 1, 4, 3), _w4(64, 2, 4, 3), _w4(32, 2, 2, 3),
-             _w4(256, 1, 8, 3), _w4(32, 4, 2, 3), _w4(16, 4, 2, 3)],
+W4_GEMV_CONFIGS = {  # ordered by their M = 1 times on an H200 (run 8); none spills at ROWS = 4 (sm_90)
+    "cuda": [_w4(16, 2, 2, 3), _w4(16, 1, 1, 3), _w4(128, 1, 4, 3), _w4(64, 1, 4, 3), _w4(64, 2, 4, 3),
+             _w4(32, 2, 2, 3), _w4(256, 1, 8, 3), _w4(32, 4, 4, 3)],
     "hip": [_w4(16, 1, 4, 2), _w4(32, 1, 4, 2), _w4(16, 2, 4, 2)],
 }

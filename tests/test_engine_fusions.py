@@ -1,6 +1,6 @@
 """The engine's fused ops (engine/ops.py FUSIONS): RoPE with the KV write by default, given up for its parts
 when a part is swapped for another implementation; the SwiGLU gate with the down projection only when
-named. The same tokens every way."""
+named; each layer's RMSNorms with the projections after them by default. The same tokens every way."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.engine
 
-FUSED = ("rope_kv_write", "silu_mul_linear")
-PARTS = ("rope", "kv_cache_write", "silu_and_mul", "linear")
+FUSED = ("rope_kv_write", "silu_mul_linear", "rmsnorm_linear")
+PARTS = ("rope", "kv_cache_write", "silu_and_mul", "linear", "rmsnorm")
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,16 @@ def test_fusions_by_default_opt_in_and_parts_when_one_is_swapped(model_dir, back
     assert parts["rope_kv_write"] == 0
     assert parts["rope"] == parts["kv_cache_write"] == default["rope_kv_write"]
     assert default_ids == opt_ids == parts_ids and all(len(ids) == 6 for ids in default_ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir, backend):
+    fused_ids, fused = _generate(model_dir, backend, {})
+    parts_ids, parts = _generate(model_dir, backend, {"rmsnorm": backend})
+    assert parts["rmsnorm_linear"] == 0 < fused["rmsnorm_linear"]
+    # Both norms of every layer run with their projection; only the final norm of each step stays alone.
+    assert fused["rmsnorm_linear"] + fused["rmsnorm"] == parts["rmsnorm"]
+    ratio = fused["rmsnorm_linear"] // max(fused["rmsnorm"], 1)
+    assert fused["rmsnorm_linear"] == ratio * fused["rmsnorm"] and ratio >= 2 and ratio % 2 == 0
+    assert fused["linear"] == parts["linear"] - fused["rmsnorm_linear"]
+    assert fused_ids == parts_ids

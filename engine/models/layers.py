@@ -11,6 +11,8 @@
   attention: decode tokens (the first
   ``num_decode_tokens`` of the batch) through ``paged_decode_attention``, prefill chunks through
   ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
+- :class:`NormLinear`: an RMSNorm and the projection after it, one fused op at decode (``rmsnorm_linear``)
+  where that is on.
 - :class:`MLP`: SwiGLU, ``down(silu(gate x) * up x)`` with gate and up fused, and the gate applied inside
   the down projection (``silu_mul_linear``) when that is dense and neither part is swapped.
 """
@@ -89,6 +91,26 @@ class RMSNorm:
         return self.ops.rmsnorm(x, self.weight, self.eps, residual)
 
 
+class NormLinear:
+    """``linear(norm(h + residual))`` and the new residual: one ``rmsnorm_linear`` op where the fusion is on
+    and the linear is one dense matrix, else the norm and the linear in turn. Without a residual (the
+    first layer) the residual handed on is h itself."""
+
+    def __init__(self, ops: OpTable, norm: RMSNorm, linear: Linear):
+        self.ops, self.norm, self.linear = ops, norm, linear
+        single_dense = len(linear.weights) == 1 and not is_quantized(linear.weights[0])
+        self.fused = single_dense and ops.fused("rmsnorm_linear")
+
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor | None):
+        if self.fused:
+            return self.ops.rmsnorm_linear(h, self.norm.weight, self.linear.weights[0], self.linear.biases[0],
+                                           residual, self.norm.eps)
+        if residual is None:
+            return self.linear(self.norm(h)), h
+        a, residual = self.norm(h, residual)
+        return self.linear(a), residual
+
+
 @dataclass
 class AttentionMetadata:
     """Where each token of the batch sits in the paged KV cache (built by :mod:`engine.attention_metadata`).
@@ -120,8 +142,13 @@ class Attention:
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        T, H, KV, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)
+        return self.attend(self.qkv(x), positions, cos_sin_cache, k_cache, v_cache, meta)
+
+    def attend(self, qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Everything after the q/k/v projection, from its output [T, (H + 2 KV) D]."""
+        T, H, KV, D = qkv.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         q, k, v = q.reshape(T, H, D), k.reshape(T, KV, D), v.reshape(T, KV, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -158,7 +185,10 @@ class MLP:
         self.fuse_down = dense_down and ops.fused("silu_mul_linear")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up(x)
+        return self.finish(self.gate_up(x))
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the gate/up projection, from its output [T, 2 I]."""
         if self.fuse_down:
             return self.ops.silu_mul_linear(h, self.down.weights[0], self.down.biases[0])
         return self.down(self.ops.silu_and_mul(h))

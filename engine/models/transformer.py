@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import torch
 
-from engine.models.layers import MLP, Attention, AttentionMetadata, Embedding, Linear, RMSNorm
+from engine.models.layers import MLP, Attention, AttentionMetadata, Embedding, Linear, NormLinear, RMSNorm
 from engine.ops import OpTable
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,16 @@ class WeightsError(ValueError):
 
 
 class DecoderLayer:
-    def __init__(self, attn: Attention, mlp: MLP, input_norm: RMSNorm, post_attn_norm: RMSNorm):
-        self.attn, self.mlp, self.input_norm, self.post_attn_norm = attn, mlp, input_norm, post_attn_norm
+    def __init__(self, ops: OpTable, attn: Attention, mlp: MLP, input_norm: RMSNorm, post_attn_norm: RMSNorm):
+        self.attn, self.mlp = attn, mlp
+        self.qkv = NormLinear(ops, input_norm, attn.qkv)           # input norm, then q/k/v
+        self.gate_up = NormLinear(ops, post_attn_norm, mlp.gate_up)  # post-attention norm, then gate/up
 
     def __call__(self, h, residual, positions, cos_sin_cache, k_cache, v_cache, meta):
-        if residual is None:
-            residual = h
-            h = self.input_norm(h)
-        else:
-            h, residual = self.input_norm(h, residual)
-        h = self.attn(h, positions, cos_sin_cache, k_cache, v_cache, meta)
-        h, residual = self.post_attn_norm(h, residual)
-        return self.mlp(h), residual
+        qkv, residual = self.qkv(h, residual)
+        h = self.attn.attend(qkv, positions, cos_sin_cache, k_cache, v_cache, meta)
+        gate_up, residual = self.gate_up(h, residual)
+        return self.mlp.finish(gate_up), residual
 
 
 class Transformer:
@@ -102,7 +100,7 @@ class Transformer:
             attn = Attention(ops, H, KV, D, Linear(ops, proj, biases), o_proj, q_norm, k_norm)
             gate_up = Linear(ops, [take(f"{p}mlp.gate_proj.weight"), take(f"{p}mlp.up_proj.weight")])
             mlp = MLP(ops, gate_up, Linear(ops, [take(f"{p}mlp.down_proj.weight")]))
-            self.layers.append(DecoderLayer(attn, mlp, RMSNorm(ops, dense(f"{p}input_layernorm.weight"), eps),
+            self.layers.append(DecoderLayer(ops, attn, mlp, RMSNorm(ops, dense(f"{p}input_layernorm.weight"), eps),
                                             RMSNorm(ops, dense(f"{p}post_attention_layernorm.weight"), eps)))
             # Fused copies are made; drop the per-part tensors so peak memory stays near one model.
             for n in list(named):
