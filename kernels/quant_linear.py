@@ -191,9 +191,10 @@ _w4a16_gemv = Tuned(w4a16_gemv_kernel, W4_GEMV_CONFIGS, key=["N", "G_TOTAL", "GR
 
 # --- launchers ------------------------------------------------------------------------------------
 
-# The W4 GEMV's split-K aims at 4 programs per SM, not the default 2: at M = 1 on an H200 (run 8) that took
-# 14336 x 4096 from 21.8 to 21.0 us and 4096 x 14336 from 22.9 to 21.9 us, 4096 x 4096 unchanged. W8 and
-# the GGUF GEMVs gained nothing from it (Q4_K lost 13% at 4096 x 4096) and keep the default.
+# The W4 GEMV's split-K aims at 4 programs per SM, not the default 2: at M = 1 on an H200 (best config of
+# each, bench/results/NVIDIA_H200/run8/quant_explore.csv) that took 14336 x 4096 from 21.8 to 21.0 us and
+# 4096 x 14336 from 22.9 to 21.9 us, 4096 x 4096 unchanged. W8 gained at one shape and lost at another, Q4_K
+# lost 13% at 4096 x 4096: they keep the default. Read at each launch: a researcher may change it.
 W4_GEMV_PROGRAMS_PER_SM = 4
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
