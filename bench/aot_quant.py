@@ -198,12 +198,12 @@ def check_launches():
             xr = torch.randn(rows, 512, generator=gen).to(dtype)
             gemv_first = (ql.W4_GEMV_CONFIGS["cuda"][0], ql.W8_GEMV_CONFIGS["cuda"][0])
             for w4 in w4s:
-                if rows > 1 and "BLOCK_M" in w4 or rows == 1 and "BLOCK_M" not in w4 and w4 not in gemv_first:
+                if (rows > 1 and "BLOCK_M" in w4) or (rows == 1 and "BLOCK_M" not in w4 and w4 not in gemv_first):
                     continue
                 yield (f"w4a16 {dtype} M={rows} {w4}", ql, w4,
                        lambda x=xr, s=s, z=z, bias=bias, w4=w4: ql.w4a16_linear(x, q4, s, z, 128, bias, config=w4))
             for w8 in w8s:
-                if rows > 1 and "BLOCK_M" in w8 or rows == 1 and "BLOCK_M" not in w8 and w8 not in gemv_first:
+                if (rows > 1 and "BLOCK_M" in w8) or (rows == 1 and "BLOCK_M" not in w8 and w8 not in gemv_first):
                     continue
                 yield f"w8a16 {dtype} M={rows} {w8}", ql, w8, lambda x=xr, w8=w8: ql.w8a16_linear(x, q8, s8, config=w8)
     for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0]), (torch.float32, [Q4_0])):

@@ -5,10 +5,10 @@ and this table decides which registered implementation that is: the engine's bac
 GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrides`` names another
 implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
 edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
-without touching engine code. A fused op (RoPE with the KV write, an RMSNorm with the projection after it;
-opt-in, the SwiGLU gate with the down projection) gives way to its parts when one of them is swapped (:data:`FUSIONS`). Ops the model never
-calls (the GGUF ones for a safetensors model) are resolved at first use, so a missing optional module
-only matters to models that need it.
+without touching engine code. A fused op (RoPE with the KV write, an RMSNorm with the projection after
+it; opt-in, the SwiGLU gate with the down projection) gives way to its parts when one of them is swapped
+(:data:`FUSIONS`). Ops the model never calls (the GGUF ones for a safetensors model) are resolved at
+first use, so a missing optional module only matters to models that need it.
 """
 
 from __future__ import annotations

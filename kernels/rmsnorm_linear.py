@@ -33,6 +33,7 @@ from kernels.device import check_backend, num_sms
 from kernels.linear_gemv import _MIN_BLOCK_N, GEMV_CONFIGS, GEMV_UNIT, gemv_chunk
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
+from kernels.rmsnorm import _check as _norm_check
 from kernels.rmsnorm import rmsnorm, rmsnorm_reference
 from kernels.tuning import Tuned, graph_bench
 
@@ -128,9 +129,7 @@ def _check(x, norm_weight, weight, bias, residual, variant) -> None:
         raise ValueError(f"rmsnorm_linear: the fused variant takes one row of at most {MAX_FUSED_K} elements, "
                          f"got x of shape {tuple(x.shape)}; use variant='separate' or None")
     # The norm's checks (x, its weight, the residual), then the linear's on the normalised shape.
-    from kernels.rmsnorm import _check as norm_check
-
-    norm_check(x, norm_weight, residual)
+    _norm_check(x, norm_weight, residual)
     dense._check(x, weight, bias, None)
 
 
