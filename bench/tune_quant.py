@@ -2,13 +2,14 @@
 
 Run from the repository root on a GPU machine::
 
-    PYTHONPATH=. python3 bench/tune_quant.py --out DIR [--explore] [--budget-s 200]
+    PYTHONPATH=. python3 bench/tune_quant.py --out DIR [--explore [--programs-per-sm 2,4,8]] [--budget-s 200]
 
 In one process, so every number comes from the same card:
 
 1. the ceilings (``bench.ceilings``): device-to-device copy bandwidth (read + written) and cuBLAS bf16;
 2. with ``--explore``: each config of each kernel pinned and timed alone at M = 1 on two Llama-3-8B
-   shapes (``quant_configs.csv``), which is what the config lists are chosen from;
+   shapes (``quant_configs.csv``), which is what the config lists are chosen from; with
+   ``--programs-per-sm``, once per split-K aim (how many programs per SM the split count aims at);
 3. the ops' benchmark cases from the registry (``linear_w8a16``, ``linear_w4a16``, ``gguf_linear``),
    autotuned kernel against its baseline, cuBLAS bf16 ``F.linear`` on the weight dequantized once
    (``quant_bench.csv``). The target cases (M = 1, N and K >= 4096; W4 group 128, W8, GGUF Q4_0 and
@@ -22,6 +23,7 @@ exceeds twice L2 (``bench.timing``). A short table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -93,7 +95,24 @@ def bench(ceil, rows, deadline, save) -> None:
         del sets
 
 
-def explore(ceil, rows, save, deadline=None) -> None:
+@contextlib.contextmanager
+def programs_per_sm(value: int | None):
+    """The decode split-K's aim in programs per SM for the block, for every quantized kernel (the W4 GEMV
+    has its own, ``quant_linear.W4_GEMV_PROGRAMS_PER_SM``); None leaves the shipped values."""
+    from kernels import _split_k
+    from kernels import quant_linear as ql
+
+    saved = (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM)
+    if value is not None:
+        _split_k.PROGRAMS_PER_SM = ql.W4_GEMV_PROGRAMS_PER_SM = value
+    try:
+        yield
+    finally:
+        _split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM = saved
+
+
+def explore(ceil, rows, save, deadline=None, split_aims=(None,)) -> None:
+    """Each config pinned at M = 1 on two Llama-3-8B shapes, once per split aim in ``split_aims``."""
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
 
@@ -112,19 +131,21 @@ def explore(ceil, rows, save, deadline=None) -> None:
             for s in sets:
                 op.baseline(**s)
             base = time_case(op, case, sets, op.baseline)
-            for cfg in configs:
-                if deadline is not None and time.time() > deadline:
-                    break
-                fn = lambda cfg=cfg, launch=op.triton, **kw: launch(**kw, config=cfg)
-                try:
-                    t = time_case(op, case, sets, fn)
-                except Exception as e:  # a config that cannot compile or run is reported, not fatal
-                    print(f"  {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
-                    continue
-                rows.append({"kernel": label(case, name), "N": n, "K": k,
-                             "path": "tensor-core" if "BLOCK_M" in cfg else "gemv", "config": str(cfg),
-                             "us": 1e3 * t, "speedup": base / t, "pct_copy_bw": 100 * op.bytes(case) / t / 1e6
-                             / ceil.copy_gbps})
+            for aim in split_aims:
+                with programs_per_sm(aim):
+                    for cfg in configs:
+                        if deadline is not None and time.time() > deadline:
+                            break
+                        fn = lambda cfg=cfg, launch=op.triton, **kw: launch(**kw, config=cfg)
+                        try:
+                            t = time_case(op, case, sets, fn)
+                        except Exception as e:  # a config that cannot compile or run is reported, not fatal
+                            print(f"  {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                            continue
+                        rows.append({"kernel": label(case, name), "N": n, "K": k,
+                                     "path": "tensor-core" if "BLOCK_M" in cfg else "gemv", "config": str(cfg),
+                                     "programs_per_sm": aim or "shipped", "us": 1e3 * t, "speedup": base / t,
+                                     "pct_copy_bw": 100 * op.bytes(case) / t / 1e6 / ceil.copy_gbps})
             save(rows)
             best = max((r for r in rows if r["kernel"] == label(case, name) and r["N"] == n and r["K"] == k),
                        key=lambda r: r["speedup"], default=None)
@@ -139,7 +160,10 @@ def main() -> int:
     p.add_argument("--explore", action="store_true", help="time each decode config alone first")
     p.add_argument("--budget-s", type=float, default=200, help="stop starting new cases after this")
     p.add_argument("--explore-s", type=float, default=120, help="stop exploring configs after this")
+    p.add_argument("--programs-per-sm", default=None, metavar="N,N,...",
+                   help="explore each config at these split-K aims too (e.g. 2,4,8; default: the shipped ones)")
     args = p.parse_args()
+    aims = tuple(int(v) for v in args.programs_per_sm.split(",")) if args.programs_per_sm else (None,)
     if not torch.cuda.is_available():
         print("tune_quant: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
         return 2
@@ -151,7 +175,7 @@ def main() -> int:
     if args.explore:
         cfg_rows: list = []
         explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, "quant_configs.csv")),
-                deadline=time.time() + args.explore_s)
+                deadline=time.time() + args.explore_s, split_aims=aims)
     rows: list = []
     deadline = time.time() + args.budget_s  # after exploring: the budget is the benchmark's
     bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "quant_bench.csv")))

@@ -192,3 +192,19 @@ def test_results_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     made = report.results_dir("NVIDIA H100 80GB HBM3", None)
     assert made == tmp_path / "results" / "NVIDIA_H100_80GB_HBM3" and made.is_dir()
+
+
+def test_tune_quant_split_aim_is_set_for_the_block_and_restored():
+    from bench.tune_quant import programs_per_sm
+    from kernels import _split_k
+    from kernels import quant_linear as ql
+
+    before = (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM)
+    with programs_per_sm(7):
+        assert (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM) == (7, 7)
+        with programs_per_sm(None):  # None: the values in force stay
+            assert _split_k.PROGRAMS_PER_SM == 7
+    assert before == (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM)
+    with pytest.raises(RuntimeError), programs_per_sm(3):
+        raise RuntimeError("a failing exploration")
+    assert before == (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM)
