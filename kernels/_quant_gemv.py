@@ -22,7 +22,8 @@ W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2
 serves a pair of nibbles: the odd one lands at the top of the mantissa (1 + u / 16), the even one four
 bits lower (1 + u / 256) and is multiplied by 16 x, so both terms carry x u / 16 and
 sum x u = 16 (S - xs16), with xs16 the sum of x (odd k) and 16 x (even k); group g adds
-scale[g, n] * (16 (S_g - xs16_g) - zero[g, n] xs_g). Four shifts, eight LOP3s and eight FMAs per word.
+scale[g, n] * (16 (S_g - xs16_g) - zero[g, n] xs_g). Per word: four shifts, eight LOP3s and eight FMAs,
+plus the group correction.
 """
 
 from __future__ import annotations
