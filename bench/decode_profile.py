@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import csv
 import importlib
 import json
@@ -38,6 +37,7 @@ import torch
 
 from bench.engine_bench import graph_replay_ms
 from bench.model_shapes import MODELS, write_model
+from bench.module_settings import module_settings
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], dict[str, object]]:
@@ -76,22 +76,6 @@ def _setting(text: str, key: str, value: str) -> object:
         raise argparse.ArgumentTypeError(
             f"variant {text!r}: {key} is a {type(current).__name__}, got {value!r} ({type(parsed).__name__})")
     return parsed
-
-
-@contextlib.contextmanager
-def module_settings(settings: dict[str, object]):
-    """Set each ``kernels.MODULE.NAME`` for the block; the previous values come back after, error or not."""
-    saved = []
-    try:
-        for key, value in settings.items():
-            module_name, _, attr = key.rpartition(".")
-            module = importlib.import_module(module_name)
-            saved.append((module, attr, getattr(module, attr)))
-            setattr(module, attr, value)
-        yield
-    finally:
-        for module, attr, old in reversed(saved):
-            setattr(module, attr, old)
 
 
 def steady_engine(model_dir: Path, overrides: dict[str, str]):

@@ -23,7 +23,6 @@ exceeds twice L2 (``bench.timing``). A short table is printed last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ import time
 import torch
 
 from bench.ceilings import measure
+from bench.module_settings import module_settings
 from bench.report import results_dir, write_rows
 from bench.timing import input_sets_for, time_rotating
 from kernels.gguf_formats import Q4_0, Q4_K, qtype_name
@@ -95,20 +95,11 @@ def bench(ceil, rows, deadline, save) -> None:
         del sets
 
 
-@contextlib.contextmanager
 def programs_per_sm(value: int | None):
     """The decode split-K's aim in programs per SM for the block, for every quantized kernel (the W4 GEMV
-    has its own, ``quant_linear.W4_GEMV_PROGRAMS_PER_SM``); None leaves the shipped values."""
-    from kernels import _split_k
-    from kernels import quant_linear as ql
-
-    saved = (_split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM)
-    if value is not None:
-        _split_k.PROGRAMS_PER_SM = ql.W4_GEMV_PROGRAMS_PER_SM = value
-    try:
-        yield
-    finally:
-        _split_k.PROGRAMS_PER_SM, ql.W4_GEMV_PROGRAMS_PER_SM = saved
+    has its own, ``quant_linear.W4_GEMV_PROGRAMS_PER_SM``); None leaves the values in force."""
+    aims = ("kernels._split_k.PROGRAMS_PER_SM", "kernels.quant_linear.W4_GEMV_PROGRAMS_PER_SM")
+    return module_settings({} if value is None else dict.fromkeys(aims, value))
 
 
 def explore(ceil, rows, save, deadline=None, split_aims=(None,)) -> None:

@@ -54,6 +54,19 @@ def _row_dot(acc, w, x_row, k, offs_k, k_ok, EVEN: tl.constexpr):
     return acc + w * xv.to(tl.float32)[None, :]
 
 
+@triton.jit
+def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K] weight tile at ``k`` in fp32, and which of its columns lie in the chunk
+    (unused when EVEN: no masks at all)."""
+    if EVEN:
+        k_ok = offs_k < 0
+        w = tl.load(w_rows + k)
+    else:
+        k_ok = (k + offs_k) < k_end
+        w = tl.load(w_rows + k, mask=k_ok[None, :], other=0.0)
+    return w.to(tl.float32), k_ok
+
+
 @triton.jit(do_not_specialize=["M"])  # a per-step value: compiled once per ROWS
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
@@ -74,12 +87,7 @@ def _gemv_kernel(
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for k in range(k_start, k_end, BLOCK_K):
-        if EVEN:
-            k_ok = offs_k < 0  # unused
-            w = tl.load(w_rows + k).to(tl.float32)
-        else:
-            k_ok = (k + offs_k) < k_end
-            w = tl.load(w_rows + k, mask=k_ok[None, :], other=0.0).to(tl.float32)
+        w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
         acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, EVEN)
         if ROWS > 1:
             acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, EVEN)
@@ -132,6 +140,20 @@ def gemv_chunk(N: int, K: int, sms: int) -> int:
     return split_chunk(N, K, sms, row_tile=ROW_TILE, unit=GEMV_UNIT)
 
 
+def gemv_split(x: torch.Tensor, M: int, N: int, K: int, rows: int, y: torch.Tensor, k_chunk: int | None = None):
+    """(chunk, splits, fp32 partials, arrival counters, EVEN) for a GEMV launch of M rows of x, ``rows``
+    per program, writing ``y`` (the partials' stand-in when there is one split)."""
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    chunk = k_chunk if k_chunk is not None else gemv_chunk(N, K, sms)
+    if chunk < 1:
+        raise ValueError(f"linear gemv: k_chunk must be a positive number of K elements, got {chunk}")
+    splits = cdiv(K, chunk)
+    partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
+    counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, rows))
+    # EVEN: every chunk is whole BLOCK_K tiles (BLOCK_K divides GEMV_UNIT, which divides a default chunk).
+    return chunk, splits, partials, counters, K % chunk == 0 and chunk % GEMV_UNIT == 0
+
+
 def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D contiguous-along-K operands, ROWS rows of x per program.
@@ -145,17 +167,9 @@ def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
-    chunk = k_chunk if k_chunk is not None else gemv_chunk(N, K, sms)
-    if chunk < 1:
-        raise ValueError(f"linear gemv: k_chunk must be a positive number of K elements, got {chunk}")
-    splits = cdiv(K, chunk)
     rows = gemv_rows(M)
-    partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
-    counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, rows))
+    chunk, splits, partials, counters, even = gemv_split(x, M, N, K, rows, y, k_chunk)
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
-    # EVEN: every chunk is whole BLOCK_K tiles (BLOCK_K divides GEMV_UNIT, which divides a default chunk).
-    even = K % chunk == 0 and chunk % GEMV_UNIT == 0
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
     flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even)

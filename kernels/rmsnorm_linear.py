@@ -27,10 +27,10 @@ import torch
 
 from kernels import alloc
 from kernels import linear as dense
-from kernels._split_k import arrival_counters, finish_tile
+from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
-from kernels.device import check_backend, num_sms
-from kernels.linear_gemv import _MIN_BLOCK_N, GEMV_CONFIGS, GEMV_UNIT, gemv_chunk
+from kernels.device import check_backend
+from kernels.linear_gemv import GEMV_CONFIGS, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import _check as _norm_check
@@ -98,12 +98,7 @@ def _rmsnorm_gemv_kernel(
     # The GEMV of kernels/linear_gemv.py with x normalised as each slice is loaded.
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
-        if EVEN:
-            k_ok = offs_k < 0  # unused
-            w = tl.load(w_rows + k).to(tl.float32)
-        else:
-            k_ok = (k + offs_k) < k_end
-            w = tl.load(w_rows + k, mask=k_ok[None, :], other=0.0).to(tl.float32)
+        w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
         a = _normed(x_ptr, r_ptr, g_ptr, k + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)
         acc += w * a[None, :]
     offs_m = tl.arange(0, 1)
@@ -157,17 +152,14 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     y = alloc.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     h = alloc.empty_like(x) if residual is not None else x
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
-    chunk = gemv_chunk(N, K, sms)
-    splits = cdiv(K, chunk)
-    partials = alloc.empty(splits, 1, N, dtype=torch.float32, device=x.device) if splits > 1 else y
-    counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N))
+    # The plain GEMV's split rule, so the fused product splits K as the unfused one would.
+    chunk, splits, partials, counters, even = gemv_split(x1, 1, N, K, 1, y)
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits)
     _rmsnorm_gemv[grid](
         x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
         N, K, weight.stride(0), eps, chunk, splits,
-        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        EVEN=K % chunk == 0 and chunk % GEMV_UNIT == 0, BLOCK_H=triton.next_power_of_2(K),
+        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
+        BLOCK_H=triton.next_power_of_2(K),
     )
     return y, h
 
