@@ -36,13 +36,15 @@ from bench.report import write_rows
 from bench.timing import input_sets_for, time_each
 from kernels import registry
 
-PREFILL_TILES = [  # the shipped D=128 tile first
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+PREFILL_TILES = [  # the shipped D=128 tile first; ONE_LOOP: the diagonal tiles in the pipelined key loop
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, ONE_LOOP=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, ONE_LOOP=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, ONE_LOOP=True),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
 ]
 DECODE_TILES = [  # 5 stages double-buffer K/V (kernels/paged_decode.py); 64/4/3 is the single-buffered one
     dict(BLOCK_N=32, num_warps=4, num_stages=5),
@@ -88,7 +90,10 @@ def _short(case) -> str:
 
 
 def _tile_name(tile) -> str:
-    return "/".join(f"{v}" for v in tile.values()) if tile else "shipped"
+    if not tile:
+        return "shipped"
+    flags = "".join(f"/{k.lower()}" for k, v in tile.items() if v is True)
+    return "/".join(f"{v}" for v in tile.values() if not isinstance(v, bool)) + flags
 
 
 def _check(op, fn, inputs) -> float:

@@ -5,7 +5,9 @@ m, row sum l and an fp32 accumulator, a tile of raw scores r = q k^T and c = sca
 
     m' = max(m, c max_j r_j),   l' = l * 2^(m - m') + sum_j 2^(c r_j - m'),   acc' = acc * 2^(m - m') + P v
 
-``load_tile`` loads a [rows, D_PAD] tile, masking only what can be out of range.
+``softmax_step`` is ``scores`` (q k^T) then ``online_softmax`` (the update above); a kernel that decides
+at run time whether a tile needs its mask calls the two itself. ``load_tile`` loads a [rows, D_PAD] tile,
+masking only what can be out of range.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, UPCAST: tl.constexpr):
-    """One key tile: q [M, D], k/v [N, D]; ``valid`` ([M, N] or [1, N]) is applied only if MASKED."""
+def scores(q, k, UPCAST: tl.constexpr):
+    """Raw scores q k^T of a query tile [M, D] and a key tile [N, D], in fp32."""
     # UPCAST: the interpreter's bf16 tl.dot is wrong; fp32 operands give the same math there.
-    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
-    if MASKED:
-        s = tl.where(valid, s, float("-inf"))
+    return tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) if UPCAST else tl.dot(q, tl.trans(k))
+
+
+@triton.jit
+def online_softmax(acc, m_i, l_i, s, v, qk_scale, UPCAST: tl.constexpr):
+    """Fold raw scores ``s`` [M, N] (masked entries -inf) and their values ``v`` [N, D] into (acc, m, l)."""
     # qk_scale > 0 (the launchers check it), so the max of the scaled row is the scaled max: each score
     # then costs one multiply-add before exp2 instead of a multiply and a subtract.
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -45,3 +50,12 @@ def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, 
     else:
         acc = tl.dot(p, v, acc)
     return acc, m_new, l_i
+
+
+@triton.jit
+def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """One key tile: q [M, D], k/v [N, D]; ``valid`` ([M, N] or [1, N]) is applied only if MASKED."""
+    s = scores(q, k, UPCAST)
+    if MASKED:
+        s = tl.where(valid, s, float("-inf"))
+    return online_softmax(acc, m_i, l_i, s, v, qk_scale, UPCAST)

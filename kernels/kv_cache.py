@@ -48,17 +48,19 @@ def _kv_cache_write_kernel(
     # Unrolled over BLOCK_T tokens: their loads are independent, so all are in flight together.
     for i in tl.static_range(BLOCK_T):
         token = tl.program_id(0).to(tl.int64) * BLOCK_T + i
-        slot = tl.load(slot_ptr + token, mask=token < num_tokens, other=-1).to(tl.int64)
-        # Padding (slot -1) and tokens past the end are masked, not branched around. The slot test is
-        # broadcast by a comparison on a full tile: a scalar boolean operand of `&` breaks the
-        # interpreter's masked load.
-        mask = in_tile & ((heads[:, None] * 0 + slot) >= 0)
+        # The loads wait for nothing: they are masked by the token's range only, not by its slot, so the
+        # slot's round trip to memory overlaps theirs instead of preceding them. Padding tokens (slot
+        # -1) are read and not stored. The slot test is broadcast by a comparison on a full tile: a
+        # scalar boolean operand of `&` breaks the interpreter's masked load.
+        live = in_tile & ((heads[:, None] * 0 + token) < num_tokens)
         src_k = key_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :]
         src_v = value_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
+        k = tl.load(src_k, mask=live)
+        v = tl.load(src_v, mask=live)
+        slot = tl.load(slot_ptr + token, mask=token < num_tokens, other=-1).to(tl.int64)
+        mask = live & ((heads[:, None] * 0 + slot) >= 0)
         dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_co + heads[:, None] * stride_ch \
             + dims[None, :]
-        k = tl.load(src_k, mask=mask)
-        v = tl.load(src_v, mask=mask)
         tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
         tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 

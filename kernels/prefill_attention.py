@@ -36,7 +36,7 @@ from kernels import _paged_checks as checks
 from kernels import _prefill_cases as cases
 from kernels import alloc
 from kernels._attention_ref import dense_attention, gather_paged
-from kernels._flash import load_tile, softmax_step
+from kernels._flash import load_tile, online_softmax, scores, softmax_step
 from kernels._triton import tl, triton
 from kernels.device import interpreting, vendor
 from kernels.registry import Op, register
@@ -53,6 +53,7 @@ def _prefill_kernel(
     qk_scale, group,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PAGE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_LOOP: tl.constexpr = False,
 ):
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest causal tiles first
     seq = tl.program_id(1)
@@ -104,20 +105,36 @@ def _prefill_kernel(
         end = seqlen
     k_base = k_ptr + kv_head.to(tl.int64) * stride_kh + offs_d[None, :]
     v_base = v_ptr + kv_head.to(tl.int64) * stride_vh + offs_d[None, :]
-    for start_n in range(0, free_end, BLOCK_N):
-        key_rows = (row0 + start_n + offs_n).to(tl.int64)[:, None]
-        k = load_tile(k_base + key_rows * stride_kt, offs_n, d_ok, False, EVEN_D)
-        v = load_tile(v_base + key_rows * stride_vt, offs_n, d_ok, False, EVEN_D)
-        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, None, False, UPCAST)
-    for start_n in range(free_end, end, BLOCK_N):
-        cols = start_n + offs_n
-        key_rows = (row0 + cols).to(tl.int64)[:, None]
-        k = load_tile(k_base + key_rows * stride_kt, cols < seqlen, d_ok, True, EVEN_D)
-        v = load_tile(v_base + key_rows * stride_vt, cols < seqlen, d_ok, True, EVEN_D)
-        valid = cols[None, :] < seqlen
-        if CAUSAL:
-            valid = valid & (cols[None, :] <= offs_m[:, None])
-        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
+    if ONE_LOOP:
+        # One software-pipelined loop: the diagonal tiles' loads are prefetched while the tiles before
+        # them compute, instead of starting cold in a loop of their own; the mask is a run-time branch.
+        for start_n in range(0, end, BLOCK_N):
+            cols = start_n + offs_n
+            key_rows = (row0 + cols).to(tl.int64)[:, None]
+            k = load_tile(k_base + key_rows * stride_kt, cols < seqlen, d_ok, True, EVEN_D)
+            v = load_tile(v_base + key_rows * stride_vt, cols < seqlen, d_ok, True, EVEN_D)
+            s = scores(q, k, UPCAST)
+            if start_n >= free_end:
+                valid = cols[None, :] < seqlen
+                if CAUSAL:
+                    valid = valid & (cols[None, :] <= offs_m[:, None])
+                s = tl.where(valid, s, float("-inf"))
+            acc, m_i, l_i = online_softmax(acc, m_i, l_i, s, v, qk_scale, UPCAST)
+    else:
+        for start_n in range(0, free_end, BLOCK_N):
+            key_rows = (row0 + start_n + offs_n).to(tl.int64)[:, None]
+            k = load_tile(k_base + key_rows * stride_kt, offs_n, d_ok, False, EVEN_D)
+            v = load_tile(v_base + key_rows * stride_vt, offs_n, d_ok, False, EVEN_D)
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, None, False, UPCAST)
+        for start_n in range(free_end, end, BLOCK_N):
+            cols = start_n + offs_n
+            key_rows = (row0 + cols).to(tl.int64)[:, None]
+            k = load_tile(k_base + key_rows * stride_kt, cols < seqlen, d_ok, True, EVEN_D)
+            v = load_tile(v_base + key_rows * stride_vt, cols < seqlen, d_ok, True, EVEN_D)
+            valid = cols[None, :] < seqlen
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None])
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
 
     out = acc / l_i[:, None]
     tl.store(o_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
