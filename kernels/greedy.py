@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
 from kernels.device import check_backend, vendor
@@ -59,7 +59,9 @@ def _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK: tl.constexpr, BLOC
 
 @triton.jit(do_not_specialize=["V", "stride_row"])
 def _greedy_kernel(logits_ptr, out_ptr, part_ptr, count_ptr, V, stride_row, CHUNKS,
-                   CHUNK: tl.constexpr, BLOCK: tl.constexpr, P_BLOCK: tl.constexpr):
+                   CHUNK: tl.constexpr, BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     m, idx, bad, finite = _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK, BLOCK)
@@ -133,7 +135,7 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
         counters = arrival_counters(logits.device, B)
         _greedy_kernel[(B, chunks)](logits, out, parts, counters, V, logits.stride(0), chunks,
                                     CHUNK=chunk, BLOCK=block, P_BLOCK=triton.next_power_of_2(chunks),
-                                    num_warps=cfg["num_warps"])
+                                    num_warps=cfg["num_warps"], **pdl.launch_options(logits.device))
     return out
 
 

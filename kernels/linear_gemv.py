@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._quant_gemv import put_row
 from kernels._quant_launch import gemv_rows
 from kernels._split_k import arrival_counters, finish_tile
@@ -55,6 +55,18 @@ def _row_dot(acc, w, x_row, k, offs_k, k_ok, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, ROWS: tl.constexpr, EVEN: tl.constexpr):
+    """One weight tile times the ROWS rows of x it serves (accumulators past ROWS pass through)."""
+    acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, EVEN)
+    if ROWS > 1:
+        acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, EVEN)
+    if ROWS > 2:
+        acc2 = _row_dot(acc2, w, x2, k, offs_k, k_ok, EVEN)
+        acc3 = _row_dot(acc3, w, x3, k, offs_k, k_ok, EVEN)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
     """The [BLOCK_N, BLOCK_K] weight tile at ``k`` in fp32, and which of its columns lie in the chunk
     (unused when EVEN: no masks at all)."""
@@ -71,7 +83,9 @@ def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl.launch_dependents(PDL)
     pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * ROWS + tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -86,14 +100,13 @@ def _gemv_kernel(
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    for k in range(k_start, k_end, BLOCK_K):
+    # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
+    w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+    pdl.wait(PDL)
+    acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, ROWS, EVEN)
+    for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
         w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
-        acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, EVEN)
-        if ROWS > 1:
-            acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, EVEN)
-        if ROWS > 2:
-            acc2 = _row_dot(acc2, w, x2, k, offs_k, k_ok, EVEN)
-            acc3 = _row_dot(acc3, w, x3, k, offs_k, k_ok, EVEN)
+        acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, ROWS, EVEN)
     local = tl.arange(0, ROWS)
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), local, 0, tl.sum(acc0, axis=1))
     if ROWS > 1:
@@ -172,7 +185,7 @@ def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
-    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even)
+    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, **pdl.launch_options(x.device))
     if config is None:
         _gemv[grid](*args, **flags)
     else:

@@ -70,7 +70,7 @@ import torch
 
 from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._attention_ref import dense_attention, gather_paged
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
@@ -158,8 +158,10 @@ def _decode_split_kernel(
     qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
     DIRECT: tl.constexpr, FOLD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
-    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # the context lengths, q and the cache come from earlier kernels (kernels/pdl.py)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -226,8 +228,11 @@ def _decode_split_kernel(
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The unfolded path's second launch: one program per (sequence, head)."""
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
@@ -397,11 +402,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
         DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(), **tile,
+        **pdl.launch_options(q.device),
     )
     if not direct and not fold:
         _decode_reduce_kernel[(batch, q_heads)](
             part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits, max_context,
             HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, num_warps=4,
+            **pdl.launch_options(q.device),
         )
     return o
 

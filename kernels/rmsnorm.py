@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._triton import tl, triton
 from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
@@ -38,8 +38,10 @@ def _rmsnorm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,
     stride_x, stride_r, stride_y, stride_h,
     n_rows, H, eps,
-    HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     cols = tl.arange(0, BLOCK)[None, :]
     mask = (rows < n_rows) & (cols < H)
@@ -130,6 +132,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
             x2.stride(0), r2.stride(0), y.stride(0), h.stride(0),
             rows, H, eps,
             HAS_RESIDUAL=residual is not None, ROWS=per_program, BLOCK=block, num_warps=warps,
+            **pdl.launch_options(x.device),
         )
     y = y.reshape(x.shape)
     return (y, h.reshape(x.shape)) if residual is not None else y

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels import linear as dense
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
@@ -75,15 +75,19 @@ def _rmsnorm_gemv_kernel(
     x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr,
     N, K, stride_wn, eps, K_CHUNK, SPLITS,
     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row (M = 1). A program: BLOCK_N weight rows, K elements [split * K_CHUNK, +K_CHUNK)."""
+    pdl.launch_dependents(PDL)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     k_start = split * K_CHUNK
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
+    # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
+    w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+    pdl.wait(PDL)
     # The whole row: h, its inverse RMS (as kernels/rmsnorm.py computes it), and h stored once.
     cols = tl.arange(0, BLOCK_H)
     row_ok = cols < K
@@ -96,8 +100,9 @@ def _rmsnorm_gemv_kernel(
     hf = h.to(tl.float32)
     inv_rms = tl.math.rsqrt(tl.sum(hf * hf, axis=0) / K + eps)
     # The GEMV of kernels/linear_gemv.py with x normalised as each slice is loaded.
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(k_start, k_end, BLOCK_K):
+    a = _normed(x_ptr, r_ptr, g_ptr, k_start + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)
+    acc = w * a[None, :]
+    for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
         w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
         a = _normed(x_ptr, r_ptr, g_ptr, k + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)
         acc += w * a[None, :]
@@ -159,7 +164,7 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
         x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
         N, K, weight.stride(0), eps, chunk, splits,
         HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
-        BLOCK_H=triton.next_power_of_2(K),
+        BLOCK_H=triton.next_power_of_2(K), **pdl.launch_options(x.device),
     )
     return y, h
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import kv_cache, rope
+from kernels import kv_cache, pdl, rope
 from kernels._triton import tl, triton
 from kernels.device import check_backend
 from kernels.registry import Op, register
@@ -60,8 +60,10 @@ def _rope_kv_write_kernel(
     n_q_heads, n_k_heads, half, max_position,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cache,
     stride_cb, stride_co, stride_ch,
-    BLOCK_SIZE: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # everything here reads what earlier kernels wrote (kernels/pdl.py)
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     q_blocks = tl.cdiv(n_q_heads, HEADS)
@@ -106,6 +108,7 @@ def rope_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: 
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cache.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK_SIZE=k_cache.shape[1], HEADS=heads, HALF=half_block, num_warps=num_warps,
+        **pdl.launch_options(q.device),
     )
 
 

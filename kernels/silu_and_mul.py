@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._triton import tl, triton
 from kernels.device import check_backend, vendor
 from kernels.registry import Op, register
@@ -32,8 +32,10 @@ from kernels.registry import Op, register
 def _silu_and_mul_kernel(
     x_ptr, out_ptr,
     rows, d, stride_x, stride_out,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     row0 = tl.program_id(0).to(tl.int64) * ROWS
     col0 = tl.program_id(1) * BLOCK
     r = row0 + tl.arange(0, ROWS)[:, None]
@@ -95,7 +97,7 @@ def silu_and_mul(x: torch.Tensor, *, _tile: int | None = None, _num_warps: int |
         grid = (triton.cdiv(rows, row_block), triton.cdiv(d, block))
         _silu_and_mul_kernel[grid](
             x2, out, rows, d, x2.stride(0), out.stride(0),
-            ROWS=row_block, BLOCK=block, num_warps=warps,
+            ROWS=row_block, BLOCK=block, num_warps=warps, **pdl.launch_options(x.device),
         )
     return out.reshape(*x.shape[:-1], d)
 

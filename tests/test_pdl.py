@@ -1,0 +1,126 @@
+"""Programmatic dependent launch (kernels/pdl.py): when it is used, and that it changes no result.
+
+A kernel launched with PDL starts before the previous one has finished; each decode kernel reads its
+activations only after ``wait``. A kernel that broke that rule would read a stale activation in a chain
+of launches replayed from a CUDA graph, so the GPU tests run such chains (and an engine's decode graphs)
+with PDL on and compare them with the same kernels launched without it: bit for bit, since the arithmetic
+is the same, and against an fp32 torch chain, so that two equally wrong runs cannot pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import pdl
+
+
+def test_off_where_the_card_cannot_do_it():
+    assert pdl.launch_options(torch.device("cpu")) == {"PDL": False}
+    assert not pdl.enabled(torch.device("cpu"))
+
+
+def test_the_switch_turns_it_off(monkeypatch):
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": False}
+
+
+H, INTER, VOCAB, LAYERS = 1024, 2816, 4096, 6
+
+
+def _weights(device, dtype):
+    gen = torch.Generator(device=device).manual_seed(0)
+    rand = lambda *s, scale: (torch.randn(*s, generator=gen, device=device) * scale).to(dtype)
+    return {
+        "norm": [1 + rand(H, scale=0.1) for _ in range(LAYERS + 1)],
+        "gate_up": [rand(2 * INTER, H, scale=H ** -0.5) for _ in range(LAYERS)],
+        "down": [rand(H, INTER, scale=INTER ** -0.5) for _ in range(LAYERS)],
+        "head": rand(VOCAB, H, scale=H ** -0.5),
+        "x": rand(1, H, scale=1.0),
+    }
+
+
+def _chain(w, x, ops):
+    """A decode-shaped chain: norm+gate_up GEMV, SwiGLU, down GEMV per layer, then norm, head, argmax."""
+    residual = torch.zeros_like(x) if ops is None else None
+    h = x
+    for i in range(LAYERS):
+        if ops is None:  # fp32 torch
+            h = h + residual
+            a = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * w["norm"][i]
+            gu = a @ w["gate_up"][i].T
+            s = torch.nn.functional.silu(gu[:, :INTER]) * gu[:, INTER:]
+            residual, h = h, s @ w["down"][i].T
+        else:
+            gu, residual = ops.rmsnorm_linear(h, w["norm"][i], w["gate_up"][i], residual=residual)
+            h = ops.linear(ops.silu_and_mul(gu), w["down"][i])
+    if ops is None:
+        h = h + residual
+        a = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * w["norm"][-1]
+        logits = a @ w["head"].T
+        return logits, logits.argmax(-1)
+    a = ops.rmsnorm(h, w["norm"][-1], 1e-6, residual)[0]
+    logits = ops.linear(a, w["head"])
+    return logits, ops.greedy(logits)
+
+
+class _Kernels:
+    def __init__(self):
+        from kernels.greedy import greedy
+        from kernels.linear import linear
+        from kernels.rmsnorm import rmsnorm
+        from kernels.rmsnorm_linear import rmsnorm_linear
+        from kernels.silu_and_mul import silu_and_mul
+
+        self.linear, self.rmsnorm, self.greedy = linear, rmsnorm, greedy
+        self.silu_and_mul = silu_and_mul
+        self.rmsnorm_linear = lambda x, g, w, residual: rmsnorm_linear(x, g, w, residual=residual)
+
+
+@pytest.mark.gpu
+def test_a_graph_of_pdl_launches_matches_the_same_launches_without_it(monkeypatch):
+    ops, w = _Kernels(), _weights("cuda", torch.bfloat16)
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    want_logits, want_ids = _chain(w, w["x"], ops)  # eager, no PDL
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.enabled(torch.device("cuda")), "this card or Triton has no programmatic dependent launch"
+    x = w["x"].clone()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        _chain(w, x, ops)  # eager on the capturing stream first (split-K counters, autotuning)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        logits, ids = _chain(w, x, ops)
+    for _ in range(3):
+        logits.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(logits, want_logits)
+        assert torch.equal(ids, want_ids)
+    w32 = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in w.items()}
+    ref, _ = _chain(w32, w32["x"], None)
+    torch.testing.assert_close(logits.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.engine
+def test_engine_decode_graphs_give_the_same_tokens_with_and_without_pdl(tmp_path, monkeypatch):
+    from engine.sampling_params import SamplingParams
+    from tests.engine_helpers import make_engine, run_to_completion
+    from tests.model_factory import make_hf_model
+
+    model_dir = make_hf_model(tmp_path, arch="qwen2", tie_word_embeddings=True)
+    prompts = [([5, 17, 2, 99, 31, 64, 8, 120, 7, 42, 11, 3, 250, 19, 77, 1, 6], 12), ([9, 4, 33], 20)]
+
+    def tokens():
+        engine = make_engine(model_dir, "triton")
+        assert engine.runner.graphs is not None, "decode graphs were not captured"
+        reqs = [(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)) for p, n in prompts]
+        done = run_to_completion(engine, reqs)
+        return [r["tokens"] for r in done.values()]  # in the order the requests were added
+
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    without = tokens()
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert tokens() == without
