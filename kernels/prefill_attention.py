@@ -21,7 +21,9 @@ Kernel (flash attention): one program per (tile of BLOCK_M queries, sequence, qu
 the keys in tiles of BLOCK_N with an online softmax: a running row max m, row sum l and an fp32
 accumulator, rescaled by exp2(m_old - m_new) when the max grows, so the score matrix never leaves
 registers. Tiles that need no mask (inside the prefix, or wholly below the causal diagonal) run a
-mask-free step; only the prefix tail and the diagonal tiles pay for masking. Causal programs are
+mask-free step; only the prefix tail and the diagonal tiles pay for masking. Where the tile says
+ONE_LOOP, the chunk's keys run in one loop with the mask behind a run-time branch, so the software
+pipeline prefetches the diagonal tiles too instead of starting them cold in a second loop. Causal programs are
 launched heaviest (last query tile) first to shorten the tail of the grid. head_dim 80 and 96 are
 padded to the next power of two with masked loads.
 """
@@ -153,9 +155,11 @@ TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
         2: {
             # H200, causal bf16 (bench/results/NVIDIA_H200/run7/attention_prefill_explore.csv), against
             # SDPA: D=128 at 128x128 0.76-0.85x from 2k to 16k tokens where 128x64 gave 0.75-0.80x (both
-            # 0.69x at 1k); D=64 at 8 warps 0.84-0.89x where 4 gave 0.80-0.85x.
+            # 0.69x at 1k); D=64 at 8 warps 0.84-0.89x where 4 gave 0.80-0.85x. ONE_LOOP (run9/
+            # attention_prefill_explore.csv) at D=128: 0.70 -> 0.75x at 1k, 0.76 -> 0.80x at 2k, 0.85 ->
+            # 0.86x at 16k, non-causal 0.79 -> 0.80x; at D=64 it gained at 1k and lost at 4k, so it stays off.
             64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-            128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+            128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
             256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
         },
         # float32 tiles take twice the shared memory: 128x64 with 3 stages would need 256 KiB at D=128.
