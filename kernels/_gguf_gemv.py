@@ -18,6 +18,7 @@ Layouts: ``kernels.gguf_formats``.
 
 from __future__ import annotations
 
+from kernels import pdl
 from kernels._quant_gemv import _field, put_row
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
@@ -46,8 +47,11 @@ def q4_0_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -120,8 +124,11 @@ def q4_k_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

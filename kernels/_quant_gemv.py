@@ -28,6 +28,7 @@ plus the group correction.
 
 from __future__ import annotations
 
+from kernels import pdl
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
 
@@ -94,13 +95,15 @@ def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """w_ptr: int32 words [N, K / 4]; a program: BLOCK_N rows, words [split * W_CHUNK, +W_CHUNK).
 
     Rows past N and M are clamped to the last one (loaded, computed, never stored): no load masks. EVEN:
     every chunk is whole BLOCK_W tiles, so neither are there masks along K.
     """
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -169,7 +172,7 @@ def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 
@@ -179,6 +182,8 @@ def w4a16_gemv_kernel(
     """
     WPG: tl.constexpr = GROUP // 8  # words per group
     GPI: tl.constexpr = GROUPS_PER_ITER
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
