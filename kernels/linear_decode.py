@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc
+from kernels import alloc, pdl
 from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
@@ -57,7 +57,10 @@ def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_INPUT: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
+    pdl.launch_dependents(PDL)
+    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -185,7 +188,7 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
     flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m,
-                 SILU_INPUT=silu_input)
+                 SILU_INPUT=silu_input, **pdl.launch_options(x.device))
     if config is None:
         _decode[grid](*args, **flags)
     else:

@@ -23,11 +23,13 @@ Inside a CUDA graph the same launches become programmatic edges.
 a Triton that has the grid-dependency instructions, and the switch :data:`ENABLED` (benchmarks turn it off
 to measure what it gives). In the interpreter and on AMD GPUs the kernels compile ``wait`` and
 ``launch_dependents`` out (the ``PDL`` flag is a compile-time constant) and launch as before.
+``TRITONFORGE_PDL=0`` (read at each launch) turns it off for a whole process, e.g. a benchmark's baseline.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -51,8 +53,10 @@ def _supported(index: int) -> bool:
 
 
 def enabled(device: torch.device) -> bool:
-    """Launch on ``device`` with PDL: the switch is on and the card and Triton support it."""
-    return ENABLED and device.type == "cuda" and _supported(device.index or 0)
+    """Launch on ``device`` with PDL: the switch is on (:data:`ENABLED`, and ``TRITONFORGE_PDL`` is not
+    ``0``), and the card and Triton support it."""
+    return (ENABLED and os.environ.get("TRITONFORGE_PDL", "1") != "0" and device.type == "cuda"
+            and _supported(device.index or 0))
 
 
 def launch_options(device: torch.device) -> dict:

@@ -124,3 +124,8 @@ def test_engine_decode_graphs_give_the_same_tokens_with_and_without_pdl(tmp_path
     without = tokens()
     monkeypatch.setattr(pdl, "ENABLED", True)
     assert tokens() == without
+
+
+def test_the_environment_turns_it_off(monkeypatch):
+    monkeypatch.setenv("TRITONFORGE_PDL", "0")
+    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": False}
