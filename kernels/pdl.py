@@ -14,8 +14,9 @@ with PDL may be scheduled early, once every program of the kernel before it has 
 The rule a kernel keeps is the one above: nothing before ``wait`` stores to global memory or reads memory
 that an earlier kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first
 weight tile before ``wait``, so that load overlaps the previous kernel's tail; the other decode kernels
-(paged decode and its reduce, RoPE + KV write, SwiGLU, RMSNorm, greedy, the quantized GEMVs) wait first. ``wait`` orders against every earlier kernel in the stream, not only the one
-just before (that one's own ``wait`` returned only after the kernels before it had finished), and a kernel
+(paged decode and its reduce, RoPE + KV write, SwiGLU, RMSNorm, greedy, the split-K and quantized
+GEMVs) wait first. ``wait`` orders against every earlier kernel in the stream, not only the one just
+before (that one's own ``wait`` returned only after the kernels before it had finished), and a kernel
 launched without PDL -- torch's, or ours with PDL off -- starts after the previous one ends, as usual.
 Inside a CUDA graph the same launches become programmatic edges.
 
