@@ -46,23 +46,36 @@ ROW_TILE = 16  # the split rule counts column tiles of this many weight rows
 
 
 @triton.jit
-def _row_dot(acc, w, x_row, k, offs_k, k_ok, EVEN: tl.constexpr):
+def _x_slice(x_row, k, offs_k, k_ok, EVEN: tl.constexpr):
     if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
         xv = tl.load(x_row + k + offs_k)
     else:
         xv = tl.load(x_row + k + offs_k, mask=k_ok, other=0.0)
+    return xv
+
+
+@triton.jit
+def _row_dot(acc, w, x_row, k, offs_k, k_ok, K, EVEN: tl.constexpr, SILU: tl.constexpr):
+    """acc + w * x[k : k + BLOCK_K]; with SILU the row is [gate | up] (2K wide) and x is silu(gate) * up,
+    computed and rounded to x's dtype exactly as kernels/silu_and_mul.py stores it."""
+    xv = _x_slice(x_row, k, offs_k, k_ok, EVEN)
+    if SILU:
+        a = xv.to(tl.float32)
+        b = _x_slice(x_row + K, k, offs_k, k_ok, EVEN).to(tl.float32)
+        xv = (a / (1.0 + tl.exp(-a)) * b).to(xv.dtype)
     return acc + w * xv.to(tl.float32)[None, :]
 
 
 @triton.jit
-def _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, ROWS: tl.constexpr, EVEN: tl.constexpr):
+def _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, K,
+              ROWS: tl.constexpr, EVEN: tl.constexpr, SILU: tl.constexpr):
     """One weight tile times the ROWS rows of x it serves (accumulators past ROWS pass through)."""
-    acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, EVEN)
+    acc0 = _row_dot(acc0, w, x0, k, offs_k, k_ok, K, EVEN, SILU)
     if ROWS > 1:
-        acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, EVEN)
+        acc1 = _row_dot(acc1, w, x1, k, offs_k, k_ok, K, EVEN, SILU)
     if ROWS > 2:
-        acc2 = _row_dot(acc2, w, x2, k, offs_k, k_ok, EVEN)
-        acc3 = _row_dot(acc3, w, x3, k, offs_k, k_ok, EVEN)
+        acc2 = _row_dot(acc2, w, x2, k, offs_k, k_ok, K, EVEN, SILU)
+        acc3 = _row_dot(acc3, w, x3, k, offs_k, k_ok, K, EVEN, SILU)
     return acc0, acc1, acc2, acc3
 
 
@@ -83,7 +96,7 @@ def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, SILU: tl.constexpr = False,
 ):
     pdl.launch_dependents(PDL)
     pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -103,10 +116,12 @@ def _gemv_kernel(
     # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
     w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
     pdl.wait(PDL)
-    acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, ROWS, EVEN)
+    acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, K,
+                                       ROWS, EVEN, SILU)
     for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
         w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
-        acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, ROWS, EVEN)
+        acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k, offs_k, k_ok, K,
+                                           ROWS, EVEN, SILU)
     local = tl.arange(0, ROWS)
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), local, 0, tl.sum(acc0, axis=1))
     if ROWS > 1:
@@ -168,12 +183,13 @@ def gemv_split(x: torch.Tensor, M: int, N: int, K: int, rows: int, y: torch.Tens
 
 
 def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   config: dict | None = None, k_chunk: int | None = None) -> torch.Tensor:
+                   config: dict | None = None, k_chunk: int | None = None, silu_input: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D contiguous-along-K operands, ROWS rows of x per program.
 
-    ``k_chunk`` overrides :func:`gemv_chunk` (tests use it to exercise the reduction on small K);
-    ``config`` (a ``GEMV_CONFIGS`` entry) bypasses the autotuner. Any M works, by tiles of ROWS rows,
-    though M <= 4 is what it is for.
+    ``silu_input``: x is [M, 2K], a SwiGLU's gate and up halves, and the product's input is
+    ``silu(gate) * up``, formed as each slice is loaded (kernels/silu_linear.py). ``k_chunk`` overrides
+    :func:`gemv_chunk` (tests use it to exercise the reduction on small K); ``config`` (a ``GEMV_CONFIGS``
+    entry) bypasses the autotuner. Any M works, by tiles of ROWS rows, though M <= 4 is what it is for.
     """
     M = x.shape[0]
     N, K = weight.shape
@@ -185,7 +201,7 @@ def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
-    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, **pdl.launch_options(x.device))
+    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, SILU=silu_input, **pdl.launch_options(x.device))
     if config is None:
         _gemv[grid](*args, **flags)
     else:

@@ -32,6 +32,7 @@ import torch
 from kernels import linear as dense
 from kernels.device import check_backend
 from kernels.linear_decode import linear_decode_2d
+from kernels.linear_gemv import linear_gemv_2d
 from kernels.registry import Op, register
 from kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 
@@ -72,7 +73,10 @@ def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    y = linear_decode_2d(x2, weight, bias.contiguous() if bias is not None else None, silu_input=True)
+    bias = bias.contiguous() if bias is not None else None
+    # One row: the CUDA-core GEMV (as linear picks at M = 1); more: the split-K decode kernel.
+    product = linear_gemv_2d if x2.shape[0] == 1 else linear_decode_2d
+    y = product(x2, weight, bias, silu_input=True)
     return y.reshape(*x.shape[:-1], N)
 
 

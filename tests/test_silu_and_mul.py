@@ -75,3 +75,21 @@ def test_a_cpu_tensor_without_the_interpreter_is_refused_with_the_fix(monkeypatc
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
         silu_and_mul(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_down_projection_at_one_row_equals_the_pair_bit_for_bit(device, dtype):
+    """At M = 1 silu_mul_linear is the GEMV with the gate applied on load: the same rounding of h and the
+    same sums as silu_and_mul followed by linear (which also takes the GEMV at one row)."""
+    from kernels.linear import linear
+    from kernels.silu_linear import silu_mul_linear
+
+    gen = torch.Generator(device=device).manual_seed(3)
+    K, N = 1100, 70  # K not a multiple of the tile; N not of the row block
+    x = (2 * torch.randn(1, 2 * K, generator=gen, device=device)).to(dtype)
+    w = (torch.randn(N, K, generator=gen, device=device) / K ** 0.5).to(dtype)
+    fused = silu_mul_linear(x, w)
+    pair = linear(silu_and_mul(x), w)
+    assert torch.equal(fused, pair)
+    ref = (silu_and_mul(x).double() @ w.double().T)
+    torch.testing.assert_close(fused.double(), ref, rtol=2e-2, atol=2e-2)
