@@ -1,10 +1,23 @@
 """Launch plumbing shared by the quantized-linear ops: the autotuning key for M, pruning decode and
-prefill tiles by it, and pinning one config instead of autotuning (tuning scripts time each config)."""
+prefill tiles by it, pinning one config instead of autotuning (tuning scripts time each config), and
+whether the GEMVs launch with PDL."""
 
 from __future__ import annotations
 
+import torch
+
+from kernels import pdl
 from kernels._triton import triton
 from kernels.tuning import Tuned
+
+# The quantized GEMVs launch with programmatic dependent launch (kernels/pdl.py) where it is on. They
+# signal the next kernel after their weight loop, not at their start (see kernels/_quant_gemv.py).
+GEMV_PDL = True
+
+
+def gemv_launch_options(device: torch.device) -> dict:
+    """``PDL``/``launch_pdl`` for a quantized GEMV launch on ``device`` (read at launch)."""
+    return pdl.launch_options(device) if GEMV_PDL else {"PDL": False}
 
 
 def m_bucket(M: int) -> int:

@@ -15,8 +15,10 @@ The rule a kernel keeps is the one above: nothing before ``wait`` stores to glob
 that an earlier kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first
 weight tile before ``wait``, so that load overlaps the previous kernel's tail; the other decode kernels
 (paged decode and its reduce, RoPE + KV write, SwiGLU, RMSNorm, greedy, the split-K and quantized
-GEMVs) wait first. ``wait`` orders against every earlier kernel in the stream, not only the one just
-before (that one's own ``wait`` returned only after the kernels before it had finished), and a kernel
+GEMVs) wait first. The quantized GEMVs signal ``launch_dependents`` after their weight loop rather than at
+their start: triggered at the start, the next kernel's early programs slowed the large ones (run 9).
+``wait`` orders against every earlier kernel in the stream, not only the one just before (that one's own
+``wait`` returned only after the kernels before it had finished), and a kernel
 launched without PDL -- torch's, or ours with PDL off -- starts after the previous one ends, as usual.
 Inside a CUDA graph the same launches become programmatic edges.
 

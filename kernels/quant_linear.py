@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import alloc, pdl
+from kernels import alloc
 from kernels._quant_cases import (
     DTYPES,
     act_bytes,
@@ -52,7 +52,7 @@ from kernels._quant_gemv import (
     w4a16_gemv_kernel,
     w8a16_gemv_kernel,
 )
-from kernels._quant_launch import gemv_rows, launcher, m_bucket, prune_by_m, use_gemv
+from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, prune_by_m, use_gemv
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
@@ -260,7 +260,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         launcher(_w8a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,
             counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits,
-            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0, **pdl.launch_options(x.device),
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0, **gemv_launch_options(x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
@@ -315,7 +315,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
             bias if bias is not None else scales, y, partials, counters,
             M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * 4, splits,
             GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % 4 == 0,
-            **pdl.launch_options(x.device),
+            **gemv_launch_options(x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
