@@ -10,14 +10,17 @@ from kernels import pdl
 from kernels._triton import triton
 from kernels.tuning import Tuned
 
-# The quantized GEMVs launch with programmatic dependent launch (kernels/pdl.py) where it is on. They
+# Which quantized GEMVs launch with programmatic dependent launch (kernels/pdl.py) where it is on; they
 # signal the next kernel after their weight loop, not at their start (see kernels/_quant_gemv.py).
-GEMV_PDL = True
+# H200, M = 1, speedup over cuBLAS without PDL and with it signalled late (two calls, so two machines:
+# bench/results/NVIDIA_H200/run9_notes.md): W8A16 1.45-1.56x -> 1.52-1.64x, W4A16 1.34-1.39x ->
+# 1.33-1.48x, GGUF Q4_K 0.83-0.94x -> 0.74-0.88x (Q4_0 unchanged), so the GGUF GEMVs launch without it.
+GEMV_PDL = {"w8a16": True, "w4a16": True, "gguf": False}
 
 
-def gemv_launch_options(device: torch.device) -> dict:
-    """``PDL``/``launch_pdl`` for a quantized GEMV launch on ``device`` (read at launch)."""
-    return pdl.launch_options(device) if GEMV_PDL else {"PDL": False}
+def gemv_launch_options(kind: str, device: torch.device) -> dict:
+    """``PDL``/``launch_pdl`` for a quantized GEMV launch of ``kind`` (a GEMV_PDL key) on ``device``."""
+    return pdl.launch_options(device) if GEMV_PDL[kind] else {"PDL": False}
 
 
 def m_bucket(M: int) -> int:

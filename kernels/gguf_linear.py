@@ -168,7 +168,7 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
         launcher(gemv, config)[grid](
             x, data, bias if bias is not None else x, y, partials, counters,
             M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits,
-            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), **gemv_launch_options(x.device),
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), **gemv_launch_options("gguf", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))

@@ -260,7 +260,8 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         launcher(_w8a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,
             counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits,
-            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0, **gemv_launch_options(x.device),
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0,
+            **gemv_launch_options("w8a16", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
@@ -315,7 +316,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
             bias if bias is not None else scales, y, partials, counters,
             M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * 4, splits,
             GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % 4 == 0,
-            **gemv_launch_options(x.device),
+            **gemv_launch_options("w4a16", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
