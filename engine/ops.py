@@ -33,6 +33,8 @@ ENGINE_OPS = (
 # than it saves (the gate's exp and the second input load slow the weight stream), so it is opt-in.
 # rmsnorm_linear (run8/decode_profile.csv): the Qwen2.5-0.5B graph 897.6 -> 838.2 us, Llama-3.2-1B 1039.3
 # -> 1011.0 us (48 and 32 norm launches fewer); the folded attention reduce, tried in the same call, was slower.
+# silu_mul_linear on the one-token GEMV (run9/decode_profile_llama.csv, with PDL): Llama-3.2-1B 960.7 -> 976.7 us
+# despite 16 launches fewer, so it stays opt-in.
 FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),
     "silu_mul_linear": (("silu_and_mul", "linear"), False),

@@ -9,7 +9,7 @@ so the result equals ``linear(silu_and_mul(x), W, bias)``.
 
 Why fuse: in a decode step (M = 1..64 rows) ``silu_and_mul`` is a tiny kernel paid once per layer for its
 launch and latency, and its output is read straight back by the down projection. The decode kernel
-(kernels/linear_decode.py, ``SILU_INPUT``) instead loads each [rows, BLOCK_K] tile of gate and up and forms
+(kernels/linear_decode.py, ``SILU_INPUT``; at one row the GEMV's ``SILU``) instead loads each [rows, BLOCK_K] tile of gate and up and forms
 h in registers before the dot: one launch fewer per layer, h never written. Each column tile re-reads its
 K-chunk of x (twice the bytes of h), a few percent of the weight bytes at decode sizes.
 
@@ -23,6 +23,9 @@ and only for dense down projections. Measured in the batch-1 decode graph on an 
 than the plain ones, against 1.2 us saved per silu_and_mul launch: the gate's exp and the second input
 load sit in the weight-streaming loop. Timed alone by the sweep (fused_ops_sweep.log) the op looked 1.5-2x
 faster than the pair, so the two measurements disagree; the engine's is the one that counts here.
+At one row the fused op now takes the CUDA-core GEMV (kernels/linear_gemv.py, ``SILU``), as ``linear``
+does; in the Llama-3.2-1B graph with PDL it was still slower, 976.7 against 960.7 us
+(bench/results/NVIDIA_H200/run9_notes.md).
 """
 
 from __future__ import annotations
