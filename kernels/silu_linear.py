@@ -10,9 +10,9 @@ so the result equals ``linear(silu_and_mul(x), W, bias)``.
 Why fuse: in a decode step (M = 1..64 rows) ``silu_and_mul`` is a tiny kernel paid once per layer for its
 launch and latency, and its output is read straight back by the down projection. The decode kernel
 (kernels/linear_decode.py, ``SILU_INPUT``; at one row the GEMV's ``SILU``) instead loads each
-[rows, BLOCK_K] tile of gate and up and forms
-h in registers before the dot: one launch fewer per layer, h never written. Each column tile re-reads its
-K-chunk of x (twice the bytes of h), a few percent of the weight bytes at decode sizes.
+[rows, BLOCK_K] tile of gate and up and forms h in registers before the dot: one launch fewer per layer,
+h never written. Each column tile re-reads its K-chunk of x (twice the bytes of h), a few percent of the
+weight bytes at decode sizes.
 
 Variants: :func:`choose_silu_linear_variant` picks ``"fused"`` (the decode kernel with the gate applied on
 load) up to :data:`FUSED_MAX_M` rows, else ``"separate"`` (``silu_and_mul`` then ``linear``: at prefill
