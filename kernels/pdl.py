@@ -15,8 +15,9 @@ The rule a kernel keeps is the one above: nothing before ``wait`` stores to glob
 that an earlier kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first
 weight tile before ``wait``, so that load overlaps the previous kernel's tail; the other decode kernels
 (paged decode and its reduce, RoPE + KV write, SwiGLU, RMSNorm, greedy, the split-K and quantized
-GEMVs) wait first. The quantized GEMVs signal ``launch_dependents`` after their weight loop rather than at
-their start: triggered at the start, the next kernel's early programs slowed the large ones (run 9).
+GEMVs) wait first. The quantized GEMVs and the paged decode split kernel signal ``launch_dependents``
+after their main loop rather than at their start: signalled at the start, the early programs of the
+launches after them slowed the large GEMVs and the split decode launches (H200, run 9).
 ``wait`` orders against every earlier kernel in the stream, not only the one just before (that one's own
 ``wait`` returned only after the kernels before it had finished), and a kernel
 launched without PDL -- torch's, or ours with PDL off -- starts after the previous one ends, as usual.
