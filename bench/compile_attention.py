@@ -95,12 +95,12 @@ def decode_variants():
                   "count_ptr": "*i32", "qk_scale": "fp32"}
         g_pad = max(16, triton.next_power_of_2(group))
         consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
-                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=True,
+                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=1,
                       **tile)
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
-    consts = dict(HEAD_DIM=256, D_PAD=256, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=True)
+    consts = dict(HEAD_DIM=256, D_PAD=256, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=1)
     yield "decode reduce D256", paged_decode._decode_reduce_kernel, types, consts, {"num_warps": 4}
 
 

@@ -47,7 +47,7 @@ def q4_0_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
     """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
     pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
@@ -126,7 +126,7 @@ def q4_k_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
     """Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
     pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)

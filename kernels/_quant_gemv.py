@@ -95,7 +95,7 @@ def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """w_ptr: int32 words [N, K / 4]; a program: BLOCK_N rows, words [split * W_CHUNK, +W_CHUNK).
 
@@ -174,7 +174,7 @@ def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 

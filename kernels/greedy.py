@@ -60,8 +60,8 @@ def _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK: tl.constexpr, BLOC
 @triton.jit(do_not_specialize=["V", "stride_row"])
 def _greedy_kernel(logits_ptr, out_ptr, part_ptr, count_ptr, V, stride_row, CHUNKS,
                    CHUNK: tl.constexpr, BLOCK: tl.constexpr, P_BLOCK: tl.constexpr, PDL: tl.constexpr):
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
+    pdl.start(PDL)
+    pdl.enter(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     m, idx, bad, finite = _chunk_best(logits_ptr, row, chunk, V, stride_row, CHUNK, BLOCK)

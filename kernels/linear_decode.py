@@ -57,10 +57,10 @@ def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_INPUT: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = 0,
 ):
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
+    pdl.start(PDL)
+    pdl.enter(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)

@@ -98,7 +98,7 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr, SILU: tl.constexpr = False,
 ):
-    pdl.launch_dependents(PDL)
+    pdl.start(PDL)
     pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * ROWS + tl.arange(0, ROWS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -115,7 +115,7 @@ def _gemv_kernel(
     acc1, acc2, acc3 = acc0, acc0, acc0
     # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
     w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-    pdl.wait(PDL)
+    pdl.enter(PDL)
     acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, K,
                                        ROWS, EVEN, SILU)
     for k in range(k_start + BLOCK_K, k_end, BLOCK_K):

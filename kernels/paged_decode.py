@@ -233,8 +233,8 @@ def _decode_reduce_kernel(
     PDL: tl.constexpr,
 ):
     """The unfolded path's second launch: one program per (sequence, head)."""
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)
+    pdl.start(PDL)
+    pdl.enter(PDL)
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))

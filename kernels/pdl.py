@@ -4,30 +4,34 @@ A decode step is a chain of short kernels (a 0.5B model's step is about 200 laun
 between two of them the card idles: the next grid is launched only once the last program of the previous
 one has exited, and its programs then wait for their first loads. On Hopper and later a kernel launched
 with PDL may be scheduled early, once every program of the kernel before it has signalled
-``launch_dependents`` (or exited). It then has to split its work in two:
+``launch_dependents`` (or exited). A kernel then splits its work in two::
 
-    launch_dependents(PDL)   # first thing: the kernel after this one may be scheduled from now on
+    start(PDL)      # signals here only in the "start" mode (below)
     ... work that reads only what no earlier kernel of the step writes (weights, strides, index math) ...
-    wait(PDL)                # blocks until the earlier kernels have finished and their writes are visible
+    enter(PDL)      # waits until the earlier kernels have finished and their writes are visible, then
+                    # (the default "after_wait" mode) signals that the next kernel may be scheduled
     ... everything else: the activations, the KV cache, every store ...
 
-The rule a kernel keeps is the one above: nothing before ``wait`` stores to global memory or reads memory
-that an earlier kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first
-weight tile before ``wait``, so that load overlaps the previous kernel's tail; the other decode kernels
-(paged decode and its reduce, RoPE + KV write, SwiGLU, RMSNorm, greedy, the split-K and quantized
-GEMVs) wait first. The quantized GEMVs and the paged decode split kernel signal ``launch_dependents``
-after their main loop rather than at their start: signalled at the start, the early programs of the
-launches after them slowed the large GEMVs and the split decode launches (H200, run 9).
-``wait`` orders against every earlier kernel in the stream, not only the one just before (that one's own
-``wait`` returned only after the kernels before it had finished), and a kernel
-launched without PDL -- torch's, or ours with PDL off -- starts after the previous one ends, as usual.
-Inside a CUDA graph the same launches become programmatic edges.
+The rule a kernel keeps: nothing before the wait stores to global memory or reads memory that an earlier
+kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first weight tile before
+it, so that load overlaps the previous kernel's tail; the other decode kernels wait first. The wait
+orders against every earlier kernel in the stream, not only the one just before (that one's own wait
+returned only after the kernels before it had finished), and a kernel launched without PDL -- torch's, or
+ours with PDL off -- starts after the previous one ends, as usual. Inside a CUDA graph the same launches
+become programmatic edges.
+
+Where to signal (:data:`SIGNAL`, measured on an H200 in run 9): at the start, a kernel lets the next one
+be scheduled before it has even waited, so that one signals at its own start too and a chain of launches
+can sit resident and blocked, holding the slots that the running kernel's later programs need (split
+paged decode launches ran 10-25% slower, Q4_K at 4096 x 14336 30%). Signalled after the wait, at most
+one launch is ahead of the running one. The quantized GEMVs and the paged decode split kernel signal
+later still, after their main loop (``wait`` and ``launch_dependents`` separately).
 
 ``enabled(device)`` decides at launch, never at import: an NVIDIA GPU of compute capability 9.0 or later,
 a Triton that has the grid-dependency instructions, and the switch :data:`ENABLED` (benchmarks turn it off
-to measure what it gives). In the interpreter and on AMD GPUs the kernels compile ``wait`` and
-``launch_dependents`` out (the ``PDL`` flag is a compile-time constant) and launch as before.
-``TRITONFORGE_PDL=0`` (read at each launch) turns it off for a whole process, e.g. a benchmark's baseline.
+to measure what it gives). In the interpreter and on AMD GPUs the kernels compile every call here out (the
+``PDL`` flag is a compile-time constant, 0) and launch as before. ``TRITONFORGE_PDL`` (read at each
+launch) overrides for a whole process: ``0`` turns it off, ``start`` or ``after_wait`` picks the mode.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from kernels._triton import tl, triton
 from kernels.device import interpreting, is_hip
 
 ENABLED = True  # read at each launch (see enabled)
+SIGNAL = "after_wait"  # or "start": where start()/enter() signal (see the module docstring)
+MODES = {"after_wait": 1, "start": 2}  # the PDL constexpr: 0 = off
 
 
 @functools.cache
@@ -63,20 +69,45 @@ def enabled(device: torch.device) -> bool:
             and _supported(device.index or 0))
 
 
+def mode() -> int:
+    """The ``PDL`` constexpr of an enabled launch: :data:`SIGNAL`, or ``TRITONFORGE_PDL`` when it names a mode."""
+    name = os.environ.get("TRITONFORGE_PDL", "")
+    name = name if name in MODES else SIGNAL
+    if name not in MODES:
+        raise ValueError(f"kernels.pdl.SIGNAL={name!r}: expected one of {', '.join(MODES)}")
+    return MODES[name]
+
+
 def launch_options(device: torch.device) -> dict:
     """Launch keywords for a kernel that takes a ``PDL`` constexpr: ``PDL`` and Triton's ``launch_pdl``."""
-    return {"PDL": True, "launch_pdl": True} if enabled(device) else {"PDL": False}
+    return {"PDL": mode(), "launch_pdl": True} if enabled(device) else {"PDL": 0}
+
+
+@triton.jit
+def start(PDL: tl.constexpr):
+    """A kernel's first call: signals the next kernel in the "start" mode only."""
+    if PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def enter(PDL: tl.constexpr):
+    """Wait for the earlier kernels, then (in the "after_wait" mode) let the next kernel be scheduled."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    if PDL == 1:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
 def wait(PDL: tl.constexpr):
-    """Wait for the earlier kernels of the stream to finish (a no-op unless PDL)."""
+    """Wait for the earlier kernels of the stream to finish (a no-op unless PDL); signals nothing."""
     if PDL:
         tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
 def launch_dependents(PDL: tl.constexpr):
-    """Let the next kernel of the stream be scheduled now (a no-op unless PDL)."""
+    """Let the next kernel of the stream be scheduled now (a no-op unless PDL), for kernels that signal late."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()

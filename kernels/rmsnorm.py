@@ -40,8 +40,8 @@ def _rmsnorm_kernel(
     n_rows, H, eps,
     HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
+    pdl.start(PDL)
+    pdl.enter(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     cols = tl.arange(0, BLOCK)[None, :]
     mask = (rows < n_rows) & (cols < H)

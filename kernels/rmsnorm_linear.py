@@ -78,7 +78,7 @@ def _rmsnorm_gemv_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row (M = 1). A program: BLOCK_N weight rows, K elements [split * K_CHUNK, +K_CHUNK)."""
-    pdl.launch_dependents(PDL)
+    pdl.start(PDL)
     pid_n, split = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -87,7 +87,7 @@ def _rmsnorm_gemv_kernel(
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
     w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-    pdl.wait(PDL)
+    pdl.enter(PDL)
     # The whole row: h, its inverse RMS (as kernels/rmsnorm.py computes it), and h stored once.
     cols = tl.arange(0, BLOCK_H)
     row_ok = cols < K

@@ -62,8 +62,8 @@ def _rope_kv_write_kernel(
     stride_cb, stride_co, stride_ch,
     BLOCK_SIZE: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
 ):
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)  # everything here reads what earlier kernels wrote (kernels/pdl.py)
+    pdl.start(PDL)
+    pdl.enter(PDL)  # everything here reads what earlier kernels wrote (kernels/pdl.py)
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     q_blocks = tl.cdiv(n_q_heads, HEADS)

@@ -34,8 +34,8 @@ def _silu_and_mul_kernel(
     rows, d, stride_x, stride_out,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    pdl.launch_dependents(PDL)
-    pdl.wait(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
+    pdl.start(PDL)
+    pdl.enter(PDL)  # reads what earlier kernels wrote (kernels/pdl.py)
     row0 = tl.program_id(0).to(tl.int64) * ROWS
     col0 = tl.program_id(1) * BLOCK
     r = row0 + tl.arange(0, ROWS)[:, None]

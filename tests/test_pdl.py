@@ -16,13 +16,13 @@ from kernels import pdl
 
 
 def test_off_where_the_card_cannot_do_it():
-    assert pdl.launch_options(torch.device("cpu")) == {"PDL": False}
+    assert pdl.launch_options(torch.device("cpu")) == {"PDL": 0}
     assert not pdl.enabled(torch.device("cpu"))
 
 
 def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setattr(pdl, "ENABLED", False)
-    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": False}
+    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": 0}
 
 
 H, INTER, VOCAB, LAYERS = 1024, 2816, 4096, 6
@@ -128,4 +128,15 @@ def test_engine_decode_graphs_give_the_same_tokens_with_and_without_pdl(tmp_path
 
 def test_the_environment_turns_it_off(monkeypatch):
     monkeypatch.setenv("TRITONFORGE_PDL", "0")
-    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": False}
+    assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": 0}
+
+
+def test_the_signal_mode_is_data_read_at_launch(monkeypatch):
+    monkeypatch.setattr(pdl, "SIGNAL", "start")
+    assert pdl.mode() == pdl.MODES["start"]
+    monkeypatch.setenv("TRITONFORGE_PDL", "after_wait")  # the environment names a mode: it wins
+    assert pdl.mode() == pdl.MODES["after_wait"]
+    monkeypatch.delenv("TRITONFORGE_PDL")
+    monkeypatch.setattr(pdl, "SIGNAL", "sometimes")
+    with pytest.raises(ValueError, match="expected one of"):
+        pdl.mode()
