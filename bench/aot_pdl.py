@@ -7,7 +7,8 @@ race need not show in one run, so this module also compiles every decode kernel 
 launchers configure it, in each signal mode, and reads the PTX:
 
 - ``griddepcontrol.wait`` is there, and no global store or atomic comes before it;
-- no global load comes before it either, except in the dense GEMVs (their first weight tile);
+- no global load comes before it either, except in the dense GEMVs given a static weight, which must
+  load (their first tile) there;
 - ``griddepcontrol.launch_dependents`` is there; in the "after_wait" mode, or in a kernel that signals
   late, only after the wait.
 
@@ -42,10 +43,13 @@ def _cases():
         silu_and_mul,
     )
 
-    gemv = dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=16, BLOCK_K=512)
-    yield "linear_gemv", linear_gemv._gemv_kernel, {}, gemv, True, False
-    yield ("rmsnorm_linear", rmsnorm_linear._rmsnorm_gemv_kernel, {}, dict(
-        HAS_RESIDUAL=True, HAS_BIAS=False, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512), True, False)
+    # The dense GEMVs read a weight tile before the wait only for a weight marked static (PREFETCH).
+    for prefetch in (False, True):
+        gemv = dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch)
+        yield f"linear_gemv PREFETCH={prefetch}", linear_gemv._gemv_kernel, {}, gemv, prefetch, False
+        yield (f"rmsnorm_linear PREFETCH={prefetch}", rmsnorm_linear._rmsnorm_gemv_kernel, {}, dict(
+            HAS_RESIDUAL=True, HAS_BIAS=False, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch),
+            prefetch, False)
     yield ("linear_decode", linear_decode._linear_decode_kernel, {}, dict(
         HAS_BIAS=False, UPCAST=False, PRECISION="ieee", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), False, False)
     yield ("rope_kv_write", rope_kv_write._rope_kv_write_kernel, {"pos_ptr": "*i64", "cache_ptr": "*fp32",
@@ -88,7 +92,7 @@ def compile_ptx(kernel, ptr_types: dict, consts: dict) -> str:
 
 
 def breaches(ptx: str, may_load_first: bool, signal_after_wait: bool) -> list[str]:
-    """What in ``ptx`` breaks the rule (empty: none)."""
+    """What in ``ptx`` breaks the rule (empty: none); ``may_load_first``: a GEMV given a static weight."""
     lines = ptx.splitlines()
     waits = [i for i, ln in enumerate(lines) if "griddepcontrol.wait" in ln]
     signals = [i for i, ln in enumerate(lines) if "griddepcontrol.launch_dependents" in ln]
@@ -100,8 +104,11 @@ def breaches(ptx: str, may_load_first: bool, signal_after_wait: bool) -> list[st
     before = lines[:first_wait]
     if any(GLOBAL_WRITE.match(ln) for ln in before):
         found.append("a global store or atomic before the wait")
-    if not may_load_first and any(GLOBAL_READ.match(ln) for ln in before):
+    loads_first = any(GLOBAL_READ.match(ln) for ln in before)
+    if not may_load_first and loads_first:
         found.append("a global load before the wait")
+    if may_load_first and not loads_first:
+        found.append("no weight load before the wait: the static weight's prefetch is gone")
     if signal_after_wait and signals[0] < first_wait:
         found.append("launch_dependents before the wait")
     return found

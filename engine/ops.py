@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels import registry
+from kernels import pdl, registry
 from kernels.device import BACKENDS, check_backend
 
 ENGINE_OPS = (
@@ -80,6 +80,11 @@ class OpTable:
         # Cache as an instance attribute: later lookups skip __getattr__ (thousands per step).
         setattr(self, name, fn)
         return fn
+
+    def mark_static(self, *tensors) -> None:
+        """Declare model weights never written again, so that decode kernels may read them before their PDL
+        wait (kernels/pdl.py); other objects (quantized blocks) are ignored."""
+        pdl.mark_static(*(t for t in tensors if isinstance(t, torch.Tensor)))
 
     def fused(self, name: str) -> bool:
         """Whether the model should call the fused op ``name`` rather than its parts (see FUSIONS)."""

@@ -96,7 +96,7 @@ def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, SILU: tl.constexpr = False,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr = False, SILU: tl.constexpr = False,
 ):
     pdl.start(PDL)
     pid_n, split, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -113,9 +113,13 @@ def _gemv_kernel(
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
-    w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-    pdl.enter(PDL)
+    # A static weight's first tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
+    if PREFETCH:
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+        pdl.enter(PDL)
+    else:
+        pdl.enter(PDL)
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
     acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, K,
                                        ROWS, EVEN, SILU)
     for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
@@ -201,7 +205,9 @@ def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
-    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, SILU=silu_input, **pdl.launch_options(x.device))
+    launch = pdl.launch_options(x.device)
+    flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, SILU=silu_input,
+                 PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch)
     if config is None:
         _gemv[grid](*args, **flags)
     else:

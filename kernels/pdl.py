@@ -14,7 +14,10 @@ with PDL may be scheduled early, once every program of the kernel before it has 
 
 The rule a kernel keeps: nothing before the wait stores to global memory or reads memory that an earlier
 kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their first weight tile before
-it, so that load overlaps the previous kernel's tail; the other decode kernels wait first. The wait
+it, so that load overlaps the previous kernel's tail -- but only for a weight its owner has declared
+static (:func:`mark_static`: the engine does so for its model's weights at load). Any other weight may
+have been written by the kernel just before (a test's ``randn(...).to(bf16)``, a ``.contiguous()``
+copy), so it is loaded after the wait like everything else. The other decode kernels wait first. The wait
 orders against every earlier kernel in the stream, not only the one just before (that one's own wait
 returned only after the kernels before it had finished), and a kernel launched without PDL -- torch's, or
 ours with PDL off -- starts after the previous one ends, as usual. Inside a CUDA graph the same launches
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -78,6 +82,23 @@ def mode() -> int:
     if name not in MODES:
         raise ValueError(f"kernels.pdl.SIGNAL={name!r}: expected one of {', '.join(MODES)}")
     return MODES[name]
+
+
+_STATIC: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # data_ptr -> a tensor marked static
+
+
+def mark_static(*tensors: torch.Tensor) -> None:
+    """Declare ``tensors`` never written by any kernel from now on (model weights), so that a kernel may
+    read them before its PDL wait. The mark lives as long as the tensor; a copy is not marked."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel():
+            _STATIC[t.data_ptr()] = t
+
+
+def is_static(t: torch.Tensor) -> bool:
+    """``t`` starts where a live tensor marked by :func:`mark_static` starts, with the same storage."""
+    owner = _STATIC.get(t.data_ptr()) if t.numel() else None
+    return owner is not None and owner.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
 
 
 def launch_options(device: torch.device) -> dict:

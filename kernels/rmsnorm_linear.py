@@ -75,7 +75,7 @@ def _rmsnorm_gemv_kernel(
     x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr,
     N, K, stride_wn, eps, K_CHUNK, SPLITS,
     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
     """One row (M = 1). A program: BLOCK_N weight rows, K elements [split * K_CHUNK, +K_CHUNK)."""
     pdl.start(PDL)
@@ -85,9 +85,13 @@ def _rmsnorm_gemv_kernel(
     k_start = split * K_CHUNK
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-    # The first weight tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
-    w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-    pdl.enter(PDL)
+    # A static weight's first tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
+    if PREFETCH:
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+        pdl.enter(PDL)
+    else:
+        pdl.enter(PDL)
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
     # The whole row: h, its inverse RMS (as kernels/rmsnorm.py computes it), and h stored once.
     cols = tl.arange(0, BLOCK_H)
     row_ok = cols < K
@@ -160,11 +164,12 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     # The plain GEMV's split rule, so the fused product splits K as the unfused one would.
     chunk, splits, partials, counters, even = gemv_split(x1, 1, N, K, 1, y)
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits)
+    launch = pdl.launch_options(x.device)
     _rmsnorm_gemv[grid](
         x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
         N, K, weight.stride(0), eps, chunk, splits,
         HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
-        BLOCK_H=triton.next_power_of_2(K), **pdl.launch_options(x.device),
+        BLOCK_H=triton.next_power_of_2(K), PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
     )
     return y, h
 

@@ -25,6 +25,32 @@ def test_the_switch_turns_it_off(monkeypatch):
     assert pdl.launch_options(torch.device("cuda", 0)) == {"PDL": 0}
 
 
+def test_static_marks_follow_the_tensor_not_its_copies():
+    import gc
+
+    w = torch.randn(64, 32)
+    assert not pdl.is_static(w)
+    pdl.mark_static(w)
+    assert pdl.is_static(w) and pdl.is_static(w[:16])  # a view from its start: the same memory
+    assert not pdl.is_static(w.clone()) and not pdl.is_static(w.t().contiguous())  # copies may be fresh writes
+    assert not pdl.is_static(w[1:])
+    marked = len(pdl._STATIC)
+    del w
+    gc.collect()
+    assert len(pdl._STATIC) == marked - 1  # the mark dies with the tensor: a later buffer at that address is not static
+
+
+def test_the_engine_marks_its_dense_weights_static(tmp_path):
+    from tests.engine_helpers import make_engine
+    from tests.model_factory import make_hf_model
+
+    engine = make_engine(make_hf_model(tmp_path, arch="qwen2", tie_word_embeddings=True), "torch")
+    model = engine.runner.model
+    linears = [model.lm_head] + [lin for layer in model.layers
+                                 for lin in (layer.attn.qkv, layer.attn.o_proj, layer.mlp.gate_up, layer.mlp.down)]
+    assert linears and all(pdl.is_static(w) for lin in linears for w in lin.weights)
+
+
 H, INTER, VOCAB, LAYERS = 1024, 2816, 4096, 6
 
 
@@ -78,8 +104,12 @@ class _Kernels:
 
 
 @pytest.mark.gpu
-def test_a_graph_of_pdl_launches_matches_the_same_launches_without_it(monkeypatch):
+@pytest.mark.parametrize("static", [False, True], ids=["weights-unmarked", "weights-static"])
+def test_a_graph_of_pdl_launches_matches_the_same_launches_without_it(monkeypatch, static):
     ops, w = _Kernels(), _weights("cuda", torch.bfloat16)
+    if static:  # written and finished before they are declared static, as the engine's weights are
+        torch.cuda.synchronize()
+        pdl.mark_static(*w["gate_up"], *w["down"], w["head"])
     monkeypatch.setattr(pdl, "ENABLED", False)
     want_logits, want_ids = _chain(w, w["x"], ops)  # eager, no PDL
     monkeypatch.setattr(pdl, "ENABLED", True)
@@ -156,4 +186,4 @@ def test_no_decode_kernel_touches_earlier_outputs_before_its_wait():
         pytest.skip(f"cannot compile for sm_90 here: {probe.stdout.strip() or probe.stderr[-300:]}")
     run = subprocess.run([sys.executable, "-m", "bench.aot_pdl"], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") >= 2 * 11, run.stdout
+    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") >= 2 * 13, run.stdout

@@ -53,6 +53,7 @@ class Linear:
         self.ops = ops
         self.out_sizes = [out_features(w) for w in weights]
         self.weights = _fuse(list(weights))
+        ops.mark_static(*self.weights)
         if biases is None or all(b is None for b in biases):
             self.biases = [None] * len(self.weights)
         elif len(self.weights) == 1:
