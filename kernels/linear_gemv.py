@@ -92,6 +92,19 @@ def weight_slice(w_rows, k, offs_k, k_end, EVEN: tl.constexpr):
     return w.to(tl.float32), k_ok
 
 
+@triton.jit
+def first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+    """A chunk's first weight tile, and the PDL wait for the kernel that wrote x (kernels/pdl.py): a static
+    weight's tile (PREFETCH) is read before the wait, any other after it."""
+    if PREFETCH:
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+        pdl.enter(PDL)
+    else:
+        pdl.enter(PDL)
+        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+    return w, k_ok
+
+
 @triton.jit(do_not_specialize=["M"])  # a per-step value: compiled once per ROWS
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
@@ -113,13 +126,7 @@ def _gemv_kernel(
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    # A static weight's first tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
-    if PREFETCH:
-        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-        pdl.enter(PDL)
-    else:
-        pdl.enter(PDL)
-        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+    w, k_ok = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
     acc0, acc1, acc2, acc3 = _rows_dot(acc0, acc1, acc2, acc3, w, x0, x1, x2, x3, k_start, offs_k, k_ok, K,
                                        ROWS, EVEN, SILU)
     for k in range(k_start + BLOCK_K, k_end, BLOCK_K):

@@ -61,7 +61,7 @@ def _supported(index: int) -> bool:
         return False
     try:
         from triton.language.extra import cuda as tl_cuda
-    except ImportError:
+    except ImportError:  # a Triton without the CUDA extras: launch without PDL, as on any other card
         return False
     if not (hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")):
         return False
@@ -96,9 +96,9 @@ def mark_static(*tensors: torch.Tensor) -> None:
 
 
 def is_static(t: torch.Tensor) -> bool:
-    """``t`` starts where a live tensor marked by :func:`mark_static` starts, with the same storage."""
-    owner = _STATIC.get(t.data_ptr()) if t.numel() else None
-    return owner is not None and owner.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+    """``t`` starts where a live tensor marked by :func:`mark_static` starts (one dictionary lookup: it runs
+    at every GEMV launch). A marked tensor's memory cannot be reused while it lives, and its mark dies with it."""
+    return t.numel() > 0 and t.data_ptr() in _STATIC
 
 
 def launch_options(device: torch.device) -> dict:

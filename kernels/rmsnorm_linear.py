@@ -30,7 +30,7 @@ from kernels import linear as dense
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
 from kernels.device import check_backend
-from kernels.linear_gemv import GEMV_CONFIGS, gemv_split, weight_slice
+from kernels.linear_gemv import GEMV_CONFIGS, first_weight_slice, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import _check as _norm_check
@@ -85,13 +85,7 @@ def _rmsnorm_gemv_kernel(
     k_start = split * K_CHUNK
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-    # A static weight's first tile is read before waiting for the kernel that wrote x (kernels/pdl.py).
-    if PREFETCH:
-        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
-        pdl.enter(PDL)
-    else:
-        pdl.enter(PDL)
-        w, k_ok = weight_slice(w_rows, k_start, offs_k, k_end, EVEN)
+    w, k_ok = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
     # The whole row: h, its inverse RMS (as kernels/rmsnorm.py computes it), and h stored once.
     cols = tl.arange(0, BLOCK_H)
     row_ok = cols < K

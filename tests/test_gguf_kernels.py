@@ -127,16 +127,8 @@ def test_kernels_compile_for_hopper():
 
     Compiled for sm_90 with the ptxas Triton ships, in a subprocess: this process interprets.
     """
-    import os
-    import subprocess
-    import sys
+    from tests.aot_helpers import run_sm90
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    probe = subprocess.run([sys.executable, "-c", "from bench.aot_quant import available; print(available() or '')"],
-                           env=env, capture_output=True, text=True)
-    if probe.returncode or probe.stdout.strip():
-        pytest.skip(f"cannot compile for sm_90 here: {probe.stdout.strip() or probe.stderr[-300:]}")
-    run = subprocess.run([sys.executable, "-m", "bench.aot_quant", "--check"], env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = run_sm90("bench.aot_quant", "--check")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "SPILLS" not in run.stdout, run.stdout

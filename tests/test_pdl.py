@@ -175,15 +175,8 @@ def test_the_signal_mode_is_data_read_at_launch(monkeypatch):
 def test_no_decode_kernel_touches_earlier_outputs_before_its_wait():
     """bench/aot_pdl.py: every PDL kernel compiled for sm_90 in each mode, its PTX read for stores, loads
     and the signal before ``griddepcontrol.wait``. In a subprocess: this process interprets."""
-    import os
-    import subprocess
-    import sys
+    from tests.aot_helpers import run_sm90
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    probe = subprocess.run([sys.executable, "-c", "from bench.aot_quant import available; print(available() or '')"],
-                           env=env, capture_output=True, text=True)
-    if probe.returncode or probe.stdout.strip():
-        pytest.skip(f"cannot compile for sm_90 here: {probe.stdout.strip() or probe.stderr[-300:]}")
-    run = subprocess.run([sys.executable, "-m", "bench.aot_pdl"], env=env, capture_output=True, text=True, timeout=600)
+    run = run_sm90("bench.aot_pdl")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") >= 2 * 13, run.stdout
