@@ -20,8 +20,8 @@ so that the token at slot s is ``k_cache.view(-1, num_kv_heads, head_dim)[s]`` w
 contiguous (the kernel uses the real strides, so a strided cache works too).
 
 Kernel ``kv_cache_write``: ``k_cache[slot // bs, slot % bs] = key[t]`` (and V) for every t with
-slot >= 0. One program per (a few tokens, tile of heads): it reads each token's [heads, head_dim] tile
-of key and value and writes it once, so it moves the minimum of bytes, in 16-byte accesses. Slots must
+slot >= 0. One program per (a few tokens, tile of heads): it reads its tokens' [heads, head_dim] tiles
+of key and value at once and writes each once, so it moves the minimum of bytes, in 16-byte accesses. Slots must
 be distinct (two tokens written to one slot leave either value there).
 """
 
@@ -42,37 +42,37 @@ def _kv_cache_write_kernel(
     num_tokens, num_kv_heads, head_dim,
     BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # One [BLOCK_T, BLOCK_H, BLOCK_D] tile: every load of the program is issued before its first store.
+    # (Token by token, the compiler may not hoist token i+1's loads above token i's stores, which could
+    # alias them: each token then costs a memory round trip of its own.)
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_D)
+    t3 = tokens[:, None, None]
+    hd = heads[:, None] * stride_kh + dims[None, :]  # [BH, BD]
     in_tile = (heads[:, None] < num_kv_heads) & (dims[None, :] < head_dim)
-    # Unrolled over BLOCK_T tokens: their loads are independent, so all are in flight together.
-    for i in tl.static_range(BLOCK_T):
-        token = tl.program_id(0).to(tl.int64) * BLOCK_T + i
-        # The loads wait for nothing: they are masked by the token's range only, not by its slot, so the
-        # slot's round trip to memory overlaps theirs instead of preceding them. Padding tokens (slot
-        # -1) are read and not stored. The slot test is broadcast by a comparison on a full tile: a
-        # scalar boolean operand of `&` breaks the interpreter's masked load.
-        live = in_tile & ((heads[:, None] * 0 + token) < num_tokens)
-        src_k = key_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :]
-        src_v = value_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
-        k = tl.load(src_k, mask=live)
-        v = tl.load(src_v, mask=live)
-        slot = tl.load(slot_ptr + token, mask=token < num_tokens, other=-1).to(tl.int64)
-        mask = live & ((heads[:, None] * 0 + slot) >= 0)
-        dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_co + heads[:, None] * stride_ch \
-            + dims[None, :]
-        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    # The loads wait for nothing: they are masked by the token range only, not by the slot, so the slot's
+    # round trip to memory overlaps theirs instead of preceding them. Padding tokens (slot -1) are read
+    # and not stored.
+    live = (t3 < num_tokens) & in_tile[None, :, :]
+    k = tl.load(key_ptr + t3 * stride_kt + hd[None, :, :], mask=live)
+    v = tl.load(value_ptr + t3 * stride_vt + (heads[:, None] * stride_vh + dims[None, :])[None, :, :], mask=live)
+    slot = tl.load(slot_ptr + tokens, mask=tokens < num_tokens, other=-1).to(tl.int64)
+    mask = live & (slot >= 0)[:, None, None]
+    row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_co  # [BT]
+    dst = row[:, None, None] + (heads[:, None] * stride_ch + dims[None, :])[None, :, :]
+    tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def _tile(num_kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_T, BLOCK_H, BLOCK_D, num_warps): up to 4096 elements per token tile, 8 per thread (16-byte
-    accesses in 16-bit dtypes), and enough tokens per program that each moves ~16 KiB."""
+    """(BLOCK_T, BLOCK_H, BLOCK_D, num_warps): 4096 elements per program (8 KiB of keys and 8 of values in
+    16-bit dtypes, all loaded before the first store), 8 per thread per access (16-byte accesses)."""
     block_d = triton.next_power_of_2(head_dim)
     block_h = min(triton.next_power_of_2(num_kv_heads), max(1, 4096 // block_d))
-    elements = block_h * block_d
-    warps = max(1, min(8, elements // 256))
-    return max(1, min(8, 4096 // elements)), block_h, block_d, warps
+    block_t = max(1, 4096 // (block_h * block_d))
+    warps = max(1, min(4, block_t * block_h * block_d // 256))
+    return block_t, block_h, block_d, warps
 
 
 def _check(key, value, k_cache, v_cache, slot_mapping) -> None:
