@@ -39,9 +39,6 @@ from kernels import registry
 PREFILL_TILES = [  # the shipped D=128 tile first; ONE_LOOP: the diagonal tiles in the pipelined key loop
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
-    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True, M_MAJOR=True),
-    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, M_MAJOR=True),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, M_MAJOR=True),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, ONE_LOOP=True),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, ONE_LOOP=True),

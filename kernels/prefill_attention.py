@@ -24,9 +24,7 @@ registers. Tiles that need no mask (inside the prefix, or wholly below the causa
 mask-free step; only the prefix tail and the diagonal tiles pay for masking. Where the tile says
 ONE_LOOP, the chunk's keys run in one loop with the mask behind a run-time branch, so the software
 pipeline prefetches the diagonal tiles too instead of starting them cold in a second loop. Causal programs are
-launched heaviest (last query tile) first to shorten the tail of the grid: within each (sequence, head), or,
-where the tile says M_MAJOR, across the whole grid (the query tile is then the slowest grid axis, and the
-query heads that share a KV head run side by side). head_dim 80 and 96 are
+launched heaviest (last query tile) first to shorten the tail of the grid. head_dim 80 and 96 are
 padded to the next power of two with masked loads.
 """
 
@@ -57,16 +55,11 @@ def _prefill_kernel(
     qk_scale, group,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PAGE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ONE_LOOP: tl.constexpr = False, M_MAJOR: tl.constexpr = False,
+    ONE_LOOP: tl.constexpr = False,
 ):
-    if M_MAJOR:  # grid (Hq, B, m tiles): every sequence's and head's heaviest tile before any lighter one
-        head = tl.program_id(0)
-        seq = tl.program_id(1)
-        start_m = tl.num_programs(2) - 1 - tl.program_id(2)
-    else:  # grid (m tiles, B, Hq): heaviest first within each (sequence, head)
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-        seq = tl.program_id(1)
-        head = tl.program_id(2)
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest causal tiles first
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
     kv_head = head // group
     row0 = tl.load(cu_ptr + seq)
     seqlen = tl.load(cu_ptr + seq + 1) - row0
@@ -273,8 +266,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     tile = _tile or pick_tile(d_pad, q.element_size())
     if tile["BLOCK_M"] % tile["BLOCK_N"]:
         raise ValueError(f"prefill_attention: tile {tile} needs BLOCK_M to be a multiple of BLOCK_N")
-    m_tiles = triton.cdiv(max_seqlen, tile["BLOCK_M"])
-    _prefill_kernel[(Hq, batch, m_tiles) if tile.get("M_MAJOR") else (m_tiles, batch, Hq)](
+    _prefill_kernel[(triton.cdiv(max_seqlen, tile["BLOCK_M"]), batch, Hq)](
         q, k, v, o, cu_seqlens, k_cache, v_cache, block_tables, prefix_lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
         k_cache.stride(0), k_cache.stride(1) if has_prefix else 0, k_cache.stride(2) if has_prefix else 0,
