@@ -68,7 +68,18 @@ def _decode(batch, ctx, Hq, Hkv, bs, D=128):
             "dtype": BF16, "num_splits": None, "pass_max": True, "layout": "contiguous"}
 
 
+KV_TILES = [  # tokens per program x warps; the shipped rule moves 4096 elements per program on 4 warps
+    dict(BLOCK_T=t, num_warps=w) for t in (4, 8, 16, 32, 64) for w in (2, 4, 8)
+]
+
+
+def _kv(tokens, heads, bs=16):
+    return {"tokens": tokens, "kv_heads": heads, "head_dim": 128, "block_size": bs, "dtype": BF16,
+            "pad_every": 0, "index_dtype": torch.int64}
+
+
 EXPLORE = {
+    "kv_cache_write": (KV_TILES, [_kv(4096, 8), _kv(4096, 2), _kv(16384, 2), _kv(16384, 8)]),
     "prefill_attention": (PREFILL_TILES, [  # the target's shapes (D=128 causal, 1k..16k) first
         _prefill(16, 1024, 128, 32, 32, True), _prefill(8, 2048, 128, 32, 32, True),
         _prefill(4, 4096, 128, 32, 32, True), _prefill(2, 8192, 128, 32, 32, True),

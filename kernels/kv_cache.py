@@ -65,7 +65,7 @@ def _kv_cache_write_kernel(
     tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _tile(num_kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
+def pick_tile(num_kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_H, BLOCK_D, num_warps): 4096 elements per program (8 KiB of keys and 8 of values in
     16-bit dtypes, all loaded before the first store), 8 per thread per access (16-byte accesses)."""
     block_d = triton.next_power_of_2(head_dim)
@@ -103,13 +103,18 @@ def _check(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 
 def kv_cache_write(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor) -> None:
-    """Scatter ``key``/``value`` [tokens, kv_heads, head_dim] into the paged caches at ``slot_mapping``."""
+                   slot_mapping: torch.Tensor, *, _tile: dict | None = None) -> None:
+    """Scatter ``key``/``value`` [tokens, kv_heads, head_dim] into the paged caches at ``slot_mapping``.
+
+    ``_tile`` (benchmarks only): ``BLOCK_T`` and ``num_warps`` instead of :func:`pick_tile`'s.
+    """
     _check(key, value, k_cache, v_cache, slot_mapping)
     tokens, kv_heads, d = key.shape
     if tokens == 0:
         return
-    block_t, block_h, block_d, warps = _tile(kv_heads, d)
+    block_t, block_h, block_d, warps = pick_tile(kv_heads, d)
+    if _tile:
+        block_t, warps = _tile.get("BLOCK_T", block_t), _tile.get("num_warps", warps)
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(kv_heads, block_h))
     _kv_cache_write_kernel[grid](
         key, value, k_cache, v_cache, slot_mapping,

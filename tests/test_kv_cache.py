@@ -52,6 +52,21 @@ def test_strided_key_value_views_of_a_fused_projection(device):
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
 
 
+@pytest.mark.parametrize("block_t,warps", [(1, 1), (4, 2), (32, 4)])
+def test_every_tokens_per_program_tile_writes_the_same_cache(device, block_t, warps):
+    """The benchmarks' tile override: a partial last program, padding slots, a strided key."""
+    tokens, heads, dim = 37, 3, 80
+    qkv = torch.randn(tokens, 3 * heads * dim, device=device)
+    key, value = qkv[:, :heads * dim].view(tokens, heads, dim), torch.randn(tokens, heads, dim, device=device)
+    k_cache, v_cache = _caches(4, 16, heads, dim, device)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    slots = torch.randperm(64, device=device)[:tokens]
+    slots[::5] = -1
+    kv_cache_write(key, value, k_cache, v_cache, slots, _tile=dict(BLOCK_T=block_t, num_warps=warps))
+    kv_cache_write_reference(key, value, k_ref, v_ref, slots)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
 def test_rejects_mismatched_heads(device):
     k_cache, v_cache = _caches(2, 16, 2, 32, device)
     key = torch.randn(3, 4, 32, device=device)
