@@ -34,6 +34,7 @@ def _cases():
     from kernels import (
         _quant_gemv,
         greedy,
+        kv_cache,
         linear_decode,
         linear_gemv,
         paged_decode,
@@ -55,6 +56,8 @@ def _cases():
     yield ("rope_kv_write", rope_kv_write._rope_kv_write_kernel, {"pos_ptr": "*i64", "cache_ptr": "*fp32",
                                                                   "slot_ptr": "*i64"},
            dict(BLOCK_SIZE=16, HEADS=4, HALF=64), False, False)
+    yield ("kv_cache_write", kv_cache._kv_cache_write_kernel, {"slot_ptr": "*i64"},
+           dict(BLOCK_SIZE=16, BLOCK_T=4, BLOCK_H=8, BLOCK_D=128), False, False)
     yield "silu_and_mul", silu_and_mul._silu_and_mul_kernel, {}, dict(ROWS=1, BLOCK=1024), False, False
     yield "rmsnorm", rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, ROWS=1, BLOCK=1024), False, False
     yield ("greedy", greedy._greedy_kernel, {"out_ptr": "*i64", "part_ptr": "*i32"},

@@ -108,7 +108,7 @@ def kv_variants():
     types = {n: "*bf16" for n in ("key_ptr", "value_ptr", "k_cache_ptr", "v_cache_ptr")} | {"slot_ptr": "*i64"}
     for heads, D in ((8, 128), (2, 128), (4, 64)):
         block_t, block_h, block_d, warps = kv_cache.pick_tile(heads, D)
-        consts = dict(BLOCK_SIZE=16, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d)
+        consts = dict(BLOCK_SIZE=16, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, PDL=1)
         yield f"kv_cache_write bf16 heads={heads} D{D}", kv_cache._kv_cache_write_kernel, types, consts, \
             {"num_warps": warps}
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from kernels import _paged_checks as checks
+from kernels import pdl
 from kernels._triton import tl, triton
 from kernels.registry import Op, register
 
@@ -41,7 +42,10 @@ def _kv_cache_write_kernel(
     stride_cb, stride_co, stride_ch,
     num_tokens, num_kv_heads, head_dim,
     BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr = 0,
 ):
+    pdl.start(PDL)
+    pdl.enter(PDL)  # the keys, values and slots come from earlier kernels (kernels/pdl.py)
     # One [BLOCK_T, BLOCK_H, BLOCK_D] tile: every load of the program is issued before its first store.
     # (Token by token, the compiler may not hoist token i+1's loads above token i's stores, which could
     # alias them: each token then costs a memory round trip of its own.)
@@ -122,6 +126,7 @@ def kv_cache_write(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         tokens, kv_heads, d,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps,
+        **pdl.launch_options(key.device),
     )
 
 

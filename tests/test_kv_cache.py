@@ -114,6 +114,45 @@ def test_large_bf16_write_is_exact(device):
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
 
 
+@pytest.mark.gpu
+def test_chained_writes_in_a_pdl_graph_wait_for_the_kernel_that_made_their_keys():
+    """Each write follows the kernel that computes its keys and values (silu_and_mul, which lets the next
+    kernel be scheduled at its start), all launched with PDL in one CUDA graph. Every replay gets new
+    inputs: a write that read before that kernel ended would store the previous replay's values."""
+    from kernels import pdl
+    from kernels.silu_and_mul import silu_and_mul
+
+    assert pdl.enabled(torch.device("cuda")), "this card or Triton has no programmatic dependent launch"
+    steps, tokens, heads, dim, bs = 6, 4096, 2, 128, 16
+    k_cache, v_cache = _caches(steps * tokens // bs, bs, heads, dim, "cuda", torch.bfloat16)
+    inputs = torch.empty(steps, 2, tokens, 2 * heads * dim, device="cuda", dtype=torch.bfloat16)
+    slots = torch.randperm(steps * tokens, device="cuda").view(steps, tokens)
+
+    def chain(write, k, v):
+        for s in range(steps):
+            key, value = (silu_and_mul(inputs[s, i]).view(tokens, heads, dim) for i in range(2))
+            write(key, value, k, v, slots[s])
+
+    inputs.normal_()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        chain(kv_cache_write, k_cache, v_cache)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        chain(kv_cache_write, k_cache, v_cache)
+    flat = lambda c: c.view(-1, heads, dim)[slots.flatten()]
+    for _ in range(3):
+        inputs.normal_()
+        k_ref, v_ref = k_cache.clone(), v_cache.clone()
+        chain(kv_cache_write_reference, k_ref, v_ref)  # eager, one kernel at a time
+        k_cache.fill_(float("nan"))
+        v_cache.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(flat(k_cache), flat(k_ref)) and torch.equal(flat(v_cache), flat(v_ref))
+
+
 def test_index_copy_baseline_agrees_without_padding(device):
     k_cache, v_cache = _caches(3, 16, 2, 32, device)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
