@@ -1,7 +1,8 @@
 """Weight-streaming GEMV kernels for GGUF Q4_0 and Q4_K at M <= GEMV_MAX_M (``kernels.gguf_linear``).
 
 Same scheme as ``kernels._quant_gemv`` (read there first): the blocks are read as wide words along the
-row, each nibble becomes the fp32 ``1 + q / 16`` by one shift and one LOP3, and fp32 FMAs on the CUDA
+row, each nibble becomes the fp32 ``1 + q / 16`` by one shift and one LOP3 (the exponent bits from the
+run-time ``one_bits``, as there), and fp32 FMAs on the CUDA
 cores sum ``S = sum x (1 + q / 16)``; with ``xs = sum x`` over the same k, ``sum x q = 16 (S - xs)``.
 The per-block (Q4_0) or per-sub-block (Q4_K) scale is applied per word, after the word's nibbles are
 summed, so the per-weight cost is the shift, the LOP3 and the FMA.
@@ -31,13 +32,13 @@ def _f16_bits(h):
 
 
 @triton.jit
-def _q4_0_row(acc, h, x_blk, x_ok, d16, d24):
+def _q4_0_row(acc, h, x_blk, x_ok, d16, d24, one):
     """One row's products with [BN, NB, 8] int16 quant words; x_blk: x at the blocks, [NB, 8] pointers."""
     part = tl.zeros(h.shape, dtype=tl.float32)
     xs = tl.zeros(x_blk.shape, dtype=tl.float32)
     for i in tl.static_range(4):  # nibble i of word j: element 2j + (i // 2) + 16 (i % 2)
         xv = tl.load(x_blk + (i // 2) + 16 * (i % 2), mask=x_ok, other=0.0).to(tl.float32)
-        part += xv[None, :, :] * _field(h, 19 - 4 * i, 0x780000)
+        part += xv[None, :, :] * _field(h, 19 - 4 * i, 0x780000, one)
         xs += xv
     return acc + d16 * part - d24 * xs[None, :, :]
 
@@ -45,7 +46,7 @@ def _q4_0_row(acc, h, x_blk, x_ok, d16, d24):
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
 def q4_0_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
-    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
+    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS, one_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
     PDL: tl.constexpr = 0,
 ):
@@ -74,12 +75,12 @@ def q4_0_gemv_kernel(
         d = tl.load(d_ptrs + 9 * b0, mask=b_ok[None, :, None], other=0.0).to(tl.float32)
         d16, d24 = 16.0 * d, 24.0 * d
         x_ok = b_ok[:, None]
-        acc0 = _q4_0_row(acc0, h, x0 + 32 * b0, x_ok, d16, d24)
+        acc0 = _q4_0_row(acc0, h, x0 + 32 * b0, x_ok, d16, d24, one_bits)
         if ROWS > 1:
-            acc1 = _q4_0_row(acc1, h, x1 + 32 * b0, x_ok, d16, d24)
+            acc1 = _q4_0_row(acc1, h, x1 + 32 * b0, x_ok, d16, d24, one_bits)
         if ROWS > 2:
-            acc2 = _q4_0_row(acc2, h, x2 + 32 * b0, x_ok, d16, d24)
-            acc3 = _q4_0_row(acc3, h, x3 + 32 * b0, x_ok, d16, d24)
+            acc2 = _q4_0_row(acc2, h, x2 + 32 * b0, x_ok, d16, d24, one_bits)
+            acc3 = _q4_0_row(acc3, h, x3 + 32 * b0, x_ok, d16, d24, one_bits)
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
     if ROWS > 1:
         y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
@@ -105,14 +106,14 @@ def _k4_scales(blk, s, ok):
 
 
 @triton.jit
-def _q4_k_row(acc, w, x_blk, x_ok, a_lo, b_lo, a_hi, b_hi):
+def _q4_k_row(acc, w, x_blk, x_ok, a_lo, b_lo, a_hi, b_hi, one):
     """One row's products with one block's [BN, 4, 8] quant words; x_blk: [4, 8] pointers (nibble 0)."""
     for hi in tl.static_range(2):  # low nibbles: sub-block 2c; high: 2c + 1
         part = tl.zeros(w.shape, dtype=tl.float32)
         xs = tl.zeros(x_blk.shape, dtype=tl.float32)
         for byte in tl.static_range(4):
             xv = tl.load(x_blk + 32 * hi + byte, mask=x_ok, other=0.0).to(tl.float32)
-            part += xv[None, :, :] * _field(w, 19 - 8 * byte - 4 * hi, 0x780000)
+            part += xv[None, :, :] * _field(w, 19 - 8 * byte - 4 * hi, 0x780000, one)
             xs += xv
         if hi == 0:
             acc += a_lo[:, :, None] * part - b_lo[:, :, None] * xs[None, :, :]
@@ -124,7 +125,7 @@ def _q4_k_row(acc, w, x_blk, x_ok, a_lo, b_lo, a_hi, b_hi):
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
 def q4_k_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
-    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS,
+    M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS, one_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
     PDL: tl.constexpr = 0,
 ):
@@ -163,12 +164,12 @@ def q4_k_gemv_kernel(
             a_hi = 16.0 * d * sc
             b_hi = a_hi + dmin * mn
             x_ok = (b + tl.zeros([4, 8], tl.int32)) < b_end
-            acc0 = _q4_k_row(acc0, w, x0 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+            acc0 = _q4_k_row(acc0, w, x0 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
             if ROWS > 1:
-                acc1 = _q4_k_row(acc1, w, x1 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+                acc1 = _q4_k_row(acc1, w, x1 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
             if ROWS > 2:
-                acc2 = _q4_k_row(acc2, w, x2 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
-                acc3 = _q4_k_row(acc3, w, x3 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi)
+                acc2 = _q4_k_row(acc2, w, x2 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
+                acc3 = _q4_k_row(acc3, w, x3 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
     if ROWS > 1:
         y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))

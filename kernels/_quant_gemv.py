@@ -16,6 +16,11 @@ The shift puts a field of ``b`` bits at the top of an fp32 mantissa and the OR s
 the constant is folded into the per-row or per-group correction applied after the sum. The terms of S
 are about |x|, so the cancellation costs a few bits of fp32, not the 8 to 20 a larger constant would.
 
+The exponent bits come in as a kernel argument (``one_bits``, always ONE_BITS), not as a literal: a LOP3
+takes one immediate, so with two literals (the mask and 1.0) ptxas rematerialised one of them with a MOV
+before every LOP3 (sm_90: 43 of the W8 loop's 321 instructions); an argument is loaded once and kept in a
+register.
+
 W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed; XOR 0x80 makes it unsigned
 u = q + 128, so  sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
 W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1). One shift
@@ -33,6 +38,7 @@ from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
 
 GEMV_MAX_M = 4  # rows handled by the GEMV kernels; above, the tensor-core kernels
+ONE_BITS = 0x3F800000  # the fp32 1.0, passed to the kernels as their run-time ``one_bits`` (see above)
 
 # Rows 1 to 4 share one compiled ROWS (1, 2 or 4) per M and one tuned config per shape (the autotuning key
 # leaves ROWS out), and each row runs the same code in all three: a row's output does not depend on the
@@ -40,13 +46,14 @@ GEMV_MAX_M = 4  # rows handled by the GEMV kernels; above, the tensor-core kerne
 
 
 @triton.jit
-def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr):
-    """The bit field of ``w`` moved by SHIFT (left if positive) into MASK, as the fp32 1 + u / 2^bits."""
+def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, one):
+    """The bit field of ``w`` moved by SHIFT (left if positive) into MASK, as the fp32 1 + u / 2^bits
+    (``one``: ONE_BITS, the exponent of 1.0)."""
     if SHIFT >= 0:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
         t = w << SHIFT
     else:
         t = w >> (-SHIFT)  # arithmetic, but the mask keeps only bits that came from w
-    return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+    return ((t & MASK) | one).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -60,9 +67,9 @@ def _shifted(w, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _bits(t, MASK: tl.constexpr):
-    """The field of ``t`` under MASK with the exponent of 1.0 OR-ed in, as fp32 (one LOP3)."""
-    return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+def _bits(t, MASK: tl.constexpr, one):
+    """The field of ``t`` under MASK with the exponent of 1.0 (``one``) OR-ed in, as fp32 (one LOP3)."""
+    return ((t & MASK) | one).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -81,11 +88,11 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _w8_words(acc, xs, w, x_row, x_offs, x_ok, EVEN: tl.constexpr):
+def _w8_words(acc, xs, w, x_row, x_offs, x_ok, one, EVEN: tl.constexpr):
     """One row's products with a [BN, BW] tile of words (bytes already made unsigned)."""
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
         xv = _x(x_row + x_offs + i, x_ok, EVEN)
-        acc += xv[None, :] * _field(w, 15 - 8 * i, 0x7F8000)
+        acc += xv[None, :] * _field(w, 15 - 8 * i, 0x7F8000, one)
         xs += xv
     return acc, xs
 
@@ -93,7 +100,7 @@ def _w8_words(acc, xs, w, x_row, x_offs, x_ok, EVEN: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
 def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
-    M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS,
+    M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS, one_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = 0,
 ):
@@ -127,12 +134,12 @@ def w8a16_gemv_kernel(
             w = tl.load(w_rows + w0, mask=x_ok[None, :], other=0)
         w = w ^ -0x7F7F7F80  # 0x80808080: u = q + 128
         x_offs = 4 * (w0 + offs_w)
-        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, EVEN)
+        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, one_bits, EVEN)
         if ROWS > 1:
-            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, EVEN)
+            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, one_bits, EVEN)
         if ROWS > 2:
-            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, EVEN)
-            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, EVEN)
+            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, one_bits, EVEN)
+            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, one_bits, EVEN)
     scale = tl.load(s_ptr + rows).to(tl.float32)
     y = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     y = put_row(y, offs_m, 0, scale * (256.0 * tl.sum(acc0, axis=1) - 384.0 * tl.sum(xs0, axis=0)))
@@ -148,7 +155,7 @@ def w8a16_gemv_kernel(
 
 
 @triton.jit
-def _w4_words(acc, w, x_row, x_offs, x_ok, a, c, EVEN: tl.constexpr):
+def _w4_words(acc, w, x_row, x_offs, x_ok, a, c, one, EVEN: tl.constexpr):
     """One row's products with a [BN, GPI, WPG] tile of words; a = 16 scale, c = scale zero, [BN, GPI].
 
     One shift serves two nibbles: after ``w << (15 - 8 j)`` nibble 2j+1 sits at bit 19 (the float
@@ -161,8 +168,8 @@ def _w4_words(acc, w, x_row, x_offs, x_ok, a, c, EVEN: tl.constexpr):
         t = _shifted(w, 15 - 8 * j)
         x_hi = _x(x_row + x_offs + (2 * j + 1), x_ok, EVEN)
         x_lo = _x(x_row + x_offs + 2 * j, x_ok, EVEN)
-        part += x_hi[None, :, :] * _bits(t, 0x780000)
-        part += (16.0 * x_lo)[None, :, :] * _bits(t, 0x78000)
+        part += x_hi[None, :, :] * _bits(t, 0x780000, one)
+        part += (16.0 * x_lo)[None, :, :] * _bits(t, 0x78000, one)
         xs16 += x_hi + 16.0 * x_lo
         xs += x_hi + x_lo
     # sum x u = 16 (part - xs16) over each word's columns; the group adds scale (sum x u - zero sum x).
@@ -172,7 +179,7 @@ def _w4_words(acc, w, x_row, x_offs, x_ok, a, c, EVEN: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
 def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
-    M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS,
+    M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS, one_bits,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = 0,
 ):
@@ -216,12 +223,12 @@ def w4a16_gemv_kernel(
             x_ok = g_ok[:, None] & (cols >= 0)
         a, c = 16.0 * s, s * z
         x_offs = g0 * GROUP + 8 * cols
-        acc0 = _w4_words(acc0, w, x0, x_offs, x_ok, a, c, EVEN)
+        acc0 = _w4_words(acc0, w, x0, x_offs, x_ok, a, c, one_bits, EVEN)
         if ROWS > 1:
-            acc1 = _w4_words(acc1, w, x1, x_offs, x_ok, a, c, EVEN)
+            acc1 = _w4_words(acc1, w, x1, x_offs, x_ok, a, c, one_bits, EVEN)
         if ROWS > 2:
-            acc2 = _w4_words(acc2, w, x2, x_offs, x_ok, a, c, EVEN)
-            acc3 = _w4_words(acc3, w, x3, x_offs, x_ok, a, c, EVEN)
+            acc2 = _w4_words(acc2, w, x2, x_offs, x_ok, a, c, one_bits, EVEN)
+            acc3 = _w4_words(acc3, w, x3, x_offs, x_ok, a, c, one_bits, EVEN)
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, _row_sum(acc0))
     if ROWS > 1:
         y = put_row(y, offs_m, 1, _row_sum(acc1))
@@ -249,7 +256,7 @@ def _w4(bn, gpi, warps, stages):
 
 # BLOCK_W divides 128 words (the 512-k split unit); GROUPS_PER_ITER divides 4 (the W4 split unit).
 W8_GEMV_CONFIGS = {
-    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(128, 32, 4, 3), _w8(32, 128, 8, 3),
+    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(64, 32, 4, 4), _w8(32, 128, 8, 3),
              _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }

@@ -27,6 +27,7 @@ from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
 from kernels._gguf_gemv import Q4_0_GEMV_CONFIGS, Q4_K_GEMV_CONFIGS, q4_0_gemv_kernel, q4_k_gemv_kernel
+from kernels._quant_gemv import ONE_BITS
 from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, use_gemv
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
@@ -167,7 +168,7 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         launcher(gemv, config)[grid](
             x, data, bias if bias is not None else x, y, partials, counters,
-            M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits,
+            M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits, ONE_BITS,
             HAS_BIAS=bias is not None, ROWS=gemv_rows(M), **gemv_launch_options("gguf", x.device),
         )
         return y
