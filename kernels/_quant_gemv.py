@@ -21,8 +21,10 @@ takes one immediate, so with two literals (the mask and 1.0) ptxas rematerialise
 before every LOP3 (sm_90: 43 of the W8 loop's 321 instructions); an argument is loaded once and kept in a
 register.
 
-W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed; XOR 0x80 makes it unsigned
-u = q + 128, so  sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
+W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed. Flipping a byte's top bit makes
+it unsigned, u = q + 128, and the flip rides in the same LOP3 as the exponent: (t & mask) ^ (1.0's bits |
+the field's top bit), with that second constant the run-time ``flip_bits`` (W8_FLIP_BITS). Then
+sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
 W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1). One shift
 serves a pair of nibbles: the odd one lands at the top of the mantissa (1 + u / 16), the even one four
 bits lower (1 + u / 256) and is multiplied by 16 x, so both terms carry x u / 16 and
@@ -39,6 +41,7 @@ from kernels._triton import tl, triton
 
 GEMV_MAX_M = 4  # rows handled by the GEMV kernels; above, the tensor-core kernels
 ONE_BITS = 0x3F800000  # the fp32 1.0, passed to the kernels as their run-time ``one_bits`` (see above)
+W8_FLIP_BITS = ONE_BITS | 0x400000  # and the top bit of a byte placed at bits 15-22: the W8 kernel's ``flip_bits``
 
 # Rows 1 to 4 share one compiled ROWS (1, 2 or 4) per M and one tuned config per shape (the autotuning key
 # leaves ROWS out), and each row runs the same code in all three: a row's output does not depend on the
@@ -88,11 +91,13 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _w8_words(acc, xs, w, x_row, x_offs, x_ok, one, EVEN: tl.constexpr):
-    """One row's products with a [BN, BW] tile of words (bytes already made unsigned)."""
+def _w8_words(acc, xs, w, x_row, x_offs, x_ok, flip, EVEN: tl.constexpr):
+    """One row's products with a [BN, BW] tile of words of signed bytes; ``flip``: W8_FLIP_BITS."""
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
         xv = _x(x_row + x_offs + i, x_ok, EVEN)
-        acc += xv[None, :] * _field(w, 15 - 8 * i, 0x7F8000, one)
+        # One LOP3, (t & mask) ^ flip: the byte's top bit flipped (q -> u = q + 128) and 1.0's exponent set.
+        u = ((_shifted(w, 15 - 8 * i) & 0x7F8000) ^ flip).to(tl.float32, bitcast=True)
+        acc += xv[None, :] * u
         xs += xv
     return acc, xs
 
@@ -100,7 +105,7 @@ def _w8_words(acc, xs, w, x_row, x_offs, x_ok, one, EVEN: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
 def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
-    M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS, one_bits,
+    M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS, flip_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = 0,
 ):
@@ -132,14 +137,13 @@ def w8a16_gemv_kernel(
         else:
             x_ok = (w0 + offs_w) < w_end
             w = tl.load(w_rows + w0, mask=x_ok[None, :], other=0)
-        w = w ^ -0x7F7F7F80  # 0x80808080: u = q + 128
         x_offs = 4 * (w0 + offs_w)
-        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, one_bits, EVEN)
+        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, flip_bits, EVEN)
         if ROWS > 1:
-            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, one_bits, EVEN)
+            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, flip_bits, EVEN)
         if ROWS > 2:
-            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, one_bits, EVEN)
-            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, one_bits, EVEN)
+            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, flip_bits, EVEN)
+            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, flip_bits, EVEN)
     scale = tl.load(s_ptr + rows).to(tl.float32)
     y = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     y = put_row(y, offs_m, 0, scale * (256.0 * tl.sum(acc0, axis=1) - 384.0 * tl.sum(xs0, axis=0)))

@@ -49,6 +49,7 @@ from kernels._quant_cases import (
 from kernels._quant_gemv import (
     ONE_BITS,
     W4_GEMV_CONFIGS,
+    W8_FLIP_BITS,
     W8_GEMV_CONFIGS,
     w4a16_gemv_kernel,
     w8a16_gemv_kernel,
@@ -260,7 +261,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         launcher(_w8a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,
-            counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits, ONE_BITS,
+            counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits, W8_FLIP_BITS,
             HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0,
             **gemv_launch_options("w8a16", x.device),
         )
