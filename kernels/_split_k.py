@@ -43,7 +43,22 @@ def split_plan(M: int, N: int, units: int, weight_bytes: int, device: torch.devi
     cap = max(1, weight_bytes // (4 * 8 * rows * max(N, 1)))
     splits = max(1, min(wanted, cap, units))
     per_split = triton.cdiv(units, splits)
+    if units % per_split:  # a short last split: every tile waits for its full-length ones
+        per_split = _even_per_split(units, splits, cap) or per_split
     return triton.cdiv(units, per_split), per_split
+
+
+def _even_per_split(units: int, splits: int, cap: int) -> int | None:
+    """Units per split for the split count nearest ``splits`` (ties: the larger) that divides ``units``, within
+    2/3x to 2x of it and at most ``cap``; None if there is none.
+
+    H200, W8A16 GEMV at 14336 x 4096 (8 units): 3 splits of 3, 3 and 2 units took 20.0 us, 4 of 2 took 19.3
+    (bench/results/NVIDIA_H200/run10/w8_configs_call2.csv, split aims 2 and 3-4).
+    """
+    counts = [c for c in range(max(1, -(-2 * splits // 3)), min(2 * splits, cap, units) + 1) if units % c == 0]
+    if not counts:
+        return None
+    return units // min(counts, key=lambda c: (abs(c - splits), -c))
 
 
 def decode_split(M: int, N: int, units: int, weight_bytes: int, device: torch.device,

@@ -176,6 +176,25 @@ def test_split_k_decode_matches_reference(name, device):
 
 
 
+@pytest.mark.parametrize("sms", [4, 78, 108, 132, 304])
+@pytest.mark.parametrize("units", [1, 7, 8, 12, 16, 28, 32, 112])
+def test_split_plans_cover_every_unit_and_avoid_a_short_last_split(monkeypatch, sms, units):
+    """Every unit in exactly one split; where a split count near the aim divides the units, all splits are
+    equal; the partials' cap holds."""
+    from kernels import _split_k
+
+    monkeypatch.setattr(_split_k, "num_sms", lambda index=0: sms)
+    for n in (896, 4096, 14336):
+        weight_bytes = n * units * 512
+        splits, per_split = _split_k.split_plan(1, n, units, weight_bytes, torch.device("cpu"))
+        assert (splits - 1) * per_split < units <= splits * per_split
+        assert splits <= max(1, weight_bytes // (4 * 8 * 4 * n))
+        wanted = min(-(-2 * sms // -(-n // 128)), units)
+        near = [c for c in range(max(1, -(-2 * wanted // 3)), 2 * wanted + 1) if units % c == 0]
+        if near and splits <= weight_bytes // (4 * 8 * 4 * n) and units % per_split:
+            pytest.fail(f"{units} units in {splits} splits of {per_split}: {near} would divide them evenly")
+
+
 @pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
 def test_every_gemv_config_computes_the_reference(name, device):
     # Autotuning tries only some configs in a given run; each shipped GEMV config, pinned, must be right.
