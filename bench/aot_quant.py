@@ -234,6 +234,7 @@ def check() -> int:
             print(f"FAILED {label}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}", flush=True)
             continue
         spill = f"  SPILLS {report.stack_bytes} bytes" if report.stack_bytes else ""
+        failures += bool(report.stack_bytes)
         print(f"ok {label}: {report.registers} registers{spill}", flush=True)
     return 1 if failures else 0
 

@@ -260,12 +260,15 @@ def _w4(bn, gpi, warps, stages):
 
 # BLOCK_W divides 128 words (the 512-k split unit); GROUPS_PER_ITER divides 4 (the W4 split unit).
 W8_GEMV_CONFIGS = {
-    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 4, 3), _w8(64, 32, 4, 3), _w8(64, 32, 4, 4), _w8(32, 128, 8, 3),
-             _w8(64, 64, 8, 3), _w8(128, 64, 8, 2), _w8(16, 64, 2, 3)],
+    "cuda": [_w8(32, 64, 4, 3), _w8(64, 64, 8, 3), _w8(64, 32, 4, 3), _w8(64, 32, 4, 4), _w8(32, 128, 8, 3),
+             _w8(128, 32, 8, 3), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
-W4_GEMV_CONFIGS = {  # ordered by their M = 1 times on an H200 (run 8); none spills at ROWS = 4 (sm_90)
-    "cuda": [_w4(16, 2, 2, 3), _w4(16, 1, 1, 3), _w4(128, 1, 4, 3), _w4(64, 1, 4, 3), _w4(64, 2, 4, 3),
-             _w4(32, 2, 2, 3), _w4(256, 1, 8, 3), _w4(32, 4, 4, 3)],
+# None spills at ROWS = 4 when compiled for sm_90 by Triton 3.6 or 3.9 (``python -m bench.aot_quant --check``):
+# the large tiles on 4 warps that did under 3.6 (BLOCK_N 128 / 1 group, 64 / 2 groups, 256 / 1 group; W8 64 x 64
+# words and 128 x 64 on 8 warps) moved to 8 warps or left the lists. W4 ordered by M = 1 times (H200, run 8).
+W4_GEMV_CONFIGS = {
+    "cuda": [_w4(16, 2, 2, 3), _w4(16, 1, 1, 3), _w4(128, 1, 8, 3), _w4(64, 1, 4, 3), _w4(64, 2, 8, 3),
+             _w4(32, 2, 2, 3), _w4(32, 4, 8, 3)],
     "hip": [_w4(16, 1, 4, 2), _w4(32, 1, 4, 2), _w4(16, 2, 4, 2)],
 }
