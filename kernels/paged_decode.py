@@ -93,6 +93,9 @@ REDUCE_IN_SPLIT = False
 # over the launch's splits (see _split_len), so a short context under a large bound (a decode graph sized
 # for 8192 tokens decoding at 200) uses several one-tile programs instead of one program walking it all.
 FIT_SPLITS_TO_CONTEXT = True
+# True: the reduce launch lets the next kernel be scheduled only after it has written o (kernels/pdl.py), as
+# the split launch does after its loop; False: at its start, as the other short decode kernels. Read at launch.
+REDUCE_SIGNALS_LATE = False
 
 
 @triton.jit
@@ -230,16 +233,21 @@ def _decode_split_kernel(
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
 ):
     """The unfolded path's second launch: one program per (sequence, head)."""
-    pdl.start(PDL)
-    pdl.enter(PDL)
+    if SIGNAL_LATE:  # see REDUCE_SIGNALS_LATE
+        pdl.wait(PDL)
+    else:
+        pdl.start(PDL)
+        pdl.enter(PDL)
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
     _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), n_splits, stride_ob, stride_oh,
                   num_q_heads, max_splits, HEAD_DIM, D_PAD, S_BLOCK)
+    if SIGNAL_LATE:
+        pdl.launch_dependents(PDL)
 
 
 # --- configs (data) -------------------------------------------------------------------------------
@@ -410,7 +418,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _decode_reduce_kernel[(batch, q_heads)](
             part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits, max_context,
             HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, num_warps=4,
-            **pdl.launch_options(q.device),
+            SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
         )
     return o
 

@@ -38,11 +38,15 @@ def _inputs(case, device, seed=0):
     return _decode_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
 
 
-@pytest.fixture(params=[True, False], ids=["folded", "two_kernels"])
+@pytest.fixture(params=[(True, False), (False, False), (False, True)],
+                ids=["folded", "two_kernels", "two_kernels_reduce_signals_late"])
 def reduce_in_split(request, monkeypatch):
-    """Run a test through both combines of split launches (kernels.paged_decode.REDUCE_IN_SPLIT)."""
-    monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", request.param)
-    return request.param
+    """Run a test through both combines of split launches (kernels.paged_decode.REDUCE_IN_SPLIT), the
+    second launch with either PDL signal placement (REDUCE_SIGNALS_LATE)."""
+    folded, late = request.param
+    monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", folded)
+    monkeypatch.setattr(paged_decode, "REDUCE_SIGNALS_LATE", late)
+    return folded
 
 
 def test_context_lengths_around_block_edges(device):
