@@ -95,6 +95,9 @@ REDUCE_IN_SPLIT = False
 FIT_SPLITS_TO_CONTEXT = True
 # True: the reduce launch lets the next kernel be scheduled only after it has written o (kernels/pdl.py), as
 # the split launch does after its loop; False: at its start, as the other short decode kernels. Read at launch.
+# H200 (bench/results/NVIDIA_H200/run10/): late, back-to-back split launches at context >= 4k reach 83-105% of
+# copy bandwidth at batch 8 (32q/8kv heads; 65-91% when signalled at the start), but the 0.5B model's decode
+# graph, where the reduce precedes the o_proj GEMV, takes 723.0 us against 687.7. The engine decides.
 REDUCE_SIGNALS_LATE = False
 
 
