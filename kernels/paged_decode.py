@@ -72,10 +72,11 @@ from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
 from kernels import alloc, pdl
 from kernels._attention_ref import dense_attention, gather_paged
+from kernels._decode_tiles import SPLIT_TILES, TILES, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms, vendor
+from kernels.device import interpreting, num_sms
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
@@ -253,57 +254,7 @@ def _decode_reduce_kernel(
         pdl.launch_dependents(PDL)
 
 
-# --- configs (data) -------------------------------------------------------------------------------
-# Two tiles per vendor and padded head dim: SPLIT_TILES for launches cut into splits (at most two programs
-# per SM, each a short loop: the larger tile keeps more bytes in flight per program), TILES for launches
-# with one split per sequence (large batches, several waves: 32-token tiles let four programs share an SM,
-# so 512 programs fit one wave of 528 on an H100/H200 where 64-token tiles fit 396). Measured on an NVIDIA
-# H200 (bench/results/NVIDIA_H200/run6/decode_notes.md): bf16 D=128 in full, the other entries against the
-# previous 3-stage tiles on two shapes each. A fixed table rather than triton.autotune for the reason given
-# in kernels/prefill_attention.py. The interpreter runs 16-token tiles (least CPU time per program at the
-# test shapes).
-
-TILES = {  # vendor -> element size in bytes -> padded head dim -> tile (one split per sequence)
-    "cuda": {
-        2: {
-            64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
-            128: dict(BLOCK_N=32, num_warps=4, num_stages=5),
-            256: dict(BLOCK_N=32, num_warps=4, num_stages=5),
-        },
-        4: {
-            128: dict(BLOCK_N=32, num_warps=4, num_stages=3),  # 5 stages: 4% slower here (546 vs 526 us)
-            256: dict(BLOCK_N=16, num_warps=8, num_stages=5),  # 4 warps spill registers here
-        },
-    },
-    "hip": {  # not measured yet
-        2: {128: dict(BLOCK_N=64, num_warps=4, num_stages=1), 256: dict(BLOCK_N=32, num_warps=4, num_stages=1)},
-        4: {128: dict(BLOCK_N=32, num_warps=4, num_stages=1), 256: dict(BLOCK_N=16, num_warps=4, num_stages=1)},
-    },
-    "interpreter": {2: {256: dict(BLOCK_N=16)}, 4: {256: dict(BLOCK_N=16)}},
-}
-SPLIT_TILES = {  # the same keys: the tile of launches cut into splits
-    "cuda": {
-        2: {
-            64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
-            128: dict(BLOCK_N=64, num_warps=4, num_stages=5),
-            256: dict(BLOCK_N=32, num_warps=4, num_stages=5),
-        },
-        4: {
-            128: dict(BLOCK_N=32, num_warps=4, num_stages=5),
-            256: dict(BLOCK_N=16, num_warps=8, num_stages=5),
-        },
-    },
-    "hip": TILES["hip"],
-    "interpreter": TILES["interpreter"],
-}
-
-
-def pick_tile(d_pad: int, itemsize: int, split: bool = False) -> dict:
-    """The launch tile for a padded head dim and element size here (looked up at launch, never at import)."""
-    tiles = SPLIT_TILES if split else TILES
-    table = tiles["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
-    return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
-
+# --- configs (data): kernels/_decode_tiles.py (TILES, SPLIT_TILES, pick_tile) ---
 
 # --- launcher -------------------------------------------------------------------------------------
 

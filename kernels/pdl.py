@@ -115,19 +115,18 @@ def start(PDL: tl.constexpr):
 
 
 @triton.jit
-def enter(PDL: tl.constexpr):
-    """Wait for the earlier kernels, then (in the "after_wait" mode) let the next kernel be scheduled."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-    if PDL == 1:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
 def wait(PDL: tl.constexpr):
     """Wait for the earlier kernels of the stream to finish (a no-op unless PDL); signals nothing."""
     if PDL:
         tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def enter(PDL: tl.constexpr):
+    """Wait for the earlier kernels, then (in the "after_wait" mode) let the next kernel be scheduled."""
+    wait(PDL)
+    if PDL == 1:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
