@@ -14,6 +14,7 @@ at a real launch with such values.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -43,6 +44,10 @@ def _tool(name: str) -> str:
 
 def compile_report(label: str, kernel, types: dict[str, str], consts: dict, options: dict) -> str:
     names = kernel.arg_names
+    # Constexprs left out take their defaults, as at a launch (not run-time i32 arguments).
+    defaults = {n: p.default for n, p in inspect.signature(kernel.fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    consts = defaults | consts
     signature = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if n not in consts and (signature[n].startswith("*") or n.startswith("stride") or n in SIZES_DIV16)}
@@ -65,17 +70,25 @@ def compile_report(label: str, kernel, types: dict[str, str], consts: dict, opti
 
 
 def prefill_variants():
-    for dt, D in (("bf16", 64), ("bf16", 80), ("bf16", 128), ("bf16", 256), ("fp16", 128), ("fp32", 128),
-                  ("fp32", 256)):
+    # The shipped tiles, then the TMA path (tensor-descriptor loads) of the 16-bit power-of-two head dims.
+    for dt, D, tma in (("bf16", 64, False), ("bf16", 80, False), ("bf16", 128, False), ("bf16", 256, False),
+                       ("fp16", 128, False), ("fp32", 128, False), ("fp32", 256, False), ("bf16", 64, True),
+                       ("bf16", 128, True)):
         d_pad = triton.next_power_of_2(D)
         tile = prefill_attention.TILES["cuda"][DTYPE_BYTES[dt]]
         tile = dict(tile[min((d for d in tile if d >= d_pad), default=max(tile))])
         options = {k: tile.pop(k) for k in ("num_warps", "num_stages")}
         types = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "k_cache_ptr", "v_cache_ptr")}
         types |= {"cu_ptr": "*i32", "bt_ptr": "*i32", "prefix_ptr": "*i32", "qk_scale": "fp32"}
+        descs = dict(q_desc=None, k_desc=None, v_desc=None)  # a pointer launch passes None (a constexpr)
+        if tma:
+            tile["TMA"] = True
+            types |= {f"{n}_desc": f"tensordesc<{dt}[{tile[block]}, {D}]>"
+                      for n, block in (("q", "BLOCK_M"), ("k", "BLOCK_N"), ("v", "BLOCK_N"))}
+            descs = {}
         for causal, prefix in ((True, False), (False, False), (True, True)):
             consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, CAUSAL=causal, HAS_PREFIX=prefix, PAGE=16,
-                          UPCAST=False, **tile)
+                          UPCAST=False, **descs, **tile)
             label = f"prefill {dt} D{D} causal={causal} prefix={prefix} {tile}"
             yield label, prefill_attention._prefill_kernel, types, consts, options
 

@@ -36,9 +36,12 @@ from bench.report import write_rows
 from bench.timing import input_sets_for, time_each
 from kernels import registry
 
-PREFILL_TILES = [  # the shipped D=128 tile first; ONE_LOOP: the diagonal tiles in the pipelined key loop
+PREFILL_TILES = [  # ONE_LOOP: the diagonal tiles in the pipelined key loop; TMA: Q/K/V by tensor descriptor
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),  # shipped at D=128
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True, TMA=True),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, ONE_LOOP=True, TMA=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, TMA=True),  # the shipped D=64 tile, by TMA
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, ONE_LOOP=True),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, ONE_LOOP=True),
@@ -84,6 +87,7 @@ EXPLORE = {
         _prefill(16, 1024, 128, 32, 32, True), _prefill(8, 2048, 128, 32, 32, True),
         _prefill(4, 4096, 128, 32, 32, True), _prefill(2, 8192, 128, 32, 32, True),
         _prefill(1, 16384, 128, 32, 32, True), _prefill(16, 1024, 128, 32, 8, True),
+        _prefill(8, 2048, 128, 32, 8, True),
         _prefill(4, 4096, 128, 32, 32, False), _prefill(8, 512, 128, 32, 8, True, prefix=4096),
         _prefill(16, 1024, 64, 16, 16, True), _prefill(4, 4096, 64, 16, 16, True),
     ]),

@@ -7,12 +7,19 @@ m, row sum l and an fp32 accumulator, a tile of raw scores r = q k^T and c = sca
 
 ``softmax_step`` is ``scores`` (q k^T) then ``online_softmax`` (the update above); a kernel that decides
 at run time whether a tile needs its mask calls the two itself. ``load_tile`` loads a [rows, D_PAD] tile,
-masking only what can be out of range.
+masking only what can be out of range; ``load_rows`` loads rows of one head of a packed [T, H, D] tensor,
+through pointers or, on the TMA path, a tensor descriptor over its [T, H * D] view (``row_descriptor``,
+where ``tma_loads`` says the device can take one).
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from kernels._triton import tl, triton
+from kernels.device import interpreting, is_hip
 
 
 @triton.jit
@@ -24,6 +31,20 @@ def load_tile(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
         x = tl.load(ptrs)
     else:
         x = tl.load(ptrs, mask=d_ok, other=0.0)
+    return x
+
+
+@triton.jit
+def load_rows(desc, base, stride, row0, start, col, seqlen, offs, d_ok, MASKED: tl.constexpr,
+              EVEN_D: tl.constexpr, TMA: tl.constexpr):
+    """Rows ``start + offs`` of a sequence starting at packed row ``row0``: by descriptor at [row0 + start,
+    col] (TMA; rows past the sequence read its neighbour's, or zeros past the tensor), else from pointers
+    ``base`` + row * ``stride``, rows past ``seqlen`` zero if MASKED."""
+    if TMA:
+        x = desc.load([row0 + start, col])
+    else:
+        pos = start + offs
+        x = load_tile(base + (row0 + pos).to(tl.int64)[:, None] * stride, pos < seqlen, d_ok, MASKED, EVEN_D)
     return x
 
 
@@ -59,3 +80,50 @@ def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, 
     if MASKED:
         s = tl.where(valid, s, float("-inf"))
     return online_softmax(acc, m_i, l_i, s, v, qk_scale, UPCAST)
+
+
+# --- host side: the TMA path's descriptors ---------------------------------------------------------
+
+@triton.jit
+def _descriptor_probe(desc, out_ptr):
+    rows, cols = tl.arange(0, 16)[:, None], tl.arange(0, 16)[None, :]
+    tl.store(out_ptr + rows * 16 + cols, desc.load([0, 0]))
+
+
+@functools.cache
+def _interpreter_reads_descriptors() -> bool:
+    """This Triton's interpreter loads through host TensorDescriptors (3.9's does): tried once, not assumed."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    src = torch.arange(256, dtype=torch.float16).view(16, 16)
+    out = torch.zeros_like(src)
+    try:
+        _descriptor_probe[(1,)](TensorDescriptor(src, shape=[16, 16], strides=[16, 1], block_shape=[16, 16]), out)
+    except Exception:  # whatever an interpreter without descriptor support raises: take the pointer path
+        return False
+    return torch.equal(out, src)
+
+
+@functools.cache
+def _cuda_has_tma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def tma_loads(device: torch.device) -> bool:
+    """Kernels launched for ``device`` can load through tensor descriptors: an NVIDIA sm_90+ GPU, or an
+    interpreter that supports them. Decided at launch, never at import."""
+    if interpreting():
+        return _interpreter_reads_descriptors()
+    return device.type == "cuda" and not is_hip() and _cuda_has_tma(device.index or 0)
+
+
+def row_descriptor(t: torch.Tensor, block_rows: int):
+    """A descriptor over ``t`` [T, H, D] viewed as [T, H * D] with [block_rows, D] blocks, or None where TMA
+    cannot read it: base 16-byte aligned, row stride a multiple of 16 bytes, heads packed, unit last stride."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    T, H, D = t.shape
+    if t.stride(2) != 1 or (H > 1 and t.stride(1) != D) or (t.stride(0) * t.element_size()) % 16 \
+            or t.data_ptr() % 16:
+        return None
+    return TensorDescriptor(t.view(T, H * D), shape=[T, H * D], strides=[t.stride(0), 1], block_shape=[block_rows, D])

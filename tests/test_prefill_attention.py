@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _paged_checks, _prefill_cases
+from kernels import _flash, _paged_checks, _prefill_cases, alloc
 from kernels._attention_ref import dense_attention
 from kernels.kv_cache import kv_cache_write
-from kernels.prefill_attention import prefill_attention, prefill_attention_reference, prefill_sdpa_baseline
+from kernels.prefill_attention import (
+    _tma_descriptors,
+    prefill_attention,
+    prefill_attention_reference,
+    prefill_sdpa_baseline,
+)
 from kernels.registry import get
 from kernels.testing import assert_close, run_case
 
@@ -204,3 +209,85 @@ def test_one_loop_variant_matches_the_reference(device, causal, block_m, block_n
     ref = prefill_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
                                          else t for n, t in inputs.items()})
     assert_close(out, ref, dtype=torch.float32, reduction_len=80, tf32=True)
+
+
+def _upcast(inputs, dtype):
+    return {n: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for n, t in inputs.items()}
+
+
+def _run_tma(device, case, tile, seed):
+    """The TMA variant of ``tile`` against the reference, with poisoned outputs; fails if TMA would not run."""
+    if not _flash.tma_loads(torch.device(device)):
+        pytest.skip("this device (or this Triton's interpreter) cannot load through tensor descriptors")
+    inputs = _prefill_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
+    assert _tma_descriptors(inputs["q"], inputs["k"], inputs["v"], tile) is not None, "TMA would fall back"
+    with alloc.poisoned():
+        out = prefill_attention(**inputs, _tile=dict(tile, TMA=True))
+    ref = prefill_attention_reference(**_upcast(inputs, torch.float64 if device.type == "cpu" else torch.float32))
+    assert_close(out, ref, dtype=case["dtype"], reduction_len=OP.reduction_len(case), tf32=True)
+
+
+@pytest.mark.parametrize("one_loop", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16)])
+def test_tma_variant_matches_the_reference(device, causal, one_loop, block_m, block_n):
+    """Descriptor loads read past a sequence's end into its neighbour (or zeros past the tensor): the key
+    masks and the masked store must keep that out. Lengths 1, tile - 1, tile, tile + 1 for both tiles."""
+    case = _case([1, 15, 16, 17, 31, 32, 33], dtype=torch.float16, causal=causal)
+    _run_tma(device, case, dict(BLOCK_M=block_m, BLOCK_N=block_n, ONE_LOOP=one_loop), seed=12)
+
+
+@pytest.mark.parametrize("ratio", [1, 3, 8])
+def test_tma_gqa_ratios(device, ratio):
+    case = _case([9, 20], q_heads=2 * ratio, kv_heads=2, dtype=torch.bfloat16)
+    _run_tma(device, case, dict(BLOCK_M=16, BLOCK_N=16, ONE_LOOP=True), seed=ratio)
+
+
+@pytest.mark.parametrize("one_loop", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_tma_after_a_cached_prefix(device, causal, one_loop):
+    """The prefix keeps its paged pointer loads; the chunk's Q, K and V come through descriptors."""
+    case = _case([40, 1, 16, 33], prefixes=[20, 0, 17, 3], dtype=torch.float16, causal=causal)
+    _run_tma(device, case, dict(BLOCK_M=32, BLOCK_N=16, ONE_LOOP=one_loop), seed=13)
+
+
+def test_tma_falls_back_to_pointers_where_descriptors_cannot_read(device):
+    """A tile that asks for TMA still launches, through pointers, where a descriptor cannot read the tensors."""
+    torch.manual_seed(3)
+    T, H, D, tile = 20, 2, 32, dict(BLOCK_M=16, BLOCK_N=16)
+    rand = lambda *shape: torch.randn(*shape, device=device, dtype=torch.float16)
+    q, k, v = rand(T, 2 * H, D), rand(T, H, D), rand(T, H, D)
+    cu = torch.tensor([0, 7, T], dtype=torch.int32, device=device)
+    shifted = rand(T * 2 * H * D + 1)[1:].view(T, 2 * H, D)  # base 2 bytes past a 16-byte boundary
+    shifted.copy_(q)
+    cannot = {
+        "float32": (q.float(), k.float(), v.float()),
+        "head_dim 80 (padded)": (rand(T, 2 * H, 80), rand(T, H, 80), rand(T, H, 80)),
+        "unaligned base": (shifted, k, v),
+        "row stride of 129 elements": (rand(T, 2 * H * D + 1)[:, : 2 * H * D].view(T, 2 * H, D), k, v),
+        "heads not packed": (q, rand(T, 2 * H, D)[:, ::2], v),
+    }
+    for why, tensors in cannot.items():
+        assert _tma_descriptors(*tensors, tile) is None, why
+    with alloc.poisoned():
+        out = prefill_attention(shifted, k, v, cu, 13, _tile=dict(tile, TMA=True))
+    ref = prefill_attention_reference(q.double(), k.double(), v.double(), cu, 13)
+    assert_close(out, ref, dtype=torch.float16, reduction_len=13, tf32=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
+                                  dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+                                  dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_tma_bf16_sequences_off_the_tile_edges(device, causal, tile):
+    """The GPU's TMA path (sm_90+) at model shapes: 1000 and 1040 tokens, neither a multiple of a tile."""
+    case = _case([1000, 1040], q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, causal=causal)
+    _run_tma(device, case, tile, seed=0)
+
+
+@pytest.mark.gpu
+def test_tma_bf16_chunk_after_a_long_prefix(device):
+    case = _case([512, 300], prefixes=[4096, 1000], q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16,
+                 block_size=128)
+    _run_tma(device, case, dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True), seed=1)
