@@ -217,6 +217,12 @@ def check_launches():
             for c in cs:
                 yield (f"gguf {FORMATS[q].name} {dtype} {c}", gl, c,
                        lambda x=x, data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c))
+            gemv = {gl.Q4_0: gl.Q4_0_GEMV_CONFIGS["cuda"], gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"]}.get(q, [])
+            if dtype == torch.bfloat16:  # every GEMV config at four rows (M = 3), as for W4 and W8 above
+                x3 = torch.randn(3, 512, generator=gen).to(dtype)
+                for c in gemv:
+                    yield (f"gguf {FORMATS[q].name} {dtype} M=3 {c}", gl, c,
+                           lambda x=x3, data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c))
             if dtype == torch.bfloat16:
                 yield (f"gguf_dequantize {FORMATS[q].name}", gd, gd.CONFIGS["cuda"][0],
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))
