@@ -15,6 +15,7 @@ where ``tma_loads`` says the device can take one).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -111,7 +112,10 @@ def _cuda_has_tma(index: int) -> bool:
 
 def tma_loads(device: torch.device) -> bool:
     """Kernels launched for ``device`` can load through tensor descriptors: an NVIDIA sm_90+ GPU, or an
-    interpreter that supports them. Decided at launch, never at import."""
+    interpreter that supports them. Decided at launch, never at import. ``TRITONFORGE_TMA=0`` (read at
+    each launch) turns the TMA path off everywhere: tiles that ask for it load through pointers."""
+    if os.environ.get("TRITONFORGE_TMA", "1") == "0":
+        return False
     if interpreting():
         return _interpreter_reads_descriptors()
     return device.type == "cuda" and not is_hip() and _cuda_has_tma(device.index or 0)

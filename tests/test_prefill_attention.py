@@ -275,6 +275,23 @@ def test_tma_falls_back_to_pointers_where_descriptors_cannot_read(device):
     assert_close(out, ref, dtype=torch.float16, reduction_len=13, tf32=True)
 
 
+def test_the_environment_turns_tma_off(device, monkeypatch):
+    """``TRITONFORGE_TMA=0`` sends a tile that asks for TMA through pointers (no descriptors), same results."""
+    if not _flash.tma_loads(torch.device(device)):
+        pytest.skip("this device (or this Triton's interpreter) cannot load through tensor descriptors")
+    inputs = _prefill_cases.make_inputs(_case([5, 17], dtype=torch.float16), device,
+                                        torch.Generator(device=device).manual_seed(4))
+    tile = dict(BLOCK_M=16, BLOCK_N=16, ONE_LOOP=True)
+    monkeypatch.setenv("TRITONFORGE_TMA", "0")
+    assert _tma_descriptors(inputs["q"], inputs["k"], inputs["v"], tile) is None
+    with alloc.poisoned():
+        out = prefill_attention(**inputs, _tile=dict(tile, TMA=True))
+    ref = prefill_attention_reference(**_upcast(inputs, torch.float64 if device.type == "cpu" else torch.float32))
+    assert_close(out, ref, dtype=torch.float16, reduction_len=OP.reduction_len(_case([5, 17])), tf32=True)
+    monkeypatch.delenv("TRITONFORGE_TMA")
+    assert _tma_descriptors(inputs["q"], inputs["k"], inputs["v"], tile) is not None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, ONE_LOOP=True),
                                   dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
