@@ -164,7 +164,7 @@ TILES = {  # vendor -> element size in bytes -> padded head dim -> tile
             # SDPA: D=128 at 128x128 0.76-0.85x from 2k to 16k tokens where 128x64 gave 0.75-0.80x (both
             # 0.69x at 1k); D=64 at 8 warps 0.84-0.89x where 4 gave 0.80-0.85x. ONE_LOOP (run9/
             # attention_prefill_explore.csv) at D=128: 0.70 -> 0.75x at 1k, 0.76 -> 0.80x at 2k, 0.85 ->
-            # 0.86x at 16k, non-causal 0.79 -> 0.80x; at D=64 it gained at 1k and lost at 4k, so it stays off.
+            # 0.86x at 16k, non-causal 0.79 -> 0.80x; at D=64 it gained at 1k and lost at 4k with pointer loads.
             # TMA at D=128 (run11/call2.log, against SDPA in the same process): causal 32/32 heads 0.84x at 1k,
             # 0.90x at 2k, 0.93-0.96x at 4k-16k; 32/8 heads 0.83x at 1k and 0.87x at 2k (pointer loads: 0.75,
             # 0.79-0.86, 0.68 and 0.73x); non-causal 4k 0.91x. Where TMA cannot run the launcher falls back.
