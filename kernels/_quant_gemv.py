@@ -50,19 +50,9 @@ W8_FLIP_BITS = ONE_BITS | 0x400000  # and the top bit of a byte placed at bits 1
 
 
 @triton.jit
-def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, one):
-    """The bit field of ``w`` moved by SHIFT (left if positive) into MASK, as the fp32 1 + u / 2^bits
-    (``one``: ONE_BITS, the exponent of 1.0)."""
-    if SHIFT >= 0:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
-        t = w << SHIFT
-    else:
-        t = w >> (-SHIFT)  # arithmetic, but the mask keeps only bits that came from w
-    return ((t & MASK) | one).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _shifted(w, SHIFT: tl.constexpr):
-    """``w`` moved by SHIFT bits (left if positive); the masks of ``_bits`` keep only bits that came from w."""
+    """``w`` moved by SHIFT bits (left if positive); the masks of ``_bits`` keep only bits that came from w
+    (a right shift is arithmetic)."""
     if SHIFT >= 0:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
         t = w << SHIFT
     else:
@@ -74,6 +64,13 @@ def _shifted(w, SHIFT: tl.constexpr):
 def _bits(t, MASK: tl.constexpr, one):
     """The field of ``t`` under MASK with the exponent of 1.0 (``one``) OR-ed in, as fp32 (one LOP3)."""
     return ((t & MASK) | one).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, one):
+    """The bit field of ``w`` moved by SHIFT (left if positive) into MASK, as the fp32 1 + u / 2^bits
+    (``one``: ONE_BITS, the exponent of 1.0)."""
+    return _bits(_shifted(w, SHIFT), MASK, one)
 
 
 @triton.jit
@@ -294,12 +291,13 @@ W8_GEMV_CONFIGS = {
              _w8(128, 32, 8, 3), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
-# None spills at ROWS = 4 when compiled for sm_90 by Triton 3.6 or 3.9 (``python -m bench.aot_quant --check``):
-# the large tiles on 4 warps that did under 3.6 (BLOCK_N 128 / 1 group, 64 / 2 groups, 256 / 1 group; W8 64 x 64
-# words and 128 x 64 on 8 warps) moved to 8 warps or left the lists. W4: a thread holds BLOCK_N / (8 x warps /
-# GROUPS_PER_ITER) rows of its words, and the x side of the loop (loads, conversions, sums) is paid once for them
-# all, so the tiles with 4 rows per thread (64 / 1 / 2 warps, 128 / 1 / 4, 32 / 1 / 1, 32 / 2 / 2) issue about 0.25
-# SASS instructions per weight byte where 2 rows take 0.32 (sm_90, both Triton versions); 8 rows spill at ROWS = 4.
+# None spills at ROWS = 4 when compiled for sm_90 by Triton 3.6 or 3.9 (``python -m bench.aot_quant --check``).
+# Under 3.6 the run-10 kernels spilled with W4 tiles 64 / 2 groups and 256 / 1 group on 4 warps and W8 64 x 64
+# and 128 x 64 words on 4 warps, which moved to 8 warps or left the lists. W4 (this kernel): a thread holds
+# BLOCK_N / (8 x warps / GROUPS_PER_ITER) rows of its words, and the x side of the loop (loads, conversions,
+# sums) is paid once for them all, so the tiles with 4 rows per thread (64 / 1 / 2 warps, 128 / 1 / 4,
+# 32 / 1 / 1, 32 / 2 / 2) issue about 0.25 SASS instructions per weight byte where 2 rows take 0.32 (sm_90,
+# both Triton versions); 8 rows spill at ROWS = 4.
 W4_GEMV_CONFIGS = {
     "cuda": [_w4(16, 2, 2, 3), _w4(16, 1, 1, 3), _w4(64, 1, 4, 3), _w4(64, 1, 2, 3), _w4(128, 1, 4, 3),
              _w4(32, 1, 1, 3), _w4(32, 2, 2, 3), _w4(128, 1, 8, 3)],

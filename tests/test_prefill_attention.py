@@ -215,10 +215,14 @@ def _upcast(inputs, dtype):
     return {n: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for n, t in inputs.items()}
 
 
-def _run_tma(device, case, tile, seed):
-    """The TMA variant of ``tile`` against the reference, with poisoned outputs; fails if TMA would not run."""
+def _require_tma(device):
     if not _flash.tma_loads(torch.device(device)):
         pytest.skip("this device (or this Triton's interpreter) cannot load through tensor descriptors")
+
+
+def _run_tma(device, case, tile, seed):
+    """The TMA variant of ``tile`` against the reference, with poisoned outputs; fails if TMA would not run."""
+    _require_tma(device)
     inputs = _prefill_cases.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
     assert _tma_descriptors(inputs["q"], inputs["k"], inputs["v"], tile) is not None, "TMA would fall back"
     with alloc.poisoned():
@@ -277,8 +281,7 @@ def test_tma_falls_back_to_pointers_where_descriptors_cannot_read(device):
 
 def test_the_environment_turns_tma_off(device, monkeypatch):
     """``TRITONFORGE_TMA=0`` sends a tile that asks for TMA through pointers (no descriptors), same results."""
-    if not _flash.tma_loads(torch.device(device)):
-        pytest.skip("this device (or this Triton's interpreter) cannot load through tensor descriptors")
+    _require_tma(device)
     inputs = _prefill_cases.make_inputs(_case([5, 17], dtype=torch.float16), device,
                                         torch.Generator(device=device).manual_seed(4))
     tile = dict(BLOCK_M=16, BLOCK_N=16, ONE_LOOP=True)
