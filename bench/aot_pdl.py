@@ -40,6 +40,7 @@ def _cases():
         paged_decode,
         rmsnorm,
         rmsnorm_linear,
+        rmsnorm_swiglu,
         rope_kv_write,
         silu_and_mul,
     )
@@ -49,6 +50,9 @@ def _cases():
         gemv = dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch)
         yield f"linear_gemv PREFETCH={prefetch}", linear_gemv._gemv_kernel, {}, gemv, prefetch, False
         yield (f"rmsnorm_linear PREFETCH={prefetch}", rmsnorm_linear._rmsnorm_gemv_kernel, {}, dict(
+            HAS_RESIDUAL=True, HAS_BIAS=False, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch),
+            prefetch, False)
+        yield (f"rmsnorm_swiglu PREFETCH={prefetch}", rmsnorm_swiglu._rmsnorm_swiglu_kernel, {}, dict(
             HAS_RESIDUAL=True, HAS_BIAS=False, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch),
             prefetch, False)
     yield ("linear_decode", linear_decode._linear_decode_kernel, {}, dict(

@@ -109,28 +109,38 @@ def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
 
 
 @triton.jit
-def finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS,
-                HAS_BIAS: tl.constexpr):
-    """Write y for this tile directly (one split) or through the partials and the arrival counter."""
-    out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+def reduce_tile(acc, part_ptr, count_ptr, offs_m, offs_n, M, N, split, SPLITS):
+    """(whether this program holds its tile's full sum, that sum) for a [rows, BLOCK_N] fp32 ``acc``.
+
+    One split: this program's own sum. Several: publish the partial, count the arrival, and in the last
+    program to arrive add the partials in split order and re-arm the counter; the others get False."""
+    last = SPLITS == 1
     if SPLITS > 1:
+        out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
         cols = offs_n[None, :]
         tl.store(part_ptr + (split * M + offs_m).to(tl.int64)[:, None] * N + cols, acc, mask=out_mask)
         tl.debug_barrier()  # every thread's partial store happens before the release below
         tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
         arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLITS - 1:
+        last = arrived == SPLITS - 1
+        if last:
             tl.debug_barrier()
             acc = tl.zeros(acc.shape, dtype=tl.float32)
             for s in range(0, SPLITS):
                 rows = (s * M + offs_m).to(tl.int64)
                 acc += tl.load(part_ptr + rows[:, None] * N + cols, mask=out_mask, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
             tl.store(count_ptr + tile, 0)  # re-arm for the next launch
-    else:
+    return last, acc
+
+
+@triton.jit
+def finish_tile(acc, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS,
+                HAS_BIAS: tl.constexpr):
+    """Write y for this tile directly (one split) or through the partials and the arrival counter."""
+    last, acc = reduce_tile(acc, part_ptr, count_ptr, offs_m, offs_n, M, N, split, SPLITS)
+    if last:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        out_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)

@@ -71,6 +71,22 @@ def _normed(x_ptr, r_ptr, g_ptr, ks, k_ok, inv_rms, HAS_RESIDUAL: tl.constexpr, 
 
 
 @triton.jit
+def row_inv_rms(x_ptr, r_ptr, h_ptr, K, eps, store_h, HAS_RESIDUAL: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The whole row: h = x + r, its inverse RMS (as kernels/rmsnorm.py computes it); h stored where ``store_h``
+    (one program of the launch)."""
+    cols = tl.arange(0, BLOCK_H)
+    row_ok = cols < K
+    h = tl.load(x_ptr + cols, mask=row_ok, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + cols, mask=row_ok, other=0.0)
+        h = _rounded(h.to(tl.float32) + r.to(tl.float32), h.dtype)
+        if store_h:
+            tl.store(h_ptr + cols, h, mask=row_ok)
+    hf = h.to(tl.float32)
+    return tl.math.rsqrt(tl.sum(hf * hf, axis=0) / K + eps)
+
+
+@triton.jit
 def _rmsnorm_gemv_kernel(
     x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr,
     N, K, stride_wn, eps, K_CHUNK, SPLITS,
@@ -86,17 +102,7 @@ def _rmsnorm_gemv_kernel(
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     w, k_ok = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
-    # The whole row: h, its inverse RMS (as kernels/rmsnorm.py computes it), and h stored once.
-    cols = tl.arange(0, BLOCK_H)
-    row_ok = cols < K
-    h = tl.load(x_ptr + cols, mask=row_ok, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(r_ptr + cols, mask=row_ok, other=0.0)
-        h = _rounded(h.to(tl.float32) + r.to(tl.float32), h.dtype)
-        if (pid_n == 0) & (split == 0):
-            tl.store(h_ptr + cols, h, mask=row_ok)
-    hf = h.to(tl.float32)
-    inv_rms = tl.math.rsqrt(tl.sum(hf * hf, axis=0) / K + eps)
+    inv_rms = row_inv_rms(x_ptr, r_ptr, h_ptr, K, eps, (pid_n == 0) & (split == 0), HAS_RESIDUAL, BLOCK_H)
     # The GEMV of kernels/linear_gemv.py with x normalised as each slice is loaded.
     a = _normed(x_ptr, r_ptr, g_ptr, k_start + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)
     acc = w * a[None, :]

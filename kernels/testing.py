@@ -45,6 +45,14 @@ def upcast(inputs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype: torch.dtype,
                  reduction_len: int = 1, tf32: bool = False, what: str = "output") -> None:
     """Fail with the worst element's position and values if ``actual`` is not within tolerance."""
+    rtol, atol = tolerances(dtype, reduction_len, tf32)
+    e = expected.detach().to("cpu", torch.float64)
+    assert_within(actual, expected, atol + rtol * e.abs(), what=f"{what} (rtol={rtol:g}, atol={atol:g})")
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor, *, what: str = "output") -> None:
+    """Fail unless ``|actual - expected| <= bound`` element-wise (a bound an op derives from its own math, for
+    outputs that compound several rounded steps); NaN never passes."""
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     a = actual.detach().to("cpu", torch.float64)
@@ -53,17 +61,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype: torch.d
     if nan.any():
         idx = tuple(int(i) for i in nan.nonzero()[0])
         raise AssertionError(f"{what}: {int(nan.sum())} NaN element(s) (unwritten or invalid), first at {idx}")
-    rtol, atol = tolerances(dtype, reduction_len, tf32)
+    bound = bound.detach().to("cpu", torch.float64)
     err = (a - e).abs()
-    bound = atol + rtol * e.abs()
     bad = err > bound
     if bad.any():
         excess = (err - bound).flatten()
         i = int(excess.argmax())
         idx = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), a.shape))
         raise AssertionError(
-            f"{what}: {int(bad.sum())}/{a.numel()} elements out of tolerance (rtol={rtol:g}, atol={atol:g}); "
-            f"worst at {idx}: got {a[idx].item():.6g}, expected {e[idx].item():.6g}"
+            f"{what}: {int(bad.sum())}/{a.numel()} elements out of tolerance; worst at {idx}: got "
+            f"{a[idx].item():.6g}, expected {e[idx].item():.6g}, allowed +-{bound.flatten()[i].item():.3g}"
         )
 
 

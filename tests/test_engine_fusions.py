@@ -1,6 +1,7 @@
 """The engine's fused ops (engine/ops.py FUSIONS): RoPE with the KV write by default, given up for its parts
 when a part is swapped for another implementation; the SwiGLU gate with the down projection only when
-named; each layer's RMSNorms with the projections after them by default. The same tokens every way."""
+named; each layer's RMSNorms with the projections after them by default, the post-attention one with the
+gate/up projection and the gate. The same tokens every way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.engine
 
-FUSED = ("rope_kv_write", "silu_mul_linear", "rmsnorm_linear")
+FUSED = ("rope_kv_write", "silu_mul_linear", "rmsnorm_linear", "rmsnorm_swiglu")
 PARTS = ("rope", "kv_cache_write", "silu_and_mul", "linear", "rmsnorm")
 
 
@@ -40,14 +41,15 @@ def _generate(model_dir, backend, overrides):
 def test_fusions_by_default_opt_in_and_parts_when_one_is_swapped(model_dir, backend):
     default_ids, default = _generate(model_dir, backend, {})
     assert default["rope_kv_write"] > 0 and default["rope"] == default["kv_cache_write"] == 0
-    assert default["silu_mul_linear"] == 0 and default["silu_and_mul"] > 0
-    # Named, the opt-in fusion runs in place of silu_and_mul.
+    assert default["silu_mul_linear"] == default["silu_and_mul"] == 0 and default["rmsnorm_swiglu"] > 0
+    # Named, the opt-in fusion applies the gate in the down projection, after the norm with gate/up.
     opt_ids, opt = _generate(model_dir, backend, {"silu_mul_linear": backend})
-    assert opt["silu_mul_linear"] == default["silu_and_mul"] and opt["silu_and_mul"] == 0
-    # Naming a part (even as the backend's own implementation) turns its fusion off.
-    parts_ids, parts = _generate(model_dir, backend, {"rope": backend})
-    assert parts["rope_kv_write"] == 0
+    assert opt["silu_mul_linear"] == default["rmsnorm_swiglu"] and opt["silu_and_mul"] == opt["rmsnorm_swiglu"] == 0
+    # Naming a part (even as the backend's own implementation) turns its fusions off.
+    parts_ids, parts = _generate(model_dir, backend, {"rope": backend, "silu_and_mul": backend})
+    assert parts["rope_kv_write"] == parts["rmsnorm_swiglu"] == 0
     assert parts["rope"] == parts["kv_cache_write"] == default["rope_kv_write"]
+    assert parts["silu_and_mul"] == default["rmsnorm_swiglu"]
     assert default_ids == opt_ids == parts_ids and all(len(ids) == 6 for ids in default_ids)
 
 
@@ -55,10 +57,12 @@ def test_fusions_by_default_opt_in_and_parts_when_one_is_swapped(model_dir, back
 def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir, backend):
     fused_ids, fused = _generate(model_dir, backend, {})
     parts_ids, parts = _generate(model_dir, backend, {"rmsnorm": backend})
-    assert parts["rmsnorm_linear"] == 0 < fused["rmsnorm_linear"]
+    assert parts["rmsnorm_linear"] == parts["rmsnorm_swiglu"] == 0 < fused["rmsnorm_linear"]
     # Both norms of every layer run with their projection; only the final norm of each step stays alone.
-    assert fused["rmsnorm_linear"] + fused["rmsnorm"] == parts["rmsnorm"]
-    ratio = fused["rmsnorm_linear"] // max(fused["rmsnorm"], 1)
-    assert fused["rmsnorm_linear"] == ratio * fused["rmsnorm"] and ratio >= 2 and ratio % 2 == 0
-    assert fused["linear"] == parts["linear"] - fused["rmsnorm_linear"]
+    assert fused["rmsnorm_linear"] == fused["rmsnorm_swiglu"]
+    assert fused["rmsnorm_linear"] + fused["rmsnorm_swiglu"] + fused["rmsnorm"] == parts["rmsnorm"]
+    layers = fused["rmsnorm_linear"] // max(fused["rmsnorm"], 1)
+    assert fused["rmsnorm_linear"] == layers * fused["rmsnorm"] and layers >= 1
+    assert fused["linear"] == parts["linear"] - fused["rmsnorm_linear"] - fused["rmsnorm_swiglu"]
+    assert parts["silu_and_mul"] == fused["rmsnorm_swiglu"]
     assert fused_ids == parts_ids

@@ -13,8 +13,8 @@
   ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
 - :class:`NormLinear`: an RMSNorm and the projection after it, one fused op at decode (``rmsnorm_linear``)
   where that is on.
-- :class:`MLP`: SwiGLU, ``down(silu(gate x) * up x)`` with gate and up fused, and the gate applied inside
-  the down projection (``silu_mul_linear``) when that is dense and neither part is swapped.
+- :class:`MLP`: the post-attention norm and SwiGLU, ``down(silu(gate a) * up a)`` with gate and up fused; at
+  decode the norm, gate/up and the gate run as one op (``rmsnorm_swiglu``) unless a part is swapped.
 """
 
 from __future__ import annotations
@@ -179,17 +179,28 @@ class Attention:
 
 
 class MLP:
-    def __init__(self, ops: OpTable, gate_up: Linear, down: Linear):
-        self.ops, self.gate_up, self.down = ops, gate_up, down
+    """``down(silu(gate a) * up a)`` with ``a = norm(h + residual)``; returns it and the new residual.
+
+    Gate and up are one fused matrix. Three ways, by the op table's fusions (engine/ops.py FUSIONS):
+    ``rmsnorm_swiglu`` (the norm, gate/up and the gate in one launch at decode) then ``linear``; or the norm
+    with gate/up (:class:`NormLinear`) and the gate applied as the down projection loads its input
+    (``silu_mul_linear``, opt-in); or :class:`NormLinear`, ``silu_and_mul`` and ``linear`` in turn."""
+
+    def __init__(self, ops: OpTable, norm: RMSNorm, gate_up: Linear, down: Linear):
+        self.ops, self.norm, self.gate_up, self.down = ops, norm, gate_up, down
+        self.norm_gate_up = NormLinear(ops, norm, gate_up)
         # One dense down matrix: the gate can be applied as the down projection loads its input.
         dense_down = len(down.weights) == 1 and not is_quantized(down.weights[0])
         self.fuse_down = dense_down and ops.fused("silu_mul_linear")
+        dense_gate_up = len(gate_up.weights) == 1 and not is_quantized(gate_up.weights[0])
+        self.fuse_gate = dense_gate_up and not self.fuse_down and ops.fused("rmsnorm_swiglu")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.gate_up(x))
-
-    def finish(self, h: torch.Tensor) -> torch.Tensor:
-        """Everything after the gate/up projection, from its output [T, 2 I]."""
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fuse_gate:
+            act, residual = self.ops.rmsnorm_swiglu(h, self.norm.weight, self.gate_up.weights[0],
+                                                    self.gate_up.biases[0], residual, self.norm.eps)
+            return self.down(act), residual
+        gate_up, residual = self.norm_gate_up(h, residual)
         if self.fuse_down:
-            return self.ops.silu_mul_linear(h, self.down.weights[0], self.down.biases[0])
-        return self.down(self.ops.silu_and_mul(h))
+            return self.ops.silu_mul_linear(gate_up, self.down.weights[0], self.down.biases[0]), residual
+        return self.down(self.ops.silu_and_mul(gate_up)), residual

@@ -36,16 +36,14 @@ class WeightsError(ValueError):
 
 
 class DecoderLayer:
-    def __init__(self, ops: OpTable, attn: Attention, mlp: MLP, input_norm: RMSNorm, post_attn_norm: RMSNorm):
-        self.attn, self.mlp = attn, mlp
-        self.qkv = NormLinear(ops, input_norm, attn.qkv)           # input norm, then q/k/v
-        self.gate_up = NormLinear(ops, post_attn_norm, mlp.gate_up)  # post-attention norm, then gate/up
+    def __init__(self, ops: OpTable, attn: Attention, mlp: MLP, input_norm: RMSNorm):
+        self.attn, self.mlp = attn, mlp  # the MLP holds the post-attention norm
+        self.qkv = NormLinear(ops, input_norm, attn.qkv)  # input norm, then q/k/v
 
     def __call__(self, h, residual, positions, cos_sin_cache, k_cache, v_cache, meta):
         qkv, residual = self.qkv(h, residual)
         h = self.attn.attend(qkv, positions, cos_sin_cache, k_cache, v_cache, meta)
-        gate_up, residual = self.gate_up(h, residual)
-        return self.mlp.finish(gate_up), residual
+        return self.mlp(h, residual)
 
 
 class Transformer:
@@ -99,9 +97,9 @@ class Transformer:
             o_proj = Linear(ops, [take(f"{p}self_attn.o_proj.weight")])
             attn = Attention(ops, H, KV, D, Linear(ops, proj, biases), o_proj, q_norm, k_norm)
             gate_up = Linear(ops, [take(f"{p}mlp.gate_proj.weight"), take(f"{p}mlp.up_proj.weight")])
-            mlp = MLP(ops, gate_up, Linear(ops, [take(f"{p}mlp.down_proj.weight")]))
-            self.layers.append(DecoderLayer(ops, attn, mlp, RMSNorm(ops, dense(f"{p}input_layernorm.weight"), eps),
-                                            RMSNorm(ops, dense(f"{p}post_attention_layernorm.weight"), eps)))
+            mlp = MLP(ops, RMSNorm(ops, dense(f"{p}post_attention_layernorm.weight"), eps), gate_up,
+                      Linear(ops, [take(f"{p}mlp.down_proj.weight")]))
+            self.layers.append(DecoderLayer(ops, attn, mlp, RMSNorm(ops, dense(f"{p}input_layernorm.weight"), eps)))
             # Fused copies are made; drop the per-part tensors so peak memory stays near one model.
             for n in list(named):
                 if n.startswith(p):

@@ -1,0 +1,254 @@
+"""The first half of a SwiGLU MLP at one token: RMSNorm, the gate/up projection and the SiLU gate in one launch.
+
+Math, for a row x of width K, an optional residual r, the norm's weight g [K], and the fused gate/up
+weight W [2I, K] (gate rows 0..I-1, then up rows I..2I-1, as the engine concatenates them):
+
+    h = x + r                                  rounded to x's dtype (h = x without a residual)
+    a = h / sqrt(mean(h^2) + eps) * g          rounded to x's dtype, as ``rmsnorm`` stores it
+    u = a @ W^T (+ bias)                       accumulated in float32, rounded to x's dtype
+    y = silu(u[:I]) * u[I:]                    in float32, rounded to x's dtype;     returns (y, h)
+
+so ``rmsnorm_swiglu(x, g, W, b, r, eps) == (silu_and_mul(rmsnorm_linear(x, g, W, b, r, eps)[0]), x + r)``,
+rounding for rounding: the three launches a decode step runs between attention and the down projection.
+
+Kernel: the GEMV of ``kernels.rmsnorm_linear`` (x normalised as each K slice is loaded; the tiles, split
+rule and configs of ``kernels.linear_gemv``), except that a program owns BLOCK_N gate rows *and* the
+BLOCK_N up rows I further down, with one accumulator each. Gate j and up j then meet in the program that
+finishes output column j (the only one, or the last split to arrive: ``kernels._split_k.reduce_tile`` with
+the pair as two rows), which applies the gate and writes y. The [T, 2I] gate/up output never goes to
+memory, and the ``silu_and_mul`` launch is gone. K is split as the unfused [2I, K] GEMV splits it.
+
+Variants (:func:`choose_rmsnorm_swiglu_variant`): ``"fused"`` at M = 1 with K <= MAX_FUSED_K, else
+``"separate"``: ``rmsnorm_linear`` then ``silu_and_mul``. The engine uses the op through engine/ops.py
+FUSIONS for a dense gate/up matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import alloc, pdl
+from kernels import linear as dense
+from kernels._quant_gemv import put_row
+from kernels._split_k import reduce_tile
+from kernels._triton import tl, triton
+from kernels.device import check_backend, num_sms
+from kernels.linear_gemv import GEMV_CONFIGS, gemv_chunk, gemv_split, weight_slice
+from kernels.linear_prefill import cdiv
+from kernels.registry import Op, register
+from kernels.rmsnorm import rmsnorm_reference
+from kernels.rmsnorm_linear import MAX_FUSED_K, _normed, rmsnorm_linear, rmsnorm_linear_reference, row_inv_rms
+from kernels.rmsnorm_linear import _check as _norm_linear_check
+from kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
+from kernels.tuning import Tuned, graph_bench
+
+VARIANTS = ("fused", "separate")
+
+
+@triton.jit
+def _rmsnorm_swiglu_kernel(
+    x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr,
+    I, K, stride_wn, eps, K_CHUNK, SPLITS,
+    HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False,
+):
+    """One row. A program: gate rows [n0, n0 + BLOCK_N), the up rows I below them, K in [split * K_CHUNK, +K_CHUNK)."""
+    pdl.start(PDL)
+    pid_n, split = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_start = split * K_CHUNK
+    k_end = tl.minimum(k_start + K_CHUNK, K)
+    rows = tl.minimum(offs_n, I - 1).to(tl.int64)
+    gate_rows = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
+    up_rows = w_ptr + (rows + I)[:, None] * stride_wn + offs_k[None, :]
+    # The first tiles of a static weight are read before waiting for the kernel that wrote x (kernels/pdl.py).
+    if PREFETCH:
+        wg, k_ok = weight_slice(gate_rows, k_start, offs_k, k_end, EVEN)
+        wu, k_ok = weight_slice(up_rows, k_start, offs_k, k_end, EVEN)
+        pdl.enter(PDL)
+    else:
+        pdl.enter(PDL)
+        wg, k_ok = weight_slice(gate_rows, k_start, offs_k, k_end, EVEN)
+        wu, k_ok = weight_slice(up_rows, k_start, offs_k, k_end, EVEN)
+    inv_rms = row_inv_rms(x_ptr, r_ptr, h_ptr, K, eps, (pid_n == 0) & (split == 0), HAS_RESIDUAL, BLOCK_H)
+    a = _normed(x_ptr, r_ptr, g_ptr, k_start + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)[None, :]
+    acc_g = wg * a
+    acc_u = wu * a
+    for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
+        wg, k_ok = weight_slice(gate_rows, k, offs_k, k_end, EVEN)
+        wu, k_ok = weight_slice(up_rows, k, offs_k, k_end, EVEN)
+        a = _normed(x_ptr, r_ptr, g_ptr, k + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)[None, :]
+        acc_g += wg * a
+        acc_u += wu * a
+    # Gate and up as the two rows of one tile, so the split-K reduction adds both.
+    pair = tl.arange(0, 2)
+    gu = put_row(tl.zeros((2, BLOCK_N), dtype=tl.float32), pair, 0, tl.sum(acc_g, axis=1))
+    gu = put_row(gu, pair, 1, tl.sum(acc_u, axis=1))
+    last, gu = reduce_tile(gu, part_ptr, count_ptr, pair, offs_n, 2, I, split, SPLITS)
+    if last:
+        gate = tl.sum(tl.where((pair == 0)[:, None], gu, 0.0), axis=0)
+        up = tl.sum(tl.where((pair == 1)[:, None], gu, 0.0), axis=0)
+        n_ok = offs_n < I
+        if HAS_BIAS:
+            gate += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            up += tl.load(b_ptr + I + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        # Rounded as the gate/up GEMV stores them, then the gate exactly as kernels/silu_and_mul.py applies it.
+        gate = gate.to(y_ptr.dtype.element_ty).to(tl.float32)
+        up = up.to(y_ptr.dtype.element_ty).to(tl.float32)
+        y = gate / (1.0 + tl.exp(-gate)) * up
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+# --- configs as data ----------------------------------------------------------------------------
+# The GEMV's tiles (kernels/linear_gemv.py) at half the rows: a program streams BLOCK_N gate rows and as many
+# up rows, so it holds two weight tiles and two accumulators where the GEMV holds one of each.
+SWIGLU_CONFIGS = {vendor: [dict(c, BLOCK_N=max(4, c["BLOCK_N"] // 2)) for c in configs]
+                  for vendor, configs in GEMV_CONFIGS.items()}
+_rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, SWIGLU_CONFIGS, key=["I", "K"], do_bench=graph_bench)
+
+
+# --- launcher -------------------------------------------------------------------------------------
+
+def choose_rmsnorm_swiglu_variant(M: int, I: int, K: int, dtype: torch.dtype) -> str:
+    """``"fused"`` for one row whose width fits the kernel, else ``"separate"`` (a plain function a
+    researcher can call or replace; ``variant=`` overrides it per call)."""
+    return "fused" if M == 1 and K <= MAX_FUSED_K else "separate"
+
+
+def _check(x, norm_weight, weight, bias, residual, variant) -> None:
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"rmsnorm_swiglu: unknown variant {variant!r}; choose one of {VARIANTS} or None")
+    if isinstance(weight, torch.Tensor) and (weight.dim() != 2 or weight.shape[0] % 2):
+        raise ValueError(f"rmsnorm_swiglu: weight must be [2I, K], the gate rows then the up rows, got shape "
+                         f"{tuple(weight.shape)} (an odd row count cannot split into gate and up)")
+    _norm_linear_check(x, norm_weight, weight, bias, residual, None if variant is None else "separate")
+    if variant == "fused" and (x.numel() // max(x.shape[-1], 1) != 1 or x.shape[-1] > MAX_FUSED_K):
+        raise ValueError(f"rmsnorm_swiglu: the fused variant takes one row of at most {MAX_FUSED_K} elements, "
+                         f"got x of shape {tuple(x.shape)}; use variant='separate' or None")
+
+
+def _separate(x, norm_weight, weight, bias, residual, eps):
+    gate_up, h = rmsnorm_linear(x, norm_weight, weight, bias, residual, eps, variant="separate")
+    return silu_and_mul(gate_up), h
+
+
+def rmsnorm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None, residual: torch.Tensor | None = None, eps: float = 1e-6,
+                   variant: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(silu(gate) * up, x + residual)`` with ``[gate | up] = rmsnorm(x + residual) * norm_weight @ weight^T
+    + bias``; without a residual the second output is x itself. One launch at M = 1 (module docstring)."""
+    _check(x, norm_weight, weight, bias, residual, variant)
+    check_backend("triton", x.device)
+    N, K = weight.shape
+    I = N // 2  # the intermediate size, as the models' configs name it
+    M = x.numel() // K if K else 0
+    chosen = variant or choose_rmsnorm_swiglu_variant(M, I, K, x.dtype)
+    if chosen == "separate" or M == 0 or I == 0:
+        return _separate(x, norm_weight, weight, bias, residual, eps)
+    x1 = x.reshape(K).contiguous()
+    r1 = residual.reshape(K).contiguous() if residual is not None else x1
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    y = alloc.empty(*x.shape[:-1], I, dtype=x.dtype, device=x.device)
+    h = alloc.empty_like(x) if residual is not None else x
+    # K split as the unfused [2I, K] GEMV splits it; the partials hold the gate and up rows: [splits, 2, I].
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    chunk, splits, partials, counters, even = gemv_split(x1, 2, I, K, 2, y, gemv_chunk(N, K, sms))
+    grid = lambda META: (cdiv(I, META["BLOCK_N"]), splits)
+    launch = pdl.launch_options(x.device)
+    _rmsnorm_swiglu[grid](
+        x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
+        I, K, weight.stride(0), eps, chunk, splits,
+        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
+        BLOCK_H=triton.next_power_of_2(K), PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
+    )
+    return y, h
+
+
+def rmsnorm_swiglu_reference(x, norm_weight, weight, bias=None, residual=None, eps=1e-6, variant=None):
+    """Pure torch, same signature: the references of the parts in turn."""
+    gate_up, h = rmsnorm_linear_reference(x, norm_weight, weight, bias, residual, eps)
+    return silu_and_mul_reference(gate_up), h
+
+
+def rmsnorm_swiglu_separate(x, norm_weight, weight, bias=None, residual=None, eps=1e-6, variant=None):
+    """The baseline: the Triton ops it replaces, in turn (what the engine runs without the fusion)."""
+    return _separate(x, norm_weight, weight, bias, residual, eps)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (2I, K) of the gate/up projections of Qwen2.5-0.5B, Llama-3.2-1B and Llama-3-8B.
+MODEL_PROJECTIONS = [(9728, 896), (16384, 2048), (28672, 4096)]
+
+
+def _cases(profile: str):
+    from hypothesis import strategies as st  # a test-time dependency, imported only by tests
+
+    if profile == "cpu":
+        m, n, k = st.sampled_from([1, 1, 3]), st.sampled_from([2, 66, 128]), st.sampled_from([16, 100, 1100])
+    else:
+        m, n, k = st.sampled_from([1, 1, 4]), st.sampled_from([9728, 66]), st.sampled_from([896, 2048, 1000])
+    return st.fixed_dictionaries({"M": m, "N": n, "K": k, "dtype": st.sampled_from(DTYPES),
+                                  "bias": st.booleans(), "residual": st.booleans()})
+
+
+def _make_inputs(case, device, gen):
+    from kernels.rmsnorm_linear import _make_inputs as norm_linear_inputs
+
+    return norm_linear_inputs(case, device, gen)
+
+
+def _compare(out, ref, kernel_inputs, ref_inputs, case):
+    """h as rmsnorm gives it; y against the references of the parts, within a bound carried through the gate.
+
+    The gate/up products are each allowed the linear's tolerance t (kernels/testing.py, reduction over 2K: a is
+    rounded to x's dtype first, one unit of which the sum magnifies). Through y = silu(g) u that becomes
+    |silu'| (|u| + t_u) t_g + |silu(g)| t_u, with |silu'| <= 1.1 everywhere, plus y's own rounding."""
+    from kernels.testing import assert_close, assert_within, tolerances
+
+    y, h = out
+    ins = kernel_inputs
+    if ins["residual"] is None:
+        a, h_want = rmsnorm_reference(ins["x"], ins["norm_weight"], ins["eps"]), ins["x"]
+    else:
+        a, h_want = rmsnorm_reference(ins["x"], ins["norm_weight"], ins["eps"], ins["residual"])
+    assert_close(h, h_want, dtype=case["dtype"], reduction_len=1, what=f"rmsnorm_swiglu residual sum {case}")
+    wide = ref_inputs["weight"].dtype
+    gate, up = dense.linear_reference(a.to(wide), ref_inputs["weight"], ref_inputs["bias"]).chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    rtol, atol = tolerances(case["dtype"], 2 * case["K"])
+    t_gate, t_up = atol + rtol * gate.abs(), atol + rtol * up.abs()
+    r_out, a_out = tolerances(case["dtype"])
+    bound = 1.1 * (up.abs() + t_up) * t_gate + torch.nn.functional.silu(gate).abs() * t_up \
+        + a_out + r_out * expected.abs()
+    assert_within(y, expected, bound, what=f"rmsnorm_swiglu {case}")
+
+
+def _bench_cases():
+    return [{"M": 1, "N": n, "K": k, "dtype": torch.bfloat16, "bias": False, "residual": True}
+            for n, k in MODEL_PROJECTIONS]
+
+
+def _bytes(c):
+    size = c["dtype"].itemsize
+    return (c["N"] * c["K"] + c["M"] * c["K"] * (4 if c.get("residual") else 1) + c["K"]
+            + c["M"] * c["N"] // 2) * size
+
+register(Op(
+    name="rmsnorm_swiglu",
+    triton=rmsnorm_swiglu,
+    torch=rmsnorm_swiglu_reference,
+    cases=_cases,
+    make_inputs=_make_inputs,
+    bench_cases=_bench_cases,
+    smoke_cases=lambda: [{"M": m, "N": 66, "K": 100, "dtype": dt, "bias": True, "residual": res}
+                         for dt in (torch.float32, torch.bfloat16) for m in (1, 3) for res in (False, True)],
+    reduction_len=lambda c: 2 * c["K"],
+    compare=_compare,
+    flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"] + 4.0 * c["M"] * c["K"] + 4.0 * c["M"] * c["N"],
+    bytes=_bytes,
+    baseline=rmsnorm_swiglu_separate,
+    baseline_name="rmsnorm_linear + silu_and_mul",
+))
