@@ -40,6 +40,7 @@ def _cases():
         paged_decode,
         rmsnorm,
         rmsnorm_linear,
+        rmsnorm_qkv_rope,
         rmsnorm_swiglu,
         rope_kv_write,
         silu_and_mul,
@@ -55,6 +56,10 @@ def _cases():
         yield (f"rmsnorm_swiglu PREFETCH={prefetch}", rmsnorm_swiglu._rmsnorm_swiglu_kernel, {}, dict(
             HAS_RESIDUAL=True, HAS_BIAS=False, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PREFETCH=prefetch),
             prefetch, False)
+        yield (f"rmsnorm_qkv_rope PREFETCH={prefetch}", rmsnorm_qkv_rope._rmsnorm_qkv_rope_kernel,
+               {"pos_ptr": "*i64", "cs_ptr": "*fp32", "slot_ptr": "*i64"}, dict(
+            HAS_RESIDUAL=True, HAS_BIAS=True, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PAGE=16,
+            PREFETCH=prefetch), prefetch, False)
     yield ("linear_decode", linear_decode._linear_decode_kernel, {}, dict(
         HAS_BIAS=False, UPCAST=False, PRECISION="ieee", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), False, False)
     yield ("rope_kv_write", rope_kv_write._rope_kv_write_kernel, {"pos_ptr": "*i64", "cache_ptr": "*fp32",

@@ -24,6 +24,7 @@ ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
     "greedy", "rope_kv_write", "silu_mul_linear", "rmsnorm_linear", "rmsnorm_swiglu",
+    "rmsnorm_qkv_rope",
 )
 # Fused ops: the ops each stands for, and whether the engine uses it unless told otherwise. A fusion on by
 # default gives way to its parts while one of them is swapped for another implementation (a researcher's
@@ -39,7 +40,8 @@ FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),
     "silu_mul_linear": (("silu_and_mul", "linear"), False),
     "rmsnorm_linear": (("rmsnorm", "linear"), True),
-    "rmsnorm_swiglu": (("rmsnorm", "linear", "silu_and_mul"), True),
+    "rmsnorm_swiglu": (("rmsnorm", "linear", "silu_and_mul", "rmsnorm_linear"), True),
+    "rmsnorm_qkv_rope": (("rmsnorm", "linear", "rope", "kv_cache_write", "rmsnorm_linear", "rope_kv_write"), True),
 }
 
 

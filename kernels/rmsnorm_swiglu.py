@@ -11,11 +11,10 @@ weight W [2I, K] (gate rows 0..I-1, then up rows I..2I-1, as the engine concaten
 so ``rmsnorm_swiglu(x, g, W, b, r, eps) == (silu_and_mul(rmsnorm_linear(x, g, W, b, r, eps)[0]), x + r)``,
 rounding for rounding: the three launches a decode step runs between attention and the down projection.
 
-Kernel: the GEMV of ``kernels.rmsnorm_linear`` (x normalised as each K slice is loaded; the tiles, split
-rule and configs of ``kernels.linear_gemv``), except that a program owns BLOCK_N gate rows *and* the
-BLOCK_N up rows I further down, with one accumulator each. Gate j and up j then meet in the program that
-finishes output column j (the only one, or the last split to arrive: ``kernels._split_k.reduce_tile`` with
-the pair as two rows), which applies the gate and writes y. The [T, 2I] gate/up output never goes to
+Kernel: the paired-row GEMV of ``kernels._paired_gemv`` (x normalised as each K slice is loaded): a program
+owns BLOCK_N gate rows *and* the BLOCK_N up rows I further down, with one accumulator each. Gate j and up j
+then meet in the program that finishes output column j (the only one, or the last split to arrive), which
+applies the gate and writes y. The [T, 2I] gate/up output never goes to
 memory, and the ``silu_and_mul`` launch is gone. K is split as the unfused [2I, K] GEMV splits it.
 
 Variants (:func:`choose_rmsnorm_swiglu_variant`): ``"fused"`` at M = 1 with K <= MAX_FUSED_K, else
@@ -29,15 +28,14 @@ import torch
 
 from kernels import alloc, pdl
 from kernels import linear as dense
-from kernels._quant_gemv import put_row
-from kernels._split_k import reduce_tile
+from kernels._paired_gemv import PAIR_CONFIGS, finish_pairs, normed_pair_dots
 from kernels._triton import tl, triton
 from kernels.device import check_backend, num_sms
-from kernels.linear_gemv import GEMV_CONFIGS, gemv_chunk, gemv_split, weight_slice
+from kernels.linear_gemv import gemv_chunk, gemv_split
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import rmsnorm_reference
-from kernels.rmsnorm_linear import MAX_FUSED_K, _normed, rmsnorm_linear, rmsnorm_linear_reference, row_inv_rms
+from kernels.rmsnorm_linear import MAX_FUSED_K, rmsnorm_linear, rmsnorm_linear_reference
 from kernels.rmsnorm_linear import _check as _norm_linear_check
 from kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 from kernels.tuning import Tuned, graph_bench
@@ -54,41 +52,12 @@ def _rmsnorm_swiglu_kernel(
 ):
     """One row. A program: gate rows [n0, n0 + BLOCK_N), the up rows I below them, K in [split * K_CHUNK, +K_CHUNK)."""
     pdl.start(PDL)
-    pid_n, split = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    k_start = split * K_CHUNK
-    k_end = tl.minimum(k_start + K_CHUNK, K)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, I - 1).to(tl.int64)
-    gate_rows = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
-    up_rows = w_ptr + (rows + I)[:, None] * stride_wn + offs_k[None, :]
-    # The first tiles of a static weight are read before waiting for the kernel that wrote x (kernels/pdl.py).
-    if PREFETCH:
-        wg, k_ok = weight_slice(gate_rows, k_start, offs_k, k_end, EVEN)
-        wu, k_ok = weight_slice(up_rows, k_start, offs_k, k_end, EVEN)
-        pdl.enter(PDL)
-    else:
-        pdl.enter(PDL)
-        wg, k_ok = weight_slice(gate_rows, k_start, offs_k, k_end, EVEN)
-        wu, k_ok = weight_slice(up_rows, k_start, offs_k, k_end, EVEN)
-    inv_rms = row_inv_rms(x_ptr, r_ptr, h_ptr, K, eps, (pid_n == 0) & (split == 0), HAS_RESIDUAL, BLOCK_H)
-    a = _normed(x_ptr, r_ptr, g_ptr, k_start + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)[None, :]
-    acc_g = wg * a
-    acc_u = wu * a
-    for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
-        wg, k_ok = weight_slice(gate_rows, k, offs_k, k_end, EVEN)
-        wu, k_ok = weight_slice(up_rows, k, offs_k, k_end, EVEN)
-        a = _normed(x_ptr, r_ptr, g_ptr, k + offs_k, k_ok, inv_rms, HAS_RESIDUAL, EVEN)[None, :]
-        acc_g += wg * a
-        acc_u += wu * a
-    # Gate and up as the two rows of one tile, so the split-K reduction adds both.
-    pair = tl.arange(0, 2)
-    gu = put_row(tl.zeros((2, BLOCK_N), dtype=tl.float32), pair, 0, tl.sum(acc_g, axis=1))
-    gu = put_row(gu, pair, 1, tl.sum(acc_u, axis=1))
-    last, gu = reduce_tile(gu, part_ptr, count_ptr, pair, offs_n, 2, I, split, SPLITS)
+    gate, up = normed_pair_dots(x_ptr, r_ptr, g_ptr, w_ptr, h_ptr, rows, rows + I, K, stride_wn, eps, K_CHUNK,
+                                HAS_RESIDUAL, EVEN, BLOCK_H, BLOCK_K, PDL, PREFETCH)
+    last, gate, up = finish_pairs(gate, up, part_ptr, count_ptr, offs_n, I, SPLITS)
     if last:
-        gate = tl.sum(tl.where((pair == 0)[:, None], gu, 0.0), axis=0)
-        up = tl.sum(tl.where((pair == 1)[:, None], gu, 0.0), axis=0)
         n_ok = offs_n < I
         if HAS_BIAS:
             gate += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
@@ -100,12 +69,7 @@ def _rmsnorm_swiglu_kernel(
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
-# --- configs as data ----------------------------------------------------------------------------
-# The GEMV's tiles (kernels/linear_gemv.py) at half the rows: a program streams BLOCK_N gate rows and as many
-# up rows, so it holds two weight tiles and two accumulators where the GEMV holds one of each.
-SWIGLU_CONFIGS = {vendor: [dict(c, BLOCK_N=max(4, c["BLOCK_N"] // 2)) for c in configs]
-                  for vendor, configs in GEMV_CONFIGS.items()}
-_rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, SWIGLU_CONFIGS, key=["I", "K"], do_bench=graph_bench)
+_rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, PAIR_CONFIGS, key=["I", "K"], do_bench=graph_bench)
 
 
 # --- launcher -------------------------------------------------------------------------------------

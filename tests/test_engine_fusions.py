@@ -1,7 +1,7 @@
-"""The engine's fused ops (engine/ops.py FUSIONS): RoPE with the KV write by default, given up for its parts
-when a part is swapped for another implementation; the SwiGLU gate with the down projection only when
-named; each layer's RMSNorms with the projections after them by default, the post-attention one with the
-gate/up projection and the gate. The same tokens every way."""
+"""The engine's fused ops (engine/ops.py FUSIONS), each given up for its parts when a part is swapped for another
+implementation: by default each layer's input norm runs with the q/k/v projection, RoPE and the KV write
+(or, with that off, RoPE with the KV write), and its post-attention norm with the gate/up projection and the
+gate; the SwiGLU gate with the down projection only when named. The same tokens every way."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.model_factory import make_hf_model
 
 pytestmark = pytest.mark.engine
 
-FUSED = ("rope_kv_write", "silu_mul_linear", "rmsnorm_linear", "rmsnorm_swiglu")
+FUSED = ("rope_kv_write", "silu_mul_linear", "rmsnorm_linear", "rmsnorm_swiglu", "rmsnorm_qkv_rope")
 PARTS = ("rope", "kv_cache_write", "silu_and_mul", "linear", "rmsnorm")
 
 
@@ -40,29 +40,35 @@ def _generate(model_dir, backend, overrides):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fusions_by_default_opt_in_and_parts_when_one_is_swapped(model_dir, backend):
     default_ids, default = _generate(model_dir, backend, {})
-    assert default["rope_kv_write"] > 0 and default["rope"] == default["kv_cache_write"] == 0
-    assert default["silu_mul_linear"] == default["silu_and_mul"] == 0 and default["rmsnorm_swiglu"] > 0
+    layers_steps = default["rmsnorm_qkv_rope"]
+    assert layers_steps > 0 and default["rmsnorm_swiglu"] == layers_steps
+    assert default["rope_kv_write"] == default["rope"] == default["kv_cache_write"] == default["rmsnorm_linear"] == 0
+    assert default["silu_mul_linear"] == default["silu_and_mul"] == 0
     # Named, the opt-in fusion applies the gate in the down projection, after the norm with gate/up.
     opt_ids, opt = _generate(model_dir, backend, {"silu_mul_linear": backend})
-    assert opt["silu_mul_linear"] == default["rmsnorm_swiglu"] and opt["silu_and_mul"] == opt["rmsnorm_swiglu"] == 0
-    # Naming a part (even as the backend's own implementation) turns its fusions off.
-    parts_ids, parts = _generate(model_dir, backend, {"rope": backend, "silu_and_mul": backend})
-    assert parts["rope_kv_write"] == parts["rmsnorm_swiglu"] == 0
-    assert parts["rope"] == parts["kv_cache_write"] == default["rope_kv_write"]
-    assert parts["silu_and_mul"] == default["rmsnorm_swiglu"]
-    assert default_ids == opt_ids == parts_ids and all(len(ids) == 6 for ids in default_ids)
+    assert opt["silu_mul_linear"] == layers_steps and opt["silu_and_mul"] == opt["rmsnorm_swiglu"] == 0
+    assert opt["rmsnorm_linear"] == layers_steps  # the gate/up projection, with its norm
+    # Naming a part (even as the backend's own implementation) turns the fusions holding it off.
+    kv_ids, kv = _generate(model_dir, backend, {"kv_cache_write": backend})
+    assert kv["rmsnorm_qkv_rope"] == kv["rope_kv_write"] == 0
+    assert kv["rmsnorm_linear"] == kv["rope"] == kv["kv_cache_write"] == kv["rmsnorm_swiglu"] == layers_steps
+    parts_ids, parts = _generate(model_dir, backend, {"rmsnorm_linear": backend, "silu_and_mul": backend})
+    assert parts["rmsnorm_qkv_rope"] == parts["rmsnorm_swiglu"] == 0
+    assert parts["rope_kv_write"] == parts["silu_and_mul"] == layers_steps
+    assert parts["rmsnorm_linear"] == 2 * layers_steps
+    assert default_ids == opt_ids == kv_ids == parts_ids and all(len(ids) == 6 for ids in default_ids)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir, backend):
     fused_ids, fused = _generate(model_dir, backend, {})
     parts_ids, parts = _generate(model_dir, backend, {"rmsnorm": backend})
-    assert parts["rmsnorm_linear"] == parts["rmsnorm_swiglu"] == 0 < fused["rmsnorm_linear"]
+    assert parts["rmsnorm_linear"] == parts["rmsnorm_swiglu"] == parts["rmsnorm_qkv_rope"] == 0
     # Both norms of every layer run with their projection; only the final norm of each step stays alone.
-    assert fused["rmsnorm_linear"] == fused["rmsnorm_swiglu"]
-    assert fused["rmsnorm_linear"] + fused["rmsnorm_swiglu"] + fused["rmsnorm"] == parts["rmsnorm"]
-    layers = fused["rmsnorm_linear"] // max(fused["rmsnorm"], 1)
-    assert fused["rmsnorm_linear"] == layers * fused["rmsnorm"] and layers >= 1
-    assert fused["linear"] == parts["linear"] - fused["rmsnorm_linear"] - fused["rmsnorm_swiglu"]
-    assert parts["silu_and_mul"] == fused["rmsnorm_swiglu"]
+    assert fused["rmsnorm_qkv_rope"] == fused["rmsnorm_swiglu"] > 0
+    assert fused["rmsnorm_qkv_rope"] + fused["rmsnorm_swiglu"] + fused["rmsnorm"] == parts["rmsnorm"]
+    layers = fused["rmsnorm_qkv_rope"] // max(fused["rmsnorm"], 1)
+    assert fused["rmsnorm_qkv_rope"] == layers * fused["rmsnorm"] and layers >= 1
+    assert fused["linear"] == parts["linear"] - fused["rmsnorm_qkv_rope"] - fused["rmsnorm_swiglu"]
+    assert parts["silu_and_mul"] == parts["rope_kv_write"] == fused["rmsnorm_swiglu"]
     assert fused_ids == parts_ids

@@ -12,7 +12,7 @@
   ``num_decode_tokens`` of the batch) through ``paged_decode_attention``, prefill chunks through
   ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
 - :class:`NormLinear`: an RMSNorm and the projection after it, one fused op at decode (``rmsnorm_linear``)
-  where that is on.
+  where that is on; :class:`NormQKV`: the same for q/k/v, with RoPE and the KV write too (``rmsnorm_qkv_rope``).
 - :class:`MLP`: the post-attention norm and SwiGLU, ``down(silu(gate a) * up a)`` with gate and up fused; at
   decode the norm, gate/up and the gate run as one op (``rmsnorm_swiglu``) unless a part is swapped.
 """
@@ -92,6 +92,25 @@ class RMSNorm:
         return self.ops.rmsnorm(x, self.weight, self.eps, residual)
 
 
+class NormQKV:
+    """The input norm, the q/k/v projection and, where the ``rmsnorm_qkv_rope`` fusion is on (a dense q/k/v
+    matrix, no per-head q/k norm between projection and RoPE), RoPE and the KV write as well: one launch at
+    decode. ``rotated`` says which; without it this is :class:`NormLinear`."""
+
+    def __init__(self, ops: OpTable, norm: RMSNorm, attn: Attention):
+        self.ops, self.norm, self.attn = ops, norm, attn
+        self.norm_linear = NormLinear(ops, norm, attn.qkv)
+        dense = len(attn.qkv.weights) == 1 and not is_quantized(attn.qkv.weights[0])
+        self.rotated = dense and attn.q_norm is None and ops.fused("rmsnorm_qkv_rope")
+
+    def __call__(self, h, residual, positions, cos_sin_cache, k_cache, v_cache, meta: AttentionMetadata):
+        if not self.rotated:
+            return self.norm_linear(h, residual)
+        return self.ops.rmsnorm_qkv_rope(h, self.norm.weight, self.attn.qkv.weights[0], self.attn.qkv.biases[0],
+                                         residual, self.norm.eps, positions, cos_sin_cache, k_cache, v_cache,
+                                         meta.slot_mapping, self.attn.num_heads, self.attn.num_kv_heads)
+
+
 class NormLinear:
     """``linear(norm(h + residual))`` and the new residual: one ``rmsnorm_linear`` op where the fusion is on
     and the linear is one dense matrix, else the norm and the linear in turn. Without a residual (the
@@ -146,15 +165,19 @@ class Attention:
         return self.attend(self.qkv(x), positions, cos_sin_cache, k_cache, v_cache, meta)
 
     def attend(self, qkv: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Everything after the q/k/v projection, from its output [T, (H + 2 KV) D]."""
+               k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+               rotated: bool = False) -> torch.Tensor:
+        """Everything after the q/k/v projection, from its output [T, (H + 2 KV) D]; ``rotated``: RoPE and the KV
+        write are done already (``rmsnorm_qkv_rope``)."""
         T, H, KV, D = qkv.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         q, k, v = q.reshape(T, H, D), k.reshape(T, KV, D), v.reshape(T, KV, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         # RoPE rotates q and k in place; views into the fused qkv output are fine (unit stride on D).
-        if self.fuse_rope_kv:
+        if rotated:
+            pass
+        elif self.fuse_rope_kv:
             self.ops.rope_kv_write(q, k, v, positions, cos_sin_cache, k_cache, v_cache, meta.slot_mapping)
         else:
             self.ops.rope(q, k, positions, cos_sin_cache)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import torch
 
-from engine.models.layers import MLP, Attention, AttentionMetadata, Embedding, Linear, NormLinear, RMSNorm
+from engine.models.layers import MLP, Attention, AttentionMetadata, Embedding, Linear, NormQKV, RMSNorm
 from engine.ops import OpTable
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,11 @@ class WeightsError(ValueError):
 class DecoderLayer:
     def __init__(self, ops: OpTable, attn: Attention, mlp: MLP, input_norm: RMSNorm):
         self.attn, self.mlp = attn, mlp  # the MLP holds the post-attention norm
-        self.qkv = NormLinear(ops, input_norm, attn.qkv)  # input norm, then q/k/v
+        self.qkv = NormQKV(ops, input_norm, attn)  # input norm, then q/k/v (and RoPE with the KV write, fused)
 
     def __call__(self, h, residual, positions, cos_sin_cache, k_cache, v_cache, meta):
-        qkv, residual = self.qkv(h, residual)
-        h = self.attn.attend(qkv, positions, cos_sin_cache, k_cache, v_cache, meta)
+        qkv, residual = self.qkv(h, residual, positions, cos_sin_cache, k_cache, v_cache, meta)
+        h = self.attn.attend(qkv, positions, cos_sin_cache, k_cache, v_cache, meta, rotated=self.qkv.rotated)
         return self.mlp(h, residual)
 
 
