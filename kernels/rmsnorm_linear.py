@@ -126,11 +126,12 @@ def choose_rmsnorm_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) ->
     return "fused" if M == 1 and K <= MAX_FUSED_K else "separate"
 
 
-def _check(x, norm_weight, weight, bias, residual, variant) -> None:
+def _check(x, norm_weight, weight, bias, residual, variant, op: str = "rmsnorm_linear") -> None:
+    """The checks of this op and of the ops built on its GEMV (``op`` names the one called, for the messages)."""
     if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"rmsnorm_linear: unknown variant {variant!r}; choose one of {VARIANTS} or None")
+        raise ValueError(f"{op}: unknown variant {variant!r}; choose one of {VARIANTS} or None")
     if variant == "fused" and (x.numel() // max(x.shape[-1], 1) != 1 or x.shape[-1] > MAX_FUSED_K):
-        raise ValueError(f"rmsnorm_linear: the fused variant takes one row of at most {MAX_FUSED_K} elements, "
+        raise ValueError(f"{op}: the fused variant takes one row of at most {MAX_FUSED_K} elements, "
                          f"got x of shape {tuple(x.shape)}; use variant='separate' or None")
     # The norm's checks (x, its weight, the residual), then the linear's on the normalised shape.
     _norm_check(x, norm_weight, residual)

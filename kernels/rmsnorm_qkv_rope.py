@@ -35,12 +35,10 @@ from kernels.device import check_backend, num_sms
 from kernels.linear_gemv import gemv_chunk, gemv_split
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
-from kernels.rmsnorm_linear import MAX_FUSED_K, rmsnorm_linear, rmsnorm_linear_reference
 from kernels.rmsnorm_linear import _check as _norm_linear_check
+from kernels.rmsnorm_linear import choose_rmsnorm_linear_variant, rmsnorm_linear, rmsnorm_linear_reference
 from kernels.rope_kv_write import rope_kv_write, rope_kv_write_reference
 from kernels.tuning import Tuned, graph_bench
-
-VARIANTS = ("fused", "separate")
 
 
 @triton.jit
@@ -100,9 +98,9 @@ _rmsnorm_qkv_rope = Tuned(_rmsnorm_qkv_rope_kernel, PAIR_CONFIGS, key=["P", "K"]
 # --- launcher -------------------------------------------------------------------------------------
 
 def choose_rmsnorm_qkv_rope_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
-    """``"fused"`` for one token whose width fits the kernel, else ``"separate"`` (a plain function a
-    researcher can call or replace; ``variant=`` overrides it per call)."""
-    return "fused" if M == 1 and K <= MAX_FUSED_K else "separate"
+    """``"fused"`` for one token whose width fits the kernel, else ``"separate"``: ``rmsnorm_linear``'s rule (a
+    plain function a researcher can call or replace; ``variant=`` overrides it per call)."""
+    return choose_rmsnorm_linear_variant(M, N, K, dtype)
 
 
 def _head_dim(weight, num_heads, num_kv_heads) -> int:
@@ -121,15 +119,8 @@ def _views(qkv, num_heads, num_kv_heads, D):
 
 def _check(x, norm_weight, weight, bias, residual, positions, cos_sin_cache, k_cache, v_cache, slot_mapping,
            num_heads, num_kv_heads, variant) -> int:
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"rmsnorm_qkv_rope: unknown variant {variant!r}; choose one of {VARIANTS} or None")
-    _norm_linear_check(x, norm_weight, weight, bias, residual, None if variant is None else "separate")
-    D = _head_dim(weight, num_heads, num_kv_heads)
-    T = x.numel() // x.shape[-1]
-    if variant == "fused" and (T != 1 or x.shape[-1] > MAX_FUSED_K):
-        raise ValueError(f"rmsnorm_qkv_rope: the fused variant takes one token of at most {MAX_FUSED_K} elements, "
-                         f"got x of shape {tuple(x.shape)}; use variant='separate' or None")
-    return D
+    _norm_linear_check(x, norm_weight, weight, bias, residual, variant, op="rmsnorm_qkv_rope")
+    return _head_dim(weight, num_heads, num_kv_heads)
 
 
 def rmsnorm_qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -35,12 +35,10 @@ from kernels.linear_gemv import gemv_chunk, gemv_split
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import rmsnorm_reference
-from kernels.rmsnorm_linear import MAX_FUSED_K, rmsnorm_linear, rmsnorm_linear_reference
 from kernels.rmsnorm_linear import _check as _norm_linear_check
+from kernels.rmsnorm_linear import choose_rmsnorm_linear_variant, rmsnorm_linear, rmsnorm_linear_reference
 from kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 from kernels.tuning import Tuned, graph_bench
-
-VARIANTS = ("fused", "separate")
 
 
 @triton.jit
@@ -75,21 +73,16 @@ _rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, PAIR_CONFIGS, key=["I", "K"], do
 # --- launcher -------------------------------------------------------------------------------------
 
 def choose_rmsnorm_swiglu_variant(M: int, I: int, K: int, dtype: torch.dtype) -> str:
-    """``"fused"`` for one row whose width fits the kernel, else ``"separate"`` (a plain function a
-    researcher can call or replace; ``variant=`` overrides it per call)."""
-    return "fused" if M == 1 and K <= MAX_FUSED_K else "separate"
+    """``"fused"`` for one row whose width fits the kernel, else ``"separate"``: ``rmsnorm_linear``'s rule (a
+    plain function a researcher can call or replace; ``variant=`` overrides it per call)."""
+    return choose_rmsnorm_linear_variant(M, 2 * I, K, dtype)
 
 
 def _check(x, norm_weight, weight, bias, residual, variant) -> None:
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"rmsnorm_swiglu: unknown variant {variant!r}; choose one of {VARIANTS} or None")
     if isinstance(weight, torch.Tensor) and (weight.dim() != 2 or weight.shape[0] % 2):
         raise ValueError(f"rmsnorm_swiglu: weight must be [2I, K], the gate rows then the up rows, got shape "
                          f"{tuple(weight.shape)} (an odd row count cannot split into gate and up)")
-    _norm_linear_check(x, norm_weight, weight, bias, residual, None if variant is None else "separate")
-    if variant == "fused" and (x.numel() // max(x.shape[-1], 1) != 1 or x.shape[-1] > MAX_FUSED_K):
-        raise ValueError(f"rmsnorm_swiglu: the fused variant takes one row of at most {MAX_FUSED_K} elements, "
-                         f"got x of shape {tuple(x.shape)}; use variant='separate' or None")
+    _norm_linear_check(x, norm_weight, weight, bias, residual, variant, op="rmsnorm_swiglu")
 
 
 def _separate(x, norm_weight, weight, bias, residual, eps):
