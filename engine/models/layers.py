@@ -7,10 +7,10 @@
   with ``data``, ``qtype`` and ``shape``, i.e. the loader's ``GGUFWeight``) to ``gguf_linear``.
 - :class:`Embedding`: a row gather; quantized tables dequantize only the rows looked up.
 - :class:`Attention`: fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE in place and the
-  chunk's keys and values written into the paged cache (one fused op unless either part is swapped), then
-  attention: decode tokens (the first
-  ``num_decode_tokens`` of the batch) through ``paged_decode_attention``, prefill chunks through
-  ``prefill_attention`` (which reads each sequence's cached prefix via its block table).
+  chunk's keys and values written into the paged cache (one fused op unless either part is swapped; none
+  when :class:`NormQKV` did both already), then attention: decode tokens (the first ``num_decode_tokens`` of
+  the batch) through ``paged_decode_attention``, prefill chunks through ``prefill_attention`` (which reads
+  each sequence's cached prefix via its block table).
 - :class:`NormLinear`: an RMSNorm and the projection after it, one fused op at decode (``rmsnorm_linear``)
   where that is on; :class:`NormQKV`: the same for q/k/v, with RoPE and the KV write too (``rmsnorm_qkv_rope``).
 - :class:`MLP`: the post-attention norm and SwiGLU, ``down(silu(gate a) * up a)`` with gate and up fused; at
