@@ -64,13 +64,22 @@ def normed_pair_dots(x_ptr, r_ptr, g_ptr, w_ptr, h_ptr, rows1, rows2, K, stride_
 
 
 @triton.jit
-def finish_pairs(s1, s2, part_ptr, count_ptr, offs_p, P, SPLITS):
-    """(whether this program finishes the pairs ``offs_p``, their first sums, their second sums), over the
-    split-K partials [SPLITS, 2, P] when there are several splits."""
+def finish_pairs(s1, s2, part_ptr, count_ptr, offs_p, P, SPLITS, b_ptr, rows1, rows2, HAS_BIAS: tl.constexpr,
+                 OUT: tl.constexpr):
+    """(whether this program finishes the pairs ``offs_p``, their first outputs, their second outputs): the sums
+    over the split-K partials [SPLITS, 2, P] when there are several splits, plus the bias of their weight rows,
+    rounded to ``OUT`` as the unfused projection stores them, in fp32 for the epilogue."""
     pair = tl.arange(0, 2)
     both = put_row(tl.zeros((2, s1.shape[0]), dtype=tl.float32), pair, 0, s1)
     both = put_row(both, pair, 1, s2)
     last, both = reduce_tile(both, part_ptr, count_ptr, pair, offs_p, 2, P, tl.program_id(1), SPLITS)
     s1 = tl.sum(tl.where((pair == 0)[:, None], both, 0.0), axis=0)
     s2 = tl.sum(tl.where((pair == 1)[:, None], both, 0.0), axis=0)
+    if last:  # only the finishing program reads the bias
+        if HAS_BIAS:
+            ok = offs_p < P
+            s1 += tl.load(b_ptr + rows1, mask=ok, other=0.0).to(tl.float32)
+            s2 += tl.load(b_ptr + rows2, mask=ok, other=0.0).to(tl.float32)
+        s1 = s1.to(OUT).to(tl.float32)
+        s2 = s2.to(OUT).to(tl.float32)
     return last, s1, s2

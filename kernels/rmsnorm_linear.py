@@ -29,8 +29,8 @@ from kernels import alloc, pdl
 from kernels import linear as dense
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
-from kernels.device import check_backend
-from kernels.linear_gemv import GEMV_CONFIGS, first_weight_slice, gemv_split, weight_slice
+from kernels.device import check_backend, num_sms
+from kernels.linear_gemv import GEMV_CONFIGS, first_weight_slice, gemv_chunk, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import _check as _norm_check
@@ -157,22 +157,30 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     chosen = variant or choose_rmsnorm_linear_variant(M, N, K, x.dtype)
     if chosen == "separate" or M == 0 or N == 0:
         return _separate(x, norm_weight, weight, bias, residual, eps)
+    y = alloc.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 1)
+    _rmsnorm_gemv[lambda META: (cdiv(N, META["BLOCK_N"]), splits)](*args, **flags)
+    return y, h
+
+
+def norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, rows: int):
+    """(leading arguments, flags, split count, h) of a one-row norm-GEMV launch writing ``y``: this op's kernel
+    (``rows`` = 1) or a paired-row one (``rows`` = 2, kernels/_paired_gemv.py: y's columns index pairs of weight
+    rows). Every such kernel starts with ``x, r, g, w, b, y, h, partials, counters, columns, K, stride_wn, eps,
+    K_CHUNK, SPLITS``. K is split by the plain GEMV's rule for the whole weight, as the unfused product splits it."""
+    N, K = weight.shape
     x1 = x.reshape(K).contiguous()
     r1 = residual.reshape(K).contiguous() if residual is not None else x1
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-    y = alloc.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     h = alloc.empty_like(x) if residual is not None else x
-    # The plain GEMV's split rule, so the fused product splits K as the unfused one would.
-    chunk, splits, partials, counters, even = gemv_split(x1, 1, N, K, 1, y)
-    grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits)
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    chunk, splits, partials, counters, even = gemv_split(x1, rows, N // rows, K, rows, y, gemv_chunk(N, K, sms))
     launch = pdl.launch_options(x.device)
-    _rmsnorm_gemv[grid](
-        x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
-        N, K, weight.stride(0), eps, chunk, splits,
-        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
-        BLOCK_H=triton.next_power_of_2(K), PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
-    )
-    return y, h
+    args = (x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
+            N // rows, K, weight.stride(0), eps, chunk, splits)
+    flags = dict(HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
+                 BLOCK_H=triton.next_power_of_2(K), PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch)
+    return args, flags, splits, h
 
 
 def rmsnorm_linear_reference(x, norm_weight, weight, bias=None, residual=None, eps=1e-6, variant=None):

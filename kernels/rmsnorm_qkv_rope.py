@@ -31,21 +31,24 @@ import torch
 from kernels import alloc, kv_cache, pdl, rope
 from kernels._paired_gemv import PAIR_CONFIGS, finish_pairs, normed_pair_dots
 from kernels._triton import tl, triton
-from kernels.device import check_backend, num_sms
-from kernels.linear_gemv import gemv_chunk, gemv_split
+from kernels.device import check_backend
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm_linear import _check as _norm_linear_check
-from kernels.rmsnorm_linear import choose_rmsnorm_linear_variant, rmsnorm_linear, rmsnorm_linear_reference
+from kernels.rmsnorm_linear import (
+    choose_rmsnorm_linear_variant,
+    norm_gemv_launch,
+    rmsnorm_linear,
+    rmsnorm_linear_reference,
+)
 from kernels.rope_kv_write import rope_kv_write, rope_kv_write_reference
 from kernels.tuning import Tuned, graph_bench
 
 
 @triton.jit
 def _rmsnorm_qkv_rope_kernel(
-    x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr,
-    pos_ptr, cs_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-    P, K, stride_wn, eps, K_CHUNK, SPLITS, n_q_heads, n_kv_heads, half, stride_cs, max_position,
+    x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, h_ptr, part_ptr, count_ptr, P, K, stride_wn, eps, K_CHUNK, SPLITS,
+    pos_ptr, cs_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, n_q_heads, n_kv_heads, half, stride_cs, max_position,
     stride_cb, stride_co, stride_ch,
     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr,
@@ -60,15 +63,11 @@ def _rmsnorm_qkv_rope_kernel(
     rows = (head * 2 * half + j).to(tl.int64)
     s1, s2 = normed_pair_dots(x_ptr, r_ptr, g_ptr, w_ptr, h_ptr, rows, rows + half, K, stride_wn, eps, K_CHUNK,
                               HAS_RESIDUAL, EVEN, BLOCK_H, BLOCK_K, PDL, PREFETCH)
-    last, s1, s2 = finish_pairs(s1, s2, part_ptr, count_ptr, offs_p, P, SPLITS)
-    if last:
+    dtype = y_ptr.dtype.element_ty
+    last, x1, x2 = finish_pairs(s1, s2, part_ptr, count_ptr, offs_p, P, SPLITS, b_ptr, rows, rows + half, HAS_BIAS,
+                                dtype)
+    if last:  # x1, x2: q, k or v as the projection stores them
         ok = offs_p < P
-        if HAS_BIAS:
-            s1 += tl.load(b_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-            s2 += tl.load(b_ptr + rows + half, mask=ok, other=0.0).to(tl.float32)
-        dtype = y_ptr.dtype.element_ty
-        x1 = s1.to(dtype).to(tl.float32)  # rounded as the projection stores q, k and v
-        x2 = s2.to(dtype).to(tl.float32)
         pos = tl.load(pos_ptr)
         tl.device_assert((pos >= 0) & (pos < max_position), "rope: position outside the cos/sin cache")
         cos = tl.load(cs_ptr + pos * stride_cs + j)
@@ -142,31 +141,16 @@ def rmsnorm_qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.T
         rope_kv_write(*_views(qkv.reshape(T, N), num_heads, num_kv_heads, D), positions, cos_sin_cache,
                       k_cache, v_cache, slot_mapping)
         return qkv, h
-    x1 = x.reshape(K).contiguous()
-    r1 = residual.reshape(K).contiguous() if residual is not None else x1
-    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     cache = cos_sin_cache if cos_sin_cache.stride(1) == 1 else cos_sin_cache.contiguous()
     y = alloc.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     # RoPE's and the cache write's own checks, on the views of the output that they would be given.
     q, k, v = _views(y.reshape(T, N), num_heads, num_kv_heads, D)
     rope._check(q, k, positions, cos_sin_cache)
     kv_cache._check(k, v, k_cache, v_cache, slot_mapping)
-    h = alloc.empty_like(x) if residual is not None else x
-    P = N // 2
-    # K split as the unfused q/k/v GEMV splits it; the partials hold both rows of each pair: [splits, 2, P].
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
-    chunk, splits, partials, counters, even = gemv_split(x1, 2, P, K, 2, y, gemv_chunk(N, K, sms))
-    grid = lambda META: (cdiv(P, META["BLOCK_N"]), splits)
-    launch = pdl.launch_options(x.device)
-    _rmsnorm_qkv_rope[grid](
-        x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
-        positions, cache, k_cache, v_cache, slot_mapping,
-        P, K, weight.stride(0), eps, chunk, splits, num_heads, num_kv_heads, D // 2, cache.stride(0), cache.shape[0],
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
-        BLOCK_H=triton.next_power_of_2(K), PAGE=k_cache.shape[1],
-        PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
-    )
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2)
+    _rmsnorm_qkv_rope[lambda META: (cdiv(N // 2, META["BLOCK_N"]), splits)](
+        *args, positions, cache, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads, D // 2, cache.stride(0),
+        cache.shape[0], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), PAGE=k_cache.shape[1], **flags)
     return y, h
 
 

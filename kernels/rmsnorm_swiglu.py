@@ -30,13 +30,17 @@ from kernels import alloc, pdl
 from kernels import linear as dense
 from kernels._paired_gemv import PAIR_CONFIGS, finish_pairs, normed_pair_dots
 from kernels._triton import tl, triton
-from kernels.device import check_backend, num_sms
-from kernels.linear_gemv import gemv_chunk, gemv_split
+from kernels.device import check_backend
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
 from kernels.rmsnorm import rmsnorm_reference
 from kernels.rmsnorm_linear import _check as _norm_linear_check
-from kernels.rmsnorm_linear import choose_rmsnorm_linear_variant, rmsnorm_linear, rmsnorm_linear_reference
+from kernels.rmsnorm_linear import (
+    choose_rmsnorm_linear_variant,
+    norm_gemv_launch,
+    rmsnorm_linear,
+    rmsnorm_linear_reference,
+)
 from kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 from kernels.tuning import Tuned, graph_bench
 
@@ -54,17 +58,11 @@ def _rmsnorm_swiglu_kernel(
     rows = tl.minimum(offs_n, I - 1).to(tl.int64)
     gate, up = normed_pair_dots(x_ptr, r_ptr, g_ptr, w_ptr, h_ptr, rows, rows + I, K, stride_wn, eps, K_CHUNK,
                                 HAS_RESIDUAL, EVEN, BLOCK_H, BLOCK_K, PDL, PREFETCH)
-    last, gate, up = finish_pairs(gate, up, part_ptr, count_ptr, offs_n, I, SPLITS)
-    if last:
-        n_ok = offs_n < I
-        if HAS_BIAS:
-            gate += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            up += tl.load(b_ptr + I + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        # Rounded as the gate/up GEMV stores them, then the gate exactly as kernels/silu_and_mul.py applies it.
-        gate = gate.to(y_ptr.dtype.element_ty).to(tl.float32)
-        up = up.to(y_ptr.dtype.element_ty).to(tl.float32)
+    last, gate, up = finish_pairs(gate, up, part_ptr, count_ptr, offs_n, I, SPLITS, b_ptr, rows, rows + I, HAS_BIAS,
+                                  y_ptr.dtype.element_ty)
+    if last:  # gate and up as the gate/up GEMV stores them; the gate exactly as kernels/silu_and_mul.py applies it
         y = gate / (1.0 + tl.exp(-gate)) * up
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=offs_n < I)
 
 
 _rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, PAIR_CONFIGS, key=["I", "K"], do_bench=graph_bench)
@@ -103,22 +101,9 @@ def rmsnorm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     chosen = variant or choose_rmsnorm_swiglu_variant(M, I, K, x.dtype)
     if chosen == "separate" or M == 0 or I == 0:
         return _separate(x, norm_weight, weight, bias, residual, eps)
-    x1 = x.reshape(K).contiguous()
-    r1 = residual.reshape(K).contiguous() if residual is not None else x1
-    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     y = alloc.empty(*x.shape[:-1], I, dtype=x.dtype, device=x.device)
-    h = alloc.empty_like(x) if residual is not None else x
-    # K split as the unfused [2I, K] GEMV splits it; the partials hold the gate and up rows: [splits, 2, I].
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
-    chunk, splits, partials, counters, even = gemv_split(x1, 2, I, K, 2, y, gemv_chunk(N, K, sms))
-    grid = lambda META: (cdiv(I, META["BLOCK_N"]), splits)
-    launch = pdl.launch_options(x.device)
-    _rmsnorm_swiglu[grid](
-        x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
-        I, K, weight.stride(0), eps, chunk, splits,
-        HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,
-        BLOCK_H=triton.next_power_of_2(K), PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
-    )
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2)
+    _rmsnorm_swiglu[lambda META: (cdiv(I, META["BLOCK_N"]), splits)](*args, **flags)
     return y, h
 
 
