@@ -5,8 +5,9 @@
 
 For each model shape (random bf16 weights, real layout) and each variant, one engine is built, brought to
 steady single-stream decode, and then profiled as below. A variant is a set of op overrides (``OP=IMPL``)
-and of kernel-module settings (``kernels.MODULE.NAME=VALUE``, a Python literal of the setting's own type:
-``kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=False``), applied while that variant's engine is built and
+and of module settings (``kernels.MODULE.NAME=VALUE`` or ``engine.MODULE.NAME=VALUE``, a Python literal of the
+setting's own type: ``kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=False``,
+``engine.decode_graphs.GRAPH_MAX_CONTEXT=512``), applied while that variant's engine is built and
 profiled and restored after. The default variant ``engine`` changes nothing, so the engine's fusions are
 on. For each:
 
@@ -41,15 +42,15 @@ from bench.module_settings import module_settings
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], dict[str, object]]:
-    """``NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...`` (or ``NAME=`` for nothing) -> (NAME, overrides, settings)."""
+    """``NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...`` (``engine.`` too; ``NAME=`` for nothing) -> (NAME, overrides, settings)."""
     name, _, spec = text.partition("=")
     overrides, settings = {}, {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise argparse.ArgumentTypeError(
-                f"variant {text!r}: each item is OP=IMPL or kernels.MODULE.NAME=VALUE, got {item!r}")
-        if key.startswith("kernels."):
+                f"variant {text!r}: each item is OP=IMPL or kernels.MODULE.NAME=VALUE (or engine.), got {item!r}")
+        if key.startswith(("kernels.", "engine.")):
             settings[key] = _setting(text, key, value)
         else:
             overrides[key] = value

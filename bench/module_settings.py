@@ -1,5 +1,6 @@
-"""Kernel-module data set for the length of a block: ``kernels.MODULE.NAME`` values (split policies,
-launch aims, tiles) that the kernels read at launch, changed by benchmarks to time variants side by side.
+"""Module data set for the length of a block: ``kernels.MODULE.NAME`` values (split policies, launch aims,
+tiles) that the kernels read at launch, or ``engine.MODULE.NAME`` ones the engine reads when it is built (the
+decode graphs' context bound), changed by benchmarks to time variants side by side.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 
 @contextlib.contextmanager
 def module_settings(settings: dict[str, object]):
-    """Set each ``kernels.MODULE.NAME`` for the block; the previous values come back after, error or not."""
+    """Set each ``MODULE.NAME`` for the block; the previous values come back after, error or not."""
     saved = []
     try:
         for key, value in settings.items():

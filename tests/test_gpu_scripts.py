@@ -284,6 +284,8 @@ def test_decode_profile_variants_parse_and_refuse_a_cpu():
         "unfused", {"rope": "triton", "silu_and_mul": "triton"}, {})
     assert parse_variant("fixed=kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=False,linear=linear_decode") == (
         "fixed", {"linear": "linear_decode"}, {"kernels.paged_decode.FIT_SPLITS_TO_CONTEXT": False})
+    assert parse_variant("short=engine.decode_graphs.GRAPH_MAX_CONTEXT=512") == (
+        "short", {}, {"engine.decode_graphs.GRAPH_MAX_CONTEXT": 512})
     for bad, says in [("=rope=triton", "name"), ("x=rope", "OP=IMPL"), ("x=rope=triton,=torch", "OP=IMPL"),
                       ("x=kernels.nowhere.FLAG=1", "no module"), ("x=kernels.paged_decode.NOPE=1", "no setting"),
                       ("x=kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=0", "is a bool"),
