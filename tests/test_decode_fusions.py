@@ -26,13 +26,14 @@ bitwise = pytest.mark.skipif(not interpreting(), reason="bitwise only where both
                              "(the interpreter); on a GPU the tuned tiles may sum in another order")
 
 
-def _qkv_args(rows=(3 + 2) * 16, tokens=1, heads=(3, 1)):
+def _qkv_args(rows=(3 + 2) * 16, tokens=1, heads=(3, 1), device="cpu"):
     gen = torch.Generator().manual_seed(0)
-    return dict(x=torch.randn(tokens, 32, generator=gen), norm_weight=torch.ones(32),
+    args = dict(x=torch.randn(tokens, 32, generator=gen), norm_weight=torch.ones(32),
                 weight=torch.randn(rows, 32, generator=gen), bias=None, residual=None, eps=1e-6,
                 positions=torch.zeros(tokens, dtype=torch.int64), cos_sin_cache=build_rope_cache(16, 64),
                 k_cache=torch.zeros(2, 16, 1, 16), v_cache=torch.zeros(2, 16, 1, 16),
                 slot_mapping=torch.arange(tokens), num_heads=heads[0], num_kv_heads=heads[1])
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
 def test_swiglu_rejects_an_odd_weight_a_bad_variant_and_fused_rows():
@@ -47,17 +48,18 @@ def test_swiglu_rejects_an_odd_weight_a_bad_variant_and_fused_rows():
         rmsnorm_swiglu(x, g, torch.randn(8, 31))
 
 
-def test_qkv_rope_rejects_rows_that_are_not_whole_heads_and_mismatched_caches():
+def test_qkv_rope_rejects_rows_that_are_not_whole_heads_and_mismatched_caches(device):
     with pytest.raises(ValueError, match=r"rmsnorm_qkv_rope: weight's 81 rows must be .* = 5 heads"):
-        rmsnorm_qkv_rope(**_qkv_args(rows=81))
+        rmsnorm_qkv_rope(**_qkv_args(rows=81, device=device))
     with pytest.raises(ValueError, match="rmsnorm_qkv_rope: the fused variant takes one row"):
-        rmsnorm_qkv_rope(**_qkv_args(tokens=3), variant="fused")
-    args = _qkv_args()
-    args["k_cache"] = args["v_cache"] = torch.zeros(2, 16, 2, 16)  # two KV heads in the cache, one in the weight
+        rmsnorm_qkv_rope(**_qkv_args(tokens=3, device=device), variant="fused")
+    args = _qkv_args(device=device)
+    # two KV heads in the cache, one in the weight
+    args["k_cache"] = args["v_cache"] = torch.zeros(2, 16, 2, 16, device=device)
     with pytest.raises(ValueError, match=r"kv_cache_write: .* 2 KV heads"):
         rmsnorm_qkv_rope(**args)
-    args = _qkv_args()
-    args["cos_sin_cache"] = build_rope_cache(8, 64)
+    args = _qkv_args(device=device)
+    args["cos_sin_cache"] = build_rope_cache(8, 64).to(device)
     with pytest.raises(ValueError, match="rope: cos_sin_cache must be float32"):
         rmsnorm_qkv_rope(**args)
 
