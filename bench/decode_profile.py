@@ -42,7 +42,8 @@ from bench.module_settings import module_settings
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], dict[str, object]]:
-    """``NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...`` (``engine.`` too; ``NAME=`` for nothing) -> (NAME, overrides, settings)."""
+    """``NAME=OP=IMPL,kernels.MODULE.NAME=VALUE,...`` (``engine.`` too; ``NAME=`` for nothing)
+    -> (NAME, overrides, settings)."""
     name, _, spec = text.partition("=")
     overrides, settings = {}, {}
     for item in filter(None, (s.strip() for s in spec.split(","))):

@@ -77,7 +77,7 @@ def warm_up_attention(runner) -> None:
     q = torch.randn(1, c.num_attention_heads, c.head_dim, dtype=runner.dtype, device=dev)
     kv = torch.randn(1, c.num_key_value_heads, c.head_dim, dtype=runner.dtype, device=dev)
     for bound in (1, runner.max_model_len):
-        runner.ops.paged_decode_attention(q, k_cache, v_cache, table, one, max_context_len=bound)
+        runner.ops.paged_decode_attention(q, k_cache, v_cache, table, one, max_context_len=bound, fresh_tokens=1)
     runner.ops.prefill_attention(q, kv, kv, torch.tensor([0, 1], dtype=torch.int32, device=dev), 1, causal=True,
                                  k_cache=k_cache, v_cache=v_cache, block_tables=table, prefix_lens=one)
 

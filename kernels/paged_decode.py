@@ -60,6 +60,19 @@ stages each program waits for every tile before asking for the next).
 No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int, an upper bound of
 context_lens: a smaller value would drop tokens, which TRITONFORGE_DEBUG_CHECKS=1 catches) or, if it is
 not given, from the block table's capacity; programs past a sequence's end exit at once.
+
+FRESH TOKENS: reading the cache before the PDL wait. Under PDL (kernels/pdl.py) a launch may start while the
+kernels before it still run, and waits for them before its first read of anything they write. At one token
+per sequence that wait costs a chain of dependent reads -- context length, block-table entry, K/V tile --
+all of which, but the newest token's K and V, were written long before: by host copies and torch kernels
+(block tables, context lengths; a torch launch ends before any later one starts) and by earlier steps (the
+older tokens). Only the caller knows that, so it says so: with ``fresh_tokens=f`` it promises that no
+kernel in flight writes the block tables, the context lengths or any cached token but each sequence's
+newest ``f``. The split program then loads its first tile's other tokens before the wait and the fresh
+ones after it (disjoint masks, so each row is read once, and the sums are the same bits as without the
+promise), and the predecessor's run hides the first round trips. The engine's decode passes 1: its step
+writes each decoding sequence's one new token, in the same layer, just before. Tokens of later tiles are
+read after the wait, as before.
 """
 
 from __future__ import annotations
@@ -100,6 +113,9 @@ FIT_SPLITS_TO_CONTEXT = True
 # copy bandwidth at batch 8 (32q/8kv heads; 65-91% when signalled at the start), but the 0.5B model's decode
 # graph, where the reduce precedes the o_proj GEMV, takes 723.0 us against 687.7. The engine decides.
 REDUCE_SIGNALS_LATE = False
+# True: a launch given ``fresh_tokens`` reads its first tile's settled tokens before the PDL wait (FRESH TOKENS in
+# the module docstring); False: it waits first, as without the promise. Read at launch.
+PREFETCH_SETTLED = True
 
 
 @triton.jit
@@ -158,16 +174,17 @@ def _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, head, n_splits, stride_o
              mask=d_ok)
 
 
-@triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits", "ctx_cap"])  # per-step: compiled once
+@triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits", "ctx_cap", "fresh"])  # compiled once
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr, count_ptr,
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
-    qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap,
+    qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap, fresh,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
     DIRECT: tl.constexpr, FOLD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
-    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
-    pdl.wait(PDL)  # the context lengths, q and the cache come from earlier kernels (kernels/pdl.py)
+    if not PREFETCH:
+        pdl.wait(PDL)  # the context lengths, q and the cache come from earlier kernels (kernels/pdl.py)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -189,18 +206,35 @@ def _decode_split_kernel(
     head_ok = g < group
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d[None, :] < HEAD_DIM
+    offs_n = tl.arange(0, BLOCK_N)
+    k_head = k_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
+    v_head = v_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
+    bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+    rest = start  # where the loop below starts
+    if PREFETCH:  # the first tile's settled tokens before the wait, its fresh ones after (see FRESH TOKENS above)
+        pos = start + offs_n
+        in_split = pos < end
+        settled = ctx - fresh
+        block = tl.load(bt_row + pos // PAGE, mask=in_split, other=0)
+        rows = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None]
+        k = load_tile(k_head + rows, in_split & (pos < settled), d_ok, True, EVEN_D)
+        v = load_tile(v_head + rows, in_split & (pos < settled), d_ok, True, EVEN_D)
+        pdl.wait(PDL)
+        new = (in_split & (pos >= settled))[:, None]
+        k = tl.where(new, load_tile(k_head + rows, in_split & (pos >= settled), d_ok, True, EVEN_D), k)
+        v = tl.where(new, load_tile(v_head + rows, in_split & (pos >= settled), d_ok, True, EVEN_D), v)
+        rest = tl.minimum(start + BLOCK_N, end)
     q = tl.load(q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=head_ok[:, None] & d_ok, other=0.0)
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D_PAD], tl.float32)
-    offs_n = tl.arange(0, BLOCK_N)
-    k_head = k_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
-    v_head = v_cache_ptr + kv_head.to(tl.int64) * stride_ch + offs_d[None, :]
-    bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-    full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
-    for start_n in range(start, full_end, BLOCK_N):
+    if PREFETCH:  # noqa: SIM102  (a constexpr and a tensor: no `and` between them)
+        if end > start:  # else an empty context (never valid input): zeros, as without the prefetch
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, in_split[None, :], True, UPCAST)
+    full_end = rest + ((end - rest) // BLOCK_N) * BLOCK_N
+    for start_n in range(rest, full_end, BLOCK_N):
         acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, k_head, v_head, bt_row, start_n + offs_n, None,
                                      qk_scale, stride_cb, stride_co, d_ok, PAGE, False, EVEN_D, UPCAST)
     if full_end < end:
@@ -323,15 +357,23 @@ def _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len) -> 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
                            max_context_len: int | None = None, num_splits: int | None = None,
-                           split_size: int | None = None, *, _tile: dict | None = None) -> torch.Tensor:
+                           split_size: int | None = None, fresh_tokens: int | None = None, *,
+                           _tile: dict | None = None) -> torch.Tensor:
     """Attention of ``q [B, Hq, D]`` over each sequence's paged cache; returns ``o [B, Hq, D]``.
 
     ``max_context_len`` (host int, an upper bound of context_lens) sizes the grid; ``num_splits`` or
     ``split_size`` override :func:`choose_split_size` (``split_size`` wins if both are given). ``_tile``
     (benchmarks only) overrides the launch tile from :data:`TILES` / :data:`SPLIT_TILES`. A launch cut into
     splits combines them in the same launch (``REDUCE_IN_SPLIT``, read here at each call) or in a second one.
+    ``fresh_tokens`` (a host int, or None): the caller's promise that only each sequence's newest
+    ``fresh_tokens`` cached tokens may still be being written by earlier kernels of the stream; the kernel
+    then reads the rest of its first tile before its PDL wait (see FRESH TOKENS in the module docstring).
+    None promises nothing: every read of the cache waits.
     """
     max_context = _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len)
+    if fresh_tokens is not None and (not isinstance(fresh_tokens, int) or fresh_tokens < 0):
+        raise ValueError(f"paged_decode_attention: fresh_tokens must be None or a non-negative host int, "
+                         f"got {fresh_tokens!r}")
     if checks.debug_checks():
         checks.block_table_values("paged_decode_attention", block_tables, context_lens, k_cache.shape[0],
                                   k_cache.shape[1], "context_lens")
@@ -362,10 +404,11 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse, counters,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), o.stride(0), o.stride(1),
-        scale * LOG2E, group, q_heads, size, max_splits, max_context,
+        scale * LOG2E, group, q_heads, size, max_splits, max_context, fresh_tokens or 0,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
-        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(), **tile,
+        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(),
+        PREFETCH=fresh_tokens is not None and PREFETCH_SETTLED, **tile,
         **pdl.launch_options(q.device),
     )
     if not direct and not fold:
@@ -378,8 +421,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale=None,
-                                     max_context_len=None, num_splits=None, split_size=None):
-    """Pure torch, same signature: gather each sequence's context, then dense softmax attention."""
+                                     max_context_len=None, num_splits=None, split_size=None, fresh_tokens=None):
+    """Pure torch, same signature: gather each sequence's context, then dense softmax attention (the launch
+    arguments, ``fresh_tokens`` included, change nothing here)."""
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     out = torch.empty_like(q)
     for b, n in enumerate(context_lens.tolist()):

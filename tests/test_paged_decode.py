@@ -277,3 +277,54 @@ def test_an_empty_context_gives_zeros_in_both_combines(device, reduce_in_split):
              "context_lens": inputs["context_lens"][:1]}
     want = paged_decode_attention_reference(**first)
     assert_close(out[:1], want, dtype=torch.float32, reduction_len=40, tf32=True)
+
+
+@pytest.mark.parametrize("fresh", [0, 1, 5])
+def test_fresh_tokens_only_move_reads_and_give_the_same_bits(device, fresh):
+    """``fresh_tokens`` lets the first tile's settled tokens be read before the PDL wait; the tile, its mask
+    and the order of the sums stay the same, so the output is bitwise the unpromised one: one split, fixed
+    splits, fitted splits, and fresh tokens that cover whole short contexts."""
+    inputs = _inputs(_case([1, 3, 15, 16, 17, 100], q_heads=6, kv_heads=2), device, seed=9)
+    inputs.pop("num_splits", None)
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    for launch in ({}, {"num_splits": 1}, {"num_splits": 3}, {"split_size": 16}):
+        want = paged_decode_attention(**inputs, **launch)
+        got = paged_decode_attention(**inputs, **launch, fresh_tokens=fresh)
+        assert torch.equal(got, want), launch
+        assert_close(got, ref, dtype=torch.float32, reduction_len=100, tf32=True)
+
+
+def test_rejects_a_bad_fresh_token_count(device):
+    inputs = _inputs(_case([20]), device)
+    for bad in (-1, 1.0, torch.tensor(1)):
+        with pytest.raises(ValueError, match="fresh_tokens"):
+            paged_decode_attention(**inputs, fresh_tokens=bad)
+
+
+@pytest.mark.gpu
+def test_a_fresh_token_written_just_before_is_read_after_the_wait(device):
+    """On a GPU with PDL the attention launch may start while the KV write before it still runs. The newest
+    token's slot holds NaN until that write lands; a prefetch that read it early would return NaN or a stale
+    answer. Repeated, since a race shows only sometimes."""
+    from kernels.kv_cache import kv_cache_write
+
+    gen = torch.Generator(device=device).manual_seed(10)
+    batch, Hq, Hkv, D, bs, n = 4, 14, 2, 64, 16, 300
+    q = torch.randn(batch, Hq, D, device=device, generator=gen).to(torch.bfloat16)
+    k_cache, v_cache = (torch.randn(batch * 20, bs, Hkv, D, device=device, generator=gen).to(torch.bfloat16)
+                        for _ in range(2))
+    table = torch.randperm(batch * 20, device=device, generator=gen).to(torch.int32).view(batch, 20)
+    lens = torch.tensor([n, n - 17, 16, 1], dtype=torch.int32, device=device)
+    last = lens.long() - 1
+    slots = (table.long().gather(1, (last // bs)[:, None])[:, 0] * bs + last % bs)
+    k_new, v_new = (torch.randn(batch, Hkv, D, device=device, generator=gen).to(torch.bfloat16) for _ in range(2))
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    k_want.view(-1, Hkv, D)[slots], v_want.view(-1, Hkv, D)[slots] = k_new, v_new
+    want = paged_decode_attention_reference(q, k_want, v_want, table, lens)
+    for _ in range(20):
+        k_cache.view(-1, Hkv, D)[slots] = float("nan")
+        v_cache.view(-1, Hkv, D)[slots] = float("nan")
+        kv_cache_write(k_new, v_new, k_cache, v_cache, slots)
+        got = paged_decode_attention(q, k_cache, v_cache, table, lens, max_context_len=512, fresh_tokens=1)
+        assert_close(got, want, dtype=torch.bfloat16, reduction_len=n)

@@ -185,9 +185,11 @@ class Attention:
         nd = meta.num_decode_tokens
         decoded = prefilled = None
         if nd > 0:
+            # fresh_tokens=1: of each decoding sequence's cache, only its newest token was written in this step
+            # (just above); the kernel may read the rest before waiting on the kernels in flight.
             decoded = self.ops.paged_decode_attention(
                 q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens,
-                scale=self.scale, max_context_len=meta.max_decode_context_len)
+                scale=self.scale, max_context_len=meta.max_decode_context_len, fresh_tokens=1)
         if meta.num_prefills > 0:
             cached = (k_cache, v_cache, meta.prefill_block_tables, meta.prefill_prefix_lens) \
                 if meta.prefill_has_prefix else (None, None, None, None)
