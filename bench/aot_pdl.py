@@ -8,7 +8,8 @@ launchers configure it, in each signal mode, and reads the PTX:
 
 - ``griddepcontrol.wait`` is there, and no global store or atomic comes before it;
 - no global load comes before it either, except in the dense GEMVs given a static weight, which must
-  load (their first tile) there;
+  load (their first tile) there, and in the paged decode split kernel given ``fresh_tokens``, which must
+  load its first tile's settled tokens there;
 - ``griddepcontrol.launch_dependents`` is there; in the "after_wait" mode, or in a kernel that signals
   late, only after the wait.
 
@@ -73,8 +74,9 @@ def _cases():
            dict(CHUNK=8192, BLOCK=1024, P_BLOCK=32), False, False)
     split = dict(HEAD_DIM=128, D_PAD=128, G_PAD=16, PAGE=16, DIRECT=False, FOLD=False, FIT=True, ALIGN=64,
                  S_BLOCK=32, UPCAST=False, EVEN_D=True, BLOCK_N=64)
-    yield ("paged_decode split", paged_decode._decode_split_kernel, {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
-           split, False, True)
+    for prefetch in (False, True):  # given fresh_tokens, the settled part of the first tile is read before the wait
+        yield (f"paged_decode split PREFETCH={prefetch}", paged_decode._decode_split_kernel,
+               {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"}, {**split, "PREFETCH": prefetch}, prefetch, True)
     for late in (False, True):
         yield (f"paged_decode reduce SIGNAL_LATE={late}", paged_decode._decode_reduce_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
