@@ -73,14 +73,14 @@ def _cases():
     yield ("greedy", greedy._greedy_kernel, {"out_ptr": "*i64", "part_ptr": "*i32"},
            dict(CHUNK=8192, BLOCK=1024, P_BLOCK=32), False, False)
     split = dict(HEAD_DIM=128, D_PAD=128, G_PAD=16, PAGE=16, DIRECT=False, FOLD=False, FIT=True, ALIGN=64,
-                 S_BLOCK=32, UPCAST=False, EVEN_D=True, BLOCK_N=64)
+                 G_COMB=4, S_STEP=16, UPCAST=False, EVEN_D=True, BLOCK_N=64)
     for prefetch in (False, True):  # given fresh_tokens, the settled part of the first tile is read before the wait
         yield (f"paged_decode split PREFETCH={prefetch}", paged_decode._decode_split_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"}, {**split, "PREFETCH": prefetch}, prefetch, True)
     for late in (False, True):
         yield (f"paged_decode reduce SIGNAL_LATE={late}", paged_decode._decode_reduce_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
-               dict(HEAD_DIM=128, D_PAD=128, FIT=True, ALIGN=64, S_BLOCK=32, SIGNAL_LATE=late), False, late)
+               dict(HEAD_DIM=128, D_PAD=128, FIT=True, ALIGN=64, G_COMB=4, S_STEP=16, SIGNAL_LATE=late), False, late)
     yield ("w8a16 gemv", _quant_gemv.w8a16_gemv_kernel, {"w_ptr": "*i32"},
            dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=32, BLOCK_W=64), False, True)
     yield ("w4a16 gemv", _quant_gemv.w4a16_gemv_kernel, {"w_ptr": "*i32"},

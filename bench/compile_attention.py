@@ -29,6 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import kv_cache, paged_decode, prefill_attention
+from kernels._decode_combine import combine_steps
 
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200
@@ -107,13 +108,15 @@ def decode_variants():
         types |= {"bt_ptr": "*i32", "ctx_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
                   "count_ptr": "*i32", "qk_scale": "fp32"}
         g_pad = max(16, triton.next_power_of_2(group))
+        combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
         consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
-                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=1,
-                      **tile)
+                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN,
+                      PREFETCH=True, PDL=1, **combine, **tile)
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
-    consts = dict(HEAD_DIM=256, D_PAD=256, S_BLOCK=paged_decode.REDUCE_SPLITS, PDL=1)
+    consts = dict(HEAD_DIM=256, D_PAD=256, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, G_COMB=8,
+                  S_STEP=combine_steps(8, 256), PDL=1)
     yield "decode reduce D256", paged_decode._decode_reduce_kernel, types, consts, {"num_warps": 4}
 
 

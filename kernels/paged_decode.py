@@ -27,10 +27,10 @@ splits holding tokens, cdiv(C, split_size), combines the partials of the row's G
 (not arrival order: deterministic), writes o and re-arms the counter to zero. Programs past the end of
 their sequence neither compute nor arrive. The counters come from ``arrival_counters`` (shared with the
 other in-launch reductions, made outside CUDA-graph capture). Unfolded (False), a second launch, the
-reduce kernel, combines each (sequence, head). Both combine through the same code (``_combine_head``),
-so the two paths give the same bits (on a GPU, wherever the two kernels run with the same warp count).
-The fold saves a launch per layer and step, but on an H200 the serial combine in the row's last program
-cost more than the launch it saved, so the two-launch path is the default (see ``REDUCE_IN_SPLIT``).
+reduce kernel, combines each (sequence, KV head). Both combine the G heads side by side through the same
+code (``kernels._decode_combine.combine_group``), so the two paths give the same bits (on a GPU, wherever
+the two kernels run with the same warp count). The fold saves a launch per layer and step but puts the
+combine's round trips on the split launch's critical path; ``REDUCE_IN_SPLIT`` says which won.
 
 A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
 its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
@@ -85,6 +85,7 @@ from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
 from kernels import alloc, pdl
 from kernels._attention_ref import dense_attention, gather_paged
+from kernels._decode_combine import combine_group, combine_steps
 from kernels._decode_tiles import SPLIT_TILES, TILES, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
@@ -96,7 +97,6 @@ LOG2E = 1.4426950408889634
 # The split policy (see the module docstring and choose_split_size).
 PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 256, 64, 64
 COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
-REDUCE_SPLITS = 32  # partial outputs combined per step of the reduce (a [32, D] fp32 tile in registers)
 # True: the split launch combines its own partials (one launch); False: a separate reduce launch does (two).
 # Measured on an H200 (bench/results/NVIDIA_H200/run6/attention_decode_folded.csv against
 # decode_sweep_call2.csv): folded, the row's last program combines its heads one after another on the
@@ -145,43 +145,15 @@ def _split_len(ctx, split_size, max_splits, FIT: tl.constexpr, ALIGN: tl.constex
     return size
 
 
-@triton.jit
-def _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, head, n_splits, stride_ob, stride_oh, num_q_heads,
-                  max_splits, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_BLOCK: tl.constexpr):
-    """Combine one (sequence, head)'s first ``n_splits`` partials into o, S_BLOCK at a time with a running
-    max (any split count), always in split order. The loads bypass L1 (``.cg``): in the folded path the
-    partials were just written by other programs of the same launch."""
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < HEAD_DIM
-    base = (seq.to(tl.int64) * num_q_heads + head) * max_splits
-    top = tl.full([], float("-inf"), tl.float32)
-    den = tl.zeros([], tl.float32)
-    acc = tl.zeros([D_PAD], tl.float32)
-    for s0 in range(0, n_splits, S_BLOCK):
-        s = s0 + tl.arange(0, S_BLOCK)
-        s_ok = s < n_splits
-        lse = tl.load(part_lse_ptr + base + s, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-        new_top = tl.maximum(top, tl.max(lse, 0))  # finite: split s0 exists
-        w = tl.where(s_ok, tl.math.exp2(lse - new_top), 0.0)
-        o = tl.load(part_o_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=s_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
-        rescale = tl.math.exp2(top - new_top)
-        acc = acc * rescale + tl.sum(w[:, None] * o, 0)
-        den = den * rescale + tl.sum(w, 0)
-        top = new_top
-    out = acc / tl.maximum(den, 1e-30)  # no splits (an empty context) gives zeros
-    tl.store(o_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
-             mask=d_ok)
-
-
 @triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits", "ctx_cap", "fresh"])  # compiled once
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr, count_ptr,
     stride_qb, stride_qh, stride_cb, stride_co, stride_ch, stride_bt, stride_ob, stride_oh,
     qk_scale, group, num_q_heads, split_size, max_splits, ctx_cap, fresh,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, PAGE: tl.constexpr,
-    DIRECT: tl.constexpr, FOLD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
-    UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    DIRECT: tl.constexpr, FOLD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, G_COMB: tl.constexpr,
+    S_STEP: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if not PREFETCH:
         pdl.wait(PDL)  # the context lengths, q and the cache come from earlier kernels (kernels/pdl.py)
@@ -261,19 +233,18 @@ def _decode_split_kernel(
             arrived = tl.atomic_add(count_ptr + row, 1, sem="acq_rel")
             if arrived == tl.maximum(n_splits, 1) - 1:  # the row's last arrival combines its G heads
                 tl.debug_barrier()
-                for h in range(0, group):
-                    _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, kv_head * group + h, n_splits,
-                                  stride_ob, stride_oh, num_q_heads, max_splits, HEAD_DIM, D_PAD, S_BLOCK)
+                combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, kv_head, group, n_splits, stride_ob,
+                              stride_oh, num_q_heads, max_splits, HEAD_DIM, D_PAD, G_COMB, S_STEP)
                 tl.store(count_ptr + row, 0)  # re-arm for the next launch
 
 
 @triton.jit(do_not_specialize=["ctx_ptr", "max_splits", "ctx_cap"])  # per-step values: compiled once
 def _decode_reduce_kernel(
-    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits, ctx_cap,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_BLOCK: tl.constexpr,
-    PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
+    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, group, num_q_heads, split_size, max_splits,
+    ctx_cap, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr,
+    G_COMB: tl.constexpr, S_STEP: tl.constexpr, PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
 ):
-    """The unfolded path's second launch: one program per (sequence, head)."""
+    """The unfolded path's second launch: one program per (sequence, KV head), for the group's heads."""
     if SIGNAL_LATE:  # see REDUCE_SIGNALS_LATE
         pdl.wait(PDL)
     else:
@@ -282,8 +253,8 @@ def _decode_reduce_kernel(
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
-    _combine_head(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), n_splits, stride_ob, stride_oh,
-                  num_q_heads, max_splits, HEAD_DIM, D_PAD, S_BLOCK)
+    combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), group, n_splits, stride_ob, stride_oh,
+                  num_q_heads, max_splits, HEAD_DIM, D_PAD, G_COMB, S_STEP)
     if SIGNAL_LATE:
         pdl.launch_dependents(PDL)
 
@@ -400,6 +371,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
     tile = _tile or pick_tile(d_pad, q.element_size(), split=not direct)
+    combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
     _decode_split_kernel[(batch, kv_heads, max_splits)](
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse, counters,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -407,14 +379,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         scale * LOG2E, group, q_heads, size, max_splits, max_context, fresh_tokens or 0,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
-        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, UPCAST=interpreting(),
-        PREFETCH=fresh_tokens is not None and PREFETCH_SETTLED, **tile,
+        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, UPCAST=interpreting(),
+        PREFETCH=fresh_tokens is not None and PREFETCH_SETTLED, **combine, **tile,
         **pdl.launch_options(q.device),
     )
     if not direct and not fold:
-        _decode_reduce_kernel[(batch, q_heads)](
-            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits, max_context,
-            HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_BLOCK=REDUCE_SPLITS, num_warps=4,
+        _decode_reduce_kernel[(batch, kv_heads)](
+            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), group, q_heads, size, max_splits,
+            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, **combine, num_warps=4,
             SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
         )
     return o
