@@ -26,7 +26,14 @@ import torch
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
-from kernels._gguf_gemv import Q4_0_GEMV_CONFIGS, Q4_K_GEMV_CONFIGS, q4_0_gemv_kernel, q4_k_gemv_kernel
+from kernels._gguf_gemv import (
+    Q4_0_GEMV_CONFIGS,
+    Q4_0_HALFWORD_GEMV_CONFIGS,
+    Q4_K_GEMV_CONFIGS,
+    q4_0_gemv_kernel,
+    q4_0_pair_gemv_kernel,
+    q4_k_gemv_kernel,
+)
 from kernels._quant_gemv import ONE_BITS
 from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, use_gemv
 from kernels._split_k import decode_split, finish_tile
@@ -112,12 +119,25 @@ def _prune(configs, named_args, **kwargs):
 
 _gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "QTYPE"],
                      prune_configs_by={"early_config_prune": _prune})
-# Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels (kernels._gguf_gemv), with the word size
-# their loads need (2 bytes for Q4_0's 18-byte blocks, 4 for Q4_K's 144-byte ones).
+# Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels (kernels._gguf_gemv), widest words first, each
+# with the alignment its loads need: Q4_0 as pairs of blocks in 4-byte words (rows of an even number of
+# blocks), else in 2-byte ones (an odd number: 18-byte blocks); Q4_K's 144-byte blocks in 4-byte words.
 _GEMV = {
-    Q4_0: (Tuned(q4_0_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2),
-    Q4_K: (Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4),
+    Q4_0: [(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4),
+           (Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2)],
+    Q4_K: [(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4)],
 }
+
+
+def _gemv(qtype: int, M: int, data: torch.Tensor, config: dict | None):
+    """The GEMV kernel of this launch, or None for the tensor-core one: the first of the format's GEMVs whose
+    words the rows allow (``use_gemv`` with no config checks M and alignment only); a pinned GEMV config
+    takes that one too, or the narrowest-word one if none fits (as ``use_gemv`` forces it)."""
+    gemvs = _GEMV.get(qtype, [])
+    if not gemvs or not use_gemv(M, data, gemvs[-1][1], config):
+        return None
+    return next((tuned for tuned, align in gemvs if use_gemv(M, data, align, None)), gemvs[-1][0])
+
 
 # --- launcher ----------------------------------------------------------------------------------
 
@@ -163,8 +183,8 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     per_unit = 1 if fmt.block_size == 256 else 4
     n_blocks = K // fmt.block_size
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device)
-    gemv, align = _GEMV.get(fmt.qtype, (None, 0))
-    if gemv is not None and use_gemv(M, data, align, config):
+    gemv = _gemv(fmt.qtype, M, data, config)
+    if gemv is not None:
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         launcher(gemv, config)[grid](
             x, data, bias if bias is not None else x, y, partials, counters,

@@ -121,6 +121,29 @@ def test_split_k_decode_matches_reference(qtype, device):
                  device, seed=seed)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_q4_0_gemv_pair_and_halfword_paths(dtype, device):
+    # Rows of an even number of blocks are read as pairs in 4-byte words, odd ones as 2-byte words; both
+    # against the reference at M = 1, 2 and 4 with a bias, K long enough that the launch is split along K.
+    from kernels import gguf_linear as gl
+    from kernels._gguf_gemv import q4_0_gemv_kernel, q4_0_pair_gemv_kernel
+    from kernels._split_k import decode_split
+
+    gen = torch.Generator().manual_seed(11)
+    N = 24
+    for K, kernel in ((60 * 32, q4_0_pair_gemv_kernel), (61 * 32, q4_0_gemv_kernel)):
+        data = gf.random_blocks(gf.Q4_0, N, K, generator=gen).to(device)
+        units = -(-K // 32 // 4)
+        assert decode_split(4, N, units, data.numel(), torch.device(device))[0] > 1
+        bias = torch.randn(N, generator=gen).to(device, dtype)
+        for m in (1, 2, 4):
+            assert gl._gemv(gf.Q4_0, m, data, None).kernel is kernel
+            x = torch.randn(m, K, generator=gen).to(device, dtype)
+            got = gguf_linear(x, data, gf.Q4_0, bias)
+            ref = gguf_linear_reference(x.double(), data, gf.Q4_0, bias.double())
+            assert_close(got, ref, dtype=dtype, reduction_len=K)
+
+
 
 def test_kernels_compile_for_hopper():
     """The GPU compiler accepts every quantized-linear kernel variant (the CPU tests only interpret them).
