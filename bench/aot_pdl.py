@@ -80,7 +80,7 @@ def _cases():
     for late in (False, True):
         yield (f"paged_decode reduce SIGNAL_LATE={late}", paged_decode._decode_reduce_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
-               dict(HEAD_DIM=128, D_PAD=128, FIT=True, ALIGN=64, G_COMB=4, S_STEP=16, SIGNAL_LATE=late), False, late)
+               dict(HEAD_DIM=128, D_PAD=128, FIT=True, ALIGN=64, S_STEP=16, SIGNAL_LATE=late), False, late)
     yield ("w8a16 gemv", _quant_gemv.w8a16_gemv_kernel, {"w_ptr": "*i32"},
            dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=32, BLOCK_W=64), False, True)
     yield ("w4a16 gemv", _quant_gemv.w4a16_gemv_kernel, {"w_ptr": "*i32"},

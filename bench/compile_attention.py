@@ -115,8 +115,8 @@ def decode_variants():
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
-    consts = dict(HEAD_DIM=256, D_PAD=256, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, G_COMB=8,
-                  S_STEP=combine_steps(8, 256), PDL=1)
+    consts = dict(HEAD_DIM=256, D_PAD=256, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, S_STEP=combine_steps(8, 256),
+                  PDL=1)
     yield "decode reduce D256", paged_decode._decode_reduce_kernel, types, consts, {"num_warps": 4}
 
 

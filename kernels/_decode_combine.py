@@ -10,13 +10,13 @@ lse_s (base 2). The head's output is
 max, so any split count works, always in split order -- the result does not depend on which program runs
 it. The heads of a group are combined side by side rather than one after another because the folded path
 (the split launch's last program combines, ``REDUCE_IN_SPLIT``) waits on every step: a head-by-head loop
-put G dependent round trips to L2 on the critical path. On an H200, in the Qwen2.5-0.5B decode graph
-(7 query heads per KV head), that took 809 us per step against 664 us for the two-launch path
+put G dependent round trips to L2 on the critical path: on an H200, in the Qwen2.5-0.5B decode graph
+(7 query heads per KV head), 809 us per step against 664 us for the two-launch path; side by side, 675 us
 (bench/results/NVIDIA_H200/run13_notes.md).
 
 :func:`combine_steps` sizes S_STEP so that one tile holds about :data:`TILE_VALUES` fp32 values (64 per
-thread at 4 warps), at least one split and at most :data:`MAX_STEP`. Both paths of the decode launch use
-the same S_STEP for a shape, so they give the same bits.
+thread at 4 warps), at least one split and at most :data:`MAX_STEP`. The decode launch's reduce kernel
+runs the same code one head per program (a group of one), with the S_STEP of the folded path.
 """
 
 from __future__ import annotations

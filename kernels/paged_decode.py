@@ -27,9 +27,10 @@ splits holding tokens, cdiv(C, split_size), combines the partials of the row's G
 (not arrival order: deterministic), writes o and re-arms the counter to zero. Programs past the end of
 their sequence neither compute nor arrive. The counters come from ``arrival_counters`` (shared with the
 other in-launch reductions, made outside CUDA-graph capture). Unfolded (False), a second launch, the
-reduce kernel, combines each (sequence, KV head). Both combine the G heads side by side through the same
-code (``kernels._decode_combine.combine_group``), so the two paths give the same bits (on a GPU, wherever
-the two kernels run with the same warp count). The fold saves a launch per layer and step but puts the
+reduce kernel, combines each (sequence, query head). Both combine through the same code
+(``kernels._decode_combine.combine_group``: the folded path takes the G heads side by side, the reduce one
+head per program) with the same splits per step, equal to rounding (the two tile shapes may sum in another
+order). The fold saves a launch per layer and step but puts the
 combine's round trips on the split launch's critical path; ``REDUCE_IN_SPLIT`` says which won.
 
 A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
@@ -101,7 +102,9 @@ COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the in
 # Measured on an H200 (bench/results/NVIDIA_H200/run6/attention_decode_folded.csv against
 # decode_sweep_call2.csv): folded, the row's last program combines its heads one after another on the
 # critical path, and split launches got slower (batch 1 at 32k: 43.3 us against 37.9 for SDPA, 0.87x, where
-# the two launches gave 0.96x; batch 8 at 4k: 0.87x against 0.95x). So the two-launch path is the default.
+# the two launches gave 0.96x; batch 8 at 4k: 0.87x against 0.95x). With the heads combined side by side
+# (run 13), the Qwen2.5-0.5B decode graph still took 675.1 us folded against 667.5 with two launches. So
+# the two-launch path is the default.
 REDUCE_IN_SPLIT = False
 # True: with the default policy (no split_size or num_splits given), each sequence spreads its own context
 # over the launch's splits (see _split_len), so a short context under a large bound (a decode graph sized
@@ -240,11 +243,13 @@ def _decode_split_kernel(
 
 @triton.jit(do_not_specialize=["ctx_ptr", "max_splits", "ctx_cap"])  # per-step values: compiled once
 def _decode_reduce_kernel(
-    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, group, num_q_heads, split_size, max_splits,
+    part_o_ptr, part_lse_ptr, ctx_ptr, o_ptr, stride_ob, stride_oh, num_q_heads, split_size, max_splits,
     ctx_cap, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr,
-    G_COMB: tl.constexpr, S_STEP: tl.constexpr, PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
+    S_STEP: tl.constexpr, PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
 ):
-    """The unfolded path's second launch: one program per (sequence, KV head), for the group's heads."""
+    """The unfolded path's second launch: one program per (sequence, query head), a group of one. One per
+    KV head, each combining its G heads side by side, was slower: at batch 1 with 2 KV heads that is two
+    programs for the whole card (H200, Qwen2.5-0.5B decode graph: 3.9 against 2.3 us per launch)."""
     if SIGNAL_LATE:  # see REDUCE_SIGNALS_LATE
         pdl.wait(PDL)
     else:
@@ -253,8 +258,8 @@ def _decode_reduce_kernel(
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
-    combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), group, n_splits, stride_ob, stride_oh,
-                  num_q_heads, max_splits, HEAD_DIM, D_PAD, G_COMB, S_STEP)
+    combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), 1, n_splits, stride_ob, stride_oh,
+                  num_q_heads, max_splits, HEAD_DIM, D_PAD, 1, S_STEP)
     if SIGNAL_LATE:
         pdl.launch_dependents(PDL)
 
@@ -384,9 +389,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         **pdl.launch_options(q.device),
     )
     if not direct and not fold:
-        _decode_reduce_kernel[(batch, kv_heads)](
-            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), group, q_heads, size, max_splits,
-            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, **combine, num_warps=4,
+        _decode_reduce_kernel[(batch, q_heads)](
+            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
+            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_STEP=combine["S_STEP"], num_warps=4,
             SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
         )
     return o

@@ -240,10 +240,12 @@ def _counters_of(device, rows):
 
 
 def test_folded_reduce_equals_the_two_kernel_path_and_rearms_its_counters(device, monkeypatch):
-    """One launch combining its own partials gives the two launches' bits, leaves every arrival counter at
-    zero, and a second launch right after it (counters re-armed) gives the same output. Contexts of 150
-    tokens in splits of 4: 38 splits, so the combine takes two 32-split steps; the 9- and 1-token sequences
-    leave most of their programs past their end (they neither compute nor arrive)."""
+    """One launch combining its own partials gives the two launches' answer to rounding (the same combine
+    code, over [splits, G heads, D] tiles there and [splits, 1, D] here, which may sum in another order),
+    leaves every arrival counter at zero, and a second launch right after it (counters re-armed) gives the
+    same bits. Contexts of 150 tokens in splits of 4: 38 splits, so the combine takes three 16-split steps;
+    the 9- and 1-token sequences leave most of their programs past their end (they neither compute nor
+    arrive)."""
     inputs = _inputs(_case([150, 9, 1, 64], q_heads=6, kv_heads=2), device, seed=11)
     rows = 4 * 2
     monkeypatch.setattr(paged_decode, "REDUCE_IN_SPLIT", False)
@@ -255,10 +257,7 @@ def test_folded_reduce_equals_the_two_kernel_path_and_rearms_its_counters(device
     second = paged_decode_attention(**inputs, split_size=4)
     assert not _counters_of(device, rows).any()
     assert torch.equal(first, second)
-    if device.type == "cpu":
-        assert torch.equal(first, two_kernels)  # the same combine code on the same partials
-    else:  # on a GPU the same code may still round differently where the two kernels' warp counts differ
-        torch.testing.assert_close(first, two_kernels, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first, two_kernels, rtol=1e-5, atol=1e-6)
     ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
                                               else t for n, t in inputs.items()})
     assert_close(first, ref, dtype=torch.float32, reduction_len=150, tf32=True)
@@ -326,5 +325,5 @@ def test_a_fresh_token_written_just_before_is_read_after_the_wait(device):
         k_cache.view(-1, Hkv, D)[slots] = float("nan")
         v_cache.view(-1, Hkv, D)[slots] = float("nan")
         kv_cache_write(k_new, v_new, k_cache, v_cache, slots)
-        got = paged_decode_attention(q, k_cache, v_cache, table, lens, max_context_len=512, fresh_tokens=1)
+        got = paged_decode_attention(q, k_cache, v_cache, table, lens, max_context_len=320, fresh_tokens=1)
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=n)
