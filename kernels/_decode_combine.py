@@ -16,7 +16,8 @@ put G dependent round trips to L2 on the critical path: on an H200, in the Qwen2
 
 :func:`combine_steps` sizes S_STEP so that one tile holds about :data:`TILE_VALUES` fp32 values (64 per
 thread at 4 warps), at least one split and at most :data:`MAX_STEP`. The decode launch's reduce kernel
-runs the same code one head per program (a group of one), with the S_STEP of the folded path.
+runs the same code one head per program (a group of one, so its steps take up to 32 splits: a 32k context
+in 64 splits is two dependent steps), the folded path one program per KV head.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from kernels._triton import tl, triton
 
 TILE_VALUES = 8192  # fp32 values per [S_STEP, G, D] tile
-MAX_STEP = 16  # splits per step at most
+MAX_STEP = 32  # splits per step at most (the reduce's step before the combine took groups: 32 splits)
 
 
 def combine_steps(group: int, d_pad: int) -> int:

@@ -114,3 +114,37 @@ def block_table_values(op: str, block_tables: torch.Tensor, lengths: torch.Tenso
             raise ValueError(
                 f"{op}: block_tables[{b}] refers to block ids outside [0, {num_blocks}) within its first {n} tokens"
             )
+
+
+def decode_inputs(op: str, q, k_cache, v_cache, block_tables, context_lens, max_context_len, fresh_tokens) -> int:
+    """The paged decode launch's cheap checks (no sync); returns the context bound its grid is sized for."""
+    _, block_size, kv_heads, d = paged_cache(op, k_cache, v_cache)
+    float_tensor(op, "q", q, 3)
+    index_tensor(op, "block_tables", block_tables, 2)
+    index_tensor(op, "context_lens", context_lens, 1)
+    same_device(op, "q", q, k_cache=k_cache, block_tables=block_tables, context_lens=context_lens)
+    if fresh_tokens is not None and (not isinstance(fresh_tokens, int) or fresh_tokens < 0):
+        raise ValueError(f"{op}: fresh_tokens must be None or a non-negative host int, got {fresh_tokens!r}")
+    batch, q_heads, qd = q.shape
+    if qd != d:
+        raise ValueError(f"{op}: q has head_dim {qd} but the cache holds head_dim {d}")
+    head_dim(op, d)
+    head_counts(op, q_heads, kv_heads)
+    if q.dtype != k_cache.dtype:
+        raise TypeError(f"{op}: q is {q.dtype} but the cache is {k_cache.dtype}; they must match")
+    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
+        raise ValueError(
+            f"{op}: block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
+            f"need one row per sequence ({batch}, from q)"
+        )
+    capacity = block_tables.shape[1] * block_size
+    if max_context_len is None:
+        return capacity
+    if not isinstance(max_context_len, int) or max_context_len < 0:
+        raise TypeError(f"{op}: max_context_len must be a non-negative host int, got {max_context_len!r}")
+    if max_context_len > capacity:
+        raise ValueError(
+            f"{op}: max_context_len {max_context_len} exceeds the block table's capacity of {capacity} tokens "
+            f"({block_tables.shape[1]} blocks of {block_size}); allocate more blocks"
+        )
+    return max_context_len

@@ -29,8 +29,8 @@ their sequence neither compute nor arrive. The counters come from ``arrival_coun
 other in-launch reductions, made outside CUDA-graph capture). Unfolded (False), a second launch, the
 reduce kernel, combines each (sequence, query head). Both combine through the same code
 (``kernels._decode_combine.combine_group``: the folded path takes the G heads side by side, the reduce one
-head per program) with the same splits per step, equal to rounding (the two tile shapes may sum in another
-order). The fold saves a launch per layer and step but puts the
+head per program), equal to rounding (tiles of another shape and splits per step may sum in another order).
+The fold saves a launch per layer and step but puts the
 combine's round trips on the split launch's critical path; ``REDUCE_IN_SPLIT`` says which won.
 
 A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
@@ -297,39 +297,6 @@ def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int
     return choose_split_size(batch, num_kv_heads, max_context)
 
 
-def _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len) -> int:
-    """Cheap checks (no sync); returns the context bound the grid is sized for."""
-    op = "paged_decode_attention"
-    _, block_size, kv_heads, d = checks.paged_cache(op, k_cache, v_cache)
-    checks.float_tensor(op, "q", q, 3)
-    checks.index_tensor(op, "block_tables", block_tables, 2)
-    checks.index_tensor(op, "context_lens", context_lens, 1)
-    checks.same_device(op, "q", q, k_cache=k_cache, block_tables=block_tables, context_lens=context_lens)
-    batch, q_heads, qd = q.shape
-    if qd != d:
-        raise ValueError(f"{op}: q has head_dim {qd} but the cache holds head_dim {d}")
-    checks.head_dim(op, d)
-    checks.head_counts(op, q_heads, kv_heads)
-    if q.dtype != k_cache.dtype:
-        raise TypeError(f"{op}: q is {q.dtype} but the cache is {k_cache.dtype}; they must match")
-    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
-        raise ValueError(
-            f"{op}: block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
-            f"need one row per sequence ({batch}, from q)"
-        )
-    capacity = block_tables.shape[1] * block_size
-    if max_context_len is None:
-        return capacity
-    if not isinstance(max_context_len, int) or max_context_len < 0:
-        raise TypeError(f"{op}: max_context_len must be a non-negative host int, got {max_context_len!r}")
-    if max_context_len > capacity:
-        raise ValueError(
-            f"{op}: max_context_len {max_context_len} exceeds the block table's capacity of {capacity} tokens "
-            f"({block_tables.shape[1]} blocks of {block_size}); allocate more blocks"
-        )
-    return max_context_len
-
-
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
                            max_context_len: int | None = None, num_splits: int | None = None,
@@ -346,10 +313,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     then reads the rest of its first tile before its PDL wait (see FRESH TOKENS in the module docstring).
     None promises nothing: every read of the cache waits.
     """
-    max_context = _check(q, k_cache, v_cache, block_tables, context_lens, max_context_len)
-    if fresh_tokens is not None and (not isinstance(fresh_tokens, int) or fresh_tokens < 0):
-        raise ValueError(f"paged_decode_attention: fresh_tokens must be None or a non-negative host int, "
-                         f"got {fresh_tokens!r}")
+    max_context = checks.decode_inputs("paged_decode_attention", q, k_cache, v_cache, block_tables, context_lens,
+                                       max_context_len, fresh_tokens)
     if checks.debug_checks():
         checks.block_table_values("paged_decode_attention", block_tables, context_lens, k_cache.shape[0],
                                   k_cache.shape[1], "context_lens")
@@ -391,8 +356,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if not direct and not fold:
         _decode_reduce_kernel[(batch, q_heads)](
             part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
-            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_STEP=combine["S_STEP"], num_warps=4,
-            SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
+            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_STEP=combine_steps(1, d_pad),
+            num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
         )
     return o
 

@@ -243,7 +243,7 @@ def test_folded_reduce_equals_the_two_kernel_path_and_rearms_its_counters(device
     """One launch combining its own partials gives the two launches' answer to rounding (the same combine
     code, over [splits, G heads, D] tiles there and [splits, 1, D] here, which may sum in another order),
     leaves every arrival counter at zero, and a second launch right after it (counters re-armed) gives the
-    same bits. Contexts of 150 tokens in splits of 4: 38 splits, so the combine takes three 16-split steps;
+    same bits. Contexts of 150 tokens in splits of 4: 38 splits, so each combine takes two 32-split steps;
     the 9- and 1-token sequences leave most of their programs past their end (they neither compute nor
     arrive)."""
     inputs = _inputs(_case([150, 9, 1, 64], q_heads=6, kv_heads=2), device, seed=11)
