@@ -46,6 +46,29 @@ def _f16_bits(h):
 
 
 @triton.jit
+def _x_rows(x_ptr, M, stride_xm, x_offs):
+    """Pointers to x at ``x_offs`` in rows 0-3; rows past M are clamped to the last (loaded, never stored)."""
+    return (x_ptr + x_offs, x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs,
+            x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs, x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs)
+
+
+@triton.jit
+def _finish_rows(acc0, acc1, acc2, acc3, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split,
+                 SPLITS, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    """Each row's [BN, ...] accumulator summed to [BN], the rows stacked, and the tile finished (split-K)."""
+    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
+    if ROWS > 1:
+        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
+    if ROWS > 2:
+        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
+        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
+    # Late, not at the start: the next kernel's programs, resident early, would crowd this one's waves
+    # (H200, run 9: triggered at the start, Q4_K at 4096 x 14336 took 49.6 us against 37.8 without PDL).
+    pdl.launch_dependents(PDL)
+    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+
+
+@triton.jit
 def _q4_0_row(acc, h, x_blk, x_ok, d16, one, BIT: tl.constexpr = 0):
     """One row's products with a [BN, NB, W] tile of quant words held in bits BIT to BIT + 15 of ``h``;
     x_blk: [NB, W] pointers to x at each word's element 2j (nibble 0); d16: 16 d of each word's block."""
@@ -78,10 +101,7 @@ def q4_0_gemv_kernel(
     qs_ptrs = (rows + 18 * bi[None, :, None] + 2 + 2 * j[None, None, :]).to(tl.pointer_type(tl.int16))
     d_ptrs = (rows + 18 * bi[None, :, None]).to(tl.pointer_type(tl.float16))  # [BN, NB, 1]
     x_offs = 32 * bi[:, None] + 2 * j[None, :]  # [NB, 8]
-    x0 = x_ptr + x_offs
-    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs
-    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs
-    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs
+    x0, x1, x2, x3 = _x_rows(x_ptr, M, stride_xm, x_offs)
     acc0 = tl.zeros((BLOCK_N, BLOCKS_PER_ITER, 8), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
@@ -96,16 +116,8 @@ def q4_0_gemv_kernel(
         if ROWS > 2:
             acc2 = _q4_0_row(acc2, h, x2 + 32 * b0, x_ok, d16, one_bits)
             acc3 = _q4_0_row(acc3, h, x3 + 32 * b0, x_ok, d16, one_bits)
-    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
-    if ROWS > 1:
-        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
-    if ROWS > 2:
-        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
-        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
-    # Late, not at the start: the next kernel's programs, resident early, would crowd this one's waves
-    # (H200, run 9: triggered at the start, Q4_K at 4096 x 14336 took 49.6 us against 37.8 without PDL).
-    pdl.launch_dependents(PDL)
-    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+    _finish_rows(acc0, acc1, acc2, acc3, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split,
+                 SPLITS, HAS_BIAS, ROWS, BLOCK_N, PDL)
 
 
 @triton.jit
@@ -154,10 +166,7 @@ def q4_0_pair_gemv_kernel(
     words = w_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(offs_n, N - 1).to(tl.int64) * (row_bytes // 4)
     pair_words = words[:, None, None] + 9 * p[None, :, None]  # [BN, P, 1]: each pair's word 0
     x_offs = 64 * p  # [P]: each pair's first element
-    x0 = x_ptr + x_offs
-    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs
-    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs
-    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs
+    x0, x1, x2, x3 = _x_rows(x_ptr, M, stride_xm, x_offs)
     acc0 = tl.zeros((BLOCK_N, PAIRS, 8), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
@@ -176,14 +185,8 @@ def q4_0_pair_gemv_kernel(
         if ROWS > 2:
             acc2 = _q4_0_pair_row(acc2, w, w8, t, x2 + 32 * b0, pair_ok, d16_0, d16_1, one_bits)
             acc3 = _q4_0_pair_row(acc3, w, w8, t, x3 + 32 * b0, pair_ok, d16_0, d16_1, one_bits)
-    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
-    if ROWS > 1:
-        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
-    if ROWS > 2:
-        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
-        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
-    pdl.launch_dependents(PDL)  # late, as in q4_0_gemv_kernel
-    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+    _finish_rows(acc0, acc1, acc2, acc3, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split,
+                 SPLITS, HAS_BIAS, ROWS, BLOCK_N, PDL)
 
 
 @triton.jit
@@ -236,10 +239,7 @@ def q4_k_gemv_kernel(
     words = w_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(offs_n, N - 1).to(tl.int64) * (row_bytes // 4)
     q_words = 4 + 8 * c[:, None] + t[None, :]  # [4, 8] words within a block
     x_offs = 64 * c[:, None] + 4 * t[None, :]  # [4, 8]: element of nibble 0 of each word
-    x0 = x_ptr + x_offs
-    x1 = x_ptr + tl.minimum(1, M - 1) * stride_xm + x_offs
-    x2 = x_ptr + tl.minimum(2, M - 1) * stride_xm + x_offs
-    x3 = x_ptr + tl.minimum(3, M - 1) * stride_xm + x_offs
+    x0, x1, x2, x3 = _x_rows(x_ptr, M, stride_xm, x_offs)
     acc0 = tl.zeros((BLOCK_N, 4, 8), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     for b0 in range(b_start, b_end, BLOCKS_PER_ITER):
@@ -263,16 +263,8 @@ def q4_k_gemv_kernel(
             if ROWS > 2:
                 acc2 = _q4_k_row(acc2, w, x2 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
                 acc3 = _q4_k_row(acc3, w, x3 + 256 * b, x_ok, a_lo, b_lo, a_hi, b_hi, one_bits)
-    y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, tl.sum(tl.sum(acc0, axis=2), axis=1))
-    if ROWS > 1:
-        y = put_row(y, offs_m, 1, tl.sum(tl.sum(acc1, axis=2), axis=1))
-    if ROWS > 2:
-        y = put_row(y, offs_m, 2, tl.sum(tl.sum(acc2, axis=2), axis=1))
-        y = put_row(y, offs_m, 3, tl.sum(tl.sum(acc3, axis=2), axis=1))
-    # Late, not at the start: the next kernel's programs, resident early, would crowd this one's waves
-    # (H200, run 9: triggered at the start, Q4_K at 4096 x 14336 took 49.6 us against 37.8 without PDL).
-    pdl.launch_dependents(PDL)
-    finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split, SPLITS, HAS_BIAS)
+    _finish_rows(acc0, acc1, acc2, acc3, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, M, N, stride_ym, split,
+                 SPLITS, HAS_BIAS, ROWS, BLOCK_N, PDL)
 
 
 def _cfg(bn, blocks, warps, stages):
