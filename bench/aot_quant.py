@@ -223,6 +223,11 @@ def check_launches():
                 for c in gemv:
                     yield (f"gguf {FORMATS[q].name} {dtype} M=3 {c}", gl, c,
                            lambda x=x3, data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c))
+            if q == Q4_0 and dtype == torch.bfloat16:  # rows of 17 blocks: the 2-byte Q4_0 kernel's configs
+                odd, x3 = random_blocks(q, 64, 544, generator=gen), torch.randn(3, 544, generator=gen).to(dtype)
+                for c in gl.Q4_0_HALFWORD_GEMV_CONFIGS["cuda"]:
+                    yield (f"gguf Q4_0 2-byte words {dtype} M=3 {c}", gl, c,
+                           lambda x=x3, data=odd, c=c: gl.gguf_linear(x, data, Q4_0, config=c))
             if dtype == torch.bfloat16:
                 yield (f"gguf_dequantize {FORMATS[q].name}", gd, gd.CONFIGS["cuda"][0],
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))
