@@ -17,11 +17,14 @@ Each kernel module ends with one ``register(Op(...))`` call that declares:
 Extra implementations (an edited kernel under another name) are added with :func:`register_impl` and
 selected by name everywhere an op is looked up, which is how the engine hot-swaps kernels. Each one
 declares the backend it runs on (``"triton"`` unless said otherwise), and :func:`resolve` checks that
-backend for it as it does for the built-in implementations.
+backend for it as it does for the built-in implementations. Each must accept every parameter of the op's
+reference (it may ignore launch hints such as ``paged_decode_attention``'s ``fresh_tokens``): one that does
+not is refused at registration, naming what it lacks, rather than failing at its first call.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,8 +92,27 @@ def register_impl(op_name: str, impl_name: str, fn: Callable, backend: str = "tr
         raise ValueError(f"register_impl({op_name!r}, {impl_name!r}): backend must be one of {BACKENDS}, "
                          f"got {backend!r}")
     op = get(op_name)
+    missing = _missing_parameters(fn, op.torch)
+    if missing:
+        raise TypeError(
+            f"register_impl({op_name!r}, {impl_name!r}): the implementation takes no {', '.join(missing)}, which "
+            f"the op's reference takes {inspect.signature(op.torch)}; callers (the engine, the tests) may pass "
+            f"any of them, so accept each (ignoring it is fine) or take **kwargs")
     op.impls[impl_name] = fn
     op.impl_backends[impl_name] = backend
+
+
+def _missing_parameters(fn: Callable, reference: Callable) -> list[str]:
+    """The reference's parameter names ``fn`` cannot be called with (none if it takes ``**kwargs`` or if
+    either signature cannot be read)."""
+    try:
+        have, want = inspect.signature(fn).parameters, inspect.signature(reference).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in have.values()):
+        return []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in want.items() if p.kind in named and n not in have]
 
 
 def get(name: str) -> Op:

@@ -102,3 +102,30 @@ def test_poisoned_outputs_hold_values_no_kernel_writes_on_purpose():
             assert (got == torch.iinfo(dtype).min).all()  # not -1: kernels write -1 on purpose
         assert alloc.empty(2, dtype=torch.bool, device="cpu").all()
     assert not alloc.poisoning()
+
+
+def test_an_implementation_missing_a_reference_parameter_is_refused(variants):
+    """A kernel written against an older signature fails at registration, naming the parameter, not at the
+    engine's first call; one that takes **kwargs, or every parameter, is accepted."""
+    from kernels.paged_decode import paged_decode_attention_reference
+
+    def old_decode(q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None,
+                   num_splits=None, split_size=None):
+        return paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+    op = registry.get("paged_decode_attention")
+    before = dict(op.impls), dict(op.impl_backends)
+    try:
+        with pytest.raises(TypeError, match=r"takes no fresh_tokens"):
+            registry.register_impl("paged_decode_attention", "old_decode", old_decode, backend="torch")
+        assert "old_decode" not in op.impls
+        registry.register_impl("paged_decode_attention", "any_decode",
+                                lambda *a, **kw: paged_decode_attention_reference(*a, **kw), backend="torch")
+        registry.register_impl("paged_decode_attention", "same_decode", paged_decode_attention_reference,
+                               backend="torch")
+        assert {"any_decode", "same_decode"} <= set(op.impls)
+    finally:
+        op.impls.clear()
+        op.impls.update(before[0])
+        op.impl_backends.clear()
+        op.impl_backends.update(before[1])
