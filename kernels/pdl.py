@@ -17,7 +17,10 @@ kernel writes. The dense GEMVs (``linear_gemv``, ``rmsnorm_linear``) load their 
 it, so that load overlaps the previous kernel's tail -- but only for a weight its owner has declared
 static (:func:`mark_static`: the engine does so for its model's weights at load). Any other weight may
 have been written by the kernel just before (a test's ``randn(...).to(bf16)``, a ``.contiguous()``
-copy), so it is loaded after the wait like everything else. The other decode kernels wait first. The wait
+copy), so it is loaded after the wait like everything else. The paged decode split kernel likewise reads its
+first tile of the KV cache before the wait only when its caller promises which tokens are settled
+(``fresh_tokens``, kernels/paged_decode.py: the engine's decode step writes one new token per sequence).
+The other decode kernels wait first. The wait
 orders against every earlier kernel in the stream, not only the one just before (that one's own wait
 returned only after the kernels before it had finished), and a kernel launched without PDL -- torch's, or
 ours with PDL off -- starts after the previous one ends, as usual. Inside a CUDA graph the same launches
