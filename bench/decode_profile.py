@@ -14,8 +14,11 @@ on. For each:
 - ``graph_ms``: the batch-1 decode graph's device time per replay (CUDA events over back-to-back replays,
   as engine_bench's ``graph_replay_ms``);
 - a profile of ``--replays`` replays (torch.profiler, CUDA activity): per kernel name, launches per
-  replay, mean microseconds per launch and per replay, and its share of the summed kernel time. The gap
-  between the graph time and the summed kernel time is what launching and draining those kernels costs.
+  replay, mean microseconds per launch and per replay, and its share of the summed kernel time. Under PDL
+  (kernels/pdl.py) a kernel starts before its predecessor ends and its time includes that wait, so the
+  kernels overlap and their sum exceeds the graph time; a variant with ``kernels.pdl.ENABLED=False`` gives
+  each kernel's own duration, and there the gap between the graph time and the sum is what launching and
+  draining the kernels costs.
 
 Variants in one process share Triton's autotuning results, so each after the first starts in seconds.
 Writes ``decode_profile.csv`` (one row per model, variant and kernel), ``decode_sequence.csv`` (the last
