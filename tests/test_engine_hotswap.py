@@ -39,7 +39,7 @@ def _register_counting(backend: str) -> str:
 @pytest.fixture(autouse=True)
 def _registry_restored():
     """The variants these tests register leave the registry with the test (other tests list its impls)."""
-    ops = [registry.get(name) for name in ("rmsnorm", "silu_and_mul")]
+    ops = [registry.get(name) for name in ("rmsnorm", "silu_and_mul", "paged_decode_attention")]
     saved = [(dict(op.impls), dict(op.impl_backends)) for op in ops]
     yield
     for op, (impls, backends) in zip(ops, saved, strict=True):
@@ -149,3 +149,24 @@ def test_engine_bench_runs_with_the_variant(tmp_path):
     report = json.loads((tmp_path / "engine_bench.json").read_text())
     assert report["op_overrides"] == {"rmsnorm": name}
     assert CALLS[name] > 0
+
+
+def test_decode_attention_is_promised_one_fresh_token(model_dir):
+    """The engine's decode step writes each decoding sequence's one new token just before its attention, and
+    says so (``fresh_tokens=1``: the kernel may read the rest of the cache before its PDL wait). A variant
+    that records its calls sees the promise on every decode call, with contexts that grow by one a step."""
+    inner = registry.get("paged_decode_attention").impl("torch")
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("fresh_tokens"), args[4].tolist()))
+        return inner(*args, **kwargs)
+
+    registry.register_impl("paged_decode_attention", "recording_decode", recording, backend="torch")
+    engine = make_engine(model_dir, "torch", op_overrides={"paged_decode_attention": "recording_decode"})
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    run_to_completion(engine, [([5, 6, 7], params)])
+    assert seen and {fresh for fresh, _ in seen} == {1}
+    contexts = [lens[0] for _, lens in seen]
+    layers = len(seen) // 4  # 4 decode steps after the prefill, each calling every layer
+    assert contexts == [n for n in (4, 5, 6, 7) for _ in range(layers)]
