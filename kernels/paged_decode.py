@@ -30,8 +30,8 @@ other in-launch reductions, made outside CUDA-graph capture). Unfolded (False), 
 reduce kernel, combines each (sequence, query head). Both combine through the same code
 (``kernels._decode_combine.combine_group``: the folded path takes the G heads side by side, the reduce one
 head per program), equal to rounding (tiles of another shape and splits per step may sum in another order).
-The fold saves a launch per layer and step but puts the
-combine's round trips on the split launch's critical path; ``REDUCE_IN_SPLIT`` says which won.
+The fold saves a launch per layer and step but puts the combine's round trips on the split launch's
+critical path; ``REDUCE_IN_SPLIT`` says which won.
 
 A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
 its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
@@ -103,8 +103,8 @@ COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the in
 # decode_sweep_call2.csv): folded, the row's last program combines its heads one after another on the
 # critical path, and split launches got slower (batch 1 at 32k: 43.3 us against 37.9 for SDPA, 0.87x, where
 # the two launches gave 0.96x; batch 8 at 4k: 0.87x against 0.95x). With the heads combined side by side
-# (run 13), the Qwen2.5-0.5B decode graph still took 675.1 us folded against 667.5 with two launches. So
-# the two-launch path is the default.
+# (run 13), the Qwen2.5-0.5B decode graph still took 675.1 us folded against 667.5 with two launches (whose
+# reduce then had the slower one-program-per-KV-head form). So the two-launch path is the default.
 REDUCE_IN_SPLIT = False
 # True: with the default policy (no split_size or num_splits given), each sequence spreads its own context
 # over the launch's splits (see _split_len), so a short context under a large bound (a decode graph sized
