@@ -189,15 +189,14 @@ def _decode_split_kernel(
     if PREFETCH:  # the first tile's settled tokens before the wait, its fresh ones after (see FRESH TOKENS above)
         pos = start + offs_n
         in_split = pos < end
-        settled = ctx - fresh
+        new = in_split & (pos >= ctx - fresh)
         block = tl.load(bt_row + pos // PAGE, mask=in_split, other=0)
         rows = (block.to(tl.int64) * stride_cb + (pos % PAGE) * stride_co)[:, None]
-        k = load_tile(k_head + rows, in_split & (pos < settled), d_ok, True, EVEN_D)
-        v = load_tile(v_head + rows, in_split & (pos < settled), d_ok, True, EVEN_D)
+        k = load_tile(k_head + rows, in_split & ~new, d_ok, True, EVEN_D)
+        v = load_tile(v_head + rows, in_split & ~new, d_ok, True, EVEN_D)
         pdl.wait(PDL)
-        new = (in_split & (pos >= settled))[:, None]
-        k = tl.where(new, load_tile(k_head + rows, in_split & (pos >= settled), d_ok, True, EVEN_D), k)
-        v = tl.where(new, load_tile(v_head + rows, in_split & (pos >= settled), d_ok, True, EVEN_D), v)
+        k = tl.where(new[:, None], load_tile(k_head + rows, new, d_ok, True, EVEN_D), k)
+        v = tl.where(new[:, None], load_tile(v_head + rows, new, d_ok, True, EVEN_D), v)
         rest = tl.minimum(start + BLOCK_N, end)
     q = tl.load(q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=head_ok[:, None] & d_ok, other=0.0)
