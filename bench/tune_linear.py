@@ -127,7 +127,8 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         base = ms(rotating(F.linear, x, ws), graph=True)
         w_bytes = N * K * 2
         default = decode_chunk(N, K, decode_block_m(M), ceil["sms"])
-        chunks = sorted({default, max(256, default // 2), default * 2} & set(range(256, 2 * K + 256, 256)))
+        chunks = sorted({default, max(256, default // 2), max(256, default // 4), default * 2}
+                        & set(range(256, 2 * K + 256, 256)))
         for c, chunk in itertools.product(DECODE_CONFIGS["cuda"], chunks):
             fn = lambda xx, ww, c=c, chunk=chunk: linear_decode_2d(xx, ww, None, config=c, k_chunk=chunk)
             try:

@@ -109,6 +109,9 @@ DECODE_CONFIGS = {
         dict(BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=4),
         dict(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=6),
         dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=5),
+        # 16-column tiles: four times the programs of BLOCK_N = 64, for layers under a few MB.
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=4),
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
     ],
     "hip": [
         dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=2, waves_per_eu=0, matrix_instr_nonkdim=16, kpack=1),

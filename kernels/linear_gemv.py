@@ -15,15 +15,17 @@ more rows tiles M by ROWS along the grid's third axis (correct for any M, meant 
 re-read row M - 1 (never stored), weight rows past N re-read row N - 1 (never stored): no load masks
 except along K in a chunk that is not whole tiles.
 
-Measured on an H200 (bench/results/NVIDIA_H200/run7/linear_bench.csv, graph replays against cuBLAS): at
-M = 1, 0.98-1.38x on the decode shapes of three models (the split-K kernel: 0.85-1.19x); at M = 4,
-0.31-0.94x, probably because one config serves every M and the one tuned at M = 1 carries four
-accumulators badly (not profiled). ``kernels.linear.choose_linear_variant`` therefore sends only M = 1 here.
+Configs per row count. Each accumulator is a whole [BLOCK_N, BLOCK_K] fp32 tile (FMAs only in the loop,
+one reduction along K at the end), so ROWS of them cost ROWS * BLOCK_N * BLOCK_K / threads registers a
+thread. The tiles that stream fastest for one row hold 64 a thread; four of them spill. Run 7 (H200) timed
+M = 4 through the one-row configs at 0.31-0.94x cuBLAS. Two to four rows therefore tune over their own
+list (``GEMV_ROWS_CONFIGS``, at most 64 accumulator registers a thread at four rows), keyed by ROWS too.
 
 Split-K and batch invariance: the chunk (:func:`gemv_chunk`) depends on N, K and the card only, and the
-autotuner's key (N, K) leaves M out, so one config serves every M: a row's output is bitwise the same
-whether it is decoded alone or with up to three others (tested). The partials are reduced in the launch
-by ``kernels._split_k.finish_tile``.
+autotuner's key (N, K, ROWS) leaves M out, so within a row count one config serves every M: a row's output
+is bitwise the same whether it is decoded with one or with three others (M = 3 and 4 share ROWS = 4;
+tested). Across row counts the tiles differ and the sums agree to rounding, as across the split-K kernel's
+M buckets. The partials are reduced in the launch by ``kernels._split_k.finish_tile``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from kernels._quant_gemv import put_row
 from kernels._quant_launch import gemv_rows
 from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
-from kernels.device import num_sms
+from kernels.device import interpreting, num_sms, vendor
 from kernels.linear_decode import split_chunk
 from kernels.linear_prefill import cdiv
 from kernels.tuning import Tuned, graph_bench
@@ -163,10 +165,42 @@ GEMV_CONFIGS = {
         dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=2),
     ],
 }
-_MIN_BLOCK_N = min(c["BLOCK_N"] for c in GEMV_CONFIGS["cuda"] + GEMV_CONFIGS["hip"])
+# Two to four rows: accumulators of [BLOCK_N, BLOCK_K] / threads = 16 fp32 a thread and row (64 at four
+# rows); first: the interpreter-sized tile, as above.
+GEMV_ROWS_CONFIGS = {
+    "cuda": [
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=3),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4, num_stages=3),
+        dict(BLOCK_N=4, BLOCK_K=512, num_warps=4, num_stages=2),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=8, num_stages=2),
+        dict(BLOCK_N=16, BLOCK_K=256, num_warps=8, num_stages=2),
+        dict(BLOCK_N=32, BLOCK_K=128, num_warps=8, num_stages=3),
+    ],
+    "hip": [
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1),
+        dict(BLOCK_N=8, BLOCK_K=256, num_warps=4, num_stages=2),
+    ],
+}
+_MIN_BLOCK_N = min(c["BLOCK_N"] for table in (GEMV_CONFIGS, GEMV_ROWS_CONFIGS)
+                   for c in table["cuda"] + table["hip"])
 
 
-_gemv = Tuned(_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=graph_bench)
+def _tile(c) -> tuple:
+    """A config's tile and launch shape, for a config dict or a ``triton.Config``."""
+    if isinstance(c, dict):
+        return c["BLOCK_N"], c["BLOCK_K"], c["num_warps"], c["num_stages"]
+    return c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+
+
+def _configs_for_rows(configs, named_args, **kwargs):
+    """One row tunes over GEMV_CONFIGS, two to four over GEMV_ROWS_CONFIGS (the autotuner holds both)."""
+    table = GEMV_CONFIGS if kwargs.get("ROWS", 1) == 1 else GEMV_ROWS_CONFIGS
+    wanted = {_tile(c) for c in table["cuda" if interpreting() else vendor()]}
+    return [c for c in configs if _tile(c) in wanted] or configs[:1]
+
+
+_gemv = Tuned(_gemv_kernel, {v: GEMV_CONFIGS[v] + GEMV_ROWS_CONFIGS[v] for v in GEMV_CONFIGS},
+              key=["N", "K", "ROWS"], do_bench=graph_bench, prune_configs_by={"early_config_prune": _configs_for_rows})
 
 
 def gemv_chunk(N: int, K: int, sms: int) -> int:
