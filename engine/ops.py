@@ -24,7 +24,7 @@ ENGINE_OPS = (
     "rmsnorm", "silu_and_mul", "rope", "linear", "gguf_linear", "gguf_dequantize",
     "kv_cache_write", "prefill_attention", "paged_decode_attention", "sample",
     "greedy", "rope_kv_write", "silu_mul_linear", "rmsnorm_linear", "rmsnorm_swiglu",
-    "rmsnorm_qkv_rope",
+    "rmsnorm_qkv_rope", "paged_decode_attention_linear",
 )
 # Fused ops: the ops each stands for, and whether the engine uses it unless told otherwise. A fusion on by
 # default gives way to its parts while one of them is swapped for another implementation (a researcher's
@@ -38,6 +38,8 @@ ENGINE_OPS = (
 # despite 16 launches fewer, so it stays opt-in. rmsnorm_swiglu (run12, same process): Qwen2.5-0.5B 699.2 ->
 # 675.7 us, Llama-3.2-1B 969.1 -> 951.6 us; rmsnorm_qkv_rope on top of it: Qwen2.5-0.5B 676.9 -> 667.3 us,
 # Llama-3.2-1B 931.4 -> 936.9 us (within the 2% the graph moves between machines; kept on for both).
+# paged_decode_attention_linear (the split-KV combine in the o_proj GEMV, one launch fewer per layer at batch 1):
+# see kernels/paged_decode_linear.py and bench/results for its measurement.
 # Each holds the fusions it replaces among its parts, so naming one of those turns it off too.
 FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),
@@ -45,6 +47,7 @@ FUSIONS = {
     "rmsnorm_linear": (("rmsnorm", "linear"), True),
     "rmsnorm_swiglu": (("rmsnorm", "linear", "silu_and_mul", "rmsnorm_linear"), True),
     "rmsnorm_qkv_rope": (("rmsnorm", "linear", "rope", "kv_cache_write", "rmsnorm_linear", "rope_kv_write"), True),
+    "paged_decode_attention_linear": (("paged_decode_attention", "linear"), True),
 }
 
 

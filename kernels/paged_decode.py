@@ -79,6 +79,7 @@ read after the wait, as before.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -296,6 +297,18 @@ def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int
     return choose_split_size(batch, num_kv_heads, max_context)
 
 
+class Split(NamedTuple):
+    """A split launch's output: ``o`` when it was written directly (one split), else the partials to combine
+    (``part_o`` [B, Hq, max_splits, D] and ``part_lse`` [B, Hq, max_splits], fp32) and how the splits were cut."""
+    o: torch.Tensor
+    part_o: torch.Tensor | None
+    part_lse: torch.Tensor | None
+    size: int
+    max_splits: int
+    max_context: int
+    fit: bool
+
+
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
                            max_context_len: int | None = None, num_splits: int | None = None,
@@ -312,23 +325,43 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     then reads the rest of its first tile before its PDL wait (see FRESH TOKENS in the module docstring).
     None promises nothing: every read of the cache waits.
     """
-    max_context = checks.decode_inputs("paged_decode_attention", q, k_cache, v_cache, block_tables, context_lens,
+    split = decode_split(q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, num_splits,
+                         split_size, fresh_tokens, fold=REDUCE_IN_SPLIT, tile=_tile)
+    if split.part_o is not None:
+        d_pad = triton.next_power_of_2(q.shape[2])
+        _decode_reduce_kernel[(q.shape[0], q.shape[1])](
+            split.part_o, split.part_lse, context_lens, split.o, split.o.stride(0), split.o.stride(1), q.shape[1],
+            split.size, split.max_splits, split.max_context, HEAD_DIM=q.shape[2], D_PAD=d_pad, FIT=split.fit,
+            ALIGN=SPLIT_ALIGN, S_STEP=combine_steps(1, d_pad), num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
+            **pdl.launch_options(q.device),
+        )
+    return split.o
+
+
+def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None,
+                 num_splits=None, split_size=None, fresh_tokens=None, fold: bool = False,
+                 tile: dict | None = None) -> Split:
+    """Check the inputs and run the split launch. With one split (or ``fold``: the launch combines its own
+    partials) ``o`` is the attention; otherwise the partials are left for the caller to combine (the reduce
+    launch above, or the o_proj GEMV of kernels/paged_decode_linear.py)."""
+    name = "paged_decode_attention"
+    max_context = checks.decode_inputs(name, q, k_cache, v_cache, block_tables, context_lens,
                                        max_context_len, fresh_tokens)
     if checks.debug_checks():
-        checks.block_table_values("paged_decode_attention", block_tables, context_lens, k_cache.shape[0],
-                                  k_cache.shape[1], "context_lens")
+        checks.block_table_values(name, block_tables, context_lens, k_cache.shape[0], k_cache.shape[1],
+                                  "context_lens")
         if max_context_len is not None and context_lens.numel() and int(context_lens.max()) > max_context_len:
-            raise ValueError(f"paged_decode_attention: a context length exceeds max_context_len={max_context_len}")
+            raise ValueError(f"{name}: a context length exceeds max_context_len={max_context_len}")
     batch, q_heads, D = q.shape
     kv_heads = k_cache.shape[2]
     o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
-    if batch == 0:
-        return o
     size = _split_size(batch, kv_heads, max_context, num_splits, split_size)
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1
-    fold = REDUCE_IN_SPLIT and not direct  # read at launch: a test or a benchmark may flip it
-    fit = FIT_SPLITS_TO_CONTEXT and num_splits is None and split_size is None  # likewise
+    fold = fold and not direct
+    fit = FIT_SPLITS_TO_CONTEXT and num_splits is None and split_size is None  # read at launch
+    if batch == 0:
+        return Split(o, None, None, size, max_splits, max_context, fit)
     if direct:
         part_o = part_lse = o  # unused
     else:
@@ -336,10 +369,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_lse = alloc.empty(batch, q_heads, max_splits, dtype=torch.float32, device=q.device)
     # One arrival counter per (sequence, KV head); made before any CUDA-graph capture (see arrival_counters).
     counters = arrival_counters(q.device, batch * kv_heads) if fold else part_lse  # unused unless folded
-    scale = checks.softmax_scale("paged_decode_attention", scale, D)
+    scale = checks.softmax_scale(name, scale, D)
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
-    tile = _tile or pick_tile(d_pad, q.element_size(), split=not direct)
+    tile = tile or pick_tile(d_pad, q.element_size(), split=not direct)
     combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
     _decode_split_kernel[(batch, kv_heads, max_splits)](
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse, counters,
@@ -352,13 +385,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         PREFETCH=fresh_tokens is not None and PREFETCH_SETTLED, **combine, **tile,
         **pdl.launch_options(q.device),
     )
-    if not direct and not fold:
-        _decode_reduce_kernel[(batch, q_heads)](
-            part_o, part_lse, context_lens, o, o.stride(0), o.stride(1), q_heads, size, max_splits,
-            max_context, HEAD_DIM=D, D_PAD=d_pad, FIT=fit, ALIGN=SPLIT_ALIGN, S_STEP=combine_steps(1, d_pad),
-            num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE, **pdl.launch_options(q.device),
-        )
-    return o
+    if direct or fold:
+        return Split(o, None, None, size, max_splits, max_context, fit)
+    return Split(o, part_o, part_lse, size, max_splits, max_context, fit)
 
 
 def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale=None,

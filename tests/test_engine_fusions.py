@@ -22,10 +22,11 @@ def model_dir(tmp_path_factory):
     return make_hf_model(tmp_path_factory.mktemp("fusions"), arch="llama")
 
 
-def _generate(model_dir, backend, overrides):
+def _generate(model_dir, backend, overrides, names=FUSED + PARTS):
+    """Greedy tokens of two requests, and how often each op in ``names`` was called."""
     engine = make_engine(model_dir, backend, op_overrides=overrides)
     try:
-        spy = OpSpy(engine, FUSED + PARTS)
+        spy = OpSpy(engine, names)
         params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
         ids = [engine.add_request(p, params) for p in ([5, 9, 2, 7, 11] * 4, [3, 1, 4, 1, 5, 9, 2, 6])]
         out = {i: [] for i in ids}
@@ -72,3 +73,18 @@ def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir
     assert fused["linear"] == parts["linear"] - fused["rmsnorm_qkv_rope"] - fused["rmsnorm_swiglu"]
     assert parts["silu_and_mul"] == parts["rope_kv_write"] == fused["rmsnorm_swiglu"]
     assert fused_ids == parts_ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_attention_runs_with_its_output_projection_unless_a_part_is_swapped(model_dir, backend):
+    """A decode-only step calls paged_decode_attention_linear (the o_proj GEMV combines the split partials);
+    steps with a prefill, and every step once the attention or the linear op is swapped, call the parts."""
+    spy_ops = ("paged_decode_attention_linear", "paged_decode_attention", "prefill_attention")
+    fused_ids, fused = _generate(model_dir, backend, {}, spy_ops)
+    parts_ids, parts = _generate(model_dir, backend, {"paged_decode_attention": backend}, spy_ops)
+    assert fused["paged_decode_attention_linear"] > 0 and parts["paged_decode_attention_linear"] == 0
+    # Every decode call went one way or the other; mixed steps (a prefill beside decodes) keep the parts.
+    assert fused["paged_decode_attention_linear"] + fused["paged_decode_attention"] == parts["paged_decode_attention"]
+    assert fused["prefill_attention"] == parts["prefill_attention"] > 0
+    assert fused_ids == parts_ids and all(len(ids) == 6 for ids in fused_ids)
+

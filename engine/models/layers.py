@@ -159,6 +159,8 @@ class Attention:
         self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = head_dim ** -0.5
         self.fuse_rope_kv = ops.fused("rope_kv_write")
+        dense_o_proj = len(o_proj.weights) == 1 and not is_quantized(o_proj.weights[0])
+        self.fuse_decode_o_proj = dense_o_proj and ops.fused("paged_decode_attention_linear")
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -183,6 +185,10 @@ class Attention:
             self.ops.rope(q, k, positions, cos_sin_cache)
             self.ops.kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
         nd = meta.num_decode_tokens
+        if nd == T and self.fuse_decode_o_proj:  # a decode-only step: the o_proj GEMV combines the splits
+            return self.ops.paged_decode_attention_linear(
+                q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, self.o_proj.weights[0],
+                self.o_proj.biases[0], scale=self.scale, max_context_len=meta.max_decode_context_len, fresh_tokens=1)
         decoded = prefilled = None
         if nd > 0:
             # fresh_tokens=1: of each decoding sequence's cache, only its newest token was written in this step
