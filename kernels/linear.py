@@ -21,9 +21,8 @@ benchmark sweep times them side by side):
 :func:`choose_linear_variant` is the rule, a plain function a researcher can call or replace; the
 ``variant=`` argument overrides it per call.
 
-The first call for a new (M bucket, N, K, dtype) autotunes (the split-K decode configs are timed with L2
-cleared, the GEMV's as CUDA-graph replays), so warm every shape up before capturing a CUDA graph of a model
-step.
+The first call for a new (M bucket, N, K, dtype) autotunes (decode configs are timed as CUDA-graph
+replays), so warm every shape up before capturing a CUDA graph of a model step.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting, num_sms
 from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
-from kernels.tuning import Tuned, cold_bench
+from kernels.tuning import Tuned, graph_bench
 
 # Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
 # aims at this many programs per multiprocessor (counting BLOCK_N = 64 column tiles). Measured on an
@@ -127,7 +127,7 @@ def _divides_unit(c: dict) -> bool:
 
 
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=cold_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
+                do_bench=graph_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def decode_block_m(M: int) -> int:

@@ -39,36 +39,37 @@ from kernels.registry import Op, register
 from kernels.tuning import Tuned, graph_bench
 
 FUSED_MAX_BATCH = 1  # sequences the fused GEMV takes; more run the two ops (read at each call)
-STEP_VALUES = 4096  # fp32 partials per [S_STEP, BLOCK_K] tile at most (32 a thread at 4 warps)
+MAX_STEP = 8  # splits combined per step: [8, BLOCK_K <= 256] partials, 16 fp32 a thread at 4 warps
 
 
 @triton.jit
-def _combined_slice(part_o_ptr, part_lse_ptr, head_base, k, offs_k, k_ok, n_splits, max_splits,
-                    HEAD_DIM: tl.constexpr, S_STEP: tl.constexpr, EVEN: tl.constexpr, OUT_TY: tl.constexpr):
-    """o[k : k + BLOCK_K] of one sequence (``head_base`` = sequence * Hq), combined from its first
-    ``n_splits`` partials in split order, rounded to OUT_TY, as fp32."""
-    kk = k + offs_k
-    rows = (head_base + kk // HEAD_DIM).to(tl.int64) * max_splits  # [BLOCK_K]: each column's head
-    d = kk % HEAD_DIM
-    top = tl.full(offs_k.shape, float("-inf"), tl.float32)
-    den = tl.zeros(offs_k.shape, tl.float32)
-    acc = tl.zeros(offs_k.shape, tl.float32)
+def _combined_slice(o_base, lse_base, k, n_splits, max_splits, num_q_heads, HEAD_DIM: tl.constexpr,
+                    BLOCK_K: tl.constexpr, S_STEP: tl.constexpr, OUT_TY: tl.constexpr):
+    """o[k : k + BLOCK_K] of one sequence (whole heads: k and BLOCK_K are multiples of HEAD_DIM), combined from
+    its first ``n_splits`` partials in split order, rounded to OUT_TY, as fp32. ``o_base``/``lse_base``
+    point at the sequence's partials; heads past the last (a K chunk that ends inside the tile) give zeros."""
+    HEADS: tl.constexpr = BLOCK_K // HEAD_DIM
+    h = k // HEAD_DIM + tl.arange(0, HEADS)
+    h_ok = h < num_q_heads
+    d = tl.arange(0, HEAD_DIM)
+    top = tl.full([HEADS], float("-inf"), tl.float32)
+    den = tl.zeros([HEADS], tl.float32)
+    acc = tl.zeros([HEADS, HEAD_DIM], tl.float32)
     for s0 in range(0, n_splits, S_STEP):
         s = s0 + tl.arange(0, S_STEP)
-        ok = (s < n_splits)[:, None]
-        if not EVEN:
-            ok = ok & k_ok[None, :]
-        idx = rows[None, :] + s[:, None]  # [S_STEP, BLOCK_K]
-        lse = tl.load(part_lse_ptr + idx, mask=ok, other=float("-inf"))
+        ok = (s < n_splits)[:, None] & h_ok[None, :]  # [S, HEADS]
+        row = h[None, :] * max_splits + s[:, None]
+        lse = tl.load(lse_base + row, mask=ok, other=float("-inf"))
         new_top = tl.maximum(top, tl.max(lse, 0))
-        safe = tl.where(new_top == float("-inf"), 0.0, new_top)  # a column past K: no split at all
+        safe = tl.where(new_top == float("-inf"), 0.0, new_top)  # a head past the last: no split at all
         w = tl.where(ok, tl.math.exp2(lse - safe[None, :]), 0.0)
-        o = tl.load(part_o_ptr + idx * HEAD_DIM + d[None, :], mask=ok, other=0.0)
+        o = tl.load(o_base + row[:, :, None] * HEAD_DIM + d[None, None, :], mask=ok[:, :, None], other=0.0)
         rescale = tl.math.exp2(top - safe)
-        acc = acc * rescale + tl.sum(w * o, 0)
+        acc = acc * rescale[:, None] + tl.sum(w[:, :, None] * o, 0)
         den = den * rescale + tl.sum(w, 0)
         top = new_top
-    return (acc / tl.maximum(den, 1e-30)).to(OUT_TY).to(tl.float32)
+    x = (acc / tl.maximum(den, 1e-30)[:, None]).to(OUT_TY).to(tl.float32)
+    return tl.reshape(x, [BLOCK_K])
 
 
 @triton.jit(do_not_specialize=["ctx_ptr", "M", "split_size", "max_splits", "ctx_cap"])  # per-step values
@@ -85,20 +86,21 @@ def _combine_gemv_kernel(
     k_start = split * K_CHUNK
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-    w, k_ok = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
+    w, _ = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
     # After the wait: the split launch wrote the partials (the context length is a host copy; read here too).
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
-    head_base = seq * num_q_heads
+    lse_base = part_lse_ptr + seq.to(tl.int64) * num_q_heads * max_splits
+    o_base = part_o_ptr + seq.to(tl.int64) * num_q_heads * max_splits * HEAD_DIM
     out_ty: tl.constexpr = y_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    x = _combined_slice(part_o_ptr, part_lse_ptr, head_base, k_start, offs_k, k_ok, n_splits, max_splits,
-                        HEAD_DIM, S_STEP, EVEN, out_ty)
+    x = _combined_slice(o_base, lse_base, k_start, n_splits, max_splits, num_q_heads, HEAD_DIM, BLOCK_K, S_STEP,
+                        out_ty)
     acc += w * x[None, :]
     for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
-        w, k_ok = weight_slice(w_rows, k, offs_k, k_end, EVEN)
-        x = _combined_slice(part_o_ptr, part_lse_ptr, head_base, k, offs_k, k_ok, n_splits, max_splits,
-                            HEAD_DIM, S_STEP, EVEN, out_ty)
+        w, _ = weight_slice(w_rows, k, offs_k, k_end, EVEN)
+        x = _combined_slice(o_base, lse_base, k, n_splits, max_splits, num_q_heads, HEAD_DIM, BLOCK_K, S_STEP,
+                            out_ty)
         acc += w * x[None, :]
     y = tl.sum(acc, axis=1)[None, :]  # [1, BLOCK_N]: one row, this program's sequence
     finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, seq + tl.arange(0, 1), offs_n, M, N, stride_ym,
@@ -121,7 +123,7 @@ COMBINE_GEMV_CONFIGS = {
         dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=2),
     ],
 }
-_MAX_BLOCK_K = max(c["BLOCK_K"] for t in COMBINE_GEMV_CONFIGS.values() for c in t)
+_MIN_BLOCK_K = min(c["BLOCK_K"] for t in COMBINE_GEMV_CONFIGS.values() for c in t)
 _combine_gemv = Tuned(_combine_gemv_kernel, COMBINE_GEMV_CONFIGS, key=["N", "K", "S_STEP"], do_bench=graph_bench)
 
 
@@ -133,7 +135,9 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     returns [B, N]. The attention arguments mean what they mean to paged_decode_attention."""
     _check(q, weight, bias)
     batch, q_heads, D = q.shape
-    fuse = 0 < batch <= FUSED_MAX_BATCH and weight.dtype == q.dtype
+    # Whole heads per K slice: a power-of-two head dim no wider than the narrowest slice.
+    whole_heads = D & (D - 1) == 0 and D <= _MIN_BLOCK_K
+    fuse = 0 < batch <= FUSED_MAX_BATCH and weight.dtype == q.dtype and whole_heads
     attention = (q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, num_splits, split_size,
                  fresh_tokens)
     split = decode_split(*attention) if fuse else None
@@ -145,7 +149,7 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     y = alloc.empty(batch, N, dtype=q.dtype, device=q.device)
     sms = num_sms(q.device.index or 0) if q.is_cuda else num_sms()
     chunk, splits, partials, counters, even = gemv_split(q, batch, N, K, 1, y, gemv_chunk(N, K, sms))
-    s_step = min(triton.next_power_of_2(split.max_splits), STEP_VALUES // _MAX_BLOCK_K)
+    s_step = min(triton.next_power_of_2(split.max_splits), MAX_STEP)
     launch = pdl.launch_options(q.device)
     _combine_gemv[lambda META: (cdiv(N, META["BLOCK_N"]), splits, batch)](
         split.part_o, split.part_lse, context_lens, weight, bias if bias is not None else y, y, partials, counters,
@@ -215,7 +219,7 @@ def _compare(out, ref, kernel_inputs, ref_inputs, case):
     o = attention_reference(ins["q"], ins["k_cache"], ins["v_cache"], ins["block_tables"], ins["context_lens"])
     wide = ref_inputs["weight"].dtype
     expected = dense.linear_reference(o.reshape(o.shape[0], -1).to(wide), ref_inputs["weight"], ref_inputs["bias"])
-    assert_close(out, expected, dtype=case["dtype"], reduction_len=2 * ins["weight"].shape[1],
+    assert_close(out, expected, dtype=case["dtype"], reduction_len=2 * ins["weight"].shape[1], tf32=True,
                  what=f"paged_decode_attention_linear {case}")
 
 

@@ -70,15 +70,6 @@ def graph_bench(fn, quantiles):
     return triton.testing.do_bench_cudagraph(fn, rep=5, quantiles=quantiles)
 
 
-def cold_bench(fn, quantiles):
-    """The autotuner's timer for weight-streaming kernels whose weight fits in L2 (a decode product of a few MB):
-    device-event timings with L2 cleared before each launch (``triton.testing.do_bench``), because a decode
-    step reads each layer's weight from memory, and a graph replaying one launch reads it from L2, where
-    another tile wins (H200, run 14: at 16 x 896 x 896 the config picked from replays took 5.1 us, the best
-    one timed cold 3.6 us). The clearing launch is long, so the host is ahead and its noise stays out."""
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
-
-
 def to_config(d: dict[str, Any]) -> triton.Config:
     kwargs = {k: v for k, v in d.items() if k not in LAUNCH_OPTIONS}
     opts = {k: d[k] for k in LAUNCH_OPTIONS if k in d}

@@ -22,9 +22,9 @@ def model_dir(tmp_path_factory):
     return make_hf_model(tmp_path_factory.mktemp("fusions"), arch="llama")
 
 
-def _generate(model_dir, backend, overrides, names=FUSED + PARTS):
+def _generate(model_dir, backend, overrides, names=FUSED + PARTS, **config):
     """Greedy tokens of two requests, and how often each op in ``names`` was called."""
-    engine = make_engine(model_dir, backend, op_overrides=overrides)
+    engine = make_engine(model_dir, backend, op_overrides=overrides, **config)
     try:
         spy = OpSpy(engine, names)
         params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -78,10 +78,11 @@ def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_attention_runs_with_its_output_projection_unless_a_part_is_swapped(model_dir, backend):
     """A decode-only step calls paged_decode_attention_linear (the o_proj GEMV combines the split partials);
-    steps with a prefill, and every step once the attention or the linear op is swapped, call the parts."""
+    steps with a prefill, and every step once the attention or the linear op is swapped, call the parts.
+    Eager, so that every decode step calls the ops (a graph replay calls none)."""
     spy_ops = ("paged_decode_attention_linear", "paged_decode_attention", "prefill_attention")
-    fused_ids, fused = _generate(model_dir, backend, {}, spy_ops)
-    parts_ids, parts = _generate(model_dir, backend, {"paged_decode_attention": backend}, spy_ops)
+    fused_ids, fused = _generate(model_dir, backend, {}, spy_ops, enforce_eager=True)
+    parts_ids, parts = _generate(model_dir, backend, {"paged_decode_attention": backend}, spy_ops, enforce_eager=True)
     assert fused["paged_decode_attention_linear"] > 0 and parts["paged_decode_attention_linear"] == 0
     # Every decode call went one way or the other; mixed steps (a prefill beside decodes) keep the parts.
     assert fused["paged_decode_attention_linear"] + fused["paged_decode_attention"] == parts["paged_decode_attention"]
