@@ -6,7 +6,8 @@ GPU, ``"torch"`` -- the references -- on a CPU) unless ``EngineConfig.op_overrid
 implementation registered with :func:`kernels.registry.register_impl`. That is the kernel hot-swap: an
 edited kernel registered under a new name is selected by configuration (``--op rmsnorm=my_rmsnorm``)
 without touching engine code. A fused op (RoPE with the KV write, an RMSNorm with the projection after
-it; opt-in, the SwiGLU gate with the down projection) gives way to its parts when one of them is swapped
+it; opt-in, the SwiGLU gate with the down projection and the decode attention with its output projection)
+gives way to its parts when one of them is swapped
 (:data:`FUSIONS`). Ops the model never calls (the GGUF ones for a safetensors model) are resolved at
 first use, so a missing optional module only matters to models that need it.
 """
@@ -38,8 +39,10 @@ ENGINE_OPS = (
 # despite 16 launches fewer, so it stays opt-in. rmsnorm_swiglu (run12, same process): Qwen2.5-0.5B 699.2 ->
 # 675.7 us, Llama-3.2-1B 969.1 -> 951.6 us; rmsnorm_qkv_rope on top of it: Qwen2.5-0.5B 676.9 -> 667.3 us,
 # Llama-3.2-1B 931.4 -> 936.9 us (within the 2% the graph moves between machines; kept on for both).
-# paged_decode_attention_linear (the split-KV combine in the o_proj GEMV, one launch fewer per layer at batch 1):
-# see kernels/paged_decode_linear.py and bench/results for its measurement.
+# paged_decode_attention_linear (the split-KV combine in the o_proj GEMV, one launch fewer per layer at batch 1;
+# run14/decode_profile_call3.log, H200, same process): the Qwen2.5-0.5B graph took 707.4 us against 642.5 us
+# without it, so it is opt-in (each GEMV program combines its slice's partials after the wait, a longer chain
+# than the 14-program reduce launch it replaces).
 # Each holds the fusions it replaces among its parts, so naming one of those turns it off too.
 FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),
@@ -47,7 +50,7 @@ FUSIONS = {
     "rmsnorm_linear": (("rmsnorm", "linear"), True),
     "rmsnorm_swiglu": (("rmsnorm", "linear", "silu_and_mul", "rmsnorm_linear"), True),
     "rmsnorm_qkv_rope": (("rmsnorm", "linear", "rope", "kv_cache_write", "rmsnorm_linear", "rope_kv_write"), True),
-    "paged_decode_attention_linear": (("paged_decode_attention", "linear"), True),
+    "paged_decode_attention_linear": (("paged_decode_attention", "linear"), False),
 }
 
 

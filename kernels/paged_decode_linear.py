@@ -17,8 +17,15 @@ The weight tiles stay the GEMV's (kernels/linear_gemv.py), with its split-K and 
 partials are read from L2 (a few KB per program), where the reduce launch costs a whole dependency point.
 
 When: the fused GEMV serves ``FUSED_MAX_BATCH`` sequences at most (its programs re-read the weight once per
-sequence) with a dense weight; a launch whose attention needs one split (no partials) or a larger batch runs
-the two ops as they are. The split policy is paged_decode's own, so the partials are the same bits.
+sequence) with a dense weight and a power-of-two head dim no wider than a K slice; a launch whose attention
+needs one split (no partials), or any other, runs the two ops as they are. The split policy is
+paged_decode's own, so the partials are the same bits.
+
+Measured (H200, bench/results/NVIDIA_H200/run14_notes.md): in the Qwen2.5-0.5B decode graph the fusion took
+707.4 us a step against 642.5 us for the split, reduce and GEMV launches, so the engine leaves it opt-in
+(engine/ops.py FUSIONS). Each of the GEMV's 112 programs combines its slice's partials after its PDL wait, a
+chain of dependent L2 round trips per K tile; the reduce launch does that once, in 14 programs, while the
+GEMV's weight loads wait. A first form, with a gather per element, took 952.5 us.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from kernels.registry import Op, register
 from kernels.tuning import Tuned, graph_bench
 
 FUSED_MAX_BATCH = 1  # sequences the fused GEMV takes; more run the two ops (read at each call)
-MAX_STEP = 8  # splits combined per step: [8, BLOCK_K <= 256] partials, 16 fp32 a thread at 4 warps
+MAX_STEP = 8  # splits combined per step: [8, BLOCK_K <= 512] partials
 
 
 @triton.jit
@@ -108,7 +115,7 @@ def _combine_gemv_kernel(
 
 
 # --- configs as data ----------------------------------------------------------------------------
-# The plain GEMV's tiles with BLOCK_K <= 256, so that a [S_STEP, BLOCK_K] tile of partials stays small.
+# The plain GEMV's tiles; a [S_STEP, BLOCK_K] tile of partials is at most 4096 fp32 (32 a thread at 4 warps).
 # First: the interpreter's choice.
 COMBINE_GEMV_CONFIGS = {
     "cuda": [
@@ -117,6 +124,9 @@ COMBINE_GEMV_CONFIGS = {
         dict(BLOCK_N=8, BLOCK_K=256, num_warps=2, num_stages=3),
         dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
         dict(BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=3),
+        # A whole 512-wide K chunk per tile: the partials of the chunk's heads in one round of loads.
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=4, num_stages=1),
+        dict(BLOCK_N=16, BLOCK_K=512, num_warps=8, num_stages=1),
     ],
     "hip": [
         dict(BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=1),

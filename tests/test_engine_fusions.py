@@ -76,16 +76,16 @@ def test_norms_fused_into_the_next_projection_unless_a_part_is_swapped(model_dir
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_decode_attention_runs_with_its_output_projection_unless_a_part_is_swapped(model_dir, backend):
-    """A decode-only step calls paged_decode_attention_linear (the o_proj GEMV combines the split partials);
-    steps with a prefill, and every step once the attention or the linear op is swapped, call the parts.
-    Eager, so that every decode step calls the ops (a graph replay calls none)."""
+def test_decode_attention_with_its_output_projection_when_named(model_dir, backend):
+    """Opt-in: named, a decode-only step calls paged_decode_attention_linear (the o_proj GEMV combines the split
+    partials) and steps with a prefill call the parts; by default every step calls the parts. Eager, so that
+    every decode step calls the ops (a graph replay calls none). The same tokens both ways."""
     spy_ops = ("paged_decode_attention_linear", "paged_decode_attention", "prefill_attention")
-    fused_ids, fused = _generate(model_dir, backend, {}, spy_ops, enforce_eager=True)
-    parts_ids, parts = _generate(model_dir, backend, {"paged_decode_attention": backend}, spy_ops, enforce_eager=True)
+    fused_ids, fused = _generate(model_dir, backend, {"paged_decode_attention_linear": backend}, spy_ops,
+                                 enforce_eager=True)
+    parts_ids, parts = _generate(model_dir, backend, {}, spy_ops, enforce_eager=True)
     assert fused["paged_decode_attention_linear"] > 0 and parts["paged_decode_attention_linear"] == 0
     # Every decode call went one way or the other; mixed steps (a prefill beside decodes) keep the parts.
     assert fused["paged_decode_attention_linear"] + fused["paged_decode_attention"] == parts["paged_decode_attention"]
     assert fused["prefill_attention"] == parts["prefill_attention"] > 0
     assert fused_ids == parts_ids and all(len(ids) == 6 for ids in fused_ids)
-
