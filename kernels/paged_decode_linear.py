@@ -46,6 +46,13 @@ from kernels.registry import Op, register
 from kernels.tuning import Tuned, graph_bench
 
 FUSED_MAX_BATCH = 1  # sequences the fused GEMV takes; more run the two ops (read at each call)
+# True: a launch given ``fresh_tokens`` reads the context length before its PDL wait (the promise covers it: the
+# context lengths come from host copies, as in kernels/paged_decode.py), so the partials' loads follow the wait
+# at once. Read at launch.
+CTX_BEFORE_WAIT = True
+# An index into COMBINE_GEMV_CONFIGS for this vendor to launch with instead of autotuning (-1: autotune); for
+# benchmarks comparing tiles in the engine. Read at launch.
+PINNED_CONFIG = -1
 MAX_STEP = 8  # splits combined per step: [8, BLOCK_K <= 512] partials
 
 
@@ -85,6 +92,7 @@ def _combine_gemv_kernel(
     K_CHUNK, SPLITS, num_q_heads, split_size, max_splits, ctx_cap,
     HEAD_DIM: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr, S_STEP: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    CTX_EARLY: tl.constexpr,
 ):
     pdl.start(PDL)
     pid_n, split, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -93,9 +101,13 @@ def _combine_gemv_kernel(
     k_start = split * K_CHUNK
     k_end = tl.minimum(k_start + K_CHUNK, K)
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
+    if CTX_EARLY:
+        ctx = tl.load(ctx_ptr + seq)  # a host copy, promised settled (CTX_BEFORE_WAIT)
     w, _ = first_weight_slice(w_rows, k_start, offs_k, k_end, EVEN, PDL, PREFETCH)
-    # After the wait: the split launch wrote the partials (the context length is a host copy; read here too).
-    ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
+    if not CTX_EARLY:
+        ctx = tl.load(ctx_ptr + seq)
+    # After the wait: the split launch wrote the partials.
+    ctx = tl.minimum(ctx, ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
     lse_base = part_lse_ptr + seq.to(tl.int64) * num_q_heads * max_splits
     o_base = part_o_ptr + seq.to(tl.int64) * num_q_heads * max_splits * HEAD_DIM
@@ -161,12 +173,17 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     chunk, splits, partials, counters, even = gemv_split(q, batch, N, K, 1, y, gemv_chunk(N, K, sms))
     s_step = min(triton.next_power_of_2(split.max_splits), MAX_STEP)
     launch = pdl.launch_options(q.device)
-    _combine_gemv[lambda META: (cdiv(N, META["BLOCK_N"]), splits, batch)](
-        split.part_o, split.part_lse, context_lens, weight, bias if bias is not None else y, y, partials, counters,
-        batch, N, K, weight.stride(0), y.stride(0), chunk, splits, q_heads, split.size, split.max_splits,
-        split.max_context, HEAD_DIM=D, FIT=split.fit, ALIGN=SPLIT_ALIGN, S_STEP=s_step, HAS_BIAS=bias is not None,
-        EVEN=even, PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch,
-    )
+    args = (split.part_o, split.part_lse, context_lens, weight, bias if bias is not None else y, y, partials,
+            counters, batch, N, K, weight.stride(0), y.stride(0), chunk, splits, q_heads, split.size,
+            split.max_splits, split.max_context)
+    flags = dict(HEAD_DIM=D, FIT=split.fit, ALIGN=SPLIT_ALIGN, S_STEP=s_step, HAS_BIAS=bias is not None, EVEN=even,
+                 PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight),
+                 CTX_EARLY=CTX_BEFORE_WAIT and fresh_tokens is not None and bool(launch["PDL"]), **launch)
+    if PINNED_CONFIG >= 0:
+        config = _combine_gemv.candidates()[PINNED_CONFIG]
+        _combine_gemv_kernel[(cdiv(N, config["BLOCK_N"]), splits, batch)](*args, **flags, **config)
+    else:
+        _combine_gemv[lambda META: (cdiv(N, META["BLOCK_N"]), splits, batch)](*args, **flags)
     return y
 
 
