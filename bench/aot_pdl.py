@@ -9,7 +9,7 @@ launchers configure it, in each signal mode, and reads the PTX:
 - ``griddepcontrol.wait`` is there, and no global store or atomic comes before it;
 - no global load comes before it either, except in the dense GEMVs given a static weight, which must
   load (their first tile) there, and in the paged decode split kernel given ``fresh_tokens``, which must
-  load its first tile's settled tokens there;
+  load its first tile's settled tokens there (the combining o_proj GEMV: its weight tile and context length);
 - ``griddepcontrol.launch_dependents`` is there; in the "after_wait" mode, or in a kernel that signals
   late, only after the wait.
 
@@ -39,6 +39,7 @@ def _cases():
         linear_decode,
         linear_gemv,
         paged_decode,
+        paged_decode_linear,
         rmsnorm,
         rmsnorm_linear,
         rmsnorm_qkv_rope,
@@ -77,6 +78,11 @@ def _cases():
     for prefetch in (False, True):  # given fresh_tokens, the settled part of the first tile is read before the wait
         yield (f"paged_decode split PREFETCH={prefetch}", paged_decode._decode_split_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"}, {**split, "PREFETCH": prefetch}, prefetch, True)
+    combine = dict(HEAD_DIM=64, FIT=True, ALIGN=64, S_STEP=8, HAS_BIAS=False, EVEN=False, BLOCK_N=16, BLOCK_K=256)
+    for early in (False, True):  # the weight tile (static) and, promised settled, the context length
+        yield (f"paged_decode_linear PREFETCH={early} CTX_EARLY={early}", paged_decode_linear._combine_gemv_kernel,
+               {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_ptr": "*fp32"},
+               {**combine, "PREFETCH": early, "CTX_EARLY": early}, early, False)
     for late in (False, True):
         yield (f"paged_decode reduce SIGNAL_LATE={late}", paged_decode._decode_reduce_kernel,
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
