@@ -40,9 +40,8 @@ ENGINE_OPS = (
 # 675.7 us, Llama-3.2-1B 969.1 -> 951.6 us; rmsnorm_qkv_rope on top of it: Qwen2.5-0.5B 676.9 -> 667.3 us,
 # Llama-3.2-1B 931.4 -> 936.9 us (within the 2% the graph moves between machines; kept on for both).
 # paged_decode_attention_linear (the split-KV combine in the o_proj GEMV, one launch fewer per layer at batch 1;
-# run14/decode_profile_call3.log, H200, same process): the Qwen2.5-0.5B graph took 707.4 us against 642.5 us
-# without it, so it is opt-in (each GEMV program combines its slice's partials after the wait, a longer chain
-# than the 14-program reduce launch it replaces).
+# run14/decode_profile_call5.log, H200, same process): the Qwen2.5-0.5B graph took 689.5 us against 635.5 us
+# without it (call 3: 707.4 against 642.5), so it is opt-in.
 # Each holds the fusions it replaces among its parts, so naming one of those turns it off too.
 FUSIONS = {
     "rope_kv_write": (("rope", "kv_cache_write"), True),

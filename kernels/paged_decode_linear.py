@@ -22,10 +22,10 @@ needs one split (no partials), or any other, runs the two ops as they are. The s
 paged_decode's own, so the partials are the same bits.
 
 Measured (H200, bench/results/NVIDIA_H200/run14_notes.md): in the Qwen2.5-0.5B decode graph the fusion took
-707.4 us a step against 642.5 us for the split, reduce and GEMV launches, so the engine leaves it opt-in
-(engine/ops.py FUSIONS). Each of the GEMV's 112 programs combines its slice's partials after its PDL wait, a
-chain of dependent L2 round trips per K tile; the reduce launch does that once, in 14 programs, while the
-GEMV's weight loads wait. A first form, with a gather per element, took 952.5 us.
+689.5 us a step against 635.5 us for the split, reduce and GEMV launches, so the engine leaves it opt-in
+(engine/ops.py FUSIONS). Its launch is shorter than the reduce and GEMV together (5.9 against about 7.1 us a
+layer), but under PDL launches overlap and something on the step's critical path grows; a timeline would
+say what. A first form, with a gather per element, took 952.5 us.
 """
 
 from __future__ import annotations
