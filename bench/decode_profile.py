@@ -18,11 +18,16 @@ on. For each:
   (kernels/pdl.py) a kernel starts before its predecessor ends and its time includes that wait, so the
   kernels overlap and their sum exceeds the graph time; a variant with ``kernels.pdl.ENABLED=False`` gives
   each kernel's own duration, and there the gap between the graph time and the sum is what launching and
-  draining the kernels costs.
+  draining the kernels costs;
+- each kernel's share of the critical path (``path_us_per_replay``): how much later than the kernel before
+  it in its replay it ends, summed per name. A step's kernels each depend on the ones before, so
+  these shares add up to the replay's span whatever PDL overlaps: the column to read when a change moves
+  the graph time but not the per-kernel times.
 
 Variants in one process share Triton's autotuning results, so each after the first starts in seconds.
 Writes ``decode_profile.csv`` (one row per model, variant and kernel), ``decode_sequence.csv`` (the last
-replay's kernels in launch order, to tell which launch of a layer is slow) and ``decode_profile.json``
+replay's kernels in launch order with their start, end and critical-path share, to tell which launch of a
+layer is slow) and ``decode_profile.json``
 (graph time, summed kernel time, kernel count per replay), and prints a short table per variant.
 """
 
@@ -120,17 +125,54 @@ def profile_graph(engine, replays: int) -> tuple[list[dict], list[dict]]:
         rows.append({"kernel": event.key, "launches_per_replay": event.count / replays,
                      "us_per_launch": device_us / event.count, "us_per_replay": device_us / replays})
     total = sum(r["us_per_replay"] for r in rows) or 1.0
+    path = critical_path(prof, replays)
     for r in rows:
         r["share"] = r["us_per_replay"] / total
+        r["path_us_per_replay"] = path.get(r["kernel"], 0.0)
     return sorted(rows, key=lambda r: -r["us_per_replay"]), kernel_sequence(prof, replays)
 
 
-def kernel_sequence(prof, replays: int) -> list[dict]:
-    """The last replay's device kernels in start order: position, name, microseconds."""
+def _replays(prof, replays: int) -> list[list]:
+    """The profiled device kernels in start order, cut into ``replays`` equal runs (one per graph replay)."""
     kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
-    last = kernels[len(kernels) - len(kernels) // replays:] if replays else []
-    return [{"position": i, "kernel": e.name, "us": e.time_range.elapsed_us()} for i, e in enumerate(last)]
+    n = len(kernels) // replays if replays else 0
+    return [kernels[i * n:(i + 1) * n] for i in range(replays)] if n else []
+
+
+def _ends_after(run) -> list[float]:
+    """For each kernel of one replay, how much later than the kernel before it it ends (the first: from its own
+    start): its share of the step's critical path. Under PDL a kernel starts early and waits, so its duration
+    says little; but a step's kernels each depend on the ones before, so the step ends when its last kernel
+    does, and these shares telescope to the replay's span (first start to last end). A kernel that ends
+    before its predecessor gets a negative share, which the next one's makes up."""
+    shares, previous = [], run[0].time_range.start if run else 0.0
+    for e in run:
+        end = e.time_range.start + e.time_range.elapsed_us()
+        shares.append(end - previous)
+        previous = end
+    return shares
+
+
+def kernel_sequence(prof, replays: int) -> list[dict]:
+    """The last replay's device kernels in start order: position, name, microseconds, start and end (from the
+    replay's first kernel start) and ``adds_us``, how much later than the kernel before it the kernel ends."""
+    runs = _replays(prof, replays)
+    last = runs[-1] if runs else []
+    t0 = last[0].time_range.start if last else 0.0
+    return [{"position": i, "kernel": e.name, "us": e.time_range.elapsed_us(), "start_us": e.time_range.start - t0,
+             "end_us": e.time_range.start - t0 + e.time_range.elapsed_us(), "adds_us": adds}
+            for i, (e, adds) in enumerate(zip(last, _ends_after(last), strict=True))]
+
+
+def critical_path(prof, replays: int) -> dict[str, float]:
+    """Per kernel name, its mean share of a replay's critical path (see _ends_after), in microseconds."""
+    runs = _replays(prof, replays)
+    total: dict[str, float] = {}
+    for run in runs:
+        for e, adds in zip(run, _ends_after(run), strict=True):
+            total[e.name] = total.get(e.name, 0.0) + adds
+    return {name: us / len(runs) for name, us in total.items()}
 
 
 def main(argv=None) -> int:
@@ -167,19 +209,23 @@ def main(argv=None) -> int:
                                         "kernel_us_per_replay": kernel_us, "launches_per_replay": launches})
                 print(f"[{model} / {name}] graph {graph_ms * 1e3:.1f} us per replay; kernels {kernel_us:.1f} us "
                       f"in {launches:.0f} launches", flush=True)
+                print("    us/replay  launches x us/launch   critical path us/replay  kernel", flush=True)
                 for r in rows[:14]:
                     print(f"    {r['us_per_replay']:8.1f} us  {r['launches_per_replay']:5.0f} x "
-                          f"{r['us_per_launch']:6.2f}  {r['kernel'][:90]}", flush=True)
+                          f"{r['us_per_launch']:6.2f}   {r['path_us_per_replay']:8.1f}  {r['kernel'][:80]}",
+                          flush=True)
                 table += [{"model": model, "variant": name, **r} for r in rows]
                 sequences += [{"model": model, "variant": name, **r} for r in sequence]
                 (out / "decode_profile.json").write_text(json.dumps(summary, indent=2))
                 with open(out / "decode_profile.csv", "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=["model", "variant", "kernel", "launches_per_replay",
-                                                      "us_per_launch", "us_per_replay", "share"])
+                                                      "us_per_launch", "us_per_replay", "share",
+                                                      "path_us_per_replay"])
                     w.writeheader()
                     w.writerows(table)
                 with open(out / "decode_sequence.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["model", "variant", "position", "kernel", "us"])
+                    w = csv.DictWriter(f, fieldnames=["model", "variant", "position", "kernel", "us", "start_us",
+                                                      "end_us", "adds_us"])
                     w.writeheader()
                     w.writerows(sequences)
     return 0

@@ -310,6 +310,28 @@ def test_decode_profile_sequence_is_the_last_replay_in_start_order():
               event("c", 5, 6), event("host", 1, 30, torch.autograd.DeviceType.CPU)]
     rows = kernel_sequence(SimpleNamespace(events=lambda: events), replays=2)
     assert [(r["position"], r["kernel"], r["us"]) for r in rows] == [(0, "a", 2), (1, "b", 3), (2, "c", 1)]
+    assert [(r["start_us"], r["end_us"], r["adds_us"]) for r in rows] == [(0, 2, 2), (2, 5, 3), (5, 6, 1)]
+
+
+def test_decode_profile_critical_path_shares_add_up_to_the_span():
+    """Under PDL kernels overlap: a kernel that starts early and ends after its predecessor adds only the
+    difference of the ends; one that ends inside its predecessor gets a negative share, which the next one
+    makes up; the shares sum to the replay's span."""
+    from types import SimpleNamespace
+
+    from bench.decode_profile import critical_path, kernel_sequence
+
+    def event(name, start, end):
+        return SimpleNamespace(name=name, device_type=torch.autograd.DeviceType.CUDA,
+                               time_range=SimpleNamespace(start=start, elapsed_us=lambda: end - start))
+
+    # Two replays: a [0, 4], b starts at 1 (early, waits) and ends at 6, c [5, 5.5] ends inside b, d ends at 8.
+    replay = [("a", 0, 4), ("b", 1, 6), ("c", 5, 5.5), ("d", 5.8, 8)]
+    events = [event(n, s + t0, e + t0) for t0 in (0, 100) for n, s, e in replay]
+    prof = SimpleNamespace(events=lambda: events)
+    assert critical_path(prof, replays=2) == {"a": 4, "b": 2, "c": -0.5, "d": 2.5}
+    assert sum(critical_path(prof, replays=2).values()) == 8  # the span of one replay
+    assert [r["adds_us"] for r in kernel_sequence(prof, replays=2)] == [4, 2, -0.5, 2.5]
 
 
 def test_tune_linear_decode_shape_arguments():
