@@ -10,9 +10,10 @@ split s of query head h leaves a normalised partial o_hs and its base-2 log-sum-
 Why fused: at batch 1 the decode layer is a chain of short launches, each waiting for the one before it to
 finish on the whole card (a grid-wide dependency point). The unfused pair is three of them: split, reduce,
 GEMV. Here the GEMV combines the partials of the K slice it is about to multiply, in place of loading that
-slice of o: K index k is element k % D of head k // D, so a [S_STEP, BLOCK_K] tile of partials (S_STEP
-splits of the slice's heads) folds into a running max and sum per column, exactly as the reduce launch
-combines a head (kernels/_decode_combine.py), and is rounded to o's dtype as the reduce would store it.
+slice of o: K index k is element k % D of head k // D, so a slice is BLOCK_K / D whole heads, and a
+[S_STEP, heads, D] tile of partials (S_STEP splits of each) folds into a running max and sum per head, as the
+reduce launch combines a head (kernels/_decode_combine.py); the result is rounded to o's dtype as the reduce
+would store it, and laid out as the weight tile's K axis.
 The weight tiles stay the GEMV's (kernels/linear_gemv.py), with its split-K and in-launch reduction. The
 partials are read from L2 (a few KB per program), where the reduce launch costs a whole dependency point.
 
@@ -24,8 +25,8 @@ paged_decode's own, so the partials are the same bits.
 Measured (H200, bench/results/NVIDIA_H200/run14_notes.md): in the Qwen2.5-0.5B decode graph the fusion took
 689.5 us a step against 635.5 us for the split, reduce and GEMV launches, so the engine leaves it opt-in
 (engine/ops.py FUSIONS). Its launch is shorter than the reduce and GEMV together (5.9 against about 7.1 us a
-layer), but under PDL launches overlap and something on the step's critical path grows; a timeline would
-say what. A first form, with a gather per element, took 952.5 us.
+layer), but under PDL launches overlap and something on the step's critical path grows; the critical-path
+shares of bench/decode_profile.py would say what. A first form, with a gather per element, took 952.5 us.
 """
 
 from __future__ import annotations
