@@ -107,8 +107,8 @@ def _missing_parameters(fn: Callable, reference: Callable) -> list[str]:
     either signature cannot be read)."""
     try:
         have, want = inspect.signature(fn).parameters, inspect.signature(reference).parameters
-    except (TypeError, ValueError):
-        return []
+    except (TypeError, ValueError):  # builtins and some extension callables have no readable signature:
+        return []                    # nothing to compare, so registration proceeds as before the check
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in have.values()):
         return []
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _decode_cases, alloc, paged_decode_linear
+from kernels import alloc, paged_decode_linear
 from kernels.paged_decode_linear import (
     paged_decode_attention_linear,
     paged_decode_attention_linear_reference,
     paged_decode_attention_linear_separate,
 )
+from kernels.registry import get
 from kernels.testing import assert_close
 
 pytestmark = pytest.mark.paged_decode_attention_linear
+OP = get("paged_decode_attention_linear")
 
 
 def _inputs(device, context_lens, q_heads=6, kv_heads=2, head_dim=32, out_features=33, dtype=torch.float32,
@@ -22,13 +24,7 @@ def _inputs(device, context_lens, q_heads=6, kv_heads=2, head_dim=32, out_featur
     case = {"context_lens": tuple(context_lens), "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim,
             "block_size": block_size, "dtype": dtype, "num_splits": None, "pass_max": True, "layout": "shuffled",
             "out_features": out_features, "bias": bias}
-    gen = torch.Generator(device=device).manual_seed(seed)
-    inputs = _decode_cases.make_inputs(case, device, gen)
-    inputs.pop("num_splits", None)
-    K = q_heads * head_dim
-    w = torch.randn(out_features, K, generator=gen, device=device) / K ** 0.5
-    b = torch.randn(out_features, generator=gen, device=device) if bias else None
-    return dict(inputs, weight=w.to(dtype), bias=None if b is None else b.to(dtype))
+    return OP.make_inputs(case, device, torch.Generator(device=device).manual_seed(seed))
 
 
 def _expected(inputs):
