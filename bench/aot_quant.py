@@ -164,13 +164,14 @@ def decode_launches():
     for c in ql.W8_GEMV_CONFIGS["cuda"] + [c for c in ql.W8_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
         yield (f"w8a16 {c}", ql, c, lambda c=c: ql.w8a16_linear(x, q8, s8, config=c),
                c["BLOCK_N"] * (4 * c["BLOCK_W"] if "BLOCK_W" in c else c["BLOCK_K"]))
-    gemv = {gl.Q4_0: gl.Q4_0_GEMV_CONFIGS["cuda"], gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"]}
+    gemv = {gl.Q4_0: gl.Q4_0_GROUP_GEMV_CONFIGS["cuda"] + gl.Q4_0_GEMV_CONFIGS["cuda"],
+            gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"]}
     for q in sorted(FORMATS):
         fmt, data = FORMATS[q], random_blocks(q, N, K, generator=gen)
         for c in gemv.get(q, []) + gl.CONFIGS["cuda"]:
             if "BLOCK_M" not in c or fmt.block_size != 256 or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32):
                 yield (f"gguf {fmt.name} {c}", gl, c, lambda data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c),
-                       c["BLOCK_N"] * fmt.type_size * c["BLOCKS_PER_ITER"])
+                       c["BLOCK_N"] * fmt.type_size * c.get("BLOCKS_PER_ITER", 8 * c.get("GROUPS_PER_ITER", 1)))
 
 
 def check_launches():
@@ -228,6 +229,15 @@ def check_launches():
                 for c in gl.Q4_0_HALFWORD_GEMV_CONFIGS["cuda"]:
                     yield (f"gguf Q4_0 2-byte words {dtype} M=3 {c}", gl, c,
                            lambda x=x3, data=odd, c=c: gl.gguf_linear(x, data, Q4_0, config=c))
+            if q == Q4_0 and dtype != torch.float32:  # the 8-block-group kernel, each tile at its most rows
+                from kernels._q4_0_group_gemv import FP16_MOST_ROWS, most_rows
+
+                groups = gl.Q4_0_GROUP_GEMV_CONFIGS["cuda"]
+                for c in groups if dtype == torch.bfloat16 else groups[:1]:
+                    rows = min(most_rows(c), 3 if dtype == torch.bfloat16 else FP16_MOST_ROWS)
+                    xm = torch.randn(rows, 512, generator=gen).to(dtype)
+                    yield (f"gguf Q4_0 8-block groups {dtype} M={xm.shape[0]} {c}", gl, c,
+                           lambda x=xm, data=data, c=c: gl.gguf_linear(x, data, Q4_0, config=c))
             if dtype == torch.bfloat16:
                 yield (f"gguf_dequantize {FORMATS[q].name}", gd, gd.CONFIGS["cuda"][0],
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))

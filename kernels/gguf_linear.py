@@ -21,6 +21,8 @@ made per call and dropped (a cache would hold a full-precision copy of every qua
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from kernels import alloc
@@ -33,6 +35,12 @@ from kernels._gguf_gemv import (
     q4_0_gemv_kernel,
     q4_0_pair_gemv_kernel,
     q4_k_gemv_kernel,
+)
+from kernels._q4_0_group_gemv import (
+    FP16_MOST_ROWS,
+    Q4_0_GROUP_GEMV_CONFIGS,
+    configs_for_rows,
+    q4_0_group_gemv_kernel,
 )
 from kernels._quant_gemv import ONE_BITS
 from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, use_gemv
@@ -119,24 +127,44 @@ def _prune(configs, named_args, **kwargs):
 
 _gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "QTYPE"],
                      prune_configs_by={"early_config_prune": _prune})
-# Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels (kernels._gguf_gemv), widest words first, each
-# with the alignment its loads need: Q4_0 as pairs of blocks in 4-byte words (rows of an even number of
-# blocks), else in 2-byte ones (an odd number: 18-byte blocks); Q4_K's 144-byte blocks in 4-byte words.
+# Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels, widest words first, each with what its loads
+# need. Q4_0: rows of a multiple of 8 blocks (K % 256 == 0) with 16-bit x as 8-block groups in 16-byte
+# vectors (kernels._q4_0_group_gemv); other rows of an even number of blocks as pairs in 4-byte words; odd
+# ones in 2-byte words (18-byte blocks). Q4_K's 144-byte blocks in 4-byte words (16-byte vectors).
+class _Gemv(NamedTuple):
+    tuned: Tuned
+    align: int  # bytes: the rows' length and start
+    blocks_per_unit: int  # the split-K unit
+    x_words: bool  # reads x as int32 words of two 16-bit values (4-byte aligned rows; fp16 at M <= 2)
+
+    def fits(self, data: torch.Tensor, x: torch.Tensor) -> bool:
+        if not use_gemv(x.shape[0], data, self.align, None):
+            return False
+        if not self.x_words:
+            return True
+        sixteen_bit = x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and x.shape[0] <= FP16_MOST_ROWS)
+        return sixteen_bit and x.data_ptr() % 4 == 0 and x.stride(0) % 2 == 0
+
+
 _GEMV = {
-    Q4_0: [(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4),
-           (Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2)],
-    Q4_K: [(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4)],
+    Q4_0: [_Gemv(Tuned(q4_0_group_gemv_kernel, Q4_0_GROUP_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"],
+                       prune_configs_by={"early_config_prune": configs_for_rows}), 16, 8, True),
+           _Gemv(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 4, False),
+           _Gemv(Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2, 4, False)],
+    Q4_K: [_Gemv(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 1, False)],
 }
 
 
-def _gemv(qtype: int, M: int, data: torch.Tensor, config: dict | None):
+def _gemv(qtype: int, x: torch.Tensor, data: torch.Tensor, config: dict | None) -> _Gemv | None:
     """The GEMV kernel of this launch, or None for the tensor-core one: the first of the format's GEMVs whose
-    words the rows allow (``use_gemv`` with no config checks M and alignment only); a pinned GEMV config
-    takes that one too, or the narrowest-word one if none fits (as ``use_gemv`` forces it)."""
+    loads the weight and x allow; a pinned GEMV config (no BLOCK_M) takes the GEMV whose list holds it (the
+    narrowest-word one if none does, as ``use_gemv`` forces it)."""
     gemvs = _GEMV.get(qtype, [])
-    if not gemvs or not use_gemv(M, data, gemvs[-1][1], config):
+    if not gemvs or not use_gemv(x.shape[0], data, gemvs[-1].align, config):
         return None
-    return next((tuned for tuned, align in gemvs if use_gemv(M, data, align, None)), gemvs[-1][0])
+    if config is not None:
+        return next((g for g in gemvs if any(config in cs for cs in g.tuned.configs.values())), gemvs[-1])
+    return next((g for g in gemvs if g.fits(data, x)), gemvs[-1])
 
 
 # --- launcher ----------------------------------------------------------------------------------
@@ -179,17 +207,19 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     if M == 0 or N == 0:
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
-    # K is split in whole units: 4 blocks of a simple format (BLOCKS_PER_ITER divides 4), 1 of a K-quant.
-    per_unit = 1 if fmt.block_size == 256 else 4
+    gemv = _gemv(fmt.qtype, x, data, config)
+    # K is split in whole units: 4 blocks of a simple format (BLOCKS_PER_ITER divides 4), 1 of a K-quant,
+    # or the GEMV's own unit.
+    per_unit = gemv.blocks_per_unit if gemv is not None else 1 if fmt.block_size == 256 else 4
     n_blocks = K // fmt.block_size
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device)
-    gemv = _gemv(fmt.qtype, M, data, config)
     if gemv is not None:
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
-        launcher(gemv, config)[grid](
+        extra = {"X_BF16": x.dtype == torch.bfloat16} if gemv.x_words else {}
+        launcher(gemv.tuned, config)[grid](
             x, data, bias if bias is not None else x, y, partials, counters,
             M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits, ONE_BITS,
-            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), **gemv_launch_options("gguf", x.device),
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), **extra, **gemv_launch_options("gguf", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
