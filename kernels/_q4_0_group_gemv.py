@@ -32,6 +32,9 @@ from kernels._triton import tl, triton
 from kernels.device import interpreting, vendor
 
 GROUP_BLOCKS = 8  # blocks of a group: 144 bytes, nine 16-byte vectors
+# The split-K aim for this kernel's launches: programs per SM counting 128-row tiles, as
+# kernels._split_k.PROGRAMS_PER_SM (None: that one). Read at launch.
+PROGRAMS_PER_SM = None
 
 
 @triton.jit

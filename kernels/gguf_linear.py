@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from kernels import _q4_0_group_gemv as q4_0_group
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
@@ -212,7 +213,9 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     # or the GEMV's own unit.
     per_unit = gemv.blocks_per_unit if gemv is not None else 1 if fmt.block_size == 256 else 4
     n_blocks = K // fmt.block_size
-    splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device)
+    per_sm = q4_0_group.PROGRAMS_PER_SM if gemv is not None and gemv.tuned.kernel is q4_0_group_gemv_kernel else None
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device,
+                                                     per_sm)
     if gemv is not None:
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         extra = {"X_BF16": x.dtype == torch.bfloat16} if gemv.x_words else {}
