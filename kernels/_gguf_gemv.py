@@ -24,7 +24,8 @@ words 0-7 of each pair are a [BN, PAIRS, 8] tile, word t in lane t; word 8 (bloc
 follow from its index; d0 and d1 come out of the loaded words (one masked sum over the lanes), and a
 half-word's nibble sums are scaled by either with a select. x is zero at the d slots (a masked load),
 so their nibbles add nothing. Rows of an odd number of blocks, or data aligned to 2 bytes only, take
-``q4_0_gemv_kernel``: a block as 8 int16 quant words and d, 9 loads.
+``q4_0_gemv_kernel``: a block as 8 int16 quant words and d, 9 loads. Rows of a multiple of 8 blocks with
+16-bit x take neither: ``kernels._q4_0_group_gemv`` reads them in 16-byte vectors.
 Q4_K blocks are 144 bytes (16-byte aligned in a row of them): the 128 quant bytes at byte 16 are 4 chunks
 of 8 int32 words; byte l of chunk c holds element l of sub-block 2c (low nibble) and of 2c + 1 (high).
     sub-block s result = d sc_s sum x q - dmin m_s xs = 16 d sc_s S - (16 d sc_s + dmin m_s) xs

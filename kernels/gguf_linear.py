@@ -10,8 +10,9 @@ K (split-K, reduced inside the launch: ``kernels._split_k``); it walks its chunk
 (BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer quants with x on the
 tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
 fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
-Q4_0 and Q4_K at M <= 4 take the weight-streaming GEMV kernels of ``kernels._gguf_gemv`` instead (fp32
-FMAs on the CUDA cores, the blocks read as int16 / int32 words).
+Q4_0 and Q4_K at M <= 4 take weight-streaming GEMV kernels instead (fp32 FMAs on the CUDA cores): Q4_0 rows
+of a multiple of 8 blocks with 16-bit x in 16-byte loads of 8-block groups (``kernels._q4_0_group_gemv``),
+other rows and Q4_K as int16 / int32 words (``kernels._gguf_gemv``).
 
 For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
 dequantizes the weight (``gguf_dequantize``) and runs the project's dense matmul (``kernels.linear``): the

@@ -155,7 +155,7 @@ def test_q4_0_gemv_8_block_groups(device):
     from kernels._split_k import decode_split
 
     gen = torch.Generator().manual_seed(12)
-    N, K = 24, 2048
+    N, K = 24, 1024
     data = gf.random_blocks(gf.Q4_0, N, K, generator=gen).to(device)
     assert decode_split(4, N, K // 256, data.numel(), torch.device(device))[0] > 1
     bias = torch.randn(N, generator=gen).to(device)
@@ -175,7 +175,7 @@ def test_q4_0_group_gemv_rows_do_not_depend_on_the_batch(device):
     # Each row count tunes its own tile, and every tile sums a row in the same order: a row's output is
     # bitwise the same decoded alone or with one or three others.
     gen = torch.Generator().manual_seed(13)
-    N, K = 40, 1024
+    N, K = 40, 512
     data = gf.random_blocks(gf.Q4_0, N, K, generator=gen).to(device)
     x = torch.randn(4, K, generator=gen).to(device, torch.bfloat16)
     four = gguf_linear(x, data, gf.Q4_0)
