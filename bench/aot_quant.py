@@ -16,6 +16,7 @@ suite runs it in a subprocess, since its own process interprets).
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import re
 import subprocess
@@ -165,13 +166,15 @@ def decode_launches():
         yield (f"w8a16 {c}", ql, c, lambda c=c: ql.w8a16_linear(x, q8, s8, config=c),
                c["BLOCK_N"] * (4 * c["BLOCK_W"] if "BLOCK_W" in c else c["BLOCK_K"]))
     gemv = {gl.Q4_0: gl.Q4_0_GROUP_GEMV_CONFIGS["cuda"] + gl.Q4_0_GEMV_CONFIGS["cuda"],
-            gl.Q4_K: gl.Q4_K_GEMV_CONFIGS["cuda"]}
+            gl.Q4_K: gl.Q4_K_GROUP_GEMV_CONFIGS["cuda"] + gl.Q4_K_GEMV_CONFIGS["cuda"]}
     for q in sorted(FORMATS):
         fmt, data = FORMATS[q], random_blocks(q, N, K, generator=gen)
+        group_blocks = 8 if fmt.block_size == 32 else 1  # a group kernel's 144-byte unit
         for c in gemv.get(q, []) + gl.CONFIGS["cuda"]:
             if "BLOCK_M" not in c or fmt.block_size != 256 or (c["BLOCKS_PER_ITER"] == 1 and c["BLOCK_N"] >= 32):
+                per_iter = c.get("BLOCKS_PER_ITER", group_blocks * c.get("GROUPS_PER_ITER", 1))
                 yield (f"gguf {fmt.name} {c}", gl, c, lambda data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c),
-                       c["BLOCK_N"] * fmt.type_size * c.get("BLOCKS_PER_ITER", 8 * c.get("GROUPS_PER_ITER", 1)))
+                       c["BLOCK_N"] * fmt.type_size * per_iter)
 
 
 def check_launches():
@@ -179,7 +182,7 @@ def check_launches():
     from kernels import gguf_dequant as gd
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
-    from kernels.gguf_formats import FORMATS, Q4_0, random_blocks
+    from kernels.gguf_formats import FORMATS, Q4_0, Q4_K, random_blocks
     from kernels.quant_pack import quantize_w4, quantize_w8
 
     gen = torch.Generator().manual_seed(0)
@@ -207,7 +210,8 @@ def check_launches():
                 if (rows > 1 and "BLOCK_M" in w8) or (rows == 1 and "BLOCK_M" not in w8 and w8 not in gemv_first):
                     continue
                 yield f"w8a16 {dtype} M={rows} {w8}", ql, w8, lambda x=xr, w8=w8: ql.w8a16_linear(x, q8, s8, config=w8)
-    for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0]), (torch.float32, [Q4_0])):
+    for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0, Q4_K]),
+                          (torch.float32, [Q4_0])):
         x = torch.randn(1, 512, generator=gen).to(dtype)
         for q in qtypes:
             data = random_blocks(q, 64, 512, generator=gen)
@@ -229,15 +233,15 @@ def check_launches():
                 for c in gl.Q4_0_HALFWORD_GEMV_CONFIGS["cuda"]:
                     yield (f"gguf Q4_0 2-byte words {dtype} M=3 {c}", gl, c,
                            lambda x=x3, data=odd, c=c: gl.gguf_linear(x, data, Q4_0, config=c))
-            if q == Q4_0 and dtype != torch.float32:  # the 8-block-group kernel, each tile at its most rows
-                from kernels._q4_0_group_gemv import FP16_MOST_ROWS, most_rows
-
-                groups = gl.Q4_0_GROUP_GEMV_CONFIGS["cuda"]
+            group = {Q4_0: "_q4_0_group_gemv", Q4_K: "_q4_k_group_gemv"}.get(q)
+            if group and dtype != torch.float32:  # the 16-byte group kernels, each tile at its most rows
+                tiles = importlib.import_module(f"kernels.{group}").TILES
+                groups = tiles.configs["cuda"]
                 for c in groups if dtype == torch.bfloat16 else groups[:1]:
-                    rows = min(most_rows(c), 3 if dtype == torch.bfloat16 else FP16_MOST_ROWS)
+                    rows = min(tiles.most_rows(c), 3 if dtype == torch.bfloat16 else tiles.fp16_most_rows)
                     xm = torch.randn(rows, 512, generator=gen).to(dtype)
-                    yield (f"gguf Q4_0 8-block groups {dtype} M={xm.shape[0]} {c}", gl, c,
-                           lambda x=xm, data=data, c=c: gl.gguf_linear(x, data, Q4_0, config=c))
+                    yield (f"gguf {FORMATS[q].name} 16-byte groups {dtype} M={xm.shape[0]} {c}", gl, c,
+                           lambda x=xm, data=data, q=q, c=c: gl.gguf_linear(x, data, q, config=c))
             if dtype == torch.bfloat16:
                 yield (f"gguf_dequantize {FORMATS[q].name}", gd, gd.CONFIGS["cuda"][0],
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from kernels import pdl
 from kernels._gguf_gemv import _f16_bits, _finish_rows
+from kernels._group_gemv import GroupTiles, _halves, _split4
 from kernels._quant_gemv import _bits
 from kernels._triton import tl, triton
-from kernels.device import interpreting, vendor
 
 GROUP_BLOCKS = 8  # blocks of a group: 144 bytes, nine 16-byte vectors
 # The split-K aim for this kernel's launches: programs per SM counting 128-row tiles, as
@@ -38,27 +38,6 @@ GROUP_BLOCKS = 8  # blocks of a group: 144 bytes, nine 16-byte vectors
 # / 9.4 / 9.4 us at 4096 x 4096, 20.1 / 20.1 / 17.9 / 22.9 us at 14336 x 4096 and 25.0 / 21.6 / 20.4 / 25.5 us
 # at 4096 x 14336.
 PROGRAMS_PER_SM = 8
-
-
-@triton.jit
-def _split4(v):
-    """The four [...] columns of a [..., 4] tile whose last dim is one thread's 16-byte vector."""
-    a, b = tl.split(tl.reshape(v, (v.shape[0], v.shape[1], 2, 2)))  # a: words 0 and 2, b: 1 and 3
-    w0, w2 = tl.split(a)
-    w1, w3 = tl.split(b)
-    return w0, w1, w2, w3
-
-
-@triton.jit
-def _halves(xw, X_BF16: tl.constexpr):
-    """An int32 word of two 16-bit x values -> (the first, the second) as fp32."""
-    if X_BF16:
-        first = (xw << 16).to(tl.float32, bitcast=True)
-        second = (xw & -65536).to(tl.float32, bitcast=True)
-    else:
-        first = _f16_bits(xw)
-        second = _f16_bits(xw >> 16)
-    return first, second
 
 
 @triton.jit
@@ -197,24 +176,6 @@ _TILES = {
     "cuda": [(32, 1, 4), (64, 2, 4), (128, 4, 4), (64, 1, 2), (128, 2, 2), (256, 4, 2), (128, 1, 1), (256, 2, 1)],
     "hip": [(64, 1, 4), (128, 2, 4), (128, 1, 1)],
 }
-_STAGES = {"cuda": 3, "hip": 2}
-Q4_0_GROUP_GEMV_CONFIGS = {
-    vendor: [dict(BLOCK_N=bn, GROUPS_PER_ITER=1, num_warps=warps, num_stages=_STAGES[vendor]) for bn, warps, _ in tiles]
-    for vendor, tiles in _TILES.items()
-}
-_MOST_ROWS = {vendor: {(bn, warps): rows for bn, warps, rows in tiles} for vendor, tiles in _TILES.items()}
 # fp16 x takes more registers to unpack: one weight row a thread spilled 16 bytes at four x rows (sm_90).
-FP16_MOST_ROWS = 2
-
-
-def most_rows(config: dict, vendor: str = "cuda") -> int:
-    """The largest ROWS a config of Q4_0_GROUP_GEMV_CONFIGS[vendor] is tuned for (4 for a tile not listed)."""
-    return _MOST_ROWS[vendor].get((config["BLOCK_N"], config["num_warps"]), 4)
-
-
-def configs_for_rows(configs, named_args, **kwargs):
-    """The tiles that compile for this launch's ROWS without spilling (the first one fits every ROWS)."""
-    rows = kwargs.get("ROWS", named_args.get("ROWS", 1))
-    which = "cuda" if interpreting() else vendor()
-    fits = [c for c in configs if most_rows({**c.kwargs, "num_warps": c.num_warps}, which) >= rows]
-    return fits or configs[:1]
+TILES = GroupTiles(_TILES, {"cuda": 3, "hip": 2}, fp16_most_rows=2)
+Q4_0_GROUP_GEMV_CONFIGS = TILES.configs

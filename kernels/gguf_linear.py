@@ -10,9 +10,10 @@ K (split-K, reduced inside the launch: ``kernels._split_k``); it walks its chunk
 (BLOCKS_PER_ITER blocks per loop trip) and, per scale group, dots the integer quants with x on the
 tensor cores and applies the group's scale afterwards (``kernels._gguf_dot``).
 fp32 x runs the dot as TF32, exact for the small integer quants but rounding x to 10 mantissa bits.
-Q4_0 and Q4_K at M <= 4 take weight-streaming GEMV kernels instead (fp32 FMAs on the CUDA cores): Q4_0 rows
-of a multiple of 8 blocks with 16-bit x in 16-byte loads of 8-block groups (``kernels._q4_0_group_gemv``),
-other rows and Q4_K as int16 / int32 words (``kernels._gguf_gemv``).
+Q4_0 and Q4_K at M <= 4 take weight-streaming GEMV kernels instead (fp32 FMAs on the CUDA cores): with
+16-bit x, Q4_0 rows of a multiple of 8 blocks as 8-block groups and Q4_K super-blocks, one 144-byte unit of a
+row per thread in 16-byte loads (``kernels._q4_0_group_gemv``, ``kernels._q4_k_group_gemv``); other rows and
+fp32 x as int16 / int32 words (``kernels._gguf_gemv``).
 
 For larger M (prefill) the weight tile would be re-decoded for every 16 rows of x, so the op instead
 dequantizes the weight (``gguf_dequantize``) and runs the project's dense matmul (``kernels.linear``): the
@@ -27,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from kernels import _q4_0_group_gemv as q4_0_group
+from kernels import _q4_k_group_gemv as q4_k_group
 from kernels import alloc
 from kernels._dense_cache import dense_weight
 from kernels._gguf_dot import q4_q5_block, q6_k_block, q8_0_block, q45_k_block
@@ -38,12 +40,8 @@ from kernels._gguf_gemv import (
     q4_0_pair_gemv_kernel,
     q4_k_gemv_kernel,
 )
-from kernels._q4_0_group_gemv import (
-    FP16_MOST_ROWS,
-    Q4_0_GROUP_GEMV_CONFIGS,
-    configs_for_rows,
-    q4_0_group_gemv_kernel,
-)
+from kernels._q4_0_group_gemv import Q4_0_GROUP_GEMV_CONFIGS, q4_0_group_gemv_kernel
+from kernels._q4_k_group_gemv import Q4_K_GROUP_GEMV_CONFIGS, q4_k_group_gemv_kernel
 from kernels._quant_gemv import ONE_BITS
 from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, use_gemv
 from kernels._split_k import decode_split, finish_tile
@@ -130,30 +128,43 @@ def _prune(configs, named_args, **kwargs):
 _gguf_linear = Tuned(_gguf_linear_kernel, CONFIGS, key=["M_BUCKET", "N", "K", "QTYPE"],
                      prune_configs_by={"early_config_prune": _prune})
 # Q4_0 and Q4_K at M <= 4: the weight-streaming GEMV kernels, widest words first, each with what its loads
-# need. Q4_0: rows of a multiple of 8 blocks (K % 256 == 0) with 16-bit x as 8-block groups in 16-byte
-# vectors (kernels._q4_0_group_gemv); other rows of an even number of blocks as pairs in 4-byte words; odd
-# ones in 2-byte words (18-byte blocks). Q4_K's 144-byte blocks in 4-byte words (16-byte vectors).
+# need. With 16-bit x, 144-byte units in 16-byte vectors: Q4_0 rows of a multiple of 8 blocks (K % 256 == 0)
+# as 8-block groups (kernels._q4_0_group_gemv), Q4_K super-blocks (kernels._q4_k_group_gemv). Otherwise Q4_0
+# rows of an even number of blocks as pairs in 4-byte words, odd ones in 2-byte words (18-byte blocks), and
+# Q4_K super-blocks in 4-byte words spread over the lanes (kernels._gguf_gemv).
 class _Gemv(NamedTuple):
     tuned: Tuned
     align: int  # bytes: the rows' length and start
     blocks_per_unit: int  # the split-K unit
-    x_words: bool  # reads x as int32 words of two 16-bit values (4-byte aligned rows; fp16 at M <= 2)
+    group: object = None  # the 16-byte group kernel's module (x as int32 words of two 16-bit values, its
+    # TILES and PROGRAMS_PER_SM), or None
 
     def fits(self, data: torch.Tensor, x: torch.Tensor) -> bool:
         if not use_gemv(x.shape[0], data, self.align, None):
             return False
-        if not self.x_words:
+        if self.group is None:
             return True
-        sixteen_bit = x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and x.shape[0] <= FP16_MOST_ROWS)
+        rows = x.shape[0]
+        fp16_rows = self.group.TILES.fp16_most_rows
+        sixteen_bit = x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and rows <= fp16_rows)
         return sixteen_bit and x.data_ptr() % 4 == 0 and x.stride(0) % 2 == 0
+
+    def programs_per_sm(self) -> int | None:
+        """The split-K aim (None: kernels._split_k's), read at launch so that a benchmark can set it."""
+        return self.group.PROGRAMS_PER_SM if self.group is not None else None
+
+
+def _group_tuned(kernel, configs, module):
+    return Tuned(kernel, configs, key=["N", "B_TOTAL", "ROWS"],
+                 prune_configs_by={"early_config_prune": module.TILES.prune})
 
 
 _GEMV = {
-    Q4_0: [_Gemv(Tuned(q4_0_group_gemv_kernel, Q4_0_GROUP_GEMV_CONFIGS, key=["N", "B_TOTAL", "ROWS"],
-                       prune_configs_by={"early_config_prune": configs_for_rows}), 16, 8, True),
-           _Gemv(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 4, False),
-           _Gemv(Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2, 4, False)],
-    Q4_K: [_Gemv(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 1, False)],
+    Q4_0: [_Gemv(_group_tuned(q4_0_group_gemv_kernel, Q4_0_GROUP_GEMV_CONFIGS, q4_0_group), 16, 8, q4_0_group),
+           _Gemv(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 4),
+           _Gemv(Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2, 4)],
+    Q4_K: [_Gemv(_group_tuned(q4_k_group_gemv_kernel, Q4_K_GROUP_GEMV_CONFIGS, q4_k_group), 16, 1, q4_k_group),
+           _Gemv(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 1)],
 }
 
 
@@ -214,12 +225,12 @@ def gguf_linear(x: torch.Tensor, data: torch.Tensor, qtype: int, bias: torch.Ten
     # or the GEMV's own unit.
     per_unit = gemv.blocks_per_unit if gemv is not None else 1 if fmt.block_size == 256 else 4
     n_blocks = K // fmt.block_size
-    per_sm = q4_0_group.PROGRAMS_PER_SM if gemv is not None and gemv.tuned.kernel is q4_0_group_gemv_kernel else None
+    per_sm = gemv.programs_per_sm() if gemv is not None else None
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(n_blocks, per_unit), data.numel(), x.device,
                                                      per_sm)
     if gemv is not None:
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
-        extra = {"X_BF16": x.dtype == torch.bfloat16} if gemv.x_words else {}
+        extra = {"X_BF16": x.dtype == torch.bfloat16} if gemv.group is not None else {}
         launcher(gemv.tuned, config)[grid](
             x, data, bias if bias is not None else x, y, partials, counters,
             M, N, data.shape[1], x.stride(0), y.stride(0), n_blocks, units * per_unit, splits, ONE_BITS,

@@ -146,12 +146,12 @@ def test_q4_0_gemv_pair_and_halfword_paths(dtype, device):
 
 
 def test_q4_0_gemv_8_block_groups(device):
-    # Rows of a multiple of 8 blocks with bf16 x (fp16 up to FP16_MOST_ROWS rows), 4-byte aligned, take the
+    # Rows of a multiple of 8 blocks with bf16 x (fp16 up to TILES.fp16_most_rows rows), 4-byte aligned, take the
     # 16-byte group kernel; against the reference at M = 1, 2 and 4 with a bias, split along K. x rows that
     # are not 4-byte aligned, and fp16 at more rows, take the pair kernel, with the same results.
     from kernels import gguf_linear as gl
     from kernels._gguf_gemv import q4_0_pair_gemv_kernel
-    from kernels._q4_0_group_gemv import FP16_MOST_ROWS, q4_0_group_gemv_kernel
+    from kernels._q4_0_group_gemv import TILES, q4_0_group_gemv_kernel
     from kernels._split_k import decode_split
 
     gen = torch.Generator().manual_seed(12)
@@ -160,8 +160,8 @@ def test_q4_0_gemv_8_block_groups(device):
     assert decode_split(4, N, K // 256, data.numel(), torch.device(device))[0] > 1
     bias = torch.randn(N, generator=gen).to(device)
     cases = [(torch.bfloat16, m, 0, q4_0_group_gemv_kernel) for m in (1, 2, 4)]
-    cases += [(torch.float16, FP16_MOST_ROWS, 0, q4_0_group_gemv_kernel),
-              (torch.float16, FP16_MOST_ROWS + 1, 0, q4_0_pair_gemv_kernel),
+    cases += [(torch.float16, TILES.fp16_most_rows, 0, q4_0_group_gemv_kernel),
+              (torch.float16, TILES.fp16_most_rows + 1, 0, q4_0_pair_gemv_kernel),
               (torch.bfloat16, 2, 1, q4_0_pair_gemv_kernel)]  # x rows starting 2 bytes past a word
     for dtype, m, shift, kernel in cases:
         x = torch.randn(m, K + shift, generator=gen).to(device, dtype)[:, shift:]
@@ -182,6 +182,44 @@ def test_q4_0_group_gemv_rows_do_not_depend_on_the_batch(device):
     for m in (1, 2):
         for r in range(0, 4, m):
             torch.testing.assert_close(gguf_linear(x[r:r + m], data, gf.Q4_0), four[r:r + m], rtol=0, atol=0)
+
+
+def test_q4_k_gemv_super_blocks(device):
+    # Q4_K with bf16 x (fp16 up to TILES.fp16_most_rows rows) and 4-byte aligned rows takes the 16-byte
+    # super-block kernel; against the reference at M = 1, 2 and 4 with a bias, split along K. x rows that are
+    # not 4-byte aligned, and fp16 at more rows, take the 4-byte word kernel, with the same results.
+    from kernels import gguf_linear as gl
+    from kernels._gguf_gemv import q4_k_gemv_kernel
+    from kernels._q4_k_group_gemv import PROGRAMS_PER_SM, TILES, q4_k_group_gemv_kernel
+    from kernels._split_k import decode_split
+
+    gen = torch.Generator().manual_seed(14)
+    N, K = 24, 1024
+    data = gf.random_blocks(gf.Q4_K, N, K, generator=gen).to(device)
+    assert decode_split(4, N, K // 256, data.numel(), torch.device(device), PROGRAMS_PER_SM)[0] > 1
+    bias = torch.randn(N, generator=gen).to(device)
+    cases = [(torch.bfloat16, m, 0, q4_k_group_gemv_kernel) for m in (1, 2, 4)]
+    cases += [(torch.float16, TILES.fp16_most_rows, 0, q4_k_group_gemv_kernel),
+              (torch.float16, TILES.fp16_most_rows + 1, 0, q4_k_gemv_kernel),
+              (torch.bfloat16, 2, 1, q4_k_gemv_kernel)]  # x rows starting 2 bytes past a word
+    for dtype, m, shift, kernel in cases:
+        x = torch.randn(m, K + shift, generator=gen).to(device, dtype)[:, shift:]
+        assert gl._gemv(gf.Q4_K, x, data, None).tuned.kernel is kernel
+        got = gguf_linear(x, data, gf.Q4_K, bias.to(dtype))
+        ref = gguf_linear_reference(x.double(), data, gf.Q4_K, bias.to(dtype).double())
+        assert_close(got, ref, dtype=dtype, reduction_len=K)
+
+
+def test_q4_k_group_gemv_rows_do_not_depend_on_the_batch(device):
+    # As for Q4_0's group kernel: a row's output is bitwise the same decoded alone or with others.
+    gen = torch.Generator().manual_seed(15)
+    N, K = 40, 512
+    data = gf.random_blocks(gf.Q4_K, N, K, generator=gen).to(device)
+    x = torch.randn(4, K, generator=gen).to(device, torch.bfloat16)
+    four = gguf_linear(x, data, gf.Q4_K)
+    for m in (1, 2):
+        for r in range(0, 4, m):
+            torch.testing.assert_close(gguf_linear(x[r:r + m], data, gf.Q4_K), four[r:r + m], rtol=0, atol=0)
 
 
 def test_kernels_compile_for_hopper():
