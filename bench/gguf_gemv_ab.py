@@ -1,14 +1,14 @@
 """A/B of the Q4_0 and Q4_K decode GEMVs on a GPU: each kernel and tile against cuBLAS bf16, same run.
 
-    python -m bench.gguf_gemv_ab [--formats Q4_0 Q4_K] [--rows 1 4] [--aims 4 8 16] [--csv out.csv]
+    python -m bench.gguf_gemv_ab [--formats Q4_0 Q4_K] [--rows 1 4] [--aims 4 8 16] [--tiles] [--csv out.csv]
 
 For every format, decode shape (N x K, the Llama-3-8B and Qwen2.5-0.5B projections) and row count M it
 times, on the same rotated inputs (``bench.timing.time_each``, CUDA-graph replays, L2 defeated):
 - ``shipped``: ``gguf_linear`` as the engine calls it (the kernel ``_gemv`` picks, autotuned), at each
   split-K aim in ``--aims`` (the group kernel's ``PROGRAMS_PER_SM``, set before the call);
-- ``group BN=.. warps=..``: the 16-byte group kernel pinned to each of its tiles;
-- ``words (best tile)``: the int16 / int32 word kernel (the fallback for misaligned or fp32 x), each of its
-  configs pinned, the fastest reported;
+- with ``--tiles``, ``group BN=.. warps=..``: the 16-byte group kernel pinned to each of its tiles, and
+  ``words (best tile)``: the int16 / int32 word kernel (the fallback for misaligned or fp32 x), each of its
+  configs pinned, the fastest reported (each pinned config compiles: minutes on a fresh machine);
 - ``W4A16``: the project's int4 group-128 kernel on the same shape, for scale;
 and cuBLAS (``x @ w.T``, bf16 dense weights, rotated the same way). ``pct_copy`` is the bytes a launch
 must move (weights, x, y) over the run's measured copy bandwidth.
@@ -38,8 +38,8 @@ def _rotation(M: int, K: int, **weights: torch.Tensor) -> list[dict]:
             for _ in range(n)]
 
 
-def _variants(fmt, M: int, aims: list[int]):
-    """(label, callable(x, data)) for one format at M rows."""
+def _variants(fmt, M: int, aims: list[int], tiles: bool):
+    """(label, callable(x, data)) for one format at M rows: shipped at each aim, then (``tiles``) every tile."""
     from kernels import _gguf_gemv as words
     from kernels import gguf_linear as gl
 
@@ -50,17 +50,19 @@ def _variants(fmt, M: int, aims: list[int]):
             group.PROGRAMS_PER_SM = aim
             return gl.gguf_linear(x, data, fmt.qtype)
         out.append((f"shipped aim={aim}", shipped))
-    for c in group.TILES.configs["cuda"]:
+    for c in group.TILES.configs["cuda"] if tiles else []:
         if group.TILES.most_rows(c) >= M:
             out.append((f"group BN={c['BLOCK_N']} warps={c['num_warps']}",
                         lambda x, data, c=c: gl.gguf_linear(x, data, fmt.qtype, config=c)))
     word_configs = {"Q4_0": words.Q4_0_GEMV_CONFIGS, "Q4_K": words.Q4_K_GEMV_CONFIGS}[fmt.name]["cuda"]
-    for c in word_configs:
+    for c in word_configs if tiles else []:
         out.append((f"words {c}", lambda x, data, c=c: gl.gguf_linear(x, data, fmt.qtype, config=c)))
     return out, group
 
 
-def run(formats: list[str], rows: list[int], aims: list[int], shapes=SHAPES) -> list[dict]:
+def run(formats: list[str], rows: list[int], aims: list[int], tiles: bool = False, shapes=SHAPES,
+        sink=lambda row: None) -> list[dict]:
+    """The table's rows; ``sink`` gets each as it is measured (a run cut short keeps what it measured)."""
     from bench.ceilings import copy_bandwidth_gbps
     from bench.timing import time_each
     from kernels import quant_linear as ql
@@ -85,7 +87,7 @@ def run(formats: list[str], rows: list[int], aims: list[int], shapes=SHAPES) -> 
                 fmt = by_name[name]
                 blocks = random_blocks(fmt.qtype, N, K, generator=gen).to(DEVICE)
                 sets = _rotation(M, K, data=blocks)
-                variants, group = _variants(fmt, M, aims)
+                variants, group = _variants(fmt, M, aims, tiles)
                 aim0 = group.PROGRAMS_PER_SM
                 try:
                     times, _ = time_each([fn for _, fn in variants], sets)
@@ -93,13 +95,16 @@ def run(formats: list[str], rows: list[int], aims: list[int], shapes=SHAPES) -> 
                     group.PROGRAMS_PER_SM = aim0
                 timed = [(label, t) for (label, _), t in zip(variants, times, strict=True)]
                 rows_out += [(name, label, t, blocks.numel()) for label, t in timed if not label.startswith("words")]
-                best_word = min((t, label) for label, t in timed if label.startswith("words"))
-                rows_out.append((name, f"words (best tile: {best_word[1][6:]})", best_word[0], blocks.numel()))
+                words = [(t, label) for label, t in timed if label.startswith("words")]
+                if words:
+                    t, label = min(words)
+                    rows_out.append((name, f"words (best tile: {label[6:]})", t, blocks.numel()))
             for fmt_name, label, ms, w_bytes in rows_out:
                 us = ms * 1e3
                 row = dict(gpu=gpu, format=fmt_name, variant=label, M=M, N=N, K=K, us=us, cublas_us=cublas * 1e3,
                            speedup=cublas / ms, pct_copy=100 * (w_bytes + x_bytes) / (us * 1e-6) / (copy * 1e9))
                 results.append(row)
+                sink(row)
                 print(f"{fmt_name:6} {label[:44]:44} M={M:<2} {N:>5}x{K:<5} {us:7.1f} us  cuBLAS {cublas * 1e3:6.1f} us"
                       f"  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy", flush=True)
     return results
@@ -110,17 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", nargs="+", default=["Q4_0", "Q4_K"])
     p.add_argument("--rows", nargs="+", type=int, default=[1, 4])
     p.add_argument("--aims", nargs="+", type=int, default=[8])
+    p.add_argument("--tiles", action="store_true", help="also every group tile and word-kernel config, pinned")
     p.add_argument("--csv")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gguf_gemv_ab: needs a CUDA or ROCm GPU; none is visible to torch here", file=sys.stderr)
         return 2
-    results = run(args.formats, args.rows, args.aims)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS)
-            writer.writeheader()
-            writer.writerows(results)
+    with open(args.csv or "/dev/null", "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+
+        def sink(row):
+            writer.writerow(row)
+            f.flush()
+        run(args.formats, args.rows, args.aims, args.tiles, sink=sink)
     return 0
 
 
