@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", nargs="+", default=["Q4_0", "Q4_K"])
     p.add_argument("--rows", nargs="+", type=int, default=[1, 4])
     p.add_argument("--aims", nargs="+", type=int, default=[8])
+    p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
     p.add_argument("--tiles", action="store_true", help="also every group tile and word-kernel config, pinned")
     p.add_argument("--csv")
     args = p.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         def sink(row):
             writer.writerow(row)
             f.flush()
-        run(args.formats, args.rows, args.aims, args.tiles, sink=sink)
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+        run(args.formats, args.rows, args.aims, args.tiles, shapes, sink=sink)
     return 0
 
 

@@ -181,7 +181,7 @@ def q4_k_group_gemv_kernel(
 # thread holds BLOCK_N / (32 num_warps) weight rows, one super-block each per loop trip, and every tile sums
 # a row in the same order, so a row's output does not depend on the config or on the rows decoded with it.
 _TILES = {
-    "cuda": [(32, 1, 4), (64, 2, 4), (128, 4, 4), (64, 1, 2), (128, 2, 2), (256, 4, 2), (128, 1, 1), (256, 2, 1)],
+    "cuda": [(32, 1, 4), (64, 2, 4), (128, 4, 4), (64, 1, 2), (128, 2, 2), (256, 4, 2)],
     "hip": [(64, 1, 4), (128, 2, 4), (128, 1, 1)],
 }
 # fp16 x takes more registers to unpack: one weight row a thread spilled 112 bytes at two x rows (sm_90).
