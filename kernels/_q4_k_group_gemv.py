@@ -41,17 +41,17 @@ def _q4_k_word(s_lo, s_hi, x_lo, x_hi, q, lo01, lo23, hi01, hi23, one, sixteen, 
     h0, h1 = _halves(hi01, X_BF16)
     h2, h3 = _halves(hi23, X_BF16)
     t = q << 15
-    s_hi += h0 * _bits(t, 0x780000, one)
-    s_lo += l0 * _bits(t, 0x78000, sixteen)
+    s_hi = tl.fma(h0, _bits(t, 0x780000, one), s_hi)
+    s_lo = tl.fma(l0, _bits(t, 0x78000, sixteen), s_lo)
     t = q << 7
-    s_hi += h1 * _bits(t, 0x780000, one)
-    s_lo += l1 * _bits(t, 0x78000, sixteen)
+    s_hi = tl.fma(h1, _bits(t, 0x780000, one), s_hi)
+    s_lo = tl.fma(l1, _bits(t, 0x78000, sixteen), s_lo)
     t = q >> 1
-    s_hi += h2 * _bits(t, 0x780000, one)
-    s_lo += l2 * _bits(t, 0x78000, sixteen)
+    s_hi = tl.fma(h2, _bits(t, 0x780000, one), s_hi)
+    s_lo = tl.fma(l2, _bits(t, 0x78000, sixteen), s_lo)
     t = q >> 9
-    s_hi += h3 * _bits(t, 0x780000, one)
-    s_lo += l3 * _bits(t, 0x78000, sixteen)
+    s_hi = tl.fma(h3, _bits(t, 0x780000, one), s_hi)
+    s_lo = tl.fma(l3, _bits(t, 0x78000, sixteen), s_lo)
     return s_lo, s_hi, x_lo + ((l0 + l1) + (l2 + l3)), x_hi + ((h0 + h1) + (h2 + h3))
 
 
@@ -80,7 +80,9 @@ def _q4_k_chunk(acc, q0, q1, q2, q3, q4, q5, q6, q7, xc, x_ok, a_lo, b_lo, a_hi,
     s_lo, s_hi, x_lo, x_hi = _q4_k_word(s_lo, s_hi, x_lo, x_hi, q5, c2, c3, h2, h3, one, sixteen, X_BF16)
     s_lo, s_hi, x_lo, x_hi = _q4_k_word(s_lo, s_hi, x_lo, x_hi, q6, e0, e1, i0, i1, one, sixteen, X_BF16)
     s_lo, s_hi, x_lo, x_hi = _q4_k_word(s_lo, s_hi, x_lo, x_hi, q7, e2, e3, i2, i3, one, sixteen, X_BF16)
-    return acc + (a_lo * s_lo + a_hi * s_hi) - (b_lo * x_lo + b_hi * x_hi)
+    # Every multiply-add is an explicit FMA: left to the compiler, which products it fuses can differ
+    # between ROWS (one bf16 ulp in a row's output seen on an H200), and a row must not depend on the batch.
+    return acc + tl.fma(a_hi, s_hi, a_lo * s_lo) - tl.fma(b_hi, x_hi, b_lo * x_lo)
 
 
 @triton.jit
@@ -95,7 +97,7 @@ def _terms(d, dmin, sc, mn, i: tl.constexpr):
     packed scales ``sc`` and mins ``mn``: a chunk's low-nibble sub-block, then its high-nibble one."""
     a_lo = 16.0 * d * _byte(sc, i)
     a_hi = 16.0 * d * _byte(sc, i + 1)
-    return a_lo, 16.0 * a_lo + dmin * _byte(mn, i), a_hi, a_hi + dmin * _byte(mn, i + 1)
+    return a_lo, tl.fma(dmin, _byte(mn, i), 16.0 * a_lo), a_hi, tl.fma(dmin, _byte(mn, i + 1), a_hi)
 
 
 @triton.jit(do_not_specialize=["M"])  # per-step value: compiled once per ROWS
