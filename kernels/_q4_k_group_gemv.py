@@ -5,7 +5,8 @@ weights in 144 bytes, nine 16-byte vectors, and every super-block of a row is 16
 group kernel does with eight Q4_0 blocks (``kernels._q4_0_group_gemv``, read there first), one thread owns
 one super-block of one weight row: nine 16-byte loads, and each byte's role is a constant of the unrolled
 code. The earlier Q4_K GEMV (``kernels._gguf_gemv``) spread a super-block's quant words over the lanes and
-loaded x and the scales per lane; it ran at 0.78-0.89x of cuBLAS bf16 (H200, run 15).
+loaded x and the scales per lane; it ran at 0.78-0.89x of cuBLAS bf16 at M = 1 (H200, run 15), this one
+at 1.16-1.55x (run 16; bench/gguf_gemv_ab.py).
 
 As 36 int32 words: word 0 is d | dmin << 16, words 1-3 the 12 scale bytes, words 4 + 8c .. 11 + 8c chunk c
 (c = 0-3) of the quants. Byte l of chunk c holds element 64c + l (low nibble, sub-block 2c) and 64c + 32 + l
