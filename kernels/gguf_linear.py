@@ -155,16 +155,17 @@ class _Gemv(NamedTuple):
 
 
 def _group_tuned(kernel, configs, module):
-    return Tuned(kernel, configs, key=["N", "B_TOTAL", "ROWS"],
+    return Tuned(kernel, configs, key=["N", "B_TOTAL", "ROWS"], cold_weight="w_ptr",
                  prune_configs_by={"early_config_prune": module.TILES.prune})
 
 
 _GEMV = {
     Q4_0: [_Gemv(_group_tuned(q4_0_group_gemv_kernel, Q4_0_GROUP_GEMV_CONFIGS, q4_0_group), 16, 8, q4_0_group),
-           _Gemv(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 4),
-           _Gemv(Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 2, 4)],
+           _Gemv(Tuned(q4_0_pair_gemv_kernel, Q4_0_GEMV_CONFIGS, key=["N", "B_TOTAL"], cold_weight="w_ptr"), 4, 4),
+           _Gemv(Tuned(q4_0_gemv_kernel, Q4_0_HALFWORD_GEMV_CONFIGS, key=["N", "B_TOTAL"],
+                              cold_weight="w_ptr"), 2, 4)],
     Q4_K: [_Gemv(_group_tuned(q4_k_group_gemv_kernel, Q4_K_GROUP_GEMV_CONFIGS, q4_k_group), 16, 1, q4_k_group),
-           _Gemv(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"]), 4, 1)],
+           _Gemv(Tuned(q4_k_gemv_kernel, Q4_K_GEMV_CONFIGS, key=["N", "B_TOTAL"], cold_weight="w_ptr"), 4, 1)],
 }
 
 

@@ -127,7 +127,8 @@ def _divides_unit(c: dict) -> bool:
 
 
 _decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
-                do_bench=graph_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
+                cold_weight="w_ptr", do_bench=graph_bench,
+                prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def decode_block_m(M: int) -> int:

@@ -200,7 +200,8 @@ def _configs_for_rows(configs, named_args, **kwargs):
 
 
 _gemv = Tuned(_gemv_kernel, {v: GEMV_CONFIGS[v] + GEMV_ROWS_CONFIGS[v] for v in GEMV_CONFIGS},
-              key=["N", "K", "ROWS"], do_bench=graph_bench, prune_configs_by={"early_config_prune": _configs_for_rows})
+              key=["N", "K", "ROWS"], cold_weight="w_ptr",
+              do_bench=graph_bench, prune_configs_by={"early_config_prune": _configs_for_rows})
 
 
 def gemv_chunk(N: int, K: int, sms: int) -> int:

@@ -147,7 +147,8 @@ COMBINE_GEMV_CONFIGS = {
     ],
 }
 _MIN_BLOCK_K = min(c["BLOCK_K"] for t in COMBINE_GEMV_CONFIGS.values() for c in t)
-_combine_gemv = Tuned(_combine_gemv_kernel, COMBINE_GEMV_CONFIGS, key=["N", "K", "S_STEP"], do_bench=graph_bench)
+_combine_gemv = Tuned(_combine_gemv_kernel, COMBINE_GEMV_CONFIGS, key=["N", "K", "S_STEP"], do_bench=graph_bench,
+                      cold_weight="w_ptr")
 
 
 # --- launcher -------------------------------------------------------------------------------------

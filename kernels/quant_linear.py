@@ -187,8 +187,8 @@ _w8a16 = Tuned(_w8a16_kernel, W8_CONFIGS, key=["M_BUCKET", "N", "K"],
 _w4a16 = Tuned(_w4a16_kernel, W4_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP"],
                prune_configs_by={"early_config_prune": prune_by_m})
 # The GEMV keys leave ROWS out: one config per shape whatever M (see kernels._quant_gemv).
-_w8a16_gemv = Tuned(w8a16_gemv_kernel, W8_GEMV_CONFIGS, key=["N", "W_TOTAL"])
-_w4a16_gemv = Tuned(w4a16_gemv_kernel, W4_GEMV_CONFIGS, key=["N", "G_TOTAL", "GROUP"])
+_w8a16_gemv = Tuned(w8a16_gemv_kernel, W8_GEMV_CONFIGS, key=["N", "W_TOTAL"], cold_weight="w_ptr")
+_w4a16_gemv = Tuned(w4a16_gemv_kernel, W4_GEMV_CONFIGS, key=["N", "G_TOTAL", "GROUP"], cold_weight="w_ptr")
 
 
 # --- launchers ------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def _rmsnorm_gemv_kernel(
     finish_tile(y, y_ptr, b_ptr, part_ptr, count_ptr, offs_m, offs_n, 1, N, N, split, SPLITS, HAS_BIAS)
 
 
-_rmsnorm_gemv = Tuned(_rmsnorm_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=graph_bench)
+_rmsnorm_gemv = Tuned(_rmsnorm_gemv_kernel, GEMV_CONFIGS, key=["N", "K"], do_bench=graph_bench,
+                      cold_weight="w_ptr")
 
 
 # --- launcher -------------------------------------------------------------------------------------

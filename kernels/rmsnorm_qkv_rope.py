@@ -91,7 +91,8 @@ def _rmsnorm_qkv_rope_kernel(
         tl.store(v_cache_ptr + dst + half, r2.to(v_cache_ptr.dtype.element_ty), mask=is_v)
 
 
-_rmsnorm_qkv_rope = Tuned(_rmsnorm_qkv_rope_kernel, PAIR_CONFIGS, key=["P", "K"], do_bench=graph_bench)
+_rmsnorm_qkv_rope = Tuned(_rmsnorm_qkv_rope_kernel, PAIR_CONFIGS, key=["P", "K"], do_bench=graph_bench,
+                          cold_weight="w_ptr")
 
 
 # --- launcher -------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def _rmsnorm_swiglu_kernel(
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=offs_n < I)
 
 
-_rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, PAIR_CONFIGS, key=["I", "K"], do_bench=graph_bench)
+_rmsnorm_swiglu = Tuned(_rmsnorm_swiglu_kernel, PAIR_CONFIGS, key=["I", "K"], do_bench=graph_bench,
+                        cold_weight="w_ptr")
 
 
 # --- launcher -------------------------------------------------------------------------------------

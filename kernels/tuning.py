@@ -20,6 +20,11 @@ the kept configs once per key, as the engine and the benchmarks want) or ``first
 config with no timing, as the GPU tests do: they check results, and autotuning every random shape a
 property test draws would cost minutes of compiling and timing for nothing).
 
+A weight-streaming kernel names its weight argument (``Tuned(..., cold_weight="w_ptr")``): under
+``autotune`` its configs are then timed with that weight rotated through copies that defeat L2, as a
+decode step meets it (``kernels.cold_autotune``). The mode ``autotune-warm`` times them with Triton's
+autotuner on the launch's own arguments instead (the weight stays in L2), for A/B runs.
+
 Where Triton supports it, the autotuner keeps its choices in Triton's cache folder, keyed by the kernel's
 source, the GPU architecture, the config list and the tuning key: a second engine start on the same
 machine skips the timing. Editing a kernel or its configs invalidates the entry.
@@ -37,11 +42,12 @@ from kernels._triton import triton
 from kernels.device import interpreting, vendor
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
-TUNE_MODES = ("autotune", "first")
+TUNE_MODES = ("autotune", "first", "autotune-warm")
 
 
 def tune_mode() -> str:
-    """``"autotune"`` or ``"first"``, from ``TRITONFORGE_TUNE``; an unknown value is an error, not a guess."""
+    """``"autotune"``, ``"first"`` or ``"autotune-warm"``, from ``TRITONFORGE_TUNE``; an unknown value is an
+    error, not a guess."""
     mode = os.environ.get("TRITONFORGE_TUNE", "autotune") or "autotune"
     if mode not in TUNE_MODES:
         raise ValueError(f"TRITONFORGE_TUNE={mode!r}: expected one of {', '.join(TUNE_MODES)}")
@@ -77,16 +83,23 @@ def to_config(d: dict[str, Any]) -> triton.Config:
 
 
 class Tuned:
-    """A ``@triton.jit`` kernel with per-vendor configs; the autotuner is built at first launch."""
+    """A ``@triton.jit`` kernel with per-vendor configs; the autotuner is built at first launch.
+
+    ``cold_weight``: the name of the argument that carries a streamed weight; its autotuning then times
+    configs with that weight cold (``kernels.cold_autotune``), unless the mode is ``autotune-warm``.
+    """
 
     def __init__(self, kernel, configs: dict[str, list[dict[str, Any]]], key: list[str],
-                 keep: Callable[[dict[str, Any]], bool] | None = None, **autotune_kwargs):
+                 keep: Callable[[dict[str, Any]], bool] | None = None, cold_weight: str | None = None,
+                 **autotune_kwargs):
         self.kernel = kernel
         self.configs = configs
         self.key = key
         self.keep = keep
+        self.cold_weight = cold_weight
         self.autotune_kwargs = autotune_kwargs
         self._built = None
+        self._cold = None
 
     def candidates(self, which: str | None = None) -> list[dict[str, Any]]:
         which = which or ("cuda" if interpreting() else vendor())
@@ -101,9 +114,12 @@ class Tuned:
         if interpreting():
             meta = {k: v for k, v in self.candidates()[0].items() if k not in LAUNCH_OPTIONS}
             return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **meta)
-        if tune_mode() == "first":
+        mode = tune_mode()
+        if mode == "first":
             first = self.candidates()[0]
             return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, **first)
+        if self.cold_weight is not None and mode != "autotune-warm":
+            return self._cold_tuner()[grid]
         if self._built is None:
             configs = [to_config(c) for c in self.candidates()]
             kwargs = dict(self.autotune_kwargs)
@@ -111,3 +127,12 @@ class Tuned:
                 kwargs.setdefault("cache_results", True)
             self._built = triton.autotune(configs=configs, key=self.key, **kwargs)(self.kernel)
         return self._built[grid]
+
+    def _cold_tuner(self):
+        if self._cold is None:
+            from kernels.cold_autotune import ColdWeightTuner
+
+            prune = self.autotune_kwargs.get("prune_configs_by", {}).get("early_config_prune")
+            self._cold = ColdWeightTuner(self.kernel, [to_config(c) for c in self.candidates()], self.key,
+                                         self.cold_weight, prune=prune)
+        return self._cold

@@ -16,7 +16,7 @@ def test_mode_comes_from_the_environment(monkeypatch):
 
 def test_unknown_mode_is_an_error_naming_the_choices(monkeypatch):
     monkeypatch.setenv("TRITONFORGE_TUNE", "fastest")
-    with pytest.raises(ValueError, match=r"TRITONFORGE_TUNE=.fastest.*autotune, first"):
+    with pytest.raises(ValueError, match=r"TRITONFORGE_TUNE=.fastest.*autotune, first, autotune-warm"):
         tune_mode()
     with pytest.raises(ValueError, match="autotune, first"), tuning("sometimes"):
         pass
@@ -101,3 +101,117 @@ def test_every_config_names_only_what_its_kernel_takes():
             for c in configs:
                 unknown = set(c) - allowed
                 assert not unknown, f"{name} {which} config {c} names {sorted(unknown)}, not taken by the kernel"
+
+
+def test_cold_weights_name_an_argument_of_their_kernel():
+    """A kernel tuned with its weight cold rotates an argument it takes; a wrong name fails at once."""
+    from kernels.cold_autotune import ColdWeightTuner
+
+    cold = {name: t for name, t in _tuned_kernels().items() if t.cold_weight is not None}
+    assert len(cold) >= 8, sorted(cold)  # the decode GEMVs of the engine and of the quantized formats
+    for name, t in cold.items():
+        assert t.cold_weight in t.kernel.arg_names, name
+    t = next(iter(cold.values()))
+    with pytest.raises(ValueError, match="no argument 'weights' to rotate"):
+        ColdWeightTuner(t.kernel, [], t.key, "weights")
+
+
+def test_cold_rotation_outgrows_l2_within_its_memory_cap():
+    from kernels.cold_autotune import L2_MULTIPLE, MAX_COPY_BYTES, copies_needed
+
+    l2 = 50 << 20
+    for size in (1, 4096, 896 * 896 * 2, 4 << 20, 20 << 20, l2):
+        n = copies_needed(size, l2)
+        assert n * size >= min(L2_MULTIPLE * l2, MAX_COPY_BYTES - size + 1), size
+        assert n == 1 or n * size <= MAX_COPY_BYTES, size
+    assert copies_needed(l2 + 1, l2) == 1  # a weight larger than L2 is never cached whole: no copies
+    assert copies_needed(0, l2) == 1
+
+
+def test_tuning_key_is_the_key_values_then_the_dtypes():
+    import torch
+
+    from kernels.cold_autotune import tuning_key
+
+    x, w = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.float32)
+    named = {"x_ptr": x, "w_ptr": w, "N": 896, "K": 4864, "ROWS": 1}
+    assert tuning_key(named, ["N", "K", "ROWS"]) == (896, 4864, 1, "torch.bfloat16", "torch.float32")
+    assert tuning_key(named, ["N", "K"]) != tuning_key({**named, "K": 896}, ["N", "K"])
+
+
+@pytest.mark.gpu
+def test_cold_weight_autotuning_picks_a_config_that_computes_the_product():
+    """On a GPU: the GEMV autotuned with its weight rotated times several configs, keeps the fastest for the
+    key, and the launch with it matches an fp32 product (weights and x random, the output poisoned first)."""
+    import torch
+
+    from kernels import linear_gemv
+    from kernels.alloc import poisoned
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 896, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(1152, 896, device="cuda") / 30).to(torch.bfloat16)
+    with tuning("autotune"), poisoned():
+        y = linear_gemv.linear_gemv_2d(x, w, None)
+    tuner = linear_gemv._gemv._cold
+    assert tuner is not None and tuner.choices, "the cold tuner did not run"
+    key = next(k for k in tuner.choices if 1152 in k and 896 in k)
+    assert len(tuner.timings[key]) > 1 and min(tuner.timings[key].values()) > 0
+    ref = x.float() @ w.float().T
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+class _FakeKernel:
+    """Stands in for a @triton.jit kernel: records launches; ``cost`` gives each BLOCK's time, None a config
+    that fails to compile."""
+
+    __name__ = "fake_gemv"
+    arg_names = ["x_ptr", "w_ptr", "N", "BLOCK"]
+
+    def __init__(self, cost):
+        self.cost, self.launches = cost, []
+
+    def __getitem__(self, grid):
+        def launch(x, w, N, **meta):
+            if self.cost[meta["BLOCK"]] is None:
+                from triton.runtime.errors import OutOfResources
+
+                raise OutOfResources(1 << 20, 1 << 16, "shared memory")
+            self.launches.append((w.data_ptr(), meta["BLOCK"]))
+        return launch
+
+
+def test_cold_tuner_rotates_the_weight_and_keeps_the_fastest_config(monkeypatch):
+    """The tuner's logic on a CPU, with the graph timer replaced: every timed launch gets its weight from the
+    rotation (copies, not the launch's own alone), a config that cannot compile is skipped, the fastest is
+    kept per key and launched, and a second launch of the same key times nothing."""
+    import torch
+
+    from kernels import cold_autotune
+    from kernels.tuning import to_config
+
+    kernel = _FakeKernel({16: 3.0, 32: 1.0, 64: None})
+    timed = []
+
+    def fake_bench(fn, rep, return_mode):
+        before = len(kernel.launches)
+        for _ in range(8):
+            fn()
+        blocks = {b for _, b in kernel.launches[before:]}
+        timed.append({p for p, _ in kernel.launches[before:]})
+        return kernel.cost[blocks.pop()]
+
+    monkeypatch.setattr(cold_autotune.triton.testing, "do_bench_cudagraph", fake_bench)
+    monkeypatch.setattr(cold_autotune, "_l2_bytes", lambda device: 4096)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    configs = [to_config(dict(BLOCK=b, num_warps=4)) for b in (16, 32, 64)]
+    tuner = cold_autotune.ColdWeightTuner(kernel, configs, key=["N"], weight_arg="w_ptr")
+    x, w = torch.randn(4), torch.randn(64)  # 256 bytes: 3 x 4096 / 256 = 48 copies
+    tuner[(1,)](x, w, 64)
+    assert len(timed) == 2 and all(len(ptrs) == 8 and w.data_ptr() in ptrs for ptrs in timed)
+    assert kernel.launches[-1] == (w.data_ptr(), 32)  # the real launch: its own weight, the fastest config
+    key = (64, "torch.float32", "torch.float32")
+    assert tuner.choices[key].kwargs["BLOCK"] == 32
+    assert tuner.timings[key][str(configs[2])] == float("inf")
+    tuner[(1,)](x, w, 64)
+    assert len(timed) == 2 and kernel.launches[-1] == (w.data_ptr(), 32)
