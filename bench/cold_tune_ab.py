@@ -17,6 +17,10 @@ from the same card:
 The tuned kernels forget their choices before each mode (Triton's compiled kernels stay), so each row's
 two picks are made on the same inputs. Written as measured (a run cut by ``--budget-s`` keeps its rows):
 ``M, N, K, variant, cublas_us, warm_us, cold_us, warm_vs_cublas, cold_vs_cublas, warm_config, cold_config``.
+
+``--variants`` adds, tuned cold, each kernel the dispatcher could pick for the row: ``decode_us`` (split-K,
+the shipped split rule), ``decode_1split_us`` (the same kernel with K in one chunk) and, for M <= 4,
+``gemv_us``: the data behind ``choose_linear_variant`` and ``decode_chunk``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import time
 import torch
 
 FIELDS = ["gpu", "M", "N", "K", "variant", "cublas_us", "warm_us", "cold_us", "warm_vs_cublas",
-          "cold_vs_cublas", "pct_copy_cold", "warm_config", "cold_config"]
+          "cold_vs_cublas", "pct_copy_cold", "warm_config", "cold_config", "decode_us", "decode_1split_us",
+          "gemv_us"]
 
 
 def _tuned(variant: str):
@@ -52,7 +57,19 @@ def _choice(tuned, mode: str) -> str:
     return str(next(iter(cache.values()))) if cache else "-"
 
 
-def run(models: list[str], ms: list[int], budget_s: float, sink) -> None:
+def _variant_fns(M: int, K: int) -> dict:
+    """label -> (the Tuned it launches, callable(x, w)) for ``--variants``."""
+    from kernels.linear_decode import linear_decode_2d
+    from kernels.linear_gemv import GEMV_MAX_M, linear_gemv_2d
+
+    fns = {"decode": (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None)),
+           "decode_1split": (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None, k_chunk=K))}
+    if M <= GEMV_MAX_M:
+        fns["gemv"] = (_tuned("gemv"), lambda x, w: linear_gemv_2d(x, w, None))
+    return fns
+
+
+def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool = False) -> None:
     import torch.nn.functional as F
 
     from bench.ceilings import copy_bandwidth_gbps
@@ -88,6 +105,11 @@ def run(models: list[str], ms: list[int], budget_s: float, sink) -> None:
                         row[f"{label}_us"] = 1e3 * time_rotating(lambda x, w: linear(x, w), sets, graph=True)
                     row[f"{label}_config"] = _choice(tuned, mode) if tuned is not None else "-"
                     row[f"{label}_vs_cublas"] = row["cublas_us"] / row[f"{label}_us"]
+                for label, (t, fn) in _variant_fns(M, K).items() if variants else ():
+                    _forget(t)
+                    with tuning("autotune"):
+                        fn(sets[0]["x"], sets[0]["w"])
+                        row[f"{label}_us"] = 1e3 * time_rotating(fn, sets, graph=True)
                 row["pct_copy_cold"] = 100 * 2 * (N * K + M * K + M * N) / (row["cold_us"] * 1e-6) / 1e9 / copy
                 sink(row)
                 print(f"M={M:3d} {N:6d}x{K:6d} {variant:8s} cuBLAS {row['cublas_us']:7.2f} us  warm "
@@ -102,6 +124,7 @@ def main() -> int:
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b", "llama-3-8b"],
                    choices=["qwen2.5-0.5b", "llama-3.2-1b", "llama-3-8b"])
+    p.add_argument("--variants", action="store_true", help="also time each kernel the dispatcher could pick")
     p.add_argument("--budget-s", type=float, default=400, help="start no case after this many seconds")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -115,7 +138,7 @@ def main() -> int:
             out.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
             f.flush()
 
-        run(args.models, args.m, args.budget_s, sink)
+        run(args.models, args.m, args.budget_s, sink, args.variants)
     return 0
 
 
