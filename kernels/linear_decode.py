@@ -136,6 +136,16 @@ def decode_block_m(M: int) -> int:
     return min(64, max(16, next_power_of_2(max(M, 1))))
 
 
+# Shapes whose K is not cut, whatever the SM count asks for. Measured on an H200 with each config tuned on
+# cold weights (bench/results/NVIDIA_H200/run17, bench/cold_tune_ab.py --variants): K under 1024 (the
+# 0.5B model's layers) in one chunk took 3.3 us at 1152 x 896, M = 4 and 16, against 4.4-4.6 in two (the
+# arrivals and the partials' reduce cost more than the extra programs give on a 2 MB weight); at the
+# 64-row bucket with K up to 4096, one chunk took 7.3 us at 3072 x 2048 against 8.4 in two, 6.3 at
+# 2048 x 2048 against 6.7 (run 14 found the same at 2048-4096 wide: splits lost 5-15%).
+UNSPLIT_BELOW_K = 1024
+UNSPLIT_64_ROWS_UP_TO_K = 4096
+
+
 def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     """K elements per split for an [N, K] weight in the ``block_m`` bucket on a GPU with ``sms`` SMs.
 
@@ -144,9 +154,12 @@ def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     more in partials and arrivals than the extra programs give -- on an H200, 9728x896 at M = 1 ran in
     7.2 us unsplit against 8.4 us in two splits, 16384x2048 in 18.1 against 20.0), at most K/SPLIT_UNIT
     of them, and few enough that the fp32 partials (8 bytes per row and column per split, written then
-    read) stay under a quarter of the weight's 2*N*K bytes at M = block_m.
+    read) stay under a quarter of the weight's 2*N*K bytes at M = block_m. K under UNSPLIT_BELOW_K, and
+    K up to UNSPLIT_64_ROWS_UP_TO_K in the 64-row bucket, is one chunk (measured, above).
     Depends on the shape and the card, never on M: this is what keeps decode batch-invariant.
     """
+    if K < UNSPLIT_BELOW_K or (block_m >= 64 and K <= UNSPLIT_64_ROWS_UP_TO_K):
+        return cdiv(K, SPLIT_UNIT) * SPLIT_UNIT
     return split_chunk(N, K, sms, row_tile=64, unit=SPLIT_UNIT, max_splits=max(1, K // (16 * block_m)))
 
 

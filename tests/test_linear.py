@@ -188,6 +188,9 @@ def test_decode_chunk_rule():
     assert decode_chunk(151936, 896, 16, 132) >= 896  # a huge N fills the GPU without splitting K
     assert decode_chunk(16384, 2048, 16, 132) >= 2048  # 256 column tiles come near 2 per SM: no split
     assert decode_chunk(2048, 2048, 16, 132) == 512    # 32 column tiles: four splits of 512
+    assert decode_chunk(1152, 896, 16, 132) >= 896     # a small K is never cut (measured: splits cost more)
+    assert decode_chunk(2048, 2048, 64, 132) >= 2048   # nor, at the 64-row bucket, K up to 4096
+    assert decode_chunk(896, 4864, 64, 132) < 4864     # a longer K still is
 
 
 def test_decode_batch_invariance(device):

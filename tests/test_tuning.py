@@ -166,7 +166,7 @@ class _FakeKernel:
     that fails to compile."""
 
     __name__ = "fake_gemv"
-    arg_names = ["x_ptr", "w_ptr", "N", "BLOCK"]
+    arg_names = ("x_ptr", "w_ptr", "N", "BLOCK")
 
     def __init__(self, cost):
         self.cost, self.launches = cost, []
