@@ -12,7 +12,10 @@ of dirty lines that the launch then writes back, and x, which a decode step has 
 of the weight argument, enough copies that their bytes exceed :data:`L2_MULTIPLE` times L2 (capped at
 :data:`MAX_COPY_BYTES`; a weight larger than that is not copied: it cannot stay in L2 anyway). Every
 other argument is the launch's own, x included, warm as in a step. The choice is kept per key (the key
-arguments' values and the tensors' dtypes, as Triton's autotuner keys) for the process.
+arguments' values and the tensors' dtypes, as Triton's autotuner keys) for the process, and on disk in
+Triton's cache folder, keyed also by the kernel's source, the GPU, the Triton version and the config list
+(:func:`_disk_key`): a second start on the same machine times nothing, and editing the kernel or its configs
+tunes again. The disk cache is only a saving: if it cannot be read or written, the tuner times as usual.
 
 ``kernels.tuning.Tuned(..., cold_weight="w_ptr")`` routes a kernel's autotuning here; the tuning mode
 ``autotune-warm`` (``TRITONFORGE_TUNE``) routes it back to Triton's autotuner, for A/B runs.
@@ -20,7 +23,10 @@ arguments' values and the tensors' dtypes, as Triton's autotuner keys) for the p
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +89,7 @@ class ColdWeightTuner:
         key = tuning_key(named, self.key)
         config = self.choices.get(key)
         if config is None:
-            config = self._tune(grid, args, kwargs, key)
+            config = self._from_disk(key) or self._tune(grid, args, kwargs, key)
         return self.kernel[grid](*args, **kwargs, **_meta(config))
 
     def _tune(self, grid, args: tuple, kwargs: dict, key: tuple):
@@ -114,7 +120,40 @@ class ColdWeightTuner:
         if times[best] == float("inf"):
             raise RuntimeError(f"kernel {self.kernel.__name__}: no config compiles for key {key}")
         self.choices[key] = best
+        self._to_disk(key, best)
         return best
+
+    def _disk(self, key: tuple):
+        """(Triton's cache manager for this kernel, config list, GPU and key; the file name), or None."""
+        try:
+            from triton.runtime.cache import get_cache_manager
+
+            digest = _disk_key(self.kernel, self.configs, key)
+            return get_cache_manager(digest), f"{self.kernel.__name__[:40]}.cold.json"
+        except Exception:  # no cache folder, an older Triton: tune without one
+            return None
+
+    def _from_disk(self, key: tuple):
+        found = self._disk(key)
+        try:
+            path = found and found[0].get_file(found[1])
+            if not path:
+                return None
+            with open(path) as f:
+                index = json.load(f)["config"]
+            config = self.configs[index]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        self.choices[key] = config
+        return config
+
+    def _to_disk(self, key: tuple, config) -> None:
+        found = self._disk(key)
+        if found is None:
+            return
+        record = {"config": self.configs.index(config), "timings_ms": self.timings.get(key, {})}
+        with contextlib.suppress(Exception):  # a read-only or full cache folder: keep the choice in memory only
+            found[0].put(json.dumps(record), found[1], binary=False)
 
 
 def _time_rotating(launch, sets: list[tuple], kwargs: dict) -> float:
@@ -122,6 +161,15 @@ def _time_rotating(launch, sets: list[tuple], kwargs: dict) -> float:
     turn = itertools.cycle(sets)
     return triton.testing.do_bench_cudagraph(lambda: launch(*next(turn), **kwargs), rep=REP_MS,
                                              return_mode="median")
+
+
+def _disk_key(kernel, configs: list, key: tuple) -> str:
+    """What a stored choice depends on: this tuner's method, the kernel's source, the Triton version, the GPU,
+    the config list and the tuning key."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    parts = ["cold-weight-1", L2_MULTIPLE, MAX_COPY_BYTES, kernel.cache_key, triton.__version__, gpu,
+             [str(c) for c in configs], key]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def _meta(config) -> dict[str, Any]:

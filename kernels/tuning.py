@@ -27,7 +27,8 @@ autotuner on the launch's own arguments instead (the weight stays in L2), for A/
 
 Where Triton supports it, the autotuner keeps its choices in Triton's cache folder, keyed by the kernel's
 source, the GPU architecture, the config list and the tuning key: a second engine start on the same
-machine skips the timing. Editing a kernel or its configs invalidates the entry.
+machine skips the timing. Editing a kernel or its configs invalidates the entry. The cold-weight tuner
+keeps its choices there too, in its own entries.
 """
 
 from __future__ import annotations

@@ -167,6 +167,7 @@ class _FakeKernel:
 
     __name__ = "fake_gemv"
     arg_names = ("x_ptr", "w_ptr", "N", "BLOCK")
+    cache_key = "fake-gemv-source-hash"
 
     def __init__(self, cost):
         self.cost, self.launches = cost, []
@@ -181,10 +182,11 @@ class _FakeKernel:
         return launch
 
 
-def test_cold_tuner_rotates_the_weight_and_keeps_the_fastest_config(monkeypatch):
+def test_cold_tuner_rotates_the_weight_and_keeps_the_fastest_config(monkeypatch, tmp_path):
     """The tuner's logic on a CPU, with the graph timer replaced: every timed launch gets its weight from the
     rotation (copies, not the launch's own alone), a config that cannot compile is skipped, the fastest is
-    kept per key and launched, and a second launch of the same key times nothing."""
+    kept per key and launched, a second launch of the same key times nothing, and a new tuner (a second
+    start) finds the choice in the cache folder."""
     import torch
 
     from kernels import cold_autotune
@@ -204,6 +206,7 @@ def test_cold_tuner_rotates_the_weight_and_keeps_the_fastest_config(monkeypatch)
     monkeypatch.setattr(cold_autotune.triton.testing, "do_bench_cudagraph", fake_bench)
     monkeypatch.setattr(cold_autotune, "_l2_bytes", lambda device: 4096)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     configs = [to_config(dict(BLOCK=b, num_warps=4)) for b in (16, 32, 64)]
     tuner = cold_autotune.ColdWeightTuner(kernel, configs, key=["N"], weight_arg="w_ptr")
     x, w = torch.randn(4), torch.randn(64)  # 256 bytes: 3 x 4096 / 256 = 48 copies
@@ -215,3 +218,8 @@ def test_cold_tuner_rotates_the_weight_and_keeps_the_fastest_config(monkeypatch)
     assert tuner.timings[key][str(configs[2])] == float("inf")
     tuner[(1,)](x, w, 64)
     assert len(timed) == 2 and kernel.launches[-1] == (w.data_ptr(), 32)
+    again = cold_autotune.ColdWeightTuner(_FakeKernel({16: 3.0, 32: 1.0, 64: None}), configs, key=["N"],
+                                          weight_arg="w_ptr")
+    again[(1,)](x, w, 64)
+    assert len(timed) == 2 and again.kernel.launches == [(w.data_ptr(), 32)]
+    assert any(tmp_path.rglob("fake_gemv.cold.json"))
