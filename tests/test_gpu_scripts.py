@@ -378,3 +378,21 @@ def test_engine_host_overhead_runs_every_phase_on_a_cpu(tmp_path):
     for phases in results.values():
         assert phases["step"] > 0 and phases["schedule"] > 0 and phases["metadata"] > 0
     assert results["sampled/b2"]["sampling_tensors"] > 0 and results["sampled/b2"]["sample_op"] > 0
+
+
+def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatch):
+    """Between its two modes the A/B drops a kernel's choices from both tuners (so each mode tunes on the
+    same inputs); with nothing tuned it reports no config; on a CPU it says it needs a GPU."""
+    from bench import cold_tune_ab
+    from kernels.tuning import Tuned
+
+    tuned = Tuned(lambda: None, {"cuda": [dict(BLOCK=16)]}, key=["N"], cold_weight="w_ptr")
+    tuned._built, tuned._cold = object(), object()
+    cold_tune_ab._forget(tuned)
+    assert tuned._built is None and tuned._cold is None
+    assert cold_tune_ab._choice(tuned, "autotune") == "-" and cold_tune_ab._choice(tuned, "autotune-warm") == "-"
+    assert set(cold_tune_ab._variant_fns(4, 896)) == {"decode", "decode_1split", "gemv"}
+    assert set(cold_tune_ab._variant_fns(16, 896)) == {"decode", "decode_1split"}
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["cold_tune_ab", "--csv", str(tmp_path / "ab.csv")])
+        assert cold_tune_ab.main() == 2 and not (tmp_path / "ab.csv").exists()
