@@ -106,7 +106,7 @@ class ColdWeightTuner:
         at = self.arg_names.index(self.weight_arg)
         weight = args[at]
         n = copies_needed(weight.numel() * weight.element_size(), _l2_bytes(weight.device))
-        weights = [weight] + [weight.clone() for _ in range(n - 1)]
+        weights = [weight, *_copies(weight, n - 1)]
         sets = [(*args[:at], w, *args[at + 1:]) for w in weights]
         skip = _compile_errors()
         times = {}
@@ -154,6 +154,18 @@ class ColdWeightTuner:
         record = {"config": self.configs.index(config), "timings_ms": self.timings.get(key, {})}
         with contextlib.suppress(Exception):  # a read-only or full cache folder: keep the choice in memory only
             found[0].put(json.dumps(record), found[1], binary=False)
+
+
+def _copies(weight: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Up to ``n`` copies of ``weight``: as many as device memory allows (the engine tunes after sizing its KV
+    cache; fewer copies only make the rotation shorter, and none leaves the weight warm, as Triton's tuner)."""
+    copies = []
+    try:
+        for _ in range(n):
+            copies.append(weight.clone())
+    except torch.cuda.OutOfMemoryError:
+        pass
+    return copies
 
 
 def _time_rotating(launch, sets: list[tuple], kwargs: dict) -> float:
