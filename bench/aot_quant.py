@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import importlib
-import itertools
 import multiprocessing
 import os
 import re
@@ -250,9 +250,15 @@ def check_launches():
                        lambda data=data, q=q: gd.gguf_dequantize(data, q, torch.bfloat16))
 
 
+@functools.cache
+def _launches() -> list:
+    """``check_launches`` listed once per process (a worker compiles several of them)."""
+    return list(check_launches())
+
+
 def _check_one(index: int) -> tuple[str, bool]:
     """Compile variant ``index`` of ``check_launches``: (its report line, whether it failed)."""
-    label, module, config, launch = next(itertools.islice(check_launches(), index, None))
+    label, module, config, launch = _launches()[index]
     kernel, args, kwargs = capture(module, config, launch)
     try:
         report = inspect(compile_sm90(kernel, args, dict(kwargs)))
@@ -266,7 +272,7 @@ def check(jobs: int | None = None) -> int:
     """Compile every ``check_launches`` variant, ``jobs`` at a time (default: one per CPU, at most 8); nonzero
     exit on a compile error or a register spill. Each variant compiles in its own worker process (the
     compiler is single-threaded Python and ptxas): on the 2-core CI machine that halves the check's time."""
-    count = sum(1 for _ in check_launches())
+    count = len(_launches())
     jobs = max(1, min(jobs or os.cpu_count() or 1, 8, count))
     failures = 0
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -26,15 +26,14 @@ the shipped split rule), ``decode_1split_us`` (the same kernel with K in one chu
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 
 import torch
 
-FIELDS = ["gpu", "M", "N", "K", "variant", "cublas_us", "warm_us", "cold_us", "warm_vs_cublas",
-          "cold_vs_cublas", "pct_copy_cold", "warm_config", "cold_config", "decode_us", "decode_1split_us",
-          "gemv_us"]
+from kernels.linear import LLAMA3_8B, LLAMA32_1B, QWEN25_05B
+
+SHAPES = {"qwen2.5-0.5b": QWEN25_05B, "llama-3.2-1b": LLAMA32_1B, "llama-3-8b": LLAMA3_8B}  # name -> {layer: (N, K)}
 
 
 def _tuned(variant: str):
@@ -74,17 +73,16 @@ def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool 
 
     from bench.ceilings import copy_bandwidth_gbps
     from bench.timing import input_sets_for, time_rotating
-    from kernels.linear import LLAMA3_8B, LLAMA32_1B, QWEN25_05B, choose_linear_variant, linear
+    from kernels.linear import choose_linear_variant, linear
     from kernels.tuning import tuning
 
-    shapes = {"qwen2.5-0.5b": QWEN25_05B, "llama-3.2-1b": LLAMA32_1B, "llama-3-8b": LLAMA3_8B}
     gpu, copy = torch.cuda.get_device_name(0), copy_bandwidth_gbps()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     print(f"{gpu}: copy {copy:.0f} GB/s, L2 {l2 >> 20} MB", flush=True)
     deadline = time.time() + budget_s
     gen = torch.Generator().manual_seed(0)
     for model in models:
-        for N, K in shapes[model].values():
+        for N, K in SHAPES[model].values():
             w = (torch.randn(N, K, generator=gen) / K**0.5).to("cuda", torch.bfloat16)
             for M in ms:
                 if time.time() > deadline:
@@ -122,23 +120,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--csv", required=True, help="where the rows go, written as measured")
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b", "llama-3-8b"],
-                   choices=["qwen2.5-0.5b", "llama-3.2-1b", "llama-3-8b"])
+    p.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--variants", action="store_true", help="also time each kernel the dispatcher could pick")
     p.add_argument("--budget-s", type=float, default=400, help="start no case after this many seconds")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("cold_tune_ab: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
         return 2
-    with open(args.csv, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=FIELDS)
-        out.writeheader()
+    from bench.report import write_rows
 
-        def sink(row):
-            out.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
-            f.flush()
+    rows: list[dict] = []
 
-        run(args.models, args.m, args.budget_s, sink, args.variants)
+    def sink(row):  # the whole file rewritten after each case: a run cut short keeps every row it measured
+        rows.append(row)
+        write_rows(rows, args.csv, float_format=".4g")
+
+    run(args.models, args.m, args.budget_s, sink, args.variants)
     return 0
 
 

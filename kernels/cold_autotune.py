@@ -90,7 +90,7 @@ class ColdWeightTuner:
         config = self.choices.get(key)
         if config is None:
             config = self._from_disk(key) or self._tune(grid, args, kwargs, key)
-        return self.kernel[grid](*args, **kwargs, **_meta(config))
+        return self.kernel[grid](*args, **kwargs, **config.all_kwargs())
 
     def _tune(self, grid, args: tuple, kwargs: dict, key: tuple):
         """The fastest config for this launch's key, kept; inside a CUDA-graph capture, where nothing can be
@@ -112,7 +112,7 @@ class ColdWeightTuner:
         times = {}
         for config in configs:
             try:
-                times[config] = _time_rotating(self.kernel[grid], sets, {**kwargs, **_meta(config)})
+                times[config] = _time_rotating(self.kernel[grid], sets, {**kwargs, **config.all_kwargs()})
             except skip:
                 times[config] = float("inf")
         self.timings[key] = {str(c): t for c, t in times.items()}
@@ -183,10 +183,3 @@ def _disk_key(kernel, configs: list, key: tuple) -> str:
              [str(c) for c in configs], key]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
-
-def _meta(config) -> dict[str, Any]:
-    """A ``triton.Config`` as launch keywords: its meta-parameters and its launch options."""
-    opts = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    if getattr(config, "num_ctas", 1) != 1:
-        opts["num_ctas"] = config.num_ctas
-    return {**config.kwargs, **opts}
