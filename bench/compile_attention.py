@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import kv_cache, paged_decode, prefill_attention
-from kernels._decode_combine import combine_steps
+from kernels._decode_combine import combine_steps, reduce_chunks
 
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200
@@ -115,8 +115,8 @@ def decode_variants():
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
-    consts = dict(HEAD_DIM=256, D_PAD=256, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, S_STEP=combine_steps(8, 256),
-                  PDL=1)
+    dims, step = reduce_chunks(64, 256)
+    consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, S_STEP=step, PDL=1)
     yield "decode reduce D256", paged_decode._decode_reduce_kernel, types, consts, {"num_warps": 4}
 
 

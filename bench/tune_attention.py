@@ -7,12 +7,15 @@ Measures the card's copy bandwidth in the same process, then for each kernel:
    times them (bench.timing.time_each: CUDA-graph replays, device events where capture fails); paged
    decode also as the engine calls it (``shipped_fresh1``: ``fresh_tokens=1``);
 2. ``explore`` (with --explore): times candidate launch tiles on a few representative shapes (each
-   checked against the baseline first), to choose the per-head-dim entries of ``TILES``.
+   checked against the baseline first), to choose the per-head-dim entries of ``TILES``;
+3. ``splits`` (with --splits): paged decode at batch 1 and 8, where split-KV decides the time: each split
+   count (``num_splits``; ``auto`` is the shipped policy) with each split tile, and the folded combine
+   (``REDUCE_IN_SPLIT``), to choose the split policy's constants and ``SPLIT_TILES``.
 
 Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
 
     PYTHONPATH=. python3 bench/tune_attention.py "$OUT" [kv prefill decode] [--explore] [--no-sweep]
-        [--deadline-s=SECONDS]   (start no new case after that many seconds; what is done is written)
+        [--splits] [--batch N ...] [--deadline-s=SECONDS]   (start no new case after that many seconds; what is done is written)
 
 The slice's whole GPU check is one call: its tests (GPU-marked ones included), then this script::
 
@@ -96,6 +99,23 @@ EXPLORE = {
         _decode(1, 32768, 32, 8, 16), _decode(64, 4096, 32, 8, 16), _decode(8, 16384, 14, 2, 128),
     ]),
 }
+# The split study: the candidates carry ``num_splits`` (None: the shipped policy) and ``fold`` beside the tile.
+SPLIT_TILES_TRIED = [
+    dict(BLOCK_N=64, num_warps=4, num_stages=5),  # shipped at D=128 before run 18
+    dict(BLOCK_N=32, num_warps=4, num_stages=5),
+    dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_N=128, num_warps=4, num_stages=1),  # no software pipeline: a split of one tile loads it at once
+    dict(BLOCK_N=128, num_warps=8, num_stages=1),
+    dict(BLOCK_N=256, num_warps=8, num_stages=1),
+]
+SPLIT_CANDIDATES = [
+    dict(num_splits=n, **t) for n in (None, 16, 32, 64, 128) for t in SPLIT_TILES_TRIED
+] + [dict(num_splits=n, fold=True, **SPLIT_TILES_TRIED[0]) for n in (None, 64)]
+SPLIT_CASES = [
+    _decode(1, 4096, 32, 8, 16), _decode(1, 16384, 32, 8, 16), _decode(1, 32768, 32, 8, 16),
+    _decode(1, 4096, 14, 2, 16), _decode(1, 32768, 14, 2, 16),
+    _decode(8, 4096, 32, 8, 16), _decode(8, 4096, 14, 2, 16), _decode(8, 32768, 14, 2, 128),
+]
 STUDY_OPS = {"kv": "kv_cache_write", "prefill": "prefill_attention", "decode": "paged_decode_attention"}
 
 
@@ -108,6 +128,10 @@ def _short(case) -> str:
 def _tile_name(tile) -> str:
     if not tile:
         return "shipped"
+    if "num_splits" in tile:  # a split-study candidate: split count (auto = the policy), fold, tile
+        rest = {k: v for k, v in tile.items() if k not in ("num_splits", "fold")}
+        fold = "fold/" if tile.get("fold") else ""
+        return f"s{tile['num_splits'] or 'auto'}/{fold}" + _tile_name(rest)
     flags = "".join(f"/{k.lower()}" for k, v in tile.items() if v is True)
     return "/".join(f"{v}" for v in tile.values() if not isinstance(v, bool)) + flags
 
@@ -134,6 +158,26 @@ def _time(fns, sets):
 DEADLINE = [float("inf")]
 
 
+def _candidate(op, tile):
+    """``op.triton`` launched with ``tile``; a split-study candidate also sets the split count and, for the
+    length of the call, ``REDUCE_IN_SPLIT`` (read at launch)."""
+    tile = dict(tile)
+    if "num_splits" not in tile:
+        return lambda **kw: op.triton(**kw, _tile=tile)
+    from kernels import paged_decode
+
+    splits, fold = tile.pop("num_splits"), tile.pop("fold", False)
+
+    def run(**kw):
+        kw["num_splits"] = splits
+        saved, paged_decode.REDUCE_IN_SPLIT = paged_decode.REDUCE_IN_SPLIT, fold
+        try:
+            return op.triton(**kw, _tile=tile)
+        finally:
+            paged_decode.REDUCE_IN_SPLIT = saved
+    return run
+
+
 def run_cases(op, cases, tiles, ceilings, study):
     rows = []
     for case in cases:
@@ -145,7 +189,7 @@ def run_cases(op, cases, tiles, ceilings, study):
         sets = [op.make_inputs(case, DEVICE, gen) for _ in range(input_sets_for(nbytes, ceilings.l2_bytes))]
         fns = {}
         for tile in tiles:
-            fn = op.triton if tile is None else (lambda t: lambda **kw: op.triton(**kw, _tile=t))(tile)
+            fn = op.triton if tile is None else _candidate(op, tile)
             try:
                 err = _check(op, fn, sets[0])
             except Exception as e:  # a tile that does not compile (shared memory) is reported, not fatal
@@ -193,6 +237,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("out_dir", nargs="?", default="bench/results/tune", help="folder for attention_<study>.csv")
     p.add_argument("studies", nargs="*", metavar="STUDY", help=f"any of {', '.join(STUDY_OPS)} (default: all)")
     p.add_argument("--explore", action="store_true", help="also time the candidate tiles (EXPLORE)")
+    p.add_argument("--splits", action="store_true", help="also run the paged decode split study (SPLIT_CASES)")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="sweep only the cases of these batch sizes (cases without a batch are kept)")
     p.add_argument("--no-sweep", action="store_true", help="skip the shipped tile's sweep of the bench cases")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no new case after this many seconds; what is done is written")
@@ -220,12 +267,16 @@ def main(argv) -> int:
     if not args.no_sweep:
         for study in studies:
             op = registry.get(STUDY_OPS[study])
-            write(run_cases(op, op.bench_cases(), [None], ceilings, "sweep"), out_dir, study)
+            cases = [c for c in op.bench_cases() if args.batch is None or c.get("batch", args.batch[0]) in args.batch]
+            write(run_cases(op, cases, [None], ceilings, "sweep"), out_dir, study)
     for study in studies if explore else []:
         op = registry.get(STUDY_OPS[study])
         if op.name in EXPLORE:
             tiles, cases = EXPLORE[op.name]
             write(run_cases(op, cases, tiles, ceilings, "explore"), out_dir, f"{study}_explore")
+    if args.splits:
+        op = registry.get("paged_decode_attention")
+        write(run_cases(op, SPLIT_CASES, SPLIT_CANDIDATES, ceilings, "splits"), out_dir, "decode_splits")
     return 0
 
 

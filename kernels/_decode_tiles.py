@@ -35,7 +35,9 @@ SPLIT_TILES = {  # the same keys: the tile of launches cut into splits
     "cuda": {
         2: {
             64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
-            128: dict(BLOCK_N=64, num_warps=4, num_stages=5),
+            # One unpipelined 128-token tile a trip: a split of 128-256 tokens has all its loads in flight at
+            # once (H200, bench/results/NVIDIA_H200/run18/attention_decode_splits_call5.csv; 64/4/5 before).
+            128: dict(BLOCK_N=128, num_warps=4, num_stages=1),
             256: dict(BLOCK_N=32, num_warps=4, num_stages=5),
         },
         4: {

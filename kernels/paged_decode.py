@@ -50,13 +50,17 @@ moves bytes and nothing else, so the question is how many bytes each SM has in f
 
 - at most ``PROGRAMS_PER_SM`` (2) programs per SM in all: a launch that fits one wave has no tail wave
   (on an H200, 512 programs where 396 fit at once ran 1.2x slower than 256 longer ones);
-- at least ``MIN_SPLIT`` (256) tokens per split: shorter programs spend their time starting up;
-- at most ``MAX_SPLITS`` (64) splits: the reduce then combines each head in one or two steps;
-- the size rounded up to whole ``SPLIT_ALIGN`` (64)-token tiles, so no split ends on a masked tile.
+- at least ``MIN_SPLIT`` (128) tokens per split: shorter programs spend their time starting up;
+- at most ``MAX_SPLITS`` (128) splits: the reduce combines up to 256 in one step (kernels/_decode_combine.py);
+- the size rounded up to whole ``SPLIT_ALIGN`` (64)-token tiles.
 
-Bytes in flight per program come from the tile (:data:`TILES`): the pipeliner puts the block-table load
-one stage before the K/V loads that use it, so only ``num_stages=5`` double-buffers K and V (at 3 or 4
-stages each program waits for every tile before asking for the next).
+Bytes in flight per program come from the tile (:data:`SPLIT_TILES`). A split launch at D = 128 takes
+128-token tiles with no software pipeline (``num_stages=1``): a 128- or 256-token split issues all its
+loads at once, where the pipelined 64-token tiles kept about one tile in flight (the pipeliner puts the
+block-table load a stage before the K/V loads that use it). H200, run 18 (bench/results/NVIDIA_H200/
+run18_notes.md): at batch 1, 128 splits of 256 tokens (14 query / 2 KV heads, 32k context) took 15.1 us
+against 21.1 for 64 pipelined splits of 512, and 32 splits of 128 tokens (4k context) 10.4 against 12.6
+(32 / 8 heads), 7.5 against 9.9 (14 / 2).
 
 No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int, an upper bound of
 context_lens: a smaller value would drop tokens, which TRITONFORGE_DEBUG_CHECKS=1 catches) or, if it is
@@ -87,7 +91,7 @@ from kernels import _decode_cases as cases
 from kernels import _paged_checks as checks
 from kernels import alloc, pdl
 from kernels._attention_ref import dense_attention, gather_paged
-from kernels._decode_combine import combine_group, combine_steps
+from kernels._decode_combine import combine_group, combine_steps, reduce_chunks
 from kernels._decode_tiles import SPLIT_TILES, TILES, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
@@ -97,7 +101,9 @@ from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
 # The split policy (see the module docstring and choose_split_size).
-PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 256, 64, 64
+PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 128, 128, 64
+# The reduce's tile for a given split_size (kernels._decode_combine.reduce_chunks): fixed, not from the batch.
+INVARIANT_REDUCE_SPLITS = 256
 COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
 # True: the split launch combines its own partials (one launch); False: a separate reduce launch does (two).
 # Measured on an H200 (bench/results/NVIDIA_H200/run6/attention_decode_folded.csv against
@@ -237,7 +243,7 @@ def _decode_split_kernel(
             if arrived == tl.maximum(n_splits, 1) - 1:  # the row's last arrival combines its G heads
                 tl.debug_barrier()
                 combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, kv_head, group, n_splits, stride_ob,
-                              stride_oh, num_q_heads, max_splits, HEAD_DIM, D_PAD, G_COMB, S_STEP)
+                              stride_oh, num_q_heads, max_splits, 0, HEAD_DIM, D_PAD, G_COMB, S_STEP)
                 tl.store(count_ptr + row, 0)  # re-arm for the next launch
 
 
@@ -247,9 +253,10 @@ def _decode_reduce_kernel(
     ctx_cap, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, FIT: tl.constexpr, ALIGN: tl.constexpr,
     S_STEP: tl.constexpr, PDL: tl.constexpr, SIGNAL_LATE: tl.constexpr = False,
 ):
-    """The unfolded path's second launch: one program per (sequence, query head), a group of one. One per
-    KV head, each combining its G heads side by side, was slower: at batch 1 with 2 KV heads that is two
-    programs for the whole card (H200, Qwen2.5-0.5B decode graph: 3.9 against 2.3 us per launch)."""
+    """The unfolded path's second launch: one program per (sequence, query head, D_PAD dims of it), a group
+    of one (``kernels._decode_combine.reduce_chunks`` sizes the dims). One per KV head, each combining its
+    G heads side by side, was slower: at batch 1 with 2 KV heads that is two programs for the whole card
+    (H200, Qwen2.5-0.5B decode graph: 3.9 against 2.3 us per launch)."""
     if SIGNAL_LATE:  # see REDUCE_SIGNALS_LATE
         pdl.wait(PDL)
     else:
@@ -259,7 +266,7 @@ def _decode_reduce_kernel(
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
     n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
     combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), 1, n_splits, stride_ob, stride_oh,
-                  num_q_heads, max_splits, HEAD_DIM, D_PAD, 1, S_STEP)
+                  num_q_heads, max_splits, tl.program_id(2) * D_PAD, HEAD_DIM, D_PAD, 1, S_STEP)
     if SIGNAL_LATE:
         pdl.launch_dependents(PDL)
 
@@ -328,11 +335,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     split = decode_split(q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, num_splits,
                          split_size, fresh_tokens, fold=REDUCE_IN_SPLIT, tile=_tile)
     if split.part_o is not None:
-        d_pad = triton.next_power_of_2(q.shape[2])
-        _decode_reduce_kernel[(q.shape[0], q.shape[1])](
+        # A given split_size promises batch invariance: then the combine's tile must not depend on the batch.
+        shape_from = INVARIANT_REDUCE_SPLITS if split_size is not None else split.max_splits
+        dims, step = reduce_chunks(shape_from, triton.next_power_of_2(q.shape[2]))
+        _decode_reduce_kernel[(q.shape[0], q.shape[1], triton.cdiv(q.shape[2], dims))](
             split.part_o, split.part_lse, context_lens, split.o, split.o.stride(0), split.o.stride(1), q.shape[1],
-            split.size, split.max_splits, split.max_context, HEAD_DIM=q.shape[2], D_PAD=d_pad, FIT=split.fit,
-            ALIGN=SPLIT_ALIGN, S_STEP=combine_steps(1, d_pad), num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
+            split.size, split.max_splits, split.max_context, HEAD_DIM=q.shape[2], D_PAD=dims, FIT=split.fit,
+            ALIGN=SPLIT_ALIGN, S_STEP=step, num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
             **pdl.launch_options(q.device),
         )
     return split.o

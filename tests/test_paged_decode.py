@@ -89,7 +89,7 @@ def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, red
     monkeypatch.setattr(paged_decode, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
     inputs = _inputs(_case([1000, 1, 17, 65, 200]), device, seed=6)
     inputs.pop("num_splits", None)
-    assert -(-1000 // choose_split_size(5, 2, 1000)) == 3  # three splits: 17 tokens fit one, 200 take two
+    assert -(-1000 // choose_split_size(5, 2, 1000)) == 6  # six splits: 17 tokens fit one, 200 take four
     ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
                                               else t for n, t in inputs.items()})
     fitted = paged_decode_attention(**inputs)
@@ -126,8 +126,9 @@ def test_choose_split_size_fills_the_card_in_one_wave():
         assert splits <= MAX_SPLITS
         assert batch * kv_heads * splits <= PROGRAMS_PER_SM * sms  # one wave: no tail
     assert choose_split_size(1, 8, 32768, sms) == 1024     # 32 splits: 256 programs for 132 SMs
-    assert choose_split_size(1, 2, 32768, sms) == 512      # 64 splits: capped by MAX_SPLITS
-    assert choose_split_size(8, 2, 4096, sms) == 256       # 16 splits: capped by MIN_SPLIT
+    assert choose_split_size(1, 2, 32768, sms) == 256      # 128 splits: capped by MAX_SPLITS
+    assert choose_split_size(1, 2, 4096, sms) == 128       # 32 splits: capped by MIN_SPLIT
+    assert choose_split_size(8, 2, 4096, sms) == 256       # 16 splits: 256 programs
     assert choose_split_size(256, 8, 4096, sms) >= 4096    # big batches: one split, no reduce
     assert choose_split_size(1, 2, 100, sms) >= 100        # short contexts: one split
 
