@@ -15,7 +15,8 @@ Measures the card's copy bandwidth in the same process, then for each kernel:
 Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
 
     PYTHONPATH=. python3 bench/tune_attention.py "$OUT" [kv prefill decode] [--explore] [--no-sweep]
-        [--splits] [--batch N ...] [--deadline-s=SECONDS]   (start no new case after that many seconds; what is done is written)
+        [--splits] [--batch N ...] [--deadline-s=SECONDS]
+    (--deadline-s: start no new case after that many seconds; what is done is written)
 
 The slice's whole GPU check is one call: its tests (GPU-marked ones included), then this script::
 
