@@ -328,3 +328,16 @@ def test_a_fresh_token_written_just_before_is_read_after_the_wait(device):
         kv_cache_write(k_new, v_new, k_cache, v_cache, slots)
         got = paged_decode_attention(q, k_cache, v_cache, table, lens, max_context_len=320, fresh_tokens=1)
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=n)
+
+
+def test_the_settled_tile_is_read_early_only_where_it_was_measured_to_pay(monkeypatch):
+    """The fresh-tokens promise reads the first tile before the PDL wait, except in a split launch whose
+    splits span several tiles of an unpipelined tile (paged_decode._prefetch)."""
+    unpipelined, pipelined = dict(BLOCK_N=128, num_stages=1), dict(BLOCK_N=64, num_stages=5)
+    assert paged_decode._prefetch(1, unpipelined, 128, direct=False)       # one tile a split
+    assert not paged_decode._prefetch(1, unpipelined, 256, direct=False)   # two tiles, unpipelined
+    assert paged_decode._prefetch(1, pipelined, 1024, direct=False)
+    assert paged_decode._prefetch(1, unpipelined, 4096, direct=True)       # one split a sequence
+    assert not paged_decode._prefetch(None, unpipelined, 128, direct=False)  # no promise
+    monkeypatch.setattr(paged_decode, "PREFETCH_SETTLED", False)
+    assert not paged_decode._prefetch(1, unpipelined, 128, direct=False)
