@@ -7,6 +7,7 @@ import torch
 
 from kernels import _decode_cases, _paged_checks, paged_decode
 from kernels._decode_cases import decode_sdpa_baseline
+from kernels._decode_combine import MIN_REDUCE_DIMS, TILE_VALUES, reduce_chunks
 from kernels._split_k import arrival_counters
 from kernels.paged_decode import (
     MAX_SPLITS,
@@ -81,6 +82,30 @@ def test_result_does_not_depend_on_the_split_count(device, reduce_in_split):
     for out in outs:
         assert_close(out, ref, dtype=torch.float32, reduction_len=100, tf32=True)
         torch.testing.assert_close(out, outs[0], rtol=tight, atol=tight)
+
+
+def test_reduce_chunks_take_every_split_in_one_step():
+    """The reduce launch's tile: every split in one step, dims cut over programs (at least 32 a program)."""
+    for splits in (1, 2, 33, 64, 128, 256):
+        for d_pad in (32, 64, 128, 256):
+            dims, step = reduce_chunks(splits, d_pad)
+            assert step >= splits and dims * step <= max(TILE_VALUES, step * MIN_REDUCE_DIMS)
+            assert MIN_REDUCE_DIMS <= dims <= d_pad or dims == d_pad < MIN_REDUCE_DIMS
+    assert reduce_chunks(128, 128) == (64, 128) and reduce_chunks(16, 128) == (128, 16)
+
+
+@pytest.mark.parametrize("head_dim", [80, 128])
+def test_many_splits_combine_over_dim_chunks(device, head_dim):
+    """150 splits: the reduce takes them in one step and cuts each head's dims over programs (the last chunk
+    of an 80-wide head masked); the answer is the one-split answer up to rounding."""
+    inputs = _inputs(_case([300, 41], q_heads=2, kv_heads=1, head_dim=head_dim), device, seed=11)
+    inputs.pop("num_splits", None)
+    ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for n, t in inputs.items()})
+    out = paged_decode_attention(**inputs, split_size=2)
+    assert_close(out, ref, dtype=torch.float32, reduction_len=300, tf32=True)
+    tight = 1e-5 if device.type == "cpu" else 2e-3
+    torch.testing.assert_close(out, paged_decode_attention(**inputs, num_splits=1), rtol=tight, atol=tight)
 
 
 def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, reduce_in_split, monkeypatch):
