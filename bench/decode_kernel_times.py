@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.decode_profile import critical_path
+from bench.decode_profile import critical_path, event_device_us, profiled_replays
 from bench.report import write_rows
 from bench.timing import warm_capture_stream
 from bench.tune_attention import SPLIT_CASES, _short
@@ -28,25 +28,18 @@ from kernels import registry
 
 def kernel_times(fn, sets, calls: int, replays: int) -> list[dict]:
     """Per kernel name: launches per call, mean microseconds per launch, critical-path microseconds per call."""
-    from torch.profiler import ProfilerActivity, profile
-
     cycle = itertools.cycle(sets)
     warm_capture_stream(lambda: fn(**next(cycle)))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn(**next(cycle))
-    graph.replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(replays):
-            graph.replay()
-        torch.cuda.synchronize()
+    prof = profiled_replays(graph, replays)
     n = calls * replays
     path = critical_path(prof, n)
     rows = []
     for event in prof.key_averages():
-        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+        device_us = event_device_us(event)
         if device_us and event.count >= n:
             rows.append({"kernel": event.key[:60], "launches_per_call": event.count / n,
                          "us_per_launch": device_us / event.count, "path_us_per_call": path.get(event.key, 0.0)})

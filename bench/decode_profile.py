@@ -103,23 +103,32 @@ def steady_engine(model_dir: Path, overrides: dict[str, str]):
     return engine
 
 
-def profile_graph(engine, replays: int) -> tuple[list[dict], list[dict]]:
-    """Per kernel name: launches and device microseconds per replay of the batch-1 decode graph; and the
-    last replay's kernels in launch order (which launch of a layer is slow: names carry no shapes)."""
+def profiled_replays(graph, replays: int):
+    """``torch.profiler`` (CUDA activity) over ``replays`` replays of ``graph``, after one unprofiled replay."""
     from torch.profiler import ProfilerActivity, profile
 
-    graph = engine.runner.graphs.graphs[1]
     graph.replay()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
             graph.replay()
         torch.cuda.synchronize()
+    return prof
+
+
+def event_device_us(event) -> float:
+    """An averaged profiler event's total device microseconds (the attribute's name depends on torch's version)."""
+    device_us = getattr(event, "device_time_total", None)
+    return device_us if device_us is not None else getattr(event, "cuda_time_total", 0.0)
+
+
+def profile_graph(engine, replays: int) -> tuple[list[dict], list[dict]]:
+    """Per kernel name: launches and device microseconds per replay of the batch-1 decode graph; and the
+    last replay's kernels in launch order (which launch of a layer is slow: names carry no shapes)."""
+    prof = profiled_replays(engine.runner.graphs.graphs[1], replays)
     rows = []
     for event in prof.key_averages():
-        device_us = getattr(event, "device_time_total", None)
-        if device_us is None:
-            device_us = getattr(event, "cuda_time_total", 0.0)
+        device_us = event_device_us(event)
         if not device_us or event.count < replays:
             continue
         rows.append({"kernel": event.key, "launches_per_replay": event.count / replays,
