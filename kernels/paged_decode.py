@@ -407,7 +407,7 @@ def _prefetch(fresh_tokens, tile, size, direct) -> bool:
     and the engine's batch-1 graph, whose splits are one tile at its context bound, keeps it."""
     if fresh_tokens is None or not PREFETCH_SETTLED:
         return False
-    return direct or tile.get("num_stages", 1) > 1 or size <= tile["BLOCK_N"]
+    return direct or tile.get("num_stages") != 1 or size <= tile["BLOCK_N"]  # the interpreter's tiles: no stages
 
 
 def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale=None,

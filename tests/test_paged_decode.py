@@ -364,5 +364,6 @@ def test_the_settled_tile_is_read_early_only_where_it_was_measured_to_pay(monkey
     assert paged_decode._prefetch(1, pipelined, 1024, direct=False)
     assert paged_decode._prefetch(1, unpipelined, 4096, direct=True)       # one split a sequence
     assert not paged_decode._prefetch(None, unpipelined, 128, direct=False)  # no promise
+    assert paged_decode._prefetch(1, dict(BLOCK_N=16), 48, direct=False)  # the interpreter's tile: no stages
     monkeypatch.setattr(paged_decode, "PREFETCH_SETTLED", False)
     assert not paged_decode._prefetch(1, unpipelined, 128, direct=False)
