@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from bench.timing import gpu_missing
 from kernels.linear import LLAMA3_8B, LLAMA32_1B, QWEN25_05B
 
 SHAPES = {"qwen2.5-0.5b": QWEN25_05B, "llama-3.2-1b": LLAMA32_1B, "llama-3-8b": LLAMA3_8B}  # name -> {layer: (N, K)}
@@ -124,8 +125,7 @@ def main() -> int:
     p.add_argument("--variants", action="store_true", help="also time each kernel the dispatcher could pick")
     p.add_argument("--budget-s", type=float, default=400, help="start no case after this many seconds")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("cold_tune_ab: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("cold_tune_ab"):
         return 2
     from bench.report import write_rows
 

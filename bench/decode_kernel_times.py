@@ -21,7 +21,7 @@ import torch
 
 from bench.decode_profile import critical_path, event_device_us, profiled_replays
 from bench.report import write_rows
-from bench.timing import warm_capture_stream
+from bench.timing import gpu_missing, warm_capture_stream
 from bench.tune_attention import SPLIT_CASES, _short
 from kernels import registry
 
@@ -53,8 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=16, help="calls captured in one graph")
     p.add_argument("--replays", type=int, default=8)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("decode_kernel_times: needs a GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("decode_kernel_times"):
         return 2
     op = registry.get("paged_decode_attention")
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -23,6 +23,8 @@ import sys
 
 import torch
 
+from bench.timing import gpu_missing
+
 DEVICE = "cuda"  # "cpu" for a dry run of the script in the Triton interpreter
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (896, 4864)]
 FIELDS = ["gpu", "format", "variant", "M", "N", "K", "us", "cublas_us", "speedup", "pct_copy"]
@@ -119,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", action="store_true", help="also every group tile and word-kernel config, pinned")
     p.add_argument("--csv")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("gguf_gemv_ab: needs a CUDA or ROCm GPU; none is visible to torch here", file=sys.stderr)
+    if gpu_missing("gguf_gemv_ab"):
         return 2
     with open(args.csv or "/dev/null", "w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)

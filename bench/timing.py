@@ -22,6 +22,18 @@ MAX_SETS = 128
 MAX_ROTATION_BYTES = 2 << 30
 
 
+def gpu_missing(script: str) -> bool:
+    """True, after saying so on stderr, when torch sees no CUDA or ROCm GPU: a GPU script's first check."""
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    print(f"{script}: needs a CUDA or ROCm GPU; none is visible to torch here", file=sys.stderr)
+    return True
+
+
 def time_ms(fn: Callable[[], Any], *, graph: bool = False, warmup_ms: int = WARMUP_MS, rep_ms: int = REP_MS) -> float:
     """Median milliseconds of ``fn()`` on the current device (the first call, which compiles, excluded)."""
     import torch

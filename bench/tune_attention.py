@@ -38,7 +38,7 @@ import torch
 
 from bench.ceilings import measure
 from bench.report import write_rows
-from bench.timing import input_sets_for, time_each
+from bench.timing import gpu_missing, input_sets_for, time_each
 from kernels import registry
 
 PREFILL_TILES = [  # ONE_LOOP: the diagonal tiles in the pipelined key loop; TMA: Q/K/V by tensor descriptor
@@ -253,8 +253,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("tune_attention: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("tune_attention"):
         return 2
     out_dir, explore = args.out_dir, args.explore
     if args.deadline_s is not None:

@@ -17,7 +17,7 @@ import torch
 
 from bench.ceilings import measure
 from bench.report import dtype_name, shape_string, write_rows
-from bench.timing import input_sets_for, time_each
+from bench.timing import gpu_missing, input_sets_for, time_each
 from kernels import registry
 
 
@@ -114,8 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("tune_foundation: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("tune_foundation"):
         return 2
     out_dir = args.out_dir
     device = torch.device("cuda")

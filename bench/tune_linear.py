@@ -33,7 +33,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 from bench.ceilings import measure
 from bench.report import results_dir, write_rows
-from bench.timing import warm_capture_stream
+from bench.timing import gpu_missing, warm_capture_stream
 from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
@@ -202,8 +202,7 @@ def main() -> int:
     p.add_argument("--decode-only", action="store_true", help="only the op's decode cases (M <= 64)")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("tune_linear: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("tune_linear"):
         return 2
     deadline = time.time() + args.budget_s
     ceil = ceilings()

@@ -32,7 +32,7 @@ import torch
 from bench.ceilings import measure
 from bench.module_settings import module_settings
 from bench.report import results_dir, write_rows
-from bench.timing import input_sets_for, time_rotating
+from bench.timing import gpu_missing, input_sets_for, time_rotating
 from kernels.gguf_formats import Q4_0, Q4_K, qtype_name
 from kernels.gguf_linear import GGUF_LINEAR_OP
 from kernels.quant_linear import W4A16_OP, W8A16_OP
@@ -155,8 +155,7 @@ def main() -> int:
                    help="explore each config at these split-K aims too (e.g. 2,4,8; default: the shipped ones)")
     args = p.parse_args()
     aims = tuple(int(v) for v in args.programs_per_sm.split(",")) if args.programs_per_sm else (None,)
-    if not torch.cuda.is_available():
-        print("tune_quant: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("tune_quant"):
         return 2
     ceil = measure()
     out = results_dir(ceil.gpu, args.out)

@@ -48,7 +48,7 @@ import torch
 
 from bench.ceilings import copy_bandwidth_gbps
 from bench.report import write_rows
-from bench.timing import input_sets_for, time_rotating
+from bench.timing import gpu_missing, input_sets_for, time_rotating
 from kernels import _sampling_split, registry
 from kernels._sampling_registration import bench_params
 from kernels.sampling import CONFIGS, SamplingTensors, launch, sample_rowwise
@@ -154,8 +154,7 @@ def main() -> None:
     ap.add_argument("--crossover", action="store_true",
                     help="time the split and row-wise paths, both forced, over batch sizes (sampling_crossover.csv)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("tune_sampling: needs a CUDA or ROCm GPU; none is visible to torch", file=sys.stderr)
+    if gpu_missing("tune_sampling"):
         sys.exit(2)
     os.makedirs(args.out, exist_ok=True)
     op = registry.get("sample")
