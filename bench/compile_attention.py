@@ -28,7 +28,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import kv_cache, paged_decode, prefill_attention
+from kernels import _decode_splits, kv_cache, paged_decode, prefill_attention
 from kernels._decode_combine import combine_steps, reduce_chunks
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -110,13 +110,13 @@ def decode_variants():
         g_pad = max(16, triton.next_power_of_2(group))
         combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
         consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
-                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN,
+                      FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN,
                       PREFETCH=True, PDL=1, **combine, **tile)
         yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
                types, consts, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
     dims, step = reduce_chunks(64, 256)
-    consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=paged_decode.SPLIT_ALIGN, S_STEP=step, PDL=1)
+    consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, PDL=1)
     yield "decode reduce D256", paged_decode._decode_reduce_kernel, types, consts, {"num_warps": 4}
 
 

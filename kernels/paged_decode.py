@@ -33,34 +33,10 @@ head per program), equal to rounding (tiles of another shape and splits per step
 The fold saves a launch per layer and step but puts the combine's round trips on the split launch's
 critical path; ``REDUCE_IN_SPLIT`` says which won.
 
-A fixed size, given: with ``split_size`` passed, a sequence's partition depends only on that size, not on
-its own length or on the other sequences in the batch, so results are batch-invariant whenever the split
-size is the same. An engine that needs bitwise batch invariance passes one constant ``split_size``. The
-result depends on the split size only through rounding (tested). With a single split the kernel writes
-the output directly: no partials, no counters, no reduce.
-
-Fitted to each context, by default (``FIT_SPLITS_TO_CONTEXT``): the grid's split count comes from the
-launch's context bound, but each sequence spreads its own C tokens over those splits, in whole
-``SPLIT_ALIGN``-token tiles (:func:`_split_len`). A decode graph captured for an 8192-token bound then
-decodes a 200-token context with four one-tile programs per KV head, not one program walking 256 tokens
-while the others exit; at the bound the size is the policy's own.
-
-How many splits (:func:`choose_split_size`, from batch, KV heads, max context and the SM count). Decode
-moves bytes and nothing else, so the question is how many bytes each SM has in flight, start to end:
-
-- at most ``PROGRAMS_PER_SM`` (2) programs per SM in all: a launch that fits one wave has no tail wave
-  (on an H200, 512 programs where 396 fit at once ran 1.2x slower than 256 longer ones);
-- at least ``MIN_SPLIT`` (128) tokens per split: shorter programs spend their time starting up;
-- at most ``MAX_SPLITS`` (128) splits: the reduce combines up to 256 in one step (kernels/_decode_combine.py);
-- the size rounded up to whole ``SPLIT_ALIGN`` (64)-token tiles.
-
-Bytes in flight per program come from the tile (:data:`SPLIT_TILES`). A split launch at D = 128 takes
-128-token tiles with no software pipeline (``num_stages=1``): a 128- or 256-token split issues all its
-loads at once, where the pipelined 64-token tiles kept about one tile in flight (the pipeliner puts the
-block-table load a stage before the K/V loads that use it). H200, run 18 (bench/results/NVIDIA_H200/
-run18_notes.md): at batch 1, 128 splits of 256 tokens (14 query / 2 KV heads, 32k context) took 15.1 us
-against 21.1 for 64 pipelined splits of 512, and 32 splits of 128 tokens (4k context) 10.4 against 12.6
-(32 / 8 heads), 7.5 against 9.9 (14 / 2).
+How each context is cut into splits -- a fixed ``split_size`` given (batch invariance), fitted to each
+context by default (``FIT_SPLITS_TO_CONTEXT``), and how many splits a launch gets -- is
+kernels/_decode_splits.py. With a single split the kernel writes the output directly: no partials, no
+counters, no reduce.
 
 No device sync on the hot path: the grid is sized from ``max_context_len`` (a host int, an upper bound of
 context_lens: a smaller value would drop tokens, which TRITONFORGE_DEBUG_CHECKS=1 catches) or, if it is
@@ -89,23 +65,21 @@ from typing import NamedTuple
 import torch
 
 from kernels import _decode_cases as cases
+from kernels import _decode_splits, alloc, pdl
 from kernels import _paged_checks as checks
-from kernels import alloc, pdl
 from kernels._attention_ref import dense_attention, gather_paged
 from kernels._decode_combine import combine_group, combine_steps, reduce_chunks
+from kernels._decode_splits import choose_split_size, split_len  # noqa: F401  (choose_split_size: re-exported)
 from kernels._decode_tiles import SPLIT_TILES, TILES, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms
+from kernels.device import interpreting
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
-# The split policy (see the module docstring and choose_split_size).
-PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 128, 128, 64
 # The reduce's tile for a given split_size (kernels._decode_combine.reduce_chunks): fixed, not from the batch.
 INVARIANT_REDUCE_SPLITS = 256
-COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
 # True: the split launch combines its own partials (one launch); False: a separate reduce launch does (two).
 # Measured on an H200 (bench/results/NVIDIA_H200/run6/attention_decode_folded.csv against
 # decode_sweep_call2.csv): folded, the row's last program combines its heads one after another on the
@@ -115,8 +89,8 @@ COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the in
 # reduce then had the slower one-program-per-KV-head form). So the two-launch path is the default.
 REDUCE_IN_SPLIT = False
 # True: with the default policy (no split_size or num_splits given), each sequence spreads its own context
-# over the launch's splits (see _split_len), so a short context under a large bound (a decode graph sized
-# for 8192 tokens decoding at 200) uses several one-tile programs instead of one program walking it all.
+# over the launch's splits (kernels._decode_splits.split_len), so a short context under a large bound (a
+# decode graph sized for 8192 tokens decoding at 200) uses several one-tile programs, not one walking it all.
 FIT_SPLITS_TO_CONTEXT = True
 # True: the reduce launch lets the next kernel be scheduled only after it has written o (kernels/pdl.py), as
 # the split launch does after its loop; False: at its start, as the other short decode kernels. Read at launch.
@@ -144,18 +118,6 @@ def _decode_tile(acc, m_i, l_i, q, k_head_ptr, v_head_ptr, bt_row_ptr, pos, vali
     return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid[None, :] if MASKED else None, MASKED, UPCAST)
 
 
-@triton.jit
-def _split_len(ctx, split_size, max_splits, FIT: tl.constexpr, ALIGN: tl.constexpr):
-    """Tokens per split of a sequence with ``ctx`` tokens: the launch's ``split_size``, or (FIT) the fewest
-    whole ALIGN-token tiles that spread ``ctx`` over the launch's ``max_splits`` (never more splits than the
-    grid has: ctx <= the bound the grid was sized for)."""
-    if FIT:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
-        size = tl.maximum(tl.cdiv(tl.cdiv(ctx, max_splits), ALIGN), 1) * ALIGN
-    else:
-        size = split_size
-    return size
-
-
 @triton.jit(do_not_specialize=["bt_ptr", "ctx_ptr", "stride_bt", "max_splits", "ctx_cap", "fresh"])  # compiled once
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, ctx_ptr, o_ptr, part_o_ptr, part_lse_ptr, count_ptr,
@@ -174,7 +136,7 @@ def _decode_split_kernel(
     # Clamped to the bound the grid was sized for (never past the block table): a context length beyond it
     # (invalid input, caught by the debug checks) cannot send the kernel outside its memory.
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
-    size = _split_len(ctx, split_size, max_splits, FIT, ALIGN)
+    size = split_len(ctx, split_size, max_splits, FIT, ALIGN)
     start = split * size
     # Nested on purpose: Triton has no `and` between a constexpr and a tensor.
     if not DIRECT:  # noqa: SIM102  (see the line above)
@@ -265,7 +227,7 @@ def _decode_reduce_kernel(
         pdl.enter(PDL)
     seq = tl.program_id(0)
     ctx = tl.minimum(tl.load(ctx_ptr + seq), ctx_cap)
-    n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
+    n_splits = tl.cdiv(ctx, split_len(ctx, split_size, max_splits, FIT, ALIGN))
     combine_group(part_o_ptr, part_lse_ptr, o_ptr, seq, tl.program_id(1), 1, n_splits, stride_ob, stride_oh,
                   num_q_heads, max_splits, tl.program_id(2) * D_PAD, HEAD_DIM, D_PAD, 1, S_STEP)
     if SIGNAL_LATE:
@@ -275,35 +237,6 @@ def _decode_reduce_kernel(
 # --- configs (data): kernels/_decode_tiles.py (TILES, SPLIT_TILES, pick_tile) ---
 
 # --- launcher -------------------------------------------------------------------------------------
-
-def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None) -> int:
-    """Tokens per split for a launch of ``batch`` sequences of up to ``max_context_len`` tokens.
-
-    ``batch * num_kv_heads`` programs exist per split. The split count is the largest that keeps
-    ``programs * splits <= PROGRAMS_PER_SM * sms`` (one wave), splits of at least ``MIN_SPLIT`` tokens
-    and at most ``MAX_SPLITS`` splits; batches that fill the card alone get one split (no reduce). The
-    size is rounded up to whole ``SPLIT_ALIGN``-token tiles. A researcher can call this with another
-    ``sms`` or pass ``split_size``/``num_splits`` to the op to override it.
-    """
-    sms = num_sms() if sms is None else sms
-    programs = max(1, batch * num_kv_heads)
-    splits = min(PROGRAMS_PER_SM * sms // programs, max_context_len // MIN_SPLIT, MAX_SPLITS)
-    size = -(-max(max_context_len, 1) // max(1, splits))
-    return -(-size // SPLIT_ALIGN) * SPLIT_ALIGN
-
-
-def _split_size(batch, num_kv_heads, max_context, num_splits, split_size) -> int:
-    if split_size is not None:
-        if not isinstance(split_size, int) or split_size < 1:
-            raise ValueError(f"paged_decode_attention: split_size must be a positive int, got {split_size!r}")
-        return split_size
-    if num_splits is not None:
-        if not isinstance(num_splits, int) or num_splits < 1:
-            raise ValueError(f"paged_decode_attention: num_splits must be a positive int, got {num_splits!r}")
-        size = -(-max(max_context, 1) // num_splits)
-        return -(-size // COUNT_ALIGN) * COUNT_ALIGN
-    return choose_split_size(batch, num_kv_heads, max_context)
-
 
 class Split(NamedTuple):
     """A split launch's output: ``o`` when it was written directly (one split), else the partials to combine
@@ -342,7 +275,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _decode_reduce_kernel[(q.shape[0], q.shape[1], triton.cdiv(q.shape[2], dims))](
             split.part_o, split.part_lse, context_lens, split.o, split.o.stride(0), split.o.stride(1), q.shape[1],
             split.size, split.max_splits, split.max_context, HEAD_DIM=q.shape[2], D_PAD=dims, FIT=split.fit,
-            ALIGN=SPLIT_ALIGN, S_STEP=step, num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
+            ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
             **pdl.launch_options(q.device),
         )
     return split.o
@@ -365,7 +298,7 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     batch, q_heads, D = q.shape
     kv_heads = k_cache.shape[2]
     o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
-    size = _split_size(batch, kv_heads, max_context, num_splits, split_size)
+    size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size)
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1
     fold = fold and not direct
@@ -391,7 +324,7 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
         scale * LOG2E, group, q_heads, size, max_splits, max_context, fresh_tokens or 0,
         HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=max(16, triton.next_power_of_2(group)),
         PAGE=k_cache.shape[1],
-        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=SPLIT_ALIGN, UPCAST=interpreting(),
+        DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=_decode_splits.SPLIT_ALIGN, UPCAST=interpreting(),
         PREFETCH=_prefetch(fresh_tokens, tile, size, direct), **combine, **tile,
         **pdl.launch_options(q.device),
     )

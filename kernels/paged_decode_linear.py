@@ -34,14 +34,15 @@ from __future__ import annotations
 import torch
 
 from kernels import _decode_cases as cases
-from kernels import alloc, pdl
+from kernels import _decode_splits, alloc, pdl
 from kernels import linear as dense
+from kernels._decode_splits import split_len
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
 from kernels.device import num_sms
 from kernels.linear_gemv import first_weight_slice, gemv_chunk, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
-from kernels.paged_decode import SPLIT_ALIGN, _split_len, decode_split, paged_decode_attention
+from kernels.paged_decode import decode_split, paged_decode_attention
 from kernels.paged_decode import paged_decode_attention_reference as attention_reference
 from kernels.registry import Op, register
 from kernels.tuning import Tuned, graph_bench
@@ -109,7 +110,7 @@ def _combine_gemv_kernel(
         ctx = tl.load(ctx_ptr + seq)
     # After the wait: the split launch wrote the partials.
     ctx = tl.minimum(ctx, ctx_cap)
-    n_splits = tl.cdiv(ctx, _split_len(ctx, split_size, max_splits, FIT, ALIGN))
+    n_splits = tl.cdiv(ctx, split_len(ctx, split_size, max_splits, FIT, ALIGN))
     lse_base = part_lse_ptr + seq.to(tl.int64) * num_q_heads * max_splits
     o_base = part_o_ptr + seq.to(tl.int64) * num_q_heads * max_splits * HEAD_DIM
     out_ty: tl.constexpr = y_ptr.dtype.element_ty
@@ -178,8 +179,8 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     args = (split.part_o, split.part_lse, context_lens, weight, bias if bias is not None else y, y, partials,
             counters, batch, N, K, weight.stride(0), y.stride(0), chunk, splits, q_heads, split.size,
             split.max_splits, split.max_context)
-    flags = dict(HEAD_DIM=D, FIT=split.fit, ALIGN=SPLIT_ALIGN, S_STEP=s_step, HAS_BIAS=bias is not None, EVEN=even,
-                 PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight),
+    flags = dict(HEAD_DIM=D, FIT=split.fit, ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=s_step,
+                 HAS_BIAS=bias is not None, EVEN=even, PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight),
                  CTX_EARLY=CTX_BEFORE_WAIT and fresh_tokens is not None and bool(launch["PDL"]), **launch)
     if PINNED_CONFIG >= 0:
         config = _combine_gemv.candidates()[PINNED_CONFIG]

@@ -289,7 +289,7 @@ def test_decode_profile_variants_parse_and_refuse_a_cpu():
     for bad, says in [("=rope=triton", "name"), ("x=rope", "OP=IMPL"), ("x=rope=triton,=torch", "OP=IMPL"),
                       ("x=kernels.nowhere.FLAG=1", "no module"), ("x=kernels.paged_decode.NOPE=1", "no setting"),
                       ("x=kernels.paged_decode.FIT_SPLITS_TO_CONTEXT=0", "is a bool"),
-                      ("x=kernels.paged_decode.MAX_SPLITS=lots", "literal")]:
+                      ("x=kernels._decode_splits.MAX_SPLITS=lots", "literal")]:
         with pytest.raises(argparse.ArgumentTypeError, match=says):
             parse_variant(bad)
     if not torch.cuda.is_available():
@@ -350,13 +350,13 @@ def test_tune_linear_decode_shape_arguments():
 
 def test_decode_profile_module_settings_come_back_after_an_error():
     from bench.decode_profile import module_settings
-    from kernels import paged_decode
+    from kernels import _decode_splits, paged_decode
 
     def current():
-        return paged_decode.FIT_SPLITS_TO_CONTEXT, paged_decode.MAX_SPLITS
+        return paged_decode.FIT_SPLITS_TO_CONTEXT, _decode_splits.MAX_SPLITS
 
     before = current()
-    changed = {"kernels.paged_decode.FIT_SPLITS_TO_CONTEXT": not before[0], "kernels.paged_decode.MAX_SPLITS": 7}
+    changed = {"kernels.paged_decode.FIT_SPLITS_TO_CONTEXT": not before[0], "kernels._decode_splits.MAX_SPLITS": 7}
     with pytest.raises(RuntimeError, match="inside"), module_settings(changed):
         seen = current()
         raise RuntimeError("inside")

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _decode_cases, _paged_checks, paged_decode
+from kernels import _decode_cases, _decode_splits, _paged_checks, paged_decode
 from kernels._decode_cases import decode_sdpa_baseline
 from kernels._decode_combine import MIN_REDUCE_DIMS, TILE_VALUES, reduce_chunks
+from kernels._decode_splits import MAX_SPLITS, MIN_SPLIT, PROGRAMS_PER_SM, SPLIT_ALIGN
 from kernels._split_k import arrival_counters
 from kernels.paged_decode import (
-    MAX_SPLITS,
-    MIN_SPLIT,
-    PROGRAMS_PER_SM,
-    SPLIT_ALIGN,
     SPLIT_TILES,
     TILES,
     choose_split_size,
@@ -111,7 +108,7 @@ def test_many_splits_combine_over_dim_chunks(device, head_dim):
 def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, reduce_in_split, monkeypatch):
     """The default policy under a bound far above most contexts (a decode graph's case): each sequence
     spreads its own context over the grid's splits, and the answer is the fixed-size split's."""
-    monkeypatch.setattr(paged_decode, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
+    monkeypatch.setattr(_decode_splits, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
     inputs = _inputs(_case([1000, 1, 17, 65, 200]), device, seed=6)
     inputs.pop("num_splits", None)
     assert -(-1000 // choose_split_size(5, 2, 1000)) == 6  # six splits: 17 tokens fit one, 200 take four
