@@ -111,9 +111,10 @@ def decode_variants():
         combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
         consts = dict(HEAD_DIM=D, D_PAD=d_pad, EVEN_D=d_pad == D, G_PAD=g_pad, PAGE=16, DIRECT=direct, UPCAST=False,
                       FOLD=not direct and paged_decode.REDUCE_IN_SPLIT, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN,
-                      PREFETCH=True, PDL=1, **combine, **tile)
-        yield (f"decode {dt} D{D} group={group} direct={direct} {tile}", paged_decode._decode_split_kernel,
-               types, consts, options)
+                      PDL=1, **combine, **tile)
+        for prefetch in (True, False):  # the early read of settled KV holds a peeled tile: more registers
+            yield (f"decode {dt} D{D} group={group} direct={direct} prefetch={prefetch} {tile}",
+                   paged_decode._decode_split_kernel, types, {**consts, "PREFETCH": prefetch}, options)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
     dims, step = reduce_chunks(64, 256)
     consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, PDL=1)

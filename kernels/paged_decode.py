@@ -337,7 +337,9 @@ def _prefetch(fresh_tokens, tile, size, direct) -> bool:
     """Read the first tile's settled tokens before the PDL wait (FRESH TOKENS in the module docstring)? Given
     the promise, yes, except where a split spans several tiles of an unpipelined tile: the peeled first tile
     then cost 15-20% in back-to-back launches (H200, run 18: batch 8, 4k, 32/8 heads, 49.5 against 41.5 us),
-    and the engine's batch-1 graph, whose splits are one tile at its context bound, keeps it."""
+    and the engine's batch-1 graph, whose splits are one tile at its context bound, keeps it. The cause, in
+    ``python -m bench.compile_attention decode`` (Triton 3.9): with the early read the 128-token tile spills on
+    sm_90 (255 registers and a 64-byte stack, against 230 and none without it)."""
     if fresh_tokens is None or not PREFETCH_SETTLED:
         return False
     return direct or tile.get("num_stages") != 1 or size <= tile["BLOCK_N"]  # the interpreter's tiles: no stages
