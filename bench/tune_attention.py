@@ -8,9 +8,9 @@ Measures the card's copy bandwidth in the same process, then for each kernel:
    decode also as the engine calls it (``shipped_fresh1``: ``fresh_tokens=1``);
 2. ``explore`` (with --explore): times candidate launch tiles on a few representative shapes (each
    checked against the baseline first), to choose the per-head-dim entries of ``TILES``;
-3. ``splits`` (with --splits): paged decode at batch 1 and 8, where split-KV decides the time: each split
-   count (``num_splits``; ``auto`` is the shipped policy) with each split tile, and the folded combine
-   (``REDUCE_IN_SPLIT``), to choose the split policy's constants and ``SPLIT_TILES``.
+3. ``splits`` (with --splits): paged decode at batch 1 to 32, where split-KV decides the time: the
+   shipped policy (``auto``) beside other split rules (module settings) and split counts (``num_splits``)
+   with each tile tried, to choose the split policy's constants and ``SPLIT_TILES``.
 
 Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
 
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from bench.ceilings import measure
+from bench.module_settings import module_settings
 from bench.report import write_rows
 from bench.timing import gpu_missing, input_sets_for, time_each
 from kernels import registry
@@ -100,22 +101,26 @@ EXPLORE = {
         _decode(1, 32768, 32, 8, 16), _decode(64, 4096, 32, 8, 16), _decode(8, 16384, 14, 2, 128),
     ]),
 }
-# The split study: the candidates carry ``num_splits`` (None: the shipped policy) and ``fold`` beside the tile.
+# The split study: a candidate carries ``num_splits`` (None: the policy) beside its tile (none: the policy's
+# tile), and may carry ``settings`` (module data set for the length of its calls, bench.module_settings) with
+# a ``label`` naming them: run 19 sets the run-18 split rule (no long-split launches) beside the shipped one.
 SPLIT_TILES_TRIED = [
-    dict(BLOCK_N=64, num_warps=4, num_stages=5),  # shipped at D=128 before run 18
-    dict(BLOCK_N=32, num_warps=4, num_stages=5),
-    dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_N=32, num_warps=4, num_stages=5),  # the pipelined tile of one-split and long-split launches
     dict(BLOCK_N=128, num_warps=4, num_stages=1),  # no software pipeline: a split of one tile loads it at once
-    dict(BLOCK_N=128, num_warps=8, num_stages=1),
-    dict(BLOCK_N=256, num_warps=8, num_stages=1),
 ]
+RUN18_RULE = {"kernels._decode_splits.LONG_SPLIT": 1 << 30}  # short splits only, as in run 18
 SPLIT_CANDIDATES = [
-    dict(num_splits=n, **t) for n in (None, 16, 32, 64, 128) for t in SPLIT_TILES_TRIED
-] + [dict(num_splits=n, fold=True, **SPLIT_TILES_TRIED[0]) for n in (None, 64)]
+    dict(num_splits=None), dict(num_splits=None, label="run18", settings=RUN18_RULE),
+    dict(num_splits=None, label="long256", settings={"kernels._decode_splits.LONG_SPLIT": 256}),
+    *(dict(num_splits=n, **SPLIT_TILES_TRIED[0]) for n in (8, 16, 32, 64)),
+    *(dict(num_splits=n, **SPLIT_TILES_TRIED[1]) for n in (8, 16)),
+]
 SPLIT_CASES = [
     _decode(1, 4096, 32, 8, 16), _decode(1, 16384, 32, 8, 16), _decode(1, 32768, 32, 8, 16),
-    _decode(1, 4096, 14, 2, 16), _decode(1, 32768, 14, 2, 16),
-    _decode(8, 4096, 32, 8, 16), _decode(8, 4096, 14, 2, 16), _decode(8, 32768, 14, 2, 128),
+    _decode(1, 4096, 14, 2, 16), _decode(1, 32768, 14, 2, 16), _decode(1, 65536, 14, 2, 16),
+    _decode(8, 4096, 32, 8, 16), _decode(8, 32768, 32, 8, 16), _decode(16, 4096, 32, 8, 16),
+    _decode(32, 4096, 32, 8, 16), _decode(8, 4096, 14, 2, 16), _decode(8, 32768, 14, 2, 128),
+    _decode(8, 8192, 14, 2, 128), _decode(8, 16384, 14, 2, 128), _decode(4, 16384, 32, 8, 16),
 ]
 STUDY_OPS = {"kv": "kv_cache_write", "prefill": "prefill_attention", "decode": "paged_decode_attention"}
 
@@ -129,10 +134,10 @@ def _short(case) -> str:
 def _tile_name(tile) -> str:
     if not tile:
         return "shipped"
-    if "num_splits" in tile:  # a split-study candidate: split count (auto = the policy), fold, tile
-        rest = {k: v for k, v in tile.items() if k not in ("num_splits", "fold")}
-        fold = "fold/" if tile.get("fold") else ""
-        return f"s{tile['num_splits'] or 'auto'}/{fold}" + _tile_name(rest)
+    if "num_splits" in tile:  # a split-study candidate: split count (auto = the policy), label, tile
+        rest = {k: v for k, v in tile.items() if k not in ("num_splits", "label", "settings")}
+        label = f"{tile['label']}/" if tile.get("label") else ""
+        return f"s{tile['num_splits'] or 'auto'}/{label}" + _tile_name(rest)
     flags = "".join(f"/{k.lower()}" for k, v in tile.items() if v is True)
     return "/".join(f"{v}" for v in tile.values() if not isinstance(v, bool)) + flags
 
@@ -161,21 +166,16 @@ DEADLINE = [float("inf")]
 
 def _candidate(op, tile):
     """``op.triton`` launched with ``tile``; a split-study candidate also sets the split count and, for the
-    length of the call, ``REDUCE_IN_SPLIT`` (read at launch)."""
+    length of each call, its ``settings`` (the kernels read them at launch)."""
     tile = dict(tile)
     if "num_splits" not in tile:
         return lambda **kw: op.triton(**kw, _tile=tile)
-    from kernels import paged_decode
-
-    splits, fold = tile.pop("num_splits"), tile.pop("fold", False)
+    splits, settings = tile.pop("num_splits"), tile.pop("settings", {})
+    tile.pop("label", None)
 
     def run(**kw):
-        kw["num_splits"] = splits
-        saved, paged_decode.REDUCE_IN_SPLIT = paged_decode.REDUCE_IN_SPLIT, fold
-        try:
-            return op.triton(**kw, _tile=tile)
-        finally:
-            paged_decode.REDUCE_IN_SPLIT = saved
+        with module_settings(settings):
+            return op.triton(**kw, num_splits=splits, _tile=tile)
     return run
 
 

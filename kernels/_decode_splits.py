@@ -17,19 +17,28 @@ program walking 256 tokens while the others exit; at the bound the size is the p
 How many splits (:func:`choose_split_size`, from batch, KV heads, max context and the SM count). Decode
 moves bytes and nothing else, so the question is how many bytes each SM has in flight, start to end:
 
-- at most ``PROGRAMS_PER_SM`` (2) programs per SM in all: a launch that fits one wave has no tail wave
-  (on an H200, 512 programs where 396 fit at once ran 1.2x slower than 256 longer ones);
+- one wave: a launch that fits the card at once has no tail wave (on an H200, 512 programs where 396 fit
+  at once ran 1.2x slower than 256 longer ones). How many programs fit an SM is the tile's business, so
+  there are two shapes of launch, each with its own tile (:func:`wide_launch` tells them apart):
+  - long splits, ``WIDE_PROGRAMS_PER_SM`` (4) programs per SM, taken whenever that still leaves at least
+    ``LONG_SPLIT`` (512) tokens a split: the pipelined tile of one-split launches
+    (``kernels._decode_tiles.TILES``), whose registers let four programs share an SM and whose software
+    pipeline pays off over a long loop;
+  - short splits, ``PROGRAMS_PER_SM`` (2) per SM otherwise: the split tile (``SPLIT_TILES``). At D = 128 it
+    is one 128-token tile a trip with no software pipeline (``num_stages=1``), so a 128- or 256-token split
+    issues all its loads at once, where the pipelined 64-token tiles kept about one tile in flight (the
+    pipeliner puts the block-table load a stage before the K/V loads that use it); its registers fit two
+    programs an SM;
 - at least ``MIN_SPLIT`` (128) tokens per split: shorter programs spend their time starting up;
 - at most ``MAX_SPLITS`` (128) splits: the reduce combines up to 256 in one step (kernels/_decode_combine.py);
 - the size rounded up to whole ``SPLIT_ALIGN`` (64)-token tiles.
 
-Bytes in flight per program come from the tile (``kernels._decode_tiles.SPLIT_TILES``). A split launch
-at D = 128 takes 128-token tiles with no software pipeline (``num_stages=1``): a 128- or 256-token split
-issues all its loads at once, where the pipelined 64-token tiles kept about one tile in flight (the pipeliner puts the
-block-table load a stage before the K/V loads that use it). H200, run 18 (bench/results/NVIDIA_H200/
-run18_notes.md): at batch 1, 128 splits of 256 tokens (14 query / 2 KV heads, 32k context) took 15.1 us
-against 21.1 for 64 pipelined splits of 512, and 32 splits of 128 tokens (4k context) 10.4 against 12.6
-(32 / 8 heads), 7.5 against 9.9 (14 / 2).
+H200, run 18 (bench/results/NVIDIA_H200/run18_notes.md), short splits: at batch 1, 128 splits of 256 tokens
+(14 query / 2 KV heads, 32k context) took 15.1 us against 21.1 for 64 pipelined splits of 512, and 32
+splits of 128 tokens (4k context) 10.4 against 12.6 (32 / 8 heads), 7.5 against 9.9 (14 / 2). Long splits:
+at 32 / 8 heads, 32k, 64 splits of 512 tokens with the pipelined 32-token tile took 39.1 us against 41.9
+for 33 unpipelined splits of 1024; at batch 8, 14 / 2 heads, 32k, 32 pipelined splits 70.4 against 72.7.
+Run 19 (run19_notes.md) compares the two rules in one process.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from kernels._triton import tl, triton
 from kernels.device import num_sms
 
 PROGRAMS_PER_SM, MIN_SPLIT, MAX_SPLITS, SPLIT_ALIGN = 2, 128, 128, 64
+WIDE_PROGRAMS_PER_SM, LONG_SPLIT = 4, 512  # long splits: four programs an SM (see above)
 COUNT_ALIGN = 16  # an explicit num_splits rounds its split size to this (the interpreter's tile)
 
 
@@ -57,16 +67,28 @@ def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: 
     """Tokens per split for a launch of ``batch`` sequences of up to ``max_context_len`` tokens.
 
     ``batch * num_kv_heads`` programs exist per split. The split count is the largest that keeps
-    ``programs * splits <= PROGRAMS_PER_SM * sms`` (one wave), splits of at least ``MIN_SPLIT`` tokens
+    ``programs * splits`` within one wave -- ``WIDE_PROGRAMS_PER_SM * sms`` if the splits then still hold
+    ``LONG_SPLIT`` tokens, else ``PROGRAMS_PER_SM * sms`` -- with splits of at least ``MIN_SPLIT`` tokens
     and at most ``MAX_SPLITS`` splits; batches that fill the card alone get one split (no reduce). The
     size is rounded up to whole ``SPLIT_ALIGN``-token tiles. A researcher can call this with another
     ``sms`` or pass ``split_size``/``num_splits`` to the op to override it.
     """
     sms = num_sms() if sms is None else sms
     programs = max(1, batch * num_kv_heads)
-    splits = min(PROGRAMS_PER_SM * sms // programs, max_context_len // MIN_SPLIT, MAX_SPLITS)
+    wide = _one_wave_size(programs, WIDE_PROGRAMS_PER_SM * sms, max_context_len)
+    return wide if wide >= LONG_SPLIT else _one_wave_size(programs, PROGRAMS_PER_SM * sms, max_context_len)
+
+
+def _one_wave_size(programs: int, slots: int, max_context_len: int) -> int:
+    splits = min(slots // programs, max_context_len // MIN_SPLIT, MAX_SPLITS)
     size = -(-max(max_context_len, 1) // max(1, splits))
     return -(-size // SPLIT_ALIGN) * SPLIT_ALIGN
+
+
+def wide_launch(programs: int, sms: int | None = None) -> bool:
+    """Does a split launch of ``programs`` programs need more than ``PROGRAMS_PER_SM`` an SM? Then it takes
+    the pipelined tile that four programs an SM fit (``TILES``), not the split tile (``SPLIT_TILES``)."""
+    return programs > PROGRAMS_PER_SM * (num_sms() if sms is None else sms)
 
 
 def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size) -> int:

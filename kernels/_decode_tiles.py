@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from kernels.device import interpreting, vendor
 
-# Two tiles per vendor and padded head dim: SPLIT_TILES for launches cut into splits (at most two programs
-# per SM, each a short loop: the larger tile keeps more bytes in flight per program), TILES for launches
-# with one split per sequence (large batches, several waves: 32-token tiles let four programs share an SM,
-# so 512 programs fit one wave of 528 on an H100/H200 where 64-token tiles fit 396). Measured on an NVIDIA
+# Two tiles per vendor and padded head dim: SPLIT_TILES for launches cut into short splits (at most two
+# programs per SM, each a short loop: the larger tile keeps more bytes in flight per program), TILES for
+# launches with one split per sequence (large batches, several waves: 32-token tiles let four programs share
+# an SM, so 512 programs fit one wave of 528 on an H100/H200 where 64-token tiles fit 396) and for split
+# launches of more than two programs an SM (long splits; kernels/_decode_splits.py, ``wide_launch``). Measured on an NVIDIA
 # H200 (bench/results/NVIDIA_H200/run6/decode_notes.md): bf16 D=128 in full, the other entries against the
 # previous 3-stage tiles on two shapes each. A fixed table rather than triton.autotune for the reason given
 # in kernels/prefill_attention.py. The interpreter runs 16-token tiles (least CPU time per program at the

@@ -315,7 +315,9 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     scale = checks.softmax_scale(name, scale, D)
     group = q_heads // kv_heads
     d_pad = triton.next_power_of_2(D)
-    tile = tile or pick_tile(d_pad, q.element_size(), split=not direct)
+    # A given split_size promises batch invariance, so its tile must not depend on the batch: the split tile.
+    wide = split_size is None and _decode_splits.wide_launch(batch * kv_heads * max_splits)
+    tile = tile or pick_tile(d_pad, q.element_size(), split=not (direct or wide))
     combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
     _decode_split_kernel[(batch, kv_heads, max_splits)](
         q, k_cache, v_cache, block_tables, context_lens, o, part_o, part_lse, counters,

@@ -8,7 +8,14 @@ import torch
 from kernels import _decode_cases, _decode_splits, _paged_checks, paged_decode
 from kernels._decode_cases import decode_sdpa_baseline
 from kernels._decode_combine import MIN_REDUCE_DIMS, TILE_VALUES, reduce_chunks
-from kernels._decode_splits import MAX_SPLITS, MIN_SPLIT, PROGRAMS_PER_SM, SPLIT_ALIGN
+from kernels._decode_splits import (
+    LONG_SPLIT,
+    MAX_SPLITS,
+    MIN_SPLIT,
+    PROGRAMS_PER_SM,
+    SPLIT_ALIGN,
+    WIDE_PROGRAMS_PER_SM,
+)
 from kernels._split_k import arrival_counters
 from kernels.paged_decode import (
     SPLIT_TILES,
@@ -141,18 +148,49 @@ def test_decode_equals_the_last_row_of_causal_prefill(device, reduce_in_split):
 def test_choose_split_size_fills_the_card_in_one_wave():
     sms = 132
     for batch, kv_heads, ctx in [(1, 8, 32768), (1, 8, 8192), (1, 2, 32768), (8, 2, 4096), (8, 8, 32768),
-                                 (64, 2, 16384), (3, 5, 1000)]:
+                                 (64, 2, 16384), (3, 5, 1000), (1, 8, 16384), (32, 8, 4096)]:
         size = choose_split_size(batch, kv_heads, ctx, sms)
         splits = -(-ctx // size)
         assert size % SPLIT_ALIGN == 0 and size >= MIN_SPLIT
         assert splits <= MAX_SPLITS
-        assert batch * kv_heads * splits <= PROGRAMS_PER_SM * sms  # one wave: no tail
-    assert choose_split_size(1, 8, 32768, sms) == 1024     # 32 splits: 256 programs for 132 SMs
+        per_sm = WIDE_PROGRAMS_PER_SM if size >= LONG_SPLIT else PROGRAMS_PER_SM
+        assert batch * kv_heads * splits <= per_sm * sms  # one wave of the launch's tile: no tail
+    assert choose_split_size(1, 8, 32768, sms) == 512      # 64 long splits: 512 programs, four an SM
+    assert choose_split_size(1, 8, 16384, sms) == 512      # four an SM would cut 256: 32 splits, two an SM
+    assert choose_split_size(8, 8, 4096, sms) == 512       # 8 long splits: 512 programs
     assert choose_split_size(1, 2, 32768, sms) == 256      # 128 splits: capped by MAX_SPLITS
     assert choose_split_size(1, 2, 4096, sms) == 128       # 32 splits: capped by MIN_SPLIT
     assert choose_split_size(8, 2, 4096, sms) == 256       # 16 splits: 256 programs
     assert choose_split_size(256, 8, 4096, sms) >= 4096    # big batches: one split, no reduce
     assert choose_split_size(1, 2, 100, sms) >= 100        # short contexts: one split
+
+
+class _Picked(Exception):
+    """Raised by the spy below once the launcher has picked its tile: nothing is launched."""
+
+
+@pytest.mark.parametrize("kwargs, ctx, split_tile", [
+    ({}, 4096, False),                # the policy's long splits: more than two programs an SM
+    ({}, 1024, True),                 # the policy's short splits: two an SM at most
+    ({"split_size": 512}, 4096, True),  # a given size keeps the split tile, whatever the batch
+    ({"num_splits": 64}, 4096, False),  # a wide count: the tile four programs an SM fit
+], ids=["long", "short", "split_size", "num_splits"])
+def test_wide_split_launches_take_the_pipelined_tile(monkeypatch, kwargs, ctx, split_tile):
+    """The tile follows the launch's width (kernels._decode_splits.wide_launch), except under a given split_size."""
+    picked = []
+
+    def spy(d_pad, itemsize, split=False):
+        picked.append(split)
+        raise _Picked
+
+    monkeypatch.setattr(paged_decode, "pick_tile", spy)
+    monkeypatch.setattr(_decode_splits, "num_sms", lambda: 4)
+    q = torch.randn(1, 4, 32)
+    cache = torch.randn(ctx // 16, 16, 2, 32)
+    table = torch.arange(ctx // 16, dtype=torch.int32)[None]
+    with pytest.raises(_Picked):
+        paged_decode_attention(q, cache, cache, table, torch.tensor([ctx], dtype=torch.int32), **kwargs)
+    assert picked == [split_tile]
 
 
 def test_sdpa_baseline_agrees_on_the_benchmark_layout(device):
