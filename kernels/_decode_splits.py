@@ -35,10 +35,11 @@ moves bytes and nothing else, so the question is how many bytes each SM has in f
 
 H200, run 18 (bench/results/NVIDIA_H200/run18_notes.md), short splits: at batch 1, 128 splits of 256 tokens
 (14 query / 2 KV heads, 32k context) took 15.1 us against 21.1 for 64 pipelined splits of 512, and 32
-splits of 128 tokens (4k context) 10.4 against 12.6 (32 / 8 heads), 7.5 against 9.9 (14 / 2). Long splits:
-at 32 / 8 heads, 32k, 64 splits of 512 tokens with the pipelined 32-token tile took 39.1 us against 41.9
-for 33 unpipelined splits of 1024; at batch 8, 14 / 2 heads, 32k, 32 pipelined splits 70.4 against 72.7.
-Run 19 (run19_notes.md) compares the two rules in one process.
+splits of 128 tokens (4k context) 10.4 against 12.6 (32 / 8 heads), 7.5 against 9.9 (14 / 2). Long splits,
+run 19 (run19_notes.md; this rule against short splits only, in one process): 32 / 8 heads at batch 1,
+32k, 39.3 against 41.9 us; batch 8, 4k, 38.7 against 41.5; batch 8, 32k, 250.7 against 273.9; batch 32,
+4k, 129.8 against 142.1; 14 / 2 heads at batch 8, 32k, 70.6 against 73.0. Nowhere slower. Long splits of
+256 tokens instead of 512 (``LONG_SPLIT``) won at one shape and lost at another, by 2% each.
 """
 
 from __future__ import annotations
