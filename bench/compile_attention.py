@@ -30,9 +30,11 @@ from triton.compiler import ASTSource
 
 from kernels import _decode_splits, kv_cache, paged_decode, prefill_attention
 from kernels._decode_combine import combine_steps, reduce_chunks
+from kernels._decode_tiles import WIDE_TILES
 
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200
+SM_SHARED = 233472  # bytes of shared memory an SM has for its blocks (228 KB)
 SIZES_DIV16 = {"split_size", "head_dim"}
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -43,7 +45,18 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(nvidia.__file__), "bin", name)
 
 
-def compile_report(label: str, kernel, types: dict[str, str], consts: dict, options: dict) -> str:
+def programs_per_sm(regs: int, warps: int, shared: int) -> int:
+    """How many programs of a kernel one sm_90 SM holds at once: its 64K registers (allocated per warp in
+    256-register units), 64 warps, and 228 KB of shared memory (1 KB of it reserved per block)."""
+    per_warp = -(-regs * 32 // 256) * 256
+    return min(65536 // (per_warp * warps), 64 // warps, SM_SHARED // (shared + 1024))
+
+
+def compile_report(label: str, kernel, types: dict[str, str], consts: dict, options: dict,
+                   min_programs: int = 1) -> str:
+    """One line: registers, stack, shared memory, MMA kind, 16-byte loads and how many programs an SM holds.
+    Flags a variant over the shared-memory limit, one that spills, and one that holds fewer than
+    ``min_programs`` an SM (a tile table that promises more: ``kernels._decode_tiles.WIDE_TILES``)."""
     names = kernel.arg_names
     # Constexprs left out take their defaults, as at a launch (not run-time i32 arguments).
     defaults = {n: p.default for n, p in inspect.signature(kernel.fn).parameters.items()
@@ -64,14 +77,17 @@ def compile_report(label: str, kernel, types: dict[str, str], consts: dict, opti
     regs, stack = m.groups() if m else ("?", "?")
     mma = "HGMMA" if "HGMMA" in sass else "HMMA" if "HMMA" in sass else "-"
     shared = compiled.metadata.shared
+    fit = programs_per_sm(int(regs), options.get("num_warps", 4), shared) if regs != "?" else 0
     flag = " OVER SHARED LIMIT" if shared > SHARED_LIMIT else ""
     flag += " SPILLS" if stack not in ("0", "?") else ""
+    flag += f" FITS {fit} AN SM, NOT {min_programs}" if fit < min_programs else ""
     return (f"{label:58s} regs {regs:>3s} stack {stack:>3s} shared {shared:>6d} {mma:5s} "
-            f"ldg128 {len(re.findall(r'LDG[.A-Z0-9]*[.]128', sass)):3d}{flag}")
+            f"ldg128 {len(re.findall(r'LDG[.A-Z0-9]*[.]128', sass)):3d} per SM {fit}{flag}")
 
 
 def prefill_variants():
-    # The shipped tiles, then the TMA path (tensor-descriptor loads) of the 16-bit power-of-two head dims.
+    # The shipped tiles by pointer loads (where TMA cannot run), then the TMA path (tensor-descriptor loads)
+    # of the 16-bit power-of-two head dims.
     for dt, D, tma in (("bf16", 64, False), ("bf16", 80, False), ("bf16", 128, False), ("bf16", 256, False),
                        ("fp16", 128, False), ("fp32", 128, False), ("fp32", 256, False), ("bf16", 64, True),
                        ("bf16", 128, True)):
@@ -82,8 +98,8 @@ def prefill_variants():
         types = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "k_cache_ptr", "v_cache_ptr")}
         types |= {"cu_ptr": "*i32", "bt_ptr": "*i32", "prefix_ptr": "*i32", "qk_scale": "fp32"}
         descs = dict(q_desc=None, k_desc=None, v_desc=None)  # a pointer launch passes None (a constexpr)
+        tile["TMA"] = tma  # the table's tiles say TMA where the launcher uses it when it can; both are compiled
         if tma:
-            tile["TMA"] = True
             types |= {f"{n}_desc": f"tensordesc<{dt}[{tile[block]}, {D}]>"
                       for n, block in (("q", "BLOCK_M"), ("k", "BLOCK_N"), ("v", "BLOCK_N"))}
             descs = {}
@@ -96,11 +112,13 @@ def prefill_variants():
 
 def decode_variants():
     for dt, D, group, direct in (("bf16", 128, 4, False), ("bf16", 128, 4, True), ("bf16", 128, 32, False),
-                                 ("bf16", 64, 8, False), ("bf16", 256, 8, False), ("fp32", 128, 4, False),
-                                 ("fp32", 256, 4, False)):
+                                 ("bf16", 64, 8, False), ("bf16", 64, 8, True), ("bf16", 256, 8, False),
+                                 ("fp32", 128, 4, False), ("fp32", 128, 4, True), ("fp32", 256, 4, False)):
         d_pad = triton.next_power_of_2(D)
         # A one-split launch writes the output directly; a split one uses the split tiles and, with the
-        # reduce folded in (paged_decode.REDUCE_IN_SPLIT), combines the partials in its last program.
+        # reduce folded in (paged_decode.REDUCE_IN_SPLIT), combines the partials in its last program. The
+        # one-split tile also serves wide split launches where WIDE_TILES says four programs an SM fit it.
+        wide = direct and DTYPE_BYTES[dt] in WIDE_TILES["cuda"] and d_pad in WIDE_TILES["cuda"][DTYPE_BYTES[dt]]
         tile = (paged_decode.TILES if direct else paged_decode.SPLIT_TILES)["cuda"][DTYPE_BYTES[dt]]
         tile = dict(tile[min((d for d in tile if d >= d_pad), default=max(tile))])
         options = {k: tile.pop(k) for k in ("num_warps", "num_stages")}
@@ -114,7 +132,8 @@ def decode_variants():
                       PDL=1, **combine, **tile)
         for prefetch in (True, False):  # the early read of settled KV holds a peeled tile: more registers
             yield (f"decode {dt} D{D} group={group} direct={direct} prefetch={prefetch} {tile}",
-                   paged_decode._decode_split_kernel, types, {**consts, "PREFETCH": prefetch}, options)
+                   paged_decode._decode_split_kernel, types, {**consts, "PREFETCH": prefetch}, options,
+                   _decode_splits.WIDE_PROGRAMS_PER_SM if wide else 1)
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
     dims, step = reduce_chunks(64, 256)
     consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, PDL=1)
@@ -136,9 +155,10 @@ def main(argv: list[str]) -> int:
     for name in argv or list(groups):
         for variant in groups[name]():
             line = compile_report(*variant)
-            bad += "OVER" in line or "SPILLS" in line
+            bad += "OVER" in line or "SPILLS" in line or "FITS" in line
             print(line, flush=True)
-    print(f"sm_90 compile report: {bad} variant(s) over the shared-memory limit or spilling")
+    print(f"sm_90 compile report: {bad} variant(s) over the shared-memory limit, spilling or short of the "
+          "programs an SM their table promises")
     return 0
 
 

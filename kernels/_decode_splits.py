@@ -21,8 +21,8 @@ moves bytes and nothing else, so the question is how many bytes each SM has in f
   at once ran 1.2x slower than 256 longer ones). How many programs fit an SM is the tile's business, so
   there are two shapes of launch, each with its own tile (:func:`wide_launch` tells them apart):
   - long splits, ``WIDE_PROGRAMS_PER_SM`` (4) programs per SM, taken whenever that still leaves at least
-    ``LONG_SPLIT`` (512) tokens a split: the pipelined tile of one-split launches
-    (``kernels._decode_tiles.TILES``), whose registers let four programs share an SM and whose software
+    ``LONG_SPLIT`` (512) tokens a split and four programs an SM fit the pipelined tile of one-split launches
+    (``kernels._decode_tiles.TILES``; ``fits_wide``: bf16 at head dim 64 and 128 on NVIDIA), whose software
     pipeline pays off over a long loop;
   - short splits, ``PROGRAMS_PER_SM`` (2) per SM otherwise: the split tile (``SPLIT_TILES``). At D = 128 it
     is one 128-token tile a trip with no software pipeline (``num_stages=1``), so a 128- or 256-token split
@@ -64,11 +64,13 @@ def split_len(ctx, split_size, max_splits, FIT: tl.constexpr, ALIGN: tl.constexp
     return size
 
 
-def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None) -> int:
+def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: int | None = None,
+                      wide: bool = True) -> int:
     """Tokens per split for a launch of ``batch`` sequences of up to ``max_context_len`` tokens.
 
     ``batch * num_kv_heads`` programs exist per split. The split count is the largest that keeps
-    ``programs * splits`` within one wave -- ``WIDE_PROGRAMS_PER_SM * sms`` if the splits then still hold
+    ``programs * splits`` within one wave -- ``WIDE_PROGRAMS_PER_SM * sms`` if ``wide`` (four programs an SM
+    fit the pipelined tile: ``kernels._decode_tiles.fits_wide``) and the splits then still hold
     ``LONG_SPLIT`` tokens, else ``PROGRAMS_PER_SM * sms`` -- with splits of at least ``MIN_SPLIT`` tokens
     and at most ``MAX_SPLITS`` splits; batches that fill the card alone get one split (no reduce). The
     size is rounded up to whole ``SPLIT_ALIGN``-token tiles. A researcher can call this with another
@@ -76,8 +78,8 @@ def choose_split_size(batch: int, num_kv_heads: int, max_context_len: int, sms: 
     """
     sms = num_sms() if sms is None else sms
     programs = max(1, batch * num_kv_heads)
-    wide = _one_wave_size(programs, WIDE_PROGRAMS_PER_SM * sms, max_context_len)
-    return wide if wide >= LONG_SPLIT else _one_wave_size(programs, PROGRAMS_PER_SM * sms, max_context_len)
+    size = _one_wave_size(programs, WIDE_PROGRAMS_PER_SM * sms, max_context_len) if wide else 0
+    return size if size >= LONG_SPLIT else _one_wave_size(programs, PROGRAMS_PER_SM * sms, max_context_len)
 
 
 def _one_wave_size(programs: int, slots: int, max_context_len: int) -> int:
@@ -87,14 +89,15 @@ def _one_wave_size(programs: int, slots: int, max_context_len: int) -> int:
 
 
 def wide_launch(programs: int, sms: int | None = None) -> bool:
-    """Does a split launch of ``programs`` programs need more than ``PROGRAMS_PER_SM`` an SM? Then it takes
-    the pipelined tile that four programs an SM fit (``TILES``), not the split tile (``SPLIT_TILES``)."""
+    """Does a split launch of ``programs`` programs need more than ``PROGRAMS_PER_SM`` an SM? Then, where four
+    programs an SM fit it, it takes the pipelined tile (``TILES``), not the split tile (``SPLIT_TILES``)."""
     return programs > PROGRAMS_PER_SM * (num_sms() if sms is None else sms)
 
 
-def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size) -> int:
+def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size, wide: bool = True) -> int:
     """Tokens per split of a launch: ``split_size`` if given, else cut from ``num_splits`` (whole
-    ``COUNT_ALIGN``-token tiles), else :func:`choose_split_size`; bad values raise ValueError."""
+    ``COUNT_ALIGN``-token tiles), else :func:`choose_split_size` (``wide`` passed on); bad values raise
+    ValueError."""
     if split_size is not None:
         if not isinstance(split_size, int) or split_size < 1:
             raise ValueError(f"paged_decode_attention: split_size must be a positive int, got {split_size!r}")
@@ -104,4 +107,4 @@ def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size) -> 
             raise ValueError(f"paged_decode_attention: num_splits must be a positive int, got {num_splits!r}")
         size = -(-max(max_context, 1) // num_splits)
         return -(-size // COUNT_ALIGN) * COUNT_ALIGN
-    return choose_split_size(batch, num_kv_heads, max_context)
+    return choose_split_size(batch, num_kv_heads, max_context, wide=wide)

@@ -8,11 +8,11 @@ from kernels.device import interpreting, vendor
 # programs per SM, each a short loop: the larger tile keeps more bytes in flight per program), TILES for
 # launches with one split per sequence (large batches, several waves: 32-token tiles let four programs share
 # an SM, so 512 programs fit one wave of 528 on an H100/H200 where 64-token tiles fit 396) and for split
-# launches of more than two programs an SM (long splits; kernels/_decode_splits.py, ``wide_launch``). Measured on an NVIDIA
-# H200 (bench/results/NVIDIA_H200/run6/decode_notes.md): bf16 D=128 in full, the other entries against the
-# previous 3-stage tiles on two shapes each. A fixed table rather than triton.autotune for the reason given
-# in kernels/prefill_attention.py. The interpreter runs 16-token tiles (least CPU time per program at the
-# test shapes).
+# launches of more than two programs an SM (long splits; kernels/_decode_splits.py, ``wide_launch``).
+# Measured on an NVIDIA H200 (bench/results/NVIDIA_H200/run6/decode_notes.md): bf16 D=128 in full, the other
+# entries against the previous 3-stage tiles on two shapes each. A fixed table rather than triton.autotune
+# for the reason given in kernels/prefill_attention.py. The interpreter runs 16-token tiles (least CPU time
+# per program at the test shapes).
 
 TILES = {  # vendor -> element size in bytes -> padded head dim -> tile (one split per sequence)
     "cuda": {
@@ -49,10 +49,30 @@ SPLIT_TILES = {  # the same keys: the tile of launches cut into splits
     "hip": TILES["hip"],
     "interpreter": TILES["interpreter"],
 }
+# Where a split launch may go wide, four programs an SM (kernels/_decode_splits.py): the TILES entries that
+# four programs an SM fit, by vendor and element size. On sm_90 (``python -m bench.compile_attention decode``,
+# its ``per SM`` column) bf16 D=64 takes 108 registers and 37 KB of shared memory a program, and D=128 126
+# and 38 KB: four programs in the 64K registers and 228 KB. bf16 D=256 (207 registers) fits two, fp32 D=128
+# (168) three. Not measured on AMD: none there. The interpreter has no occupancy; it takes every entry, so
+# the CPU tests cover the wide path.
+WIDE_TILES = {"cuda": {2: (64, 128)}, "hip": {}, "interpreter": {2: (256,), 4: (256,)}}
+
+
+def _where() -> str:
+    return "interpreter" if interpreting() else vendor()
+
+
+def _key(table: dict, d_pad: int) -> int:
+    return min((d for d in table if d >= d_pad), default=max(table))
 
 
 def pick_tile(d_pad: int, itemsize: int, split: bool = False) -> dict:
     """The launch tile for a padded head dim and element size here (looked up at launch, never at import)."""
-    tiles = SPLIT_TILES if split else TILES
-    table = tiles["interpreter" if interpreting() else vendor()][min(itemsize, 4)]
-    return dict(table[min((d for d in table if d >= d_pad), default=max(table))])
+    table = (SPLIT_TILES if split else TILES)[_where()][min(itemsize, 4)]
+    return dict(table[_key(table, d_pad)])
+
+
+def fits_wide(d_pad: int, itemsize: int) -> bool:
+    """Do four programs an SM fit the one-split tile of this head dim and element size (``WIDE_TILES``)?"""
+    where, size = _where(), min(itemsize, 4)
+    return _key(TILES[where][size], d_pad) in WIDE_TILES[where].get(size, ())

@@ -70,7 +70,7 @@ from kernels import _paged_checks as checks
 from kernels._attention_ref import dense_attention, gather_paged
 from kernels._decode_combine import combine_group, combine_steps, reduce_chunks
 from kernels._decode_splits import choose_split_size, split_len  # noqa: F401  (choose_split_size: re-exported)
-from kernels._decode_tiles import SPLIT_TILES, TILES, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
+from kernels._decode_tiles import SPLIT_TILES, TILES, fits_wide, pick_tile  # noqa: F401  (TILES, SPLIT_TILES: re-exported)
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
@@ -298,7 +298,9 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     batch, q_heads, D = q.shape
     kv_heads = k_cache.shape[2]
     o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
-    size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size)
+    d_pad = triton.next_power_of_2(D)
+    can_go_wide = fits_wide(d_pad, q.element_size())
+    size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size, wide=can_go_wide)
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1
     fold = fold and not direct
@@ -314,9 +316,8 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     counters = arrival_counters(q.device, batch * kv_heads) if fold else part_lse  # unused unless folded
     scale = checks.softmax_scale(name, scale, D)
     group = q_heads // kv_heads
-    d_pad = triton.next_power_of_2(D)
     # A given split_size promises batch invariance, so its tile must not depend on the batch: the split tile.
-    wide = split_size is None and _decode_splits.wide_launch(batch * kv_heads * max_splits)
+    wide = can_go_wide and split_size is None and _decode_splits.wide_launch(batch * kv_heads * max_splits)
     tile = tile or pick_tile(d_pad, q.element_size(), split=not (direct or wide))
     combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
     _decode_split_kernel[(batch, kv_heads, max_splits)](

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _decode_cases, _decode_splits, _paged_checks, paged_decode
+from kernels import _decode_cases, _decode_splits, _decode_tiles, _paged_checks, paged_decode
 from kernels._decode_cases import decode_sdpa_baseline
 from kernels._decode_combine import MIN_REDUCE_DIMS, TILE_VALUES, reduce_chunks
 from kernels._decode_splits import (
@@ -163,6 +163,19 @@ def test_choose_split_size_fills_the_card_in_one_wave():
     assert choose_split_size(8, 2, 4096, sms) == 256       # 16 splits: 256 programs
     assert choose_split_size(256, 8, 4096, sms) >= 4096    # big batches: one split, no reduce
     assert choose_split_size(1, 2, 100, sms) >= 100        # short contexts: one split
+    # Where four programs an SM do not fit the pipelined tile: two an SM, always.
+    assert choose_split_size(1, 8, 32768, sms, wide=False) == 1024  # 32 splits: 256 programs
+    assert choose_split_size(8, 8, 4096, sms, wide=False) == 1024   # 4 splits: 256 programs
+
+
+def test_only_tiles_that_four_programs_an_sm_fit_go_wide(monkeypatch):
+    """``fits_wide`` reads WIDE_TILES through the same head-dim lookup as the tiles (NVIDIA: bf16 at 64, 128)."""
+    monkeypatch.setattr(_decode_tiles, "interpreting", lambda: False)
+    monkeypatch.setattr(_decode_tiles, "vendor", lambda: "cuda")
+    assert [_decode_tiles.fits_wide(d, 2) for d in (32, 64, 128, 256)] == [True, True, True, False]
+    assert not _decode_tiles.fits_wide(128, 4)  # fp32: two programs an SM
+    monkeypatch.setattr(_decode_tiles, "vendor", lambda: "hip")
+    assert not _decode_tiles.fits_wide(128, 2)  # not measured on AMD
 
 
 class _Picked(Exception):
@@ -191,6 +204,11 @@ def test_wide_split_launches_take_the_pipelined_tile(monkeypatch, kwargs, ctx, s
     with pytest.raises(_Picked):
         paged_decode_attention(q, cache, cache, table, torch.tensor([ctx], dtype=torch.int32), **kwargs)
     assert picked == [split_tile]
+    # Where four programs an SM do not fit the pipelined tile, every split launch takes the split tile.
+    monkeypatch.setattr(paged_decode, "fits_wide", lambda d_pad, itemsize: False)
+    with pytest.raises(_Picked):
+        paged_decode_attention(q, cache, cache, table, torch.tensor([ctx], dtype=torch.int32), **kwargs)
+    assert picked == [split_tile, True]
 
 
 def test_sdpa_baseline_agrees_on_the_benchmark_layout(device):
