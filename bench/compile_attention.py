@@ -6,7 +6,9 @@ answers (does the tile fit shared memory, does it spill, are the matrix instruct
 launches (the shipped tile from ``TILES``), prints registers per thread, stack (spill) bytes, shared
 memory, the MMA kind in the SASS (HGMMA = wgmma, HMMA = mma.sync) and the count of 16-byte loads::
 
-    python bench/compile_attention.py [prefill] [decode] [kv]
+    python bench/compile_attention.py [prefill] [decode] [kv] [wide]
+
+(``wide``: only the decode tiles that ``kernels._decode_tiles.WIDE_TILES`` promises four programs an SM.)
 
 Integer arguments that are strides or sizes are compiled as divisible by 16, as Triton specialises them
 at a real launch with such values.
@@ -110,7 +112,7 @@ def prefill_variants():
             yield label, prefill_attention._prefill_kernel, types, consts, options
 
 
-def decode_variants():
+def decode_variants(only_wide: bool = False):
     for dt, D, group, direct in (("bf16", 128, 4, False), ("bf16", 128, 4, True), ("bf16", 128, 32, False),
                                  ("bf16", 64, 8, False), ("bf16", 64, 8, True), ("bf16", 256, 8, False),
                                  ("fp32", 128, 4, False), ("fp32", 128, 4, True), ("fp32", 256, 4, False)):
@@ -119,6 +121,8 @@ def decode_variants():
         # reduce folded in (paged_decode.REDUCE_IN_SPLIT), combines the partials in its last program. The
         # one-split tile also serves wide split launches where WIDE_TILES says four programs an SM fit it.
         wide = direct and DTYPE_BYTES[dt] in WIDE_TILES["cuda"] and d_pad in WIDE_TILES["cuda"][DTYPE_BYTES[dt]]
+        if only_wide and not wide:
+            continue
         tile = (paged_decode.TILES if direct else paged_decode.SPLIT_TILES)["cuda"][DTYPE_BYTES[dt]]
         tile = dict(tile[min((d for d in tile if d >= d_pad), default=max(tile))])
         options = {k: tile.pop(k) for k in ("num_warps", "num_stages")}
@@ -134,6 +138,8 @@ def decode_variants():
             yield (f"decode {dt} D{D} group={group} direct={direct} prefetch={prefetch} {tile}",
                    paged_decode._decode_split_kernel, types, {**consts, "PREFETCH": prefetch}, options,
                    _decode_splits.WIDE_PROGRAMS_PER_SM if wide else 1)
+    if only_wide:
+        return
     types = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "ctx_ptr": "*i32", "o_ptr": "*bf16"}
     dims, step = reduce_chunks(64, 256)
     consts = dict(HEAD_DIM=256, D_PAD=dims, FIT=True, ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, PDL=1)
@@ -150,7 +156,8 @@ def kv_variants():
 
 
 def main(argv: list[str]) -> int:
-    groups = {"prefill": prefill_variants, "decode": decode_variants, "kv": kv_variants}
+    groups = {"prefill": prefill_variants, "decode": decode_variants, "kv": kv_variants,
+              "wide": lambda: decode_variants(only_wide=True)}
     bad = 0
     for name in argv or list(groups):
         for variant in groups[name]():

@@ -178,6 +178,19 @@ def test_only_tiles_that_four_programs_an_sm_fit_go_wide(monkeypatch):
     assert not _decode_tiles.fits_wide(128, 2)  # not measured on AMD
 
 
+def test_the_tiles_said_to_fit_four_programs_an_sm_do():
+    """WIDE_TILES names the one-split tiles that four programs an SM fit. Compiled for sm_90 (no GPU needed),
+    none of them holds fewer (``bench.compile_attention``'s per-SM count), so editing a tile past that fails
+    here. In a subprocess: this process interprets."""
+    from tests.aot_helpers import run_sm90
+
+    run = run_sm90("bench.compile_attention", "wide")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("decode ")]
+    assert len(lines) == 2 * sum(len(dims) for dims in _decode_tiles.WIDE_TILES["cuda"].values()), run.stdout
+    assert all(" per SM " in line and " FITS " not in line for line in lines), run.stdout
+
+
 class _Picked(Exception):
     """Raised by the spy below once the launcher has picked its tile: nothing is launched."""
 
