@@ -27,8 +27,10 @@ on. For each:
 Variants in one process share Triton's autotuning results, so each after the first starts in seconds.
 Writes ``decode_profile.csv`` (one row per model, variant and kernel), ``decode_sequence.csv`` (the last
 replay's kernels in launch order with their start, end and critical-path share, to tell which launch of a
-layer is slow) and ``decode_profile.json``
-(graph time, summed kernel time, kernel count per replay), and prints a short table per variant.
+layer is slow), ``decode_layer.csv`` (that replay folded into one layer: each launch slot's critical-path
+share averaged over the layers, and what runs before and after them; see :func:`layer_table`) and
+``decode_profile.json`` (graph time, summed kernel time, kernel count per replay), and prints a short table
+per variant and the layer.
 """
 
 from __future__ import annotations
@@ -174,6 +176,52 @@ def kernel_sequence(prof, replays: int) -> list[dict]:
             for i, (e, adds) in enumerate(zip(last, _ends_after(last), strict=True))]
 
 
+def layer_table(sequence: list[dict], num_layers: int) -> list[dict]:
+    """One replay's kernels (``kernel_sequence``) folded into one transformer layer: for each launch slot of a
+    layer, its kernel and its critical-path share (``adds_us``) averaged over the layers, with the least and
+    the most; then what runs before the first layer and after the last, as one row each. The layer's length
+    is the distance between the first two launches of the first kernel that runs exactly ``num_layers`` times;
+    the layers start as early as ``num_layers`` identical runs of that length allow. An empty list if the
+    replay does not repeat so (a kernel that differs between layers, say)."""
+    names = [r["kernel"] for r in sequence]
+    anchors = [i for i, n in enumerate(names) if names.count(n) == num_layers]
+    if num_layers < 2 or not anchors:
+        return []
+    anchor = anchors[0]
+    period = names.index(names[anchor], anchor + 1) - anchor
+
+    def repeats(start: int) -> bool:
+        end = start + num_layers * period
+        one = names[start:start + period]
+        return end <= len(names) and all(names[start + k * period:start + (k + 1) * period] == one
+                                         for k in range(num_layers))
+
+    first = next((s for s in range(max(0, anchor - period + 1), anchor + 1) if repeats(s)), None)
+    if first is None:
+        return []
+    layers = [sequence[first + k * period:first + (k + 1) * period] for k in range(num_layers)]
+    tail = sequence[first + num_layers * period:]
+    head = sequence[:first]
+    rows = [{"slot": "before", "kernel": f"{first} launches", "mean_adds_us": sum(r["adds_us"] for r in head),
+             "min_adds_us": None, "max_adds_us": None}]
+    for j in range(period):
+        adds = [layer[j]["adds_us"] for layer in layers]
+        rows.append({"slot": j, "kernel": names[first + j], "mean_adds_us": sum(adds) / len(adds),
+                     "min_adds_us": min(adds), "max_adds_us": max(adds)})
+    rows.append({"slot": "after", "kernel": f"{len(tail)} launches", "mean_adds_us": sum(r["adds_us"] for r in tail),
+                 "min_adds_us": None, "max_adds_us": None})
+    return rows
+
+
+def print_layer(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("    one layer, launch by launch (critical path us: mean, least, most over the layers):", flush=True)
+    for r in rows:
+        spread = "" if r["min_adds_us"] is None else f"  {r['min_adds_us']:6.2f} {r['max_adds_us']:6.2f}"
+        print(f"    {r['slot']!s:>6s} {r['mean_adds_us']:8.2f}{spread}  {r['kernel'][:60]}", flush=True)
+
+
 def critical_path(prof, replays: int) -> dict[str, float]:
     """Per kernel name, its mean share of a replay's critical path (see _ends_after), in microseconds."""
     runs = _replays(prof, replays)
@@ -199,7 +247,8 @@ def main(argv=None) -> int:
     variants = args.variant or [("engine", {}, {})]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table, sequences, summary = [], [], {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
+    table, sequences, layers = [], [], []
+    summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             model_dir = write_model(Path(tmp) / model, MODELS[model], torch.device("cuda"))
@@ -223,8 +272,11 @@ def main(argv=None) -> int:
                     print(f"    {r['us_per_replay']:8.1f} us  {r['launches_per_replay']:5.0f} x "
                           f"{r['us_per_launch']:6.2f}   {r['path_us_per_replay']:8.1f}  {r['kernel'][:80]}",
                           flush=True)
+                layer = layer_table(sequence, MODELS[model]["num_hidden_layers"])
+                print_layer(layer)
                 table += [{"model": model, "variant": name, **r} for r in rows]
                 sequences += [{"model": model, "variant": name, **r} for r in sequence]
+                layers += [{"model": model, "variant": name, **r} for r in layer]
                 (out / "decode_profile.json").write_text(json.dumps(summary, indent=2))
                 with open(out / "decode_profile.csv", "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=["model", "variant", "kernel", "launches_per_replay",
@@ -237,6 +289,11 @@ def main(argv=None) -> int:
                                                       "end_us", "adds_us"])
                     w.writeheader()
                     w.writerows(sequences)
+                with open(out / "decode_layer.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["model", "variant", "slot", "kernel", "mean_adds_us",
+                                                      "min_adds_us", "max_adds_us"])
+                    w.writeheader()
+                    w.writerows(layers)
     return 0
 
 

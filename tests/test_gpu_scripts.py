@@ -334,6 +334,24 @@ def test_decode_profile_critical_path_shares_add_up_to_the_span():
     assert [r["adds_us"] for r in kernel_sequence(prof, replays=2)] == [4, 2, -0.5, 2.5]
 
 
+def test_decode_profile_folds_the_replay_into_one_layer():
+    """Two launches before, three layers of (x, y, x), one after: each slot's share averaged over the layers.
+    The layer's length comes from y (the kernel that runs once a layer); the layers start at the first x, as
+    early as three identical runs allow. A replay whose layers differ gives no table."""
+    from bench.decode_profile import layer_table
+
+    names = ["embed", "norm"] + ["x", "y", "x"] * 3 + ["head"]
+    sequence = [{"kernel": n, "adds_us": float(a)} for a, n in enumerate(names, start=1)]
+    rows = layer_table(sequence, num_layers=3)
+    assert [(r["slot"], r["kernel"]) for r in rows] == [
+        ("before", "2 launches"), (0, "x"), (1, "y"), (2, "x"), ("after", "1 launches")]
+    assert [r["mean_adds_us"] for r in rows] == [1 + 2, (3 + 6 + 9) / 3, (4 + 7 + 10) / 3, (5 + 8 + 11) / 3, 12]
+    assert (rows[1]["min_adds_us"], rows[1]["max_adds_us"]) == (3, 9)
+    sequence[7]["kernel"] = "z"  # the third layer's y is another kernel
+    assert layer_table(sequence, num_layers=3) == []
+    assert layer_table(sequence, num_layers=5) == []  # nothing runs five times
+
+
 def test_tune_linear_decode_shape_arguments():
     import argparse
 
