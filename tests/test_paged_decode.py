@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kernels import _decode_cases, _decode_splits, _decode_tiles, _paged_checks, paged_decode
 from kernels._decode_cases import decode_sdpa_baseline
@@ -166,6 +168,22 @@ def test_choose_split_size_fills_the_card_in_one_wave():
     # Where four programs an SM do not fit the pipelined tile: two an SM, always.
     assert choose_split_size(1, 8, 32768, sms, wide=False) == 1024  # 32 splits: 256 programs
     assert choose_split_size(8, 8, 4096, sms, wide=False) == 1024   # 4 splits: 256 programs
+
+
+@given(batch=st.integers(1, 512), kv_heads=st.integers(1, 16), ctx=st.integers(1, 1 << 17),
+       sms=st.integers(8, 304), wide=st.booleans())
+def test_the_split_policy_keeps_its_rules_everywhere(batch, kv_heads, ctx, sms, wide):
+    """Whatever the launch: whole tiles, at most MAX_SPLITS splits, splits of MIN_SPLIT tokens unless the
+    context is shorter, one wave for the tile the launch takes, and long splits only where ``wide``."""
+    size = choose_split_size(batch, kv_heads, ctx, sms, wide=wide)
+    splits = -(-ctx // size)
+    assert size % SPLIT_ALIGN == 0 and splits <= MAX_SPLITS
+    assert size >= min(MIN_SPLIT, -(-ctx // SPLIT_ALIGN) * SPLIT_ALIGN)
+    if splits > 1:
+        programs = batch * kv_heads * splits
+        goes_wide = _decode_splits.wide_launch(programs, sms)
+        assert not goes_wide or (wide and size >= LONG_SPLIT)
+        assert programs <= (WIDE_PROGRAMS_PER_SM if goes_wide else PROGRAMS_PER_SM) * sms
 
 
 def test_only_tiles_that_four_programs_an_sm_fit_go_wide(monkeypatch):
