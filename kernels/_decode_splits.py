@@ -94,10 +94,11 @@ def wide_launch(programs: int, sms: int | None = None) -> bool:
     return programs > PROGRAMS_PER_SM * (num_sms() if sms is None else sms)
 
 
-def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size, wide: bool = True) -> int:
+def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size, sms: int | None = None,
+                   wide: bool = True) -> int:
     """Tokens per split of a launch: ``split_size`` if given, else cut from ``num_splits`` (whole
-    ``COUNT_ALIGN``-token tiles), else :func:`choose_split_size` (``wide`` passed on); bad values raise
-    ValueError."""
+    ``COUNT_ALIGN``-token tiles), else :func:`choose_split_size` (``sms``, the launch device's count, and
+    ``wide`` passed on); bad values raise ValueError."""
     if split_size is not None:
         if not isinstance(split_size, int) or split_size < 1:
             raise ValueError(f"paged_decode_attention: split_size must be a positive int, got {split_size!r}")
@@ -107,4 +108,4 @@ def split_size_for(batch, num_kv_heads, max_context, num_splits, split_size, wid
             raise ValueError(f"paged_decode_attention: num_splits must be a positive int, got {num_splits!r}")
         size = -(-max(max_context, 1) // num_splits)
         return -(-size // COUNT_ALIGN) * COUNT_ALIGN
-    return choose_split_size(batch, num_kv_heads, max_context, wide=wide)
+    return choose_split_size(batch, num_kv_heads, max_context, sms, wide)

@@ -74,7 +74,7 @@ from kernels._decode_tiles import SPLIT_TILES, TILES, fits_wide, pick_tile  # no
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
-from kernels.device import interpreting
+from kernels.device import interpreting, num_sms
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
@@ -300,7 +300,8 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
     d_pad = triton.next_power_of_2(D)
     can_go_wide = fits_wide(d_pad, q.element_size())
-    size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size, wide=can_go_wide)
+    sms = num_sms(q.device.index or 0) if q.is_cuda else num_sms()
+    size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size, sms, can_go_wide)
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1
     fold = fold and not direct
@@ -317,7 +318,7 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     scale = checks.softmax_scale(name, scale, D)
     group = q_heads // kv_heads
     # A given split_size promises batch invariance, so its tile must not depend on the batch: the split tile.
-    wide = can_go_wide and split_size is None and _decode_splits.wide_launch(batch * kv_heads * max_splits)
+    wide = can_go_wide and split_size is None and _decode_splits.wide_launch(batch * kv_heads * max_splits, sms)
     tile = tile or pick_tile(d_pad, q.element_size(), split=not (direct or wide))
     combine = dict(G_COMB=triton.next_power_of_2(group), S_STEP=combine_steps(group, d_pad))
     _decode_split_kernel[(batch, kv_heads, max_splits)](

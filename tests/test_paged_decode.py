@@ -117,13 +117,15 @@ def test_many_splits_combine_over_dim_chunks(device, head_dim):
 def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, reduce_in_split, monkeypatch):
     """The default policy under a bound far above most contexts (a decode graph's case): each sequence
     spreads its own context over the grid's splits, and the answer is the fixed-size split's."""
-    monkeypatch.setattr(_decode_splits, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
+    for module in (_decode_splits, paged_decode):  # an H100/H200-sized grid on any machine
+        monkeypatch.setattr(module, "num_sms", lambda *_: 132)
     inputs = _inputs(_case([1000, 1, 17, 65, 200]), device, seed=6)
     inputs.pop("num_splits", None)
     assert -(-1000 // choose_split_size(5, 2, 1000)) == 6  # six splits: 17 tokens fit one, 200 take four
     ref = paged_decode_attention_reference(**{n: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
                                               else t for n, t in inputs.items()})
     fitted = paged_decode_attention(**inputs)
+    assert paged_decode.decode_split(**inputs).max_splits == 6  # the launch was cut as asserted above
     monkeypatch.setattr(paged_decode, "FIT_SPLITS_TO_CONTEXT", False)
     fixed = paged_decode_attention(**inputs)
     assert_close(fitted, ref, dtype=torch.float32, reduction_len=1000, tf32=True)
@@ -228,7 +230,7 @@ def test_wide_split_launches_take_the_pipelined_tile(monkeypatch, kwargs, ctx, s
         raise _Picked
 
     monkeypatch.setattr(paged_decode, "pick_tile", spy)
-    monkeypatch.setattr(_decode_splits, "num_sms", lambda: 4)
+    monkeypatch.setattr(paged_decode, "num_sms", lambda device_index=0: 4)  # the launch reads its device's count
     q = torch.randn(1, 4, 32)
     cache = torch.randn(ctx // 16, 16, 2, 32)
     table = torch.arange(ctx // 16, dtype=torch.int32)[None]
