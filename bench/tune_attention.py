@@ -21,7 +21,8 @@ Writes ``<out>/attention_<study>.csv`` and prints a short table per study::
 The slice's whole GPU check is one call: its tests (GPU-marked ones included), then this script::
 
     PYTHONPATH=. python3 -m pytest -q -m "kv_cache_write or prefill_attention or paged_decode_attention" \
-        tests/test_kv_cache.py tests/test_prefill_attention.py tests/test_paged_decode.py tests/test_ops.py
+        tests/test_kv_cache.py tests/test_prefill_attention.py tests/test_paged_decode.py tests/test_decode_splits.py \
+        tests/test_ops.py
     PYTHONPATH=. python3 bench/tune_attention.py "$OUT" --explore --deadline-s=240
 
 then commit ``$OUT/attention_*.csv`` under ``bench/results/<gpu name>/``.
