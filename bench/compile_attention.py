@@ -32,7 +32,7 @@ from triton.compiler import ASTSource
 
 from kernels import _decode_splits, kv_cache, paged_decode, prefill_attention
 from kernels._decode_combine import combine_steps, reduce_chunks
-from kernels._decode_tiles import WIDE_TILES
+from kernels._decode_tiles import fits_wide
 
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200
@@ -120,7 +120,7 @@ def decode_variants(only_wide: bool = False):
         # A one-split launch writes the output directly; a split one uses the split tiles and, with the
         # reduce folded in (paged_decode.REDUCE_IN_SPLIT), combines the partials in its last program. The
         # one-split tile also serves wide split launches where WIDE_TILES says four programs an SM fit it.
-        wide = direct and DTYPE_BYTES[dt] in WIDE_TILES["cuda"] and d_pad in WIDE_TILES["cuda"][DTYPE_BYTES[dt]]
+        wide = direct and fits_wide(d_pad, DTYPE_BYTES[dt], "cuda")
         if only_wide and not wide:
             continue
         tile = (paged_decode.TILES if direct else paged_decode.SPLIT_TILES)["cuda"][DTYPE_BYTES[dt]]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
+import collections
 import importlib
 import json
 import sys
@@ -49,6 +49,7 @@ import torch
 from bench.engine_bench import graph_replay_ms
 from bench.model_shapes import MODELS, write_model
 from bench.module_settings import module_settings
+from bench.report import write_rows
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], dict[str, object]]:
@@ -184,7 +185,8 @@ def layer_table(sequence: list[dict], num_layers: int) -> list[dict]:
     the layers start as early as ``num_layers`` identical runs of that length allow. An empty list if the
     replay does not repeat so (a kernel that differs between layers, say)."""
     names = [r["kernel"] for r in sequence]
-    anchors = [i for i, n in enumerate(names) if names.count(n) == num_layers]
+    launches = collections.Counter(names)
+    anchors = [i for i, n in enumerate(names) if launches[n] == num_layers]
     if num_layers < 2 or not anchors:
         return []
     anchor = anchors[0]
@@ -278,22 +280,9 @@ def main(argv=None) -> int:
                 sequences += [{"model": model, "variant": name, **r} for r in sequence]
                 layers += [{"model": model, "variant": name, **r} for r in layer]
                 (out / "decode_profile.json").write_text(json.dumps(summary, indent=2))
-                with open(out / "decode_profile.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["model", "variant", "kernel", "launches_per_replay",
-                                                      "us_per_launch", "us_per_replay", "share",
-                                                      "path_us_per_replay"])
-                    w.writeheader()
-                    w.writerows(table)
-                with open(out / "decode_sequence.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["model", "variant", "position", "kernel", "us", "start_us",
-                                                      "end_us", "adds_us"])
-                    w.writeheader()
-                    w.writerows(sequences)
-                with open(out / "decode_layer.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["model", "variant", "slot", "kernel", "mean_adds_us",
-                                                      "min_adds_us", "max_adds_us"])
-                    w.writeheader()
-                    w.writerows(layers)
+                write_rows(table, out / "decode_profile.csv")
+                write_rows(sequences, out / "decode_sequence.csv")
+                write_rows(layers, out / "decode_layer.csv")
     return 0
 
 

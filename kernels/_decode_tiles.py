@@ -72,7 +72,8 @@ def pick_tile(d_pad: int, itemsize: int, split: bool = False) -> dict:
     return dict(table[_key(table, d_pad)])
 
 
-def fits_wide(d_pad: int, itemsize: int) -> bool:
-    """Do four programs an SM fit the one-split tile of this head dim and element size (``WIDE_TILES``)?"""
-    where, size = _where(), min(itemsize, 4)
+def fits_wide(d_pad: int, itemsize: int, where: str | None = None) -> bool:
+    """Do four programs an SM fit the one-split tile of this head dim and element size (``WIDE_TILES``), here
+    or on ``where`` ("cuda", "hip", "interpreter")?"""
+    where, size = where or _where(), min(itemsize, 4)
     return _key(TILES[where][size], d_pad) in WIDE_TILES[where].get(size, ())

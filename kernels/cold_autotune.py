@@ -164,7 +164,7 @@ def _copies(weight: torch.Tensor, n: int) -> list[torch.Tensor]:
         for _ in range(n):
             copies.append(weight.clone())
     except torch.cuda.OutOfMemoryError:
-        pass
+        pass  # no room for another copy: tune with the copies made so far (see above)
     return copies
 
 

@@ -67,6 +67,11 @@ def num_sms(device_index: int = 0) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def device_sms(device: torch.device) -> int:
+    """:func:`num_sms` of the GPU ``device`` names (its index, 0 if none), or the CPU's stand-in count."""
+    return num_sms(device.index or 0) if device.type == "cuda" else num_sms()
+
+
 def gpu_name() -> str:
     if not has_gpu():
         return "cpu"

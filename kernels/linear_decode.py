@@ -39,7 +39,7 @@ import torch
 from kernels import alloc, pdl
 from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms
+from kernels.device import device_sms, interpreting
 from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
 from kernels.tuning import Tuned, graph_bench
 
@@ -193,7 +193,7 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if M == 0 or N == 0:
         return y
     block_m = decode_block_m(M)
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    sms = device_sms(x.device)
     chunk = k_chunk if k_chunk is not None else decode_chunk(N, K, block_m, sms)
     if chunk < 1:
         raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")

@@ -37,7 +37,7 @@ from kernels._quant_gemv import put_row
 from kernels._quant_launch import gemv_rows
 from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms, vendor
+from kernels.device import device_sms, interpreting, vendor
 from kernels.linear_decode import split_chunk
 from kernels.linear_prefill import cdiv
 from kernels.tuning import Tuned, graph_bench
@@ -217,7 +217,7 @@ def gemv_chunk(N: int, K: int, sms: int) -> int:
 def gemv_split(x: torch.Tensor, M: int, N: int, K: int, rows: int, y: torch.Tensor, k_chunk: int | None = None):
     """(chunk, splits, fp32 partials, arrival counters, EVEN) for a GEMV launch of M rows of x, ``rows``
     per program, writing ``y`` (the partials' stand-in when there is one split)."""
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    sms = device_sms(x.device)
     chunk = k_chunk if k_chunk is not None else gemv_chunk(N, K, sms)
     if chunk < 1:
         raise ValueError(f"linear gemv: k_chunk must be a positive number of K elements, got {chunk}")

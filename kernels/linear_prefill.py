@@ -29,7 +29,7 @@ import torch
 
 from kernels import alloc
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms
+from kernels.device import device_sms, interpreting
 from kernels.tuning import Tuned
 
 
@@ -242,7 +242,7 @@ def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
-    programs = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    programs = device_sms(x.device)
     args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
             m_bucket(M))
     flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, **_flags(x))

@@ -74,7 +74,7 @@ from kernels._decode_tiles import SPLIT_TILES, TILES, fits_wide, pick_tile  # no
 from kernels._flash import load_tile, softmax_step
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
-from kernels.device import interpreting, num_sms
+from kernels.device import device_sms, interpreting
 from kernels.registry import Op, register
 
 LOG2E = 1.4426950408889634
@@ -300,7 +300,7 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
     o = alloc.empty(batch, q_heads, D, dtype=q.dtype, device=q.device)
     d_pad = triton.next_power_of_2(D)
     can_go_wide = fits_wide(d_pad, q.element_size())
-    sms = num_sms(q.device.index or 0) if q.is_cuda else num_sms()
+    sms = device_sms(q.device)
     size = _decode_splits.split_size_for(batch, kv_heads, max_context, num_splits, split_size, sms, can_go_wide)
     max_splits = max(1, triton.cdiv(max_context, size))
     direct = max_splits == 1

@@ -39,7 +39,7 @@ from kernels import linear as dense
 from kernels._decode_splits import split_len
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
-from kernels.device import num_sms
+from kernels.device import device_sms
 from kernels.linear_gemv import first_weight_slice, gemv_chunk, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
 from kernels.paged_decode import decode_split, paged_decode_attention
@@ -172,7 +172,7 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     N, K = weight.shape
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     y = alloc.empty(batch, N, dtype=q.dtype, device=q.device)
-    sms = num_sms(q.device.index or 0) if q.is_cuda else num_sms()
+    sms = device_sms(q.device)
     chunk, splits, partials, counters, even = gemv_split(q, batch, N, K, 1, y, gemv_chunk(N, K, sms))
     s_step = min(triton.next_power_of_2(split.max_splits), MAX_STEP)
     launch = pdl.launch_options(q.device)

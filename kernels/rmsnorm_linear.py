@@ -29,7 +29,7 @@ from kernels import alloc, pdl
 from kernels import linear as dense
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
-from kernels.device import check_backend, num_sms
+from kernels.device import check_backend, device_sms
 from kernels.linear_gemv import GEMV_CONFIGS, first_weight_slice, gemv_chunk, gemv_split, weight_slice
 from kernels.linear_prefill import cdiv
 from kernels.registry import Op, register
@@ -174,7 +174,7 @@ def norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, rows: int):
     r1 = residual.reshape(K).contiguous() if residual is not None else x1
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     h = alloc.empty_like(x) if residual is not None else x
-    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    sms = device_sms(x.device)
     chunk, splits, partials, counters, even = gemv_split(x1, rows, N // rows, K, rows, y, gemv_chunk(N, K, sms))
     launch = pdl.launch_options(x.device)
     args = (x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,

@@ -106,7 +106,7 @@ def test_wide_split_launches_take_the_pipelined_tile(monkeypatch, kwargs, ctx, s
         raise _Picked
 
     monkeypatch.setattr(paged_decode, "pick_tile", spy)
-    monkeypatch.setattr(paged_decode, "num_sms", lambda device_index=0: 4)  # the launch reads its device's count
+    monkeypatch.setattr(paged_decode, "device_sms", lambda device: 4)  # the launch reads its device's count
     q = torch.randn(1, 4, 32)
     cache = torch.randn(ctx // 16, 16, 2, 32)
     table = torch.arange(ctx // 16, dtype=torch.int32)[None]

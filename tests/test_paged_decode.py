@@ -107,8 +107,8 @@ def test_many_splits_combine_over_dim_chunks(device, head_dim):
 def test_splits_fitted_to_short_contexts_give_the_fixed_split_answer(device, reduce_in_split, monkeypatch):
     """The default policy under a bound far above most contexts (a decode graph's case): each sequence
     spreads its own context over the grid's splits, and the answer is the fixed-size split's."""
-    for module in (_decode_splits, paged_decode):  # an H100/H200-sized grid on any machine
-        monkeypatch.setattr(module, "num_sms", lambda *_: 132)
+    monkeypatch.setattr(_decode_splits, "num_sms", lambda *_: 132)  # an H100/H200-sized grid on any machine
+    monkeypatch.setattr(paged_decode, "device_sms", lambda device: 132)  # the launch's count, the same
     inputs = _inputs(_case([1000, 1, 17, 65, 200]), device, seed=6)
     inputs.pop("num_splits", None)
     assert -(-1000 // choose_split_size(5, 2, 1000)) == 6  # six splits: 17 tokens fit one, 200 take four
