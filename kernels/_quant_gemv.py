@@ -89,6 +89,39 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _x_pair(ptr, ok, EVEN: tl.constexpr, BF16: tl.constexpr):
+    """The int32 word at ``ptr``, two 16-bit x values -> (16 x the first, the second) as fp32."""
+    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
+        xw = tl.load(ptr)
+    else:
+        xw = tl.load(ptr, mask=ok, other=0)
+    if BF16:
+        first, second = _x16_pair(xw)
+    else:
+        first = 16.0 * xw.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        second = (xw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return first, second
+
+
+@triton.jit
+def _x16_pair(xw):
+    """An int32 word of two bf16 -> (16 x the first, the second) as fp32; the 16 rides in the shift's IMAD as
+    4 added to the exponent (a zero first value becomes 2^-123)."""
+    first = (xw * 65536 + (4 << 23)).to(tl.float32, bitcast=True)
+    second = (xw & -65536).to(tl.float32, bitcast=True)
+    return first, second
+
+
+@triton.jit
+def _xv(ptr, ok, EVEN: tl.constexpr):
+    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
+        v = tl.load(ptr)
+    else:
+        v = tl.load(ptr, mask=ok, other=0)
+    return v
+
+
+@triton.jit
 def _w8_words(acc, xs, w, x_row, x_offs, x_ok, flip, EVEN: tl.constexpr):
     """One row's products with a [BN, BW] tile of words of signed bytes; ``flip``: W8_FLIP_BITS."""
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
@@ -157,8 +190,8 @@ def w8a16_gemv_kernel(
 
 
 @triton.jit
-def _w4_words(acc, w, x_row, x_offs, x_ok, a, c_hi, c_lo, one, L: tl.constexpr, V: tl.constexpr,
-              EVEN: tl.constexpr):
+def _w4_words(acc, w, x_row, x_offs, xw_t, x_ok, a, c_hi, c_lo, one, L: tl.constexpr, V: tl.constexpr,
+              EVEN: tl.constexpr, X_WORDS: tl.constexpr):
     """One row's products with a [BN, GPI, WPG] tile of words; acc [BN, GPI, L] (a group's WPG words as L
     runs of V, V words being one thread's 16-byte vector); a = 16 scale, c_hi = 16 scale + scale zero,
     c_lo = 256 scale + scale zero, all [BN, GPI].
@@ -174,15 +207,34 @@ def _w4_words(acc, w, x_row, x_offs, x_ok, a, c_hi, c_lo, one, L: tl.constexpr, 
     GPI: tl.constexpr = w.shape[1]
     part = tl.zeros(w.shape, dtype=tl.float32)
     x_hi_sum = tl.zeros(x_offs.shape, dtype=tl.float32)  # [GPI, WPG]
-    x_lo_sum = tl.zeros(x_offs.shape, dtype=tl.float32)
+    x_lo_sum = tl.zeros(x_offs.shape, dtype=tl.float32)  # of 16 x_lo
+    if X_WORDS == 3:  # the four x words of each weight word in one 16-byte load, split in registers
+        xv = _xv(x_row.to(tl.pointer_type(tl.int32)) + (4 * xw_t)[:, :, None] + tl.arange(0, 4)[None, None, :],
+                 x_ok[:, :, None], EVEN)
+        xa, xb = tl.split(tl.reshape(xv, (GPI, x_offs.shape[1], 2, 2)))
+        xw0, xw2 = tl.split(xa)
+        xw1, xw3 = tl.split(xb)
     for j in tl.static_range(4):  # nibbles 2j and 2j+1 of word t: k = 8 t + 2 j (+ 1)
         t = _shifted(w, 15 - 8 * j)
-        x_hi = _x(x_row + x_offs + (2 * j + 1), x_ok, EVEN)
-        x_lo = _x(x_row + x_offs + 2 * j, x_ok, EVEN)
+        if X_WORDS == 4:
+            if j % 2 == 0:  # x[8t + 2j .. 8t + 2j + 3]: two x words in one 8-byte load
+                xq = _xv(x_row.to(tl.pointer_type(tl.int64)) + 2 * xw_t + j // 2, x_ok, EVEN)
+                xw = xq.to(tl.int32)
+            else:
+                xw = (xq >> 32).to(tl.int32)
+            x_lo16, x_hi = _x16_pair(xw)
+        elif X_WORDS == 3:
+            xw = xw0 if j == 0 else xw1 if j == 1 else xw2 if j == 2 else xw3
+            x_lo16, x_hi = _x16_pair(xw)
+        elif X_WORDS:  # one int32 load per nibble pair: x[k] in its low half, x[k + 1] in its high half
+            x_lo16, x_hi = _x_pair(x_row.to(tl.pointer_type(tl.int32)) + x_offs // 2 + j, x_ok, EVEN, X_WORDS == 1)
+        else:
+            x_hi = _x(x_row + x_offs + (2 * j + 1), x_ok, EVEN)
+            x_lo16 = 16.0 * _x(x_row + x_offs + 2 * j, x_ok, EVEN)
         part += x_hi[None, :, :] * _bits(t, 0x780000, one)
-        part += (16.0 * x_lo)[None, :, :] * _bits(t, 0x78000, one)
+        part += x_lo16[None, :, :] * _bits(t, 0x78000, one)
         x_hi_sum += x_hi
-        x_lo_sum += x_lo
+        x_lo_sum += x_lo16
     s = tl.sum(tl.reshape(part, (BN, GPI, L, V)), axis=3)  # [BN, GPI, L]: each thread's own vector
     x_hi_v = tl.sum(tl.reshape(x_hi_sum, (GPI, L, V)), axis=2)[None, :, :]  # [1, GPI, L]
     x_lo_v = tl.sum(tl.reshape(x_lo_sum, (GPI, L, V)), axis=2)[None, :, :]
@@ -211,7 +263,8 @@ def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS, one_bits,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = 0,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = 0, LOOP_STAGES: tl.constexpr = 0,
+    X_WORDS: tl.constexpr = 0,
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 
@@ -244,21 +297,26 @@ def w4a16_gemv_kernel(
     # A register double buffer: the next trip's weights, scales and zeros are requested before this trip's
     # arithmetic, which would otherwise wait on its own loads every trip (nothing pipelines these loads).
     w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g_start, g_end, gi, N, WPG, EVEN)
-    for g0 in range(g_start, g_end, GPI):
-        w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
+    for g0 in tl.range(g_start, g_end, GPI, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
+        if LOOP_STAGES > 0:
+            w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0, g_end, gi, N, WPG, EVEN)
+            w_next, s_next, z_next = w, s, z
+        else:
+            w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
         if EVEN:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
             x_ok = cols < 0  # unused
         else:
             x_ok = ((g0 + gi) < g_end)[:, None] & (cols >= 0)
         sz = s * z
-        a, c_hi, c_lo = 16.0 * s, 16.0 * s + sz, 256.0 * s + sz
+        a, c_hi, c_lo = 16.0 * s, 16.0 * s + sz, 16.0 * s + 0.0625 * sz
         x_offs = g0 * GROUP + 8 * cols
-        acc0 = _w4_words(acc0, w, x0, x_offs, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN)
+        xw_t = g0 * WPG + cols  # [GPI, WPG]: the weight word each x vector goes with (its 4 x words at 4 xw_t)
+        acc0 = _w4_words(acc0, w, x0, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
         if ROWS > 1:
-            acc1 = _w4_words(acc1, w, x1, x_offs, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN)
+            acc1 = _w4_words(acc1, w, x1, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
         if ROWS > 2:
-            acc2 = _w4_words(acc2, w, x2, x_offs, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN)
-            acc3 = _w4_words(acc3, w, x3, x_offs, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN)
+            acc2 = _w4_words(acc2, w, x2, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
+            acc3 = _w4_words(acc3, w, x3, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
         w, s, z = w_next, s_next, z_next
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, _row_sum(acc0))
     if ROWS > 1:
