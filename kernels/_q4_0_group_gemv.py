@@ -101,7 +101,7 @@ def q4_0_group_gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, row_bytes, stride_xm, stride_ym, B_TOTAL, B_CHUNK, SPLITS, one_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr,
-    X_BF16: tl.constexpr, PDL: tl.constexpr = 0, LOOP_STAGES: tl.constexpr = 0,
+    X_BF16: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """Rows of a multiple of 8 blocks, 16-byte aligned; x 16-bit, 4-byte aligned rows. B_CHUNK is whole
     groups. Rows past N and M are clamped to the last one (loaded, computed, never stored)."""
@@ -125,7 +125,7 @@ def q4_0_group_gemv_kernel(
     x3 = xw + tl.minimum(3, M - 1) * (stride_xm // 2) + x_words
     acc0 = tl.zeros((BLOCK_N, G), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
-    for g0 in tl.range(g_start, g_end, G, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
+    for g0 in range(g_start, g_end, G):
         ok = ((g0 + g) < g_end)[None, :, None]
         base = vec + 36 * g0
         w0, w1, w2, w3 = _split4(tl.load(base, mask=ok, other=0))

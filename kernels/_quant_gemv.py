@@ -30,8 +30,10 @@ serves a pair of nibbles: the odd one lands at the top of the mantissa (1 + u / 
 bits lower (1 + u / 256) and is multiplied by 16 x, so both terms carry x u / 16. With S_g the sum of
 those products over group g and X_hi, X_lo the sums of x at odd and even k, sum x u = 16 (S - X_hi -
 16 X_lo) and the group adds scale (sum x u - zero (X_hi + X_lo)) = 16 scale S - (16 scale + scale zero)
-X_hi - (256 scale + scale zero) X_lo. Per word: four shifts, eight LOP3s and eight FMAs; the group's
-three-term correction is applied once per thread's 16-byte vector of four words, after an in-register sum.
+X_hi - (256 scale + scale zero) X_lo (the kernel sums 16 x at even k, so it applies that last coefficient
+divided by 16). Per word: four shifts, eight LOP3s and eight FMAs; the group's three-term correction is
+applied once per thread's 16-byte vector of four words, after an in-register sum. bf16 x is read in 8-byte
+loads of four values (``X_QUADS``), two per weight word, not eight loads of one.
 """
 
 from __future__ import annotations
@@ -89,31 +91,17 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _x_pair(ptr, ok, EVEN: tl.constexpr, BF16: tl.constexpr):
-    """The int32 word at ``ptr``, two 16-bit x values -> (16 x the first, the second) as fp32."""
-    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
-        xw = tl.load(ptr)
-    else:
-        xw = tl.load(ptr, mask=ok, other=0)
-    if BF16:
-        first, second = _x16_pair(xw)
-    else:
-        first = 16.0 * xw.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        second = (xw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return first, second
-
-
-@triton.jit
 def _x16_pair(xw):
-    """An int32 word of two bf16 -> (16 x the first, the second) as fp32; the 16 rides in the shift's IMAD as
-    4 added to the exponent (a zero first value becomes 2^-123)."""
+    """An int32 word of two bf16 -> (16 x the first, the second) as fp32. The 16 rides in the IMAD that
+    shifts the first value up: 4 added to its exponent, so a zero becomes 2^-123 (and a bf16 subnormal,
+    below 1.2e-38, is misread as another number of that size), which no fp32 sum of a decode row notices."""
     first = (xw * 65536 + (4 << 23)).to(tl.float32, bitcast=True)
     second = (xw & -65536).to(tl.float32, bitcast=True)
     return first, second
 
 
 @triton.jit
-def _xv(ptr, ok, EVEN: tl.constexpr):
+def _x_quad(ptr, ok, EVEN: tl.constexpr):
     if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
         v = tl.load(ptr)
     else:
@@ -191,43 +179,38 @@ def w8a16_gemv_kernel(
 
 @triton.jit
 def _w4_words(acc, w, x_row, x_offs, xw_t, x_ok, a, c_hi, c_lo, one, L: tl.constexpr, V: tl.constexpr,
-              EVEN: tl.constexpr, X_WORDS: tl.constexpr):
+              EVEN: tl.constexpr, X_QUADS: tl.constexpr):
     """One row's products with a [BN, GPI, WPG] tile of words; acc [BN, GPI, L] (a group's WPG words as L
     runs of V, V words being one thread's 16-byte vector); a = 16 scale, c_hi = 16 scale + scale zero,
-    c_lo = 256 scale + scale zero, all [BN, GPI].
+    c_lo = 16 scale + scale zero / 16, all [BN, GPI]; xw_t [GPI, WPG]: each word's index in the row.
 
     One shift serves two nibbles: after ``w << (15 - 8 j)`` nibble 2j+1 sits at bit 19 (the float
     1 + u / 16) and nibble 2j at bit 15 (1 + u / 256, weighted by 16 x so that both carry x u / 16).
-    With S the sum of those products and X_hi, X_lo the sums of x at odd and even k, the group adds
-    scale (sum x u - zero sum x) = a S - c_hi X_hi - c_lo X_lo. The sums over a thread's V words are
-    taken in its registers before the group's scale touches them: per row, three instructions per V
-    words instead of three per word.
+    With S the sum of those products, X_hi the sum of x at odd k and X_lo16 that of 16 x at even k, the
+    group adds scale (sum x u - zero sum x) = a S - c_hi X_hi - c_lo X_lo16. The sums over a thread's V
+    words are taken in its registers before the group's scale touches them: per row, three instructions
+    per V words instead of three per word.
+
+    X_QUADS (bf16 x, 8-byte aligned rows): the eight x values of word t are two 8-byte loads, x words
+    4t + j (two bf16 each, x[8t + 2j] low) split in registers, instead of eight 2-byte loads; the word's
+    low half becomes 16 x by an IMAD (``_x16_pair``). The loads keep the weight tile's layout: a 16-byte
+    load of all four x words, split after, took a shared-memory layout conversion every trip and spilled
+    at four rows (``bench/results/NVIDIA_H200/run20_notes.md``).
     """
     BN: tl.constexpr = w.shape[0]
     GPI: tl.constexpr = w.shape[1]
     part = tl.zeros(w.shape, dtype=tl.float32)
     x_hi_sum = tl.zeros(x_offs.shape, dtype=tl.float32)  # [GPI, WPG]
     x_lo_sum = tl.zeros(x_offs.shape, dtype=tl.float32)  # of 16 x_lo
-    if X_WORDS == 3:  # the four x words of each weight word in one 16-byte load, split in registers
-        xv = _xv(x_row.to(tl.pointer_type(tl.int32)) + (4 * xw_t)[:, :, None] + tl.arange(0, 4)[None, None, :],
-                 x_ok[:, :, None], EVEN)
-        xa, xb = tl.split(tl.reshape(xv, (GPI, x_offs.shape[1], 2, 2)))
-        xw0, xw2 = tl.split(xa)
-        xw1, xw3 = tl.split(xb)
     for j in tl.static_range(4):  # nibbles 2j and 2j+1 of word t: k = 8 t + 2 j (+ 1)
         t = _shifted(w, 15 - 8 * j)
-        if X_WORDS == 4:
-            if j % 2 == 0:  # x[8t + 2j .. 8t + 2j + 3]: two x words in one 8-byte load
-                xq = _xv(x_row.to(tl.pointer_type(tl.int64)) + 2 * xw_t + j // 2, x_ok, EVEN)
+        if X_QUADS:
+            if j % 2 == 0:  # x[8t + 2j .. 8t + 2j + 3], two words of two bf16, in one 8-byte load
+                xq = _x_quad(x_row.to(tl.pointer_type(tl.int64)) + 2 * xw_t + j // 2, x_ok, EVEN)
                 xw = xq.to(tl.int32)
             else:
                 xw = (xq >> 32).to(tl.int32)
             x_lo16, x_hi = _x16_pair(xw)
-        elif X_WORDS == 3:
-            xw = xw0 if j == 0 else xw1 if j == 1 else xw2 if j == 2 else xw3
-            x_lo16, x_hi = _x16_pair(xw)
-        elif X_WORDS:  # one int32 load per nibble pair: x[k] in its low half, x[k + 1] in its high half
-            x_lo16, x_hi = _x_pair(x_row.to(tl.pointer_type(tl.int32)) + x_offs // 2 + j, x_ok, EVEN, X_WORDS == 1)
         else:
             x_hi = _x(x_row + x_offs + (2 * j + 1), x_ok, EVEN)
             x_lo16 = 16.0 * _x(x_row + x_offs + 2 * j, x_ok, EVEN)
@@ -263,8 +246,7 @@ def w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, G_TOTAL, G_CHUNK, SPLITS, one_bits,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, PDL: tl.constexpr = 0, LOOP_STAGES: tl.constexpr = 0,
-    X_WORDS: tl.constexpr = 0,
+    BLOCK_N: tl.constexpr, GROUPS_PER_ITER: tl.constexpr, X_QUADS: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """w_ptr: int32 words [N, K / 8]; a program: BLOCK_N rows, groups [split * G_CHUNK, +G_CHUNK).
 
@@ -295,14 +277,12 @@ def w4a16_gemv_kernel(
     acc0 = tl.zeros((BLOCK_N, GPI, L), dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     # A register double buffer: the next trip's weights, scales and zeros are requested before this trip's
-    # arithmetic, which would otherwise wait on its own loads every trip (nothing pipelines these loads).
+    # arithmetic, which would otherwise wait on its own loads every trip. Triton pipelines the loads of a
+    # loop without tl.dot only when asked (tl.range(..., num_stages=...)): through shared memory, that
+    # ran 5-30% slower here than this prefetch (H200, run 20).
     w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g_start, g_end, gi, N, WPG, EVEN)
-    for g0 in tl.range(g_start, g_end, GPI, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
-        if LOOP_STAGES > 0:
-            w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0, g_end, gi, N, WPG, EVEN)
-            w_next, s_next, z_next = w, s, z
-        else:
-            w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
+    for g0 in range(g_start, g_end, GPI):
+        w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
         if EVEN:  # noqa: SIM108  (a compile-time branch on a constexpr, kept as a statement)
             x_ok = cols < 0  # unused
         else:
@@ -310,13 +290,13 @@ def w4a16_gemv_kernel(
         sz = s * z
         a, c_hi, c_lo = 16.0 * s, 16.0 * s + sz, 16.0 * s + 0.0625 * sz
         x_offs = g0 * GROUP + 8 * cols
-        xw_t = g0 * WPG + cols  # [GPI, WPG]: the weight word each x vector goes with (its 4 x words at 4 xw_t)
-        acc0 = _w4_words(acc0, w, x0, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
+        xw_t = g0 * WPG + cols  # [GPI, WPG]: each word's index in the row (its x words are 4 xw_t + j)
+        acc0 = _w4_words(acc0, w, x0, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_QUADS)
         if ROWS > 1:
-            acc1 = _w4_words(acc1, w, x1, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
+            acc1 = _w4_words(acc1, w, x1, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_QUADS)
         if ROWS > 2:
-            acc2 = _w4_words(acc2, w, x2, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
-            acc3 = _w4_words(acc3, w, x3, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_WORDS)
+            acc2 = _w4_words(acc2, w, x2, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_QUADS)
+            acc3 = _w4_words(acc3, w, x3, x_offs, xw_t, x_ok, a, c_hi, c_lo, one_bits, L, V, EVEN, X_QUADS)
         w, s, z = w_next, s_next, z_next
     y = put_row(tl.zeros((ROWS, BLOCK_N), dtype=tl.float32), offs_m, 0, _row_sum(acc0))
     if ROWS > 1:

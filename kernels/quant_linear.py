@@ -232,6 +232,11 @@ def _upcast(x: torch.Tensor) -> bool:
     return interpreting() and x.dtype == torch.bfloat16
 
 
+def x_quads(x: torch.Tensor) -> bool:
+    """Whether the W4A16 GEMV reads x in 8-byte loads of four values: bf16 rows that start 8-byte aligned."""
+    return x.dtype == torch.bfloat16 and x.data_ptr() % 8 == 0 and x.stride(0) % 4 == 0
+
+
 def _prepare_x(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -318,7 +323,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
             bias if bias is not None else scales, y, partials, counters,
             M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * 4, splits, ONE_BITS,
             GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % 4 == 0,
-            **gemv_launch_options("w4a16", x.device),
+            X_QUADS=x_quads(x), **gemv_launch_options("w4a16", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))

@@ -414,3 +414,25 @@ def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatc
     if not torch.cuda.is_available():
         monkeypatch.setattr(sys, "argv", ["cold_tune_ab", "--csv", str(tmp_path / "ab.csv")])
         assert cold_tune_ab.main() == 2 and not (tmp_path / "ab.csv").exists()
+
+
+def test_w4_gemv_ab_variants_pin_each_config_and_restore_the_x_path(tmp_path):
+    from bench import w4_gemv_ab
+    from kernels import quant_linear as ql
+    from kernels.quant_pack import quantize_w4
+    from kernels.testing import assert_close
+
+    chosen = ql.x_quads
+    variants = w4_gemv_ab._variants()
+    assert [v[2] for v in variants].count("quads") == len(ql.W4_GEMV_CONFIGS["cuda"])
+    gen = torch.Generator().manual_seed(0)
+    q, s, z = quantize_w4(torch.randn(24, 256, generator=gen), 128)
+    x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
+    s, z = s.to(torch.bfloat16), z.to(torch.bfloat16)
+    want = ql.w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
+    for label, _config, x_loads, fn in variants[:3]:
+        got = fn(x, q, s, z)
+        assert ql.x_quads is chosen, f"{label} {x_loads} left the x path patched"
+        assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
+    if not torch.cuda.is_available():
+        assert w4_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()

@@ -215,3 +215,36 @@ def test_every_gemv_config_computes_the_reference(name, device):
         want = op.torch(**{k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                            for k, v in inputs.items()})
         assert_close(got, want, dtype=torch.float16, reduction_len=case["K"], what=f"{name} {cfg} {case}")
+
+
+def _w4_decode_case(device, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, s, z = quantize_w4(0.05 * torch.randn(40, k, generator=gen), 128)
+    x = torch.randn(4, k, generator=gen).to(torch.bfloat16)
+    x[0, ::5] = 0  # zeros: the 8-byte path turns 16 x 0 into 2^-123, which must not show
+    return x.to(device), q.to(device), s.to(device, torch.bfloat16), z.to(device, torch.bfloat16)
+
+
+@pytest.mark.parametrize("k", [1024, 1408])
+def test_w4_gemv_reads_bf16_x_in_quads_with_the_same_arithmetic(device, monkeypatch, k):
+    """bf16 x in 8-byte loads of four values and in 2-byte loads give the same bits: only the loads differ.
+    K = 1408 leaves a partial trip (masked loads)."""
+    from kernels import quant_linear as ql
+
+    x, q, s, z = _w4_decode_case(device, k, seed=k)
+    x = x[:3]
+    assert ql.x_quads(x) and not ql.x_quads(x[:, 1:])
+    quads = w4a16_linear(x, q, s, z, 128)
+    monkeypatch.setattr(ql, "x_quads", lambda x: False)
+    plain = w4a16_linear(x, q, s, z, 128)
+    assert torch.equal(quads, plain)
+    assert_close(quads, w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128), dtype=torch.bfloat16,
+                 reduction_len=k)
+
+
+def test_w4_gemv_row_does_not_depend_on_the_rows_decoded_with_it(device):
+    # M = 1, 2 and 3 compile ROWS = 1, 2 and 4 and share one tuned config and split: a row's bits must agree.
+    x, q, s, z = _w4_decode_case(device, 2048, seed=3)
+    alone = w4a16_linear(x[:1], q, s, z, 128)
+    for m in (2, 3, 4):
+        assert torch.equal(w4a16_linear(x[:m], q, s, z, 128)[:1], alone), f"row 0 differs at M={m}"
