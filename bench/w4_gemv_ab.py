@@ -1,12 +1,15 @@
 """A/B of the W4A16 decode GEMV's two ways of reading x, each config pinned, against cuBLAS bf16.
 
-    python -m bench.w4_gemv_ab [--shapes 4096x4096 14336x4096 4096x14336] [--csv out.csv] [--deadline-s 300]
+    python -m bench.w4_gemv_ab [--shapes 4096x4096 14336x4096 4096x14336] [--aims 4] [--units 4] [--singles]
+                               [--csv out.csv] [--deadline-s 300]
 
 At M = 1 and group 128, on the same rotated inputs (``bench.timing.time_each``, CUDA-graph replays, L2
-defeated), for every config of ``W4_GEMV_CONFIGS``: bf16 x in 8-byte loads of four values (``quads``, what
-``x_quads`` picks for aligned bf16 rows) and in 2-byte loads (``singles``, the path of fp16, fp32 and
-misaligned x); beside the shipped (autotuned) launch and cuBLAS on the dense weight. ``pct_copy``: the bytes
-a launch must move over the run's measured copy bandwidth.
+defeated), for every config of ``W4_GEMV_CONFIGS`` every split-K aim of ``--aims``
+(``W4_GEMV_PROGRAMS_PER_SM``) and every split unit of ``--units`` (``W4_SPLIT_GROUPS``), each set around
+the launch: bf16 x in 8-byte loads of four values (``quads``, what
+``x_quads`` picks for aligned bf16 rows) and, with ``--singles``, in 2-byte loads (the path of fp16, fp32
+and misaligned x); beside the shipped (autotuned) launch and cuBLAS on the dense weight. ``pct_copy``: the
+bytes a launch must move over the run's measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -23,31 +26,35 @@ from bench.timing import gpu_missing
 
 DEVICE = "cuda"
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
-FIELDS = ["gpu", "variant", "config", "x_loads", "M", "N", "K", "us", "cublas_us", "speedup", "pct_copy"]
+FIELDS = ["gpu", "variant", "config", "aim", "unit", "x_loads", "M", "N", "K", "us", "cublas_us", "speedup", "pct_copy"]
 
 
-def _variants():
-    """(label, config, x loads, callable(x, q, s, z)): shipped, then every config with either x path."""
+def _variants(aims: list[int], units: list[int], singles: bool):
+    """(label, config, (aim, unit), x loads, callable(x, q, s, z)): shipped, then every config at every aim and
+    split unit, with bf16 x in quads and (``singles``) in single loads."""
     from kernels import quant_linear as ql
 
-    def pinned(config, quads: bool):
+    def pinned(config, split: tuple[int, int], quads: bool):
         def launch(x, q, s, z):
-            chosen = ql.x_quads
-            ql.x_quads = lambda x: quads and chosen(x)
+            chosen, split0 = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
+            ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) = (lambda x: quads and chosen(x)), split
             try:
                 return ql.w4a16_linear(x, q, s, z, 128, config=config)
             finally:
-                ql.x_quads = chosen
+                ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) = chosen, split0
         return launch
 
-    out = [("shipped", None, "as picked", lambda x, q, s, z: ql.w4a16_linear(x, q, s, z, 128))]
+    shipped = (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
+    out = [("shipped", None, shipped, "as picked", lambda x, q, s, z: ql.w4a16_linear(x, q, s, z, 128))]
     for c in ql.W4_GEMV_CONFIGS["cuda"]:
         label = f"BN={c['BLOCK_N']} GPI={c['GROUPS_PER_ITER']} warps={c['num_warps']}"
-        out += [(label, c, "quads", pinned(c, True)), (label, c, "singles", pinned(c, False))]
+        for split in [(a, u) for a in aims for u in units if u % c["GROUPS_PER_ITER"] == 0]:
+            out += [(label, c, split, "quads", pinned(c, split, True))]
+            out += [(label, c, split, "singles", pinned(c, split, False))] if singles else []
     return out
 
 
-def run(shapes, deadline: float, sink) -> None:
+def run(shapes, aims: list[int], units: list[int], singles: bool, deadline: float, sink) -> None:
     from bench.ceilings import copy_bandwidth_gbps
     from bench.timing import time_each
     from kernels.quant_pack import quantize_w4
@@ -64,21 +71,24 @@ def run(shapes, deadline: float, sink) -> None:
         q4, s4, z4 = quantize_w4(w.float().cpu(), 128)
         weights = {"q": q4.to(DEVICE), "s": s4.to(DEVICE, torch.bfloat16), "z": z4.to(DEVICE, torch.bfloat16)}
         w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-        variants = _variants()
-        times, _ = time_each([v[3] for v in variants], _rotation(1, K, **weights))
-        for (label, config, x_loads, _), ms in zip(variants, times, strict=True):
+        variants = _variants(aims, units, singles)
+        times, _ = time_each([v[4] for v in variants], _rotation(1, K, **weights))
+        for (label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
             us = ms * 1e3
-            row = dict(gpu=gpu, variant=label, config=config, x_loads=x_loads, M=1, N=N, K=K, us=us,
+            row = dict(gpu=gpu, variant=label, config=config, aim=aim, unit=unit, x_loads=x_loads, M=1, N=N, K=K, us=us,
                        cublas_us=cublas * 1e3, speedup=cublas / ms,
                        pct_copy=100 * (w_bytes + 2 * (K + N)) / (us * 1e-6) / (copy * 1e9))
             sink(row)
-            print(f"{label:28} {x_loads:9} {N:>5}x{K:<5} {us:7.2f} us  cuBLAS {cublas * 1e3:6.2f}"
+            print(f"{label:28} aim={aim:<3} unit={unit} {x_loads:9} {N:>5}x{K:<5} {us:7.2f} us  cuBLAS {cublas * 1e3:6.2f}"
                   f"  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
+    p.add_argument("--aims", nargs="+", type=int, default=[4], help="W4_GEMV_PROGRAMS_PER_SM values to time")
+    p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
+    p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")
     p.add_argument("--deadline-s", type=float, default=1e9, help="start no new shape after this long")
     p.add_argument("--csv")
     args = p.parse_args(argv)
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         def sink(row):
             writer.writerow(row)
             f.flush()
-        run([tuple(int(v) for v in s.split("x")) for s in args.shapes], deadline, sink)
+        run([tuple(int(v) for v in s.split("x")) for s in args.shapes], args.aims, args.units, args.singles, deadline,
+            sink)
     return 0
 
 

@@ -198,6 +198,11 @@ _w4a16_gemv = Tuned(w4a16_gemv_kernel, W4_GEMV_CONFIGS, key=["N", "G_TOTAL", "GR
 # 4096 x 14336 from 22.9 to 21.9 us, 4096 x 4096 unchanged. W8 gained at one shape and lost at another, Q4_K
 # lost 13% at 4096 x 4096: they keep the default. Read at each launch: a researcher may change it.
 W4_GEMV_PROGRAMS_PER_SM = 4
+# The W4 launches split K in chunks of whole units of this many groups (GROUPS_PER_ITER must divide it); read
+# at each launch. More splits did not pay at M = 1 on an H200 (bench/results/NVIDIA_H200/run20, call 5): with
+# units of 2 or 1 groups, or aims of 8 or 16, every config was as fast or slower (4096 x 4096 7.2 us at best
+# either way; 4096 x 14336 15.9 us against 17.2-20.0 us at aim 8-16).
+W4_SPLIT_GROUPS = 4
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -313,23 +318,24 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         return y
     magic_bits, magic_value = _MAGIC[x.dtype]
     gemv = use_gemv(M, qweight, 4, config)
-    # K is split in whole chunks of 4 groups (GROUPS_PER_ITER divides 4).
-    splits, units, partials, counters = decode_split(M, N, triton.cdiv(K // group_size, 4), N * K // 2,
+    unit = W4_SPLIT_GROUPS if gemv else 4  # K is split in whole chunks of this many groups (GROUPS_PER_ITER
+    # divides it)
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(K // group_size, unit), N * K // 2,
                                                      x.device, W4_GEMV_PROGRAMS_PER_SM if gemv else None)
     if gemv:
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         launcher(_w4a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), zeros.contiguous(),
             bias if bias is not None else scales, y, partials, counters,
-            M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * 4, splits, ONE_BITS,
-            GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % 4 == 0,
+            M, N, x.stride(0), y.stride(0), K // 8, K // group_size, units * unit, splits, ONE_BITS,
+            GROUP=group_size, HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // group_size) % unit == 0,
             X_QUADS=x_quads(x), **gemv_launch_options("w4a16", x.device),
         )
         return y
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits, triton.cdiv(M, META["BLOCK_M"]))
     launcher(_w4a16, config)[grid](
         x, qweight, scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales, y,
-        partials, counters, M, N, K, m_bucket(M), x.stride(0), y.stride(0), qweight.stride(0), units * 4, splits,
+        partials, counters, M, N, K, m_bucket(M), x.stride(0), y.stride(0), qweight.stride(0), units * unit, splits,
         GROUP=group_size, HAS_BIAS=bias is not None, UPCAST=_upcast(x),
         MAGIC_BITS=magic_bits, MAGIC_VALUE=magic_value,
     )

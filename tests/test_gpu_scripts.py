@@ -422,17 +422,20 @@ def test_w4_gemv_ab_variants_pin_each_config_and_restore_the_x_path(tmp_path):
     from kernels.quant_pack import quantize_w4
     from kernels.testing import assert_close
 
-    chosen = ql.x_quads
-    variants = w4_gemv_ab._variants()
-    assert [v[2] for v in variants].count("quads") == len(ql.W4_GEMV_CONFIGS["cuda"])
+    chosen, split = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
+    variants = w4_gemv_ab._variants([4, 8], [1, 2], singles=True)
+    gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in ql.W4_GEMV_CONFIGS["cuda"])
+    # a split unit of one group is no whole number of trips of two groups: those configs skip it
+    assert [v[3] for v in variants].count("quads") == 2 * (len(ql.W4_GEMV_CONFIGS["cuda"]) + gpi1)
     gen = torch.Generator().manual_seed(0)
     q, s, z = quantize_w4(torch.randn(24, 256, generator=gen), 128)
     x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
     s, z = s.to(torch.bfloat16), z.to(torch.bfloat16)
     want = ql.w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
-    for label, _config, x_loads, fn in variants[:3]:
+    for label, _config, _split, x_loads, fn in variants[:6]:
         got = fn(x, q, s, z)
-        assert ql.x_quads is chosen, f"{label} {x_loads} left the x path patched"
+        assert ql.x_quads is chosen and (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) == split, \
+            f"{label} {x_loads} left a setting patched"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():
         assert w4_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()
