@@ -110,10 +110,19 @@ def _x_quad(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _w8_words(acc, xs, w, x_row, x_offs, x_ok, flip, EVEN: tl.constexpr):
-    """One row's products with a [BN, BW] tile of words of signed bytes; ``flip``: W8_FLIP_BITS."""
+def _w8_words(acc, xs, w, x_row, x_offs, xw_t, x_ok, flip, EVEN: tl.constexpr, X_QUADS: tl.constexpr):
+    """One row's products with a [BN, BW] tile of words of signed bytes; ``flip``: W8_FLIP_BITS; xw_t [BW]: the
+    words' indices in the row. X_QUADS: word t's four bf16 x (k = 4t .. 4t + 3) in one 8-byte load, split
+    in registers."""
+    if X_QUADS:
+        xq = _x_quad(x_row.to(tl.pointer_type(tl.int64)) + xw_t, x_ok, EVEN)
+        lo, hi = xq.to(tl.int32), (xq >> 32).to(tl.int32)
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
-        xv = _x(x_row + x_offs + i, x_ok, EVEN)
+        if X_QUADS:
+            half = lo if i < 2 else hi
+            xv = ((half << 16) if i % 2 == 0 else (half & -65536)).to(tl.float32, bitcast=True)
+        else:
+            xv = _x(x_row + x_offs + i, x_ok, EVEN)
         # One LOP3, (t & mask) ^ flip: the byte's top bit flipped (q -> u = q + 128) and 1.0's exponent set.
         u = ((_shifted(w, 15 - 8 * i) & 0x7F8000) ^ flip).to(tl.float32, bitcast=True)
         acc += xv[None, :] * u
@@ -126,7 +135,7 @@ def w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
     M, N, stride_xm, stride_ym, stride_wn, W_TOTAL, W_CHUNK, SPLITS, flip_bits,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = 0,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, X_QUADS: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     """w_ptr: int32 words [N, K / 4]; a program: BLOCK_N rows, words [split * W_CHUNK, +W_CHUNK).
 
@@ -157,12 +166,12 @@ def w8a16_gemv_kernel(
             x_ok = (w0 + offs_w) < w_end
             w = tl.load(w_rows + w0, mask=x_ok[None, :], other=0)
         x_offs = 4 * (w0 + offs_w)
-        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, x_ok, flip_bits, EVEN)
+        acc0, xs0 = _w8_words(acc0, xs0, w, x0, x_offs, w0 + offs_w, x_ok, flip_bits, EVEN, X_QUADS)
         if ROWS > 1:
-            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, x_ok, flip_bits, EVEN)
+            acc1, xs1 = _w8_words(acc1, xs1, w, x1, x_offs, w0 + offs_w, x_ok, flip_bits, EVEN, X_QUADS)
         if ROWS > 2:
-            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, x_ok, flip_bits, EVEN)
-            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, x_ok, flip_bits, EVEN)
+            acc2, xs2 = _w8_words(acc2, xs2, w, x2, x_offs, w0 + offs_w, x_ok, flip_bits, EVEN, X_QUADS)
+            acc3, xs3 = _w8_words(acc3, xs3, w, x3, x_offs, w0 + offs_w, x_ok, flip_bits, EVEN, X_QUADS)
     scale = tl.load(s_ptr + rows).to(tl.float32)
     y = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     y = put_row(y, offs_m, 0, scale * (256.0 * tl.sum(acc0, axis=1) - 384.0 * tl.sum(xs0, axis=0)))

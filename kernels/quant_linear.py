@@ -238,7 +238,7 @@ def _upcast(x: torch.Tensor) -> bool:
 
 
 def x_quads(x: torch.Tensor) -> bool:
-    """Whether the W4A16 GEMV reads x in 8-byte loads of four values: bf16 rows that start 8-byte aligned."""
+    """Whether the GEMVs read x in 8-byte loads of four values: bf16 rows that start 8-byte aligned."""
     return x.dtype == torch.bfloat16 and x.data_ptr() % 8 == 0 and x.stride(0) % 4 == 0
 
 
@@ -272,7 +272,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         launcher(_w8a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,
             counters, M, N, x.stride(0), y.stride(0), K // 4, K // 4, units * 128, splits, W8_FLIP_BITS,
-            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0,
+            HAS_BIAS=bias is not None, ROWS=gemv_rows(M), EVEN=(K // 4) % 128 == 0, X_QUADS=x_quads(x),
             **gemv_launch_options("w8a16", x.device),
         )
         return y

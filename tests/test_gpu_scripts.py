@@ -416,26 +416,37 @@ def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatc
         assert cold_tune_ab.main() == 2 and not (tmp_path / "ab.csv").exists()
 
 
-def test_w4_gemv_ab_variants_pin_each_config_and_restore_the_x_path(tmp_path):
-    from bench import w4_gemv_ab
+@pytest.mark.parametrize("kernel", ["w4a16", "w8a16"])
+def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_path, kernel):
+    from bench import quant_gemv_ab
     from kernels import quant_linear as ql
-    from kernels.quant_pack import quantize_w4
+    from kernels.quant_pack import quantize_w4, quantize_w8
     from kernels.testing import assert_close
 
     chosen, split = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
-    variants = w4_gemv_ab._variants([4, 8], [1, 2], singles=True)
-    gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in ql.W4_GEMV_CONFIGS["cuda"])
-    # a split unit of one group is no whole number of trips of two groups: those configs skip it
-    assert [v[3] for v in variants].count("quads") == 2 * (len(ql.W4_GEMV_CONFIGS["cuda"]) + gpi1)
+    variants = quant_gemv_ab._variants(kernel, [4, 8], [1, 2], singles=True)
+    if kernel == "w4a16":
+        configs = ql.W4_GEMV_CONFIGS["cuda"]
+        gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in configs)
+        # a split unit of one group is no whole number of trips of two groups: those configs skip it
+        assert [v[3] for v in variants].count("quads") == 2 * (len(configs) + gpi1)
+    else:
+        assert [v[3] for v in variants].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
     gen = torch.Generator().manual_seed(0)
-    q, s, z = quantize_w4(torch.randn(24, 256, generator=gen), 128)
+    w = torch.randn(24, 256, generator=gen)
     x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
-    s, z = s.to(torch.bfloat16), z.to(torch.bfloat16)
-    want = ql.w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
+    if kernel == "w4a16":
+        q, s, z = quantize_w4(w, 128)
+        weights = {"q": q, "s": s.to(torch.bfloat16), "z": z.to(torch.bfloat16)}
+        want = ql.w4a16_linear_reference(x.double(), q, weights["s"].double(), weights["z"].double(), 128)
+    else:
+        q, s = quantize_w8(w)
+        weights = {"q": q, "s": s.to(torch.bfloat16)}
+        want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
     for label, _config, _split, x_loads, fn in variants[:6]:
-        got = fn(x, q, s, z)
+        got = fn(x, **weights)
         assert ql.x_quads is chosen and (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) == split, \
             f"{label} {x_loads} left a setting patched"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():
-        assert w4_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()
+        assert quant_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()

@@ -226,20 +226,27 @@ def _w4_decode_case(device, k, seed):
 
 
 @pytest.mark.parametrize("k", [1024, 1408])
-def test_w4_gemv_reads_bf16_x_in_quads_with_the_same_arithmetic(device, monkeypatch, k):
+@pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
+def test_gemv_reads_bf16_x_in_quads_with_the_same_arithmetic(device, monkeypatch, name, k):
     """bf16 x in 8-byte loads of four values and in 2-byte loads give the same bits: only the loads differ.
     K = 1408 leaves a partial trip (masked loads)."""
     from kernels import quant_linear as ql
 
     x, q, s, z = _w4_decode_case(device, k, seed=k)
     x = x[:3]
+    if name == "linear_w8a16":
+        q, s8 = quantize_w8(0.05 * torch.randn(40, k, generator=torch.Generator().manual_seed(k)))
+        q, s = q.to(device), s8.to(device, torch.bfloat16)
+        launch = lambda: w8a16_linear(x, q, s)  # noqa: E731
+        want = w8a16_linear_reference(x.double(), q, s.double())
+    else:
+        launch = lambda: w4a16_linear(x, q, s, z, 128)  # noqa: E731
+        want = w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
     assert ql.x_quads(x) and not ql.x_quads(x[:, 1:])
-    quads = w4a16_linear(x, q, s, z, 128)
+    quads = launch()
     monkeypatch.setattr(ql, "x_quads", lambda x: False)
-    plain = w4a16_linear(x, q, s, z, 128)
-    assert torch.equal(quads, plain)
-    assert_close(quads, w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128), dtype=torch.bfloat16,
-                 reduction_len=k)
+    assert torch.equal(quads, launch())
+    assert_close(quads, want, dtype=torch.bfloat16, reduction_len=k)
 
 
 def test_w4_gemv_row_does_not_depend_on_the_rows_decoded_with_it(device):

@@ -1,0 +1,136 @@
+"""A/B of the W4A16 and W8A16 decode GEMVs, each config pinned, against cuBLAS bf16.
+
+    python -m bench.quant_gemv_ab [--kernels w4a16 w8a16] [--shapes 4096x4096 14336x4096 4096x14336]
+                                  [--aims 4] [--units 4] [--singles] [--csv out.csv] [--deadline-s 300]
+
+At M = 1 (W4A16 at group 128), on the same rotated inputs (``bench.timing.time_each``, CUDA-graph replays,
+L2 defeated), for every config of the kernel's GEMV list: bf16 x in 8-byte loads of four values (``quads``,
+what ``x_quads`` picks for aligned bf16 rows) and, with ``--singles``, in 2-byte loads (the path of fp16,
+fp32 and misaligned x); for W4A16 also at every split-K aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and
+split unit of ``--units`` (``W4_SPLIT_GROUPS``), each set around the launch. Beside them the shipped
+(autotuned) launch and cuBLAS on the dense weight. ``pct_copy``: the bytes a launch must move over the run's
+measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+
+import torch
+
+from bench.gguf_gemv_ab import _rotation
+from bench.timing import gpu_missing
+
+DEVICE = "cuda"
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
+FIELDS = ["gpu", "kernel", "variant", "config", "aim", "unit", "x_loads", "M", "N", "K", "us", "cublas_us",
+          "speedup", "pct_copy"]
+
+
+def _launch(kernel: str):
+    """callable(x, config=None, **weights) for ``kernel``: its quantized linear at M rows of x."""
+    from kernels import quant_linear as ql
+
+    if kernel == "w4a16":
+        return lambda x, q, s, z, config=None: ql.w4a16_linear(x, q, s, z, 128, config=config)
+    return lambda x, q, s, config=None: ql.w8a16_linear(x, q, s, config=config)
+
+
+def _variants(kernel: str, aims: list[int], units: list[int], singles: bool):
+    """(label, config, (aim, unit), x loads, callable(x, **weights)): shipped, then every config (for W4A16 at
+    every aim and split unit), with bf16 x in quads and (``singles``) in single loads."""
+    from kernels import quant_linear as ql
+
+    launch = _launch(kernel)
+
+    def pinned(config, split: tuple[int, int], quads: bool):
+        def run(x, **weights):
+            chosen, split0 = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
+            ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) = (lambda x: quads and chosen(x)), split
+            try:
+                return launch(x, **weights, config=config)
+            finally:
+                ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) = chosen, split0
+        return run
+
+    shipped = (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
+    out = [("shipped", None, shipped, "as picked", lambda x, **weights: launch(x, **weights))]
+    configs = (ql.W4_GEMV_CONFIGS if kernel == "w4a16" else ql.W8_GEMV_CONFIGS)["cuda"]
+    for c in configs:
+        label = " ".join(f"{k}={v}" for k, v in c.items())
+        splits = [(a, u) for a in aims for u in units if u % c.get("GROUPS_PER_ITER", 1) == 0]
+        for split in splits if kernel == "w4a16" else [shipped]:
+            out += [(label, c, split, "quads", pinned(c, split, True))]
+            out += [(label, c, split, "singles", pinned(c, split, False))] if singles else []
+    return out
+
+
+def _weights(kernel: str, w: torch.Tensor) -> dict:
+    from kernels.quant_pack import quantize_w4, quantize_w8
+
+    if kernel == "w4a16":
+        q4, s4, z4 = quantize_w4(w.float().cpu(), 128)
+        return {"q": q4.to(DEVICE), "s": s4.to(DEVICE, torch.bfloat16), "z": z4.to(DEVICE, torch.bfloat16)}
+    q8, s8 = quantize_w8(w.float().cpu())
+    return {"q": q8.to(DEVICE), "s": s8.to(DEVICE, torch.bfloat16)}
+
+
+def run(kernels: list[str], shapes, aims: list[int], units: list[int], singles: bool, deadline: float,
+        sink) -> None:
+    from bench.ceilings import copy_bandwidth_gbps
+    from bench.timing import time_each
+
+    gpu, copy = torch.cuda.get_device_name(0), copy_bandwidth_gbps()
+    print(f"{gpu}: copy {copy:.0f} GB/s", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    for N, K in shapes:
+        w = torch.randn(N, K, generator=gen).to(DEVICE, torch.bfloat16)
+        (cublas,), _ = time_each([lambda x, w: x @ w.T], _rotation(1, K, w=w))
+        for kernel in kernels:
+            if time.monotonic() > deadline:
+                print(f"deadline: {kernel} at {N}x{K} and after not timed", flush=True)
+                return
+            weights = _weights(kernel, w)
+            w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+            variants = _variants(kernel, aims, units, singles)
+            times, _ = time_each([v[4] for v in variants], _rotation(1, K, **weights))
+            for (label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
+                us = ms * 1e3
+                row = dict(gpu=gpu, kernel=kernel, variant=label, config=config, aim=aim, unit=unit, x_loads=x_loads,
+                           M=1, N=N, K=K, us=us, cublas_us=cublas * 1e3, speedup=cublas / ms,
+                           pct_copy=100 * (w_bytes + 2 * (K + N)) / (us * 1e-6) / (copy * 1e9))
+                sink(row)
+                print(f"{kernel} {label:48} aim={aim:<3} unit={unit} {x_loads:9} {N:>5}x{K:<5} {us:7.2f} us  "
+                      f"cuBLAS {cublas * 1e3:6.2f}  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernels", nargs="+", default=["w4a16", "w8a16"], choices=["w4a16", "w8a16"])
+    p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
+    p.add_argument("--aims", nargs="+", type=int, default=[4], help="W4_GEMV_PROGRAMS_PER_SM values to time")
+    p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
+    p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")
+    p.add_argument("--deadline-s", type=float, default=1e9, help="start no new kernel after this long")
+    p.add_argument("--csv")
+    args = p.parse_args(argv)
+    if gpu_missing("quant_gemv_ab"):
+        return 2
+    deadline = time.monotonic() + args.deadline_s
+    with open(args.csv or "/dev/null", "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+
+        def sink(row):
+            writer.writerow(row)
+            f.flush()
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+        run(args.kernels, shapes, args.aims, args.units, args.singles, deadline, sink)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
