@@ -24,7 +24,8 @@ register.
 W8A16: word t of row n holds k = 4t + i in byte i (little-endian), signed. Flipping a byte's top bit makes
 it unsigned, u = q + 128, and the flip rides in the same LOP3 as the exponent: (t & mask) ^ (1.0's bits |
 the field's top bit), with that second constant the run-time ``flip_bits`` (W8_FLIP_BITS). Then
-sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row.
+sum x q = 256 S - 384 xs  and  y = scale[n] * (256 S - 384 xs)  over the whole row. bf16 x is read in
+8-byte loads of four values (``X_QUADS``), one per weight word.
 W4A16: word t holds k = 8t + i in nibble i (byte j low nibble k = 2j, high k = 2j + 1). One shift
 serves a pair of nibbles: the odd one lands at the top of the mantissa (1 + u / 16), the even one four
 bits lower (1 + u / 256) and is multiplied by 16 x, so both terms carry x u / 16. With S_g the sum of
@@ -34,6 +35,10 @@ X_hi - (256 scale + scale zero) X_lo (the kernel sums 16 x at even k, so it appl
 divided by 16). Per word: four shifts, eight LOP3s and eight FMAs; the group's three-term correction is
 applied once per thread's 16-byte vector of four words, after an in-register sum. bf16 x is read in 8-byte
 loads of four values (``X_QUADS``), two per weight word, not eight loads of one.
+
+``X_QUADS`` (``kernels.quant_linear.x_quads``: bf16 rows that start 8-byte aligned) changes which loads
+bring x in, not the arithmetic: both paths give the same bits. fp16, fp32 and misaligned x take one 2-byte
+load per value.
 """
 
 from __future__ import annotations
@@ -338,13 +343,14 @@ W8_GEMV_CONFIGS = {
              _w8(128, 32, 8, 3), _w8(16, 64, 2, 3)],
     "hip": [_w8(16, 64, 4, 2), _w8(32, 64, 4, 2), _w8(32, 32, 4, 2)],
 }
-# None spills at ROWS = 4 when compiled for sm_90 by Triton 3.6 or 3.9 (``python -m bench.aot_quant --check``).
+# None spills at ROWS = 4 when compiled for sm_90 by Triton 3.9 (``python -m bench.aot_quant --check``; with the
+# 8-byte x loads, run 20), nor did before them by Triton 3.6.
 # Under 3.6 the run-10 kernels spilled with W4 tiles 64 / 2 groups and 256 / 1 group on 4 warps and W8 64 x 64
 # and 128 x 64 words on 4 warps, which moved to 8 warps or left the lists. W4 (this kernel): a thread holds
 # BLOCK_N / (8 x warps / GROUPS_PER_ITER) rows of its words, and the x side of the loop (loads, conversions,
 # sums) is paid once for them all, so the tiles with 4 rows per thread (64 / 1 / 2 warps, 128 / 1 / 4,
 # 32 / 1 / 1, 32 / 2 / 2) issue about 0.25 SASS instructions per weight byte where 2 rows take 0.32 (sm_90,
-# both Triton versions); 8 rows spill at ROWS = 4.
+# both Triton versions; 0.23-0.24 and 0.29-0.30 with the 8-byte x loads under 3.9); 8 rows spill at ROWS = 4.
 W4_GEMV_CONFIGS = {
     "cuda": [_w4(16, 2, 2, 3), _w4(16, 1, 1, 3), _w4(64, 1, 4, 3), _w4(64, 1, 2, 3), _w4(128, 1, 4, 3),
              _w4(32, 1, 1, 3), _w4(32, 2, 2, 3), _w4(128, 1, 8, 3)],
