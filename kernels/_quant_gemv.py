@@ -293,7 +293,7 @@ def w4a16_gemv_kernel(
     # A register double buffer: the next trip's weights, scales and zeros are requested before this trip's
     # arithmetic, which would otherwise wait on its own loads every trip. Triton pipelines the loads of a
     # loop without tl.dot only when asked (tl.range(..., num_stages=...)): through shared memory, that
-    # ran 5-30% slower here than this prefetch (H200, run 20).
+    # ran 6-33% slower here than this prefetch (H200, run 20).
     w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g_start, g_end, gi, N, WPG, EVEN)
     for g0 in range(g_start, g_end, GPI):
         w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
