@@ -17,12 +17,12 @@ must move (weights, x, y) over the run's measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import sys
 
 import torch
 
+from bench.report import csv_sink
 from bench.timing import gpu_missing
 
 DEVICE = "cuda"  # "cpu" for a dry run of the script in the Triton interpreter
@@ -123,13 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if gpu_missing("gguf_gemv_ab"):
         return 2
-    with open(args.csv or "/dev/null", "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-
-        def sink(row):
-            writer.writerow(row)
-            f.flush()
+    with csv_sink(args.csv, FIELDS) as sink:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
         run(args.formats, args.rows, args.aims, args.tiles, shapes, sink=sink)
     return 0

@@ -15,13 +15,13 @@ measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 
 import torch
 
 from bench.gguf_gemv_ab import _rotation
+from bench.report import csv_sink
 from bench.timing import gpu_missing
 
 DEVICE = "cuda"
@@ -120,13 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu_missing("quant_gemv_ab"):
         return 2
     deadline = time.monotonic() + args.deadline_s
-    with open(args.csv or "/dev/null", "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-
-        def sink(row):
-            writer.writerow(row)
-            f.flush()
+    with csv_sink(args.csv, FIELDS) as sink:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
         run(args.kernels, shapes, args.aims, args.units, args.singles, deadline, sink)
     return 0

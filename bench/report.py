@@ -12,10 +12,12 @@ Derived columns, for a case that does F flops and must move B bytes in t ms:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,20 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path, float_format: s
         writer.writeheader()
         writer.writerows({k: fmt(v) for k, v in r.items()} for r in rows)
     return path
+
+
+@contextlib.contextmanager
+def csv_sink(path: str | Path | None, fields: Sequence[str]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A callable that writes one row to the CSV at ``path`` (columns ``fields``) and flushes it, so that a run
+    cut short keeps what it measured; with ``path`` None the rows go nowhere."""
+    with open(path or os.devnull, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(fields))
+        writer.writeheader()
+
+        def sink(row: dict[str, Any]) -> None:
+            writer.writerow(row)
+            f.flush()
+        yield sink
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

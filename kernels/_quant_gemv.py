@@ -87,12 +87,18 @@ def put_row(y, offs_m, r: tl.constexpr, row):
 
 
 @triton.jit
-def _x(ptr, ok, EVEN: tl.constexpr):
+def _load(ptr, ok, EVEN: tl.constexpr):
+    """The values at ``ptr``: all of them if EVEN, else where ``ok`` (0 elsewhere)."""
     if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
         v = tl.load(ptr)
     else:
-        v = tl.load(ptr, mask=ok, other=0.0)
-    return v.to(tl.float32)
+        v = tl.load(ptr, mask=ok, other=0)
+    return v
+
+
+@triton.jit
+def _x(ptr, ok, EVEN: tl.constexpr):
+    return _load(ptr, ok, EVEN).to(tl.float32)
 
 
 @triton.jit
@@ -106,21 +112,12 @@ def _x16_pair(xw):
 
 
 @triton.jit
-def _x_quad(ptr, ok, EVEN: tl.constexpr):
-    if EVEN:  # noqa: SIM108  (a compile-time branch: no mask at all)
-        v = tl.load(ptr)
-    else:
-        v = tl.load(ptr, mask=ok, other=0)
-    return v
-
-
-@triton.jit
 def _w8_words(acc, xs, w, x_row, x_offs, xw_t, x_ok, flip, EVEN: tl.constexpr, X_QUADS: tl.constexpr):
     """One row's products with a [BN, BW] tile of words of signed bytes; ``flip``: W8_FLIP_BITS; xw_t [BW]: the
     words' indices in the row. X_QUADS: word t's four bf16 x (k = 4t .. 4t + 3) in one 8-byte load, split
     in registers."""
     if X_QUADS:
-        xq = _x_quad(x_row.to(tl.pointer_type(tl.int64)) + xw_t, x_ok, EVEN)
+        xq = _load(x_row.to(tl.pointer_type(tl.int64)) + xw_t, x_ok, EVEN)
         lo, hi = xq.to(tl.int32), (xq >> 32).to(tl.int32)
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
         if X_QUADS:
@@ -220,7 +217,7 @@ def _w4_words(acc, w, x_row, x_offs, xw_t, x_ok, a, c_hi, c_lo, one, L: tl.const
         t = _shifted(w, 15 - 8 * j)
         if X_QUADS:
             if j % 2 == 0:  # x[8t + 2j .. 8t + 2j + 3], two words of two bf16, in one 8-byte load
-                xq = _x_quad(x_row.to(tl.pointer_type(tl.int64)) + 2 * xw_t + j // 2, x_ok, EVEN)
+                xq = _load(x_row.to(tl.pointer_type(tl.int64)) + 2 * xw_t + j // 2, x_ok, EVEN)
                 xw = xq.to(tl.int32)
             else:
                 xw = (xq >> 32).to(tl.int32)

@@ -445,7 +445,7 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
     for label, _config, _split, x_loads, fn in variants[:6]:
         got = fn(x, **weights)
-        assert ql.x_quads is chosen and (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS) == split, \
+        assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
             f"{label} {x_loads} left a setting patched"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():

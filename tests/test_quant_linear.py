@@ -237,10 +237,10 @@ def test_gemv_reads_bf16_x_in_quads_with_the_same_arithmetic(device, monkeypatch
     if name == "linear_w8a16":
         q, s8 = quantize_w8(0.05 * torch.randn(40, k, generator=torch.Generator().manual_seed(k)))
         q, s = q.to(device), s8.to(device, torch.bfloat16)
-        launch = lambda: w8a16_linear(x, q, s)  # noqa: E731
+        launch = lambda: w8a16_linear(x, q, s)
         want = w8a16_linear_reference(x.double(), q, s.double())
     else:
-        launch = lambda: w4a16_linear(x, q, s, z, 128)  # noqa: E731
+        launch = lambda: w4a16_linear(x, q, s, z, 128)
         want = w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
     assert ql.x_quads(x) and not ql.x_quads(x[:, 1:])
     quads = launch()
