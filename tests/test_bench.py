@@ -64,6 +64,19 @@ def test_csv_table_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_csv_sink_writes_each_row_as_it_comes(tmp_path):
+    path = tmp_path / "rows.csv"
+    with report.csv_sink(path, ["a", "b"]) as sink:
+        sink({"a": 1, "b": 2.5})
+        with path.open() as f:  # already on disk: a run cut short keeps what it measured
+            assert list(csv.DictReader(f)) == [{"a": "1", "b": "2.5"}]
+        sink({"a": 3, "b": "x"})
+    with path.open() as f:
+        assert [r["a"] for r in csv.DictReader(f)] == ["1", "3"]
+    with report.csv_sink(None, ["a"]) as sink:
+        sink({"a": 1})  # no path: the rows go nowhere
+
+
 def test_safe_name():
     assert report.safe_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
     assert report.safe_name("a/b:c") == "abc"
