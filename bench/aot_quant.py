@@ -8,7 +8,8 @@ the launcher runs on CPU tensors, and its kernel call is captured instead of exe
 
 From the cubin it reads what the compiler's report says (registers, stack bytes, i.e. spills) and
 counts the SASS of the hottest loop, per weight byte streamed: the instruction-issue cost that decides
-whether a decode kernel can keep up with memory. ``python -m bench.aot_quant`` prints a table for the
+whether a decode kernel can keep up with memory; and, per loop trip, its global loads and its barriers (a
+layout conversion through shared memory costs two, and stalls every warp of the program). ``python -m bench.aot_quant`` prints a table for the
 decode configs; ``--check`` compiles every variant at small shapes and fails on an error (the test
 suite runs it in a subprocess, since its own process interprets).
 """
@@ -118,6 +119,10 @@ class Report:
     stack_bytes: int
     loop_instructions: int
     loop_ops: collections.Counter
+
+    def count(self, prefix: str) -> int:
+        """How many of the loop's instructions have an opcode starting with ``prefix`` (``LDG``, ``BAR``)."""
+        return sum(n for op, n in self.loop_ops.items() if op.startswith(prefix))
 
 
 def _tool(name: str) -> str:
@@ -289,13 +294,13 @@ def main() -> int:
         return 2
     if "--check" in sys.argv[1:]:
         return check()
-    print(f"{'kernel and config':<100}{'regs':>5}{'stack':>6}{'loop':>6}{'instr/B':>8}")
+    print(f"{'kernel and config':<100}{'regs':>5}{'stack':>6}{'loop':>6}{'instr/B':>8}{'loads':>6}{'bars':>5}")
     for label, module, config, launch, bytes_per_trip in decode_launches():
         kernel, args, kwargs = capture(module, config, launch)
         report = inspect(compile_sm90(kernel, args, dict(kwargs)))
         per_byte = report.loop_instructions * config["num_warps"] / bytes_per_trip
         print(f"{label:<100}{report.registers:>5}{report.stack_bytes:>6}{report.loop_instructions:>6}"
-              f"{per_byte:>8.3f}", flush=True)
+              f"{per_byte:>8.3f}{report.count('LDG'):>6}{report.count('BAR'):>5}", flush=True)
     return 0
 
 
