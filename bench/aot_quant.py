@@ -9,9 +9,10 @@ the launcher runs on CPU tensors, and its kernel call is captured instead of exe
 From the cubin it reads what the compiler's report says (registers, stack bytes, i.e. spills) and
 counts the SASS of the hottest loop, per weight byte streamed: the instruction-issue cost that decides
 whether a decode kernel can keep up with memory; and, per loop trip, its global loads and its barriers (a
-layout conversion through shared memory costs two, and stalls every warp of the program). ``python -m bench.aot_quant`` prints a table for the
-decode configs; ``--check`` compiles every variant at small shapes and fails on an error (the test
-suite runs it in a subprocess, since its own process interprets).
+layout conversion through shared memory costs two, and stalls every warp of the program).
+``python -m bench.aot_quant`` prints a table for the decode configs; ``--check`` compiles every variant at
+small shapes and fails on an error (the test suite runs it in a subprocess, since its own process
+interprets).
 """
 
 from __future__ import annotations
