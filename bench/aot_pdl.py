@@ -88,9 +88,10 @@ def _cases():
                {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"},
                dict(HEAD_DIM=128, D_PAD=128, FIT=True, ALIGN=64, S_STEP=16, SIGNAL_LATE=late), False, late)
     yield ("w8a16 gemv", _quant_gemv.w8a16_gemv_kernel, {"w_ptr": "*i32"},
-           dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=32, BLOCK_W=64), False, True)
+           dict(HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=32, BLOCK_W=64, X_QUADS=True), False, True)
     yield ("w4a16 gemv", _quant_gemv.w4a16_gemv_kernel, {"w_ptr": "*i32"},
-           dict(GROUP=128, HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=16, GROUPS_PER_ITER=2), False, True)
+           dict(GROUP=128, HAS_BIAS=False, ROWS=1, EVEN=True, BLOCK_N=16, GROUPS_PER_ITER=2, X_QUADS=True), False,
+           True)
 
 
 def compile_ptx(kernel, ptr_types: dict, consts: dict) -> str:
