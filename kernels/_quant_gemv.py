@@ -37,8 +37,10 @@ applied once per thread's 16-byte vector of four words, after an in-register sum
 loads of four values (``X_QUADS``), two per weight word, not eight loads of one.
 
 ``X_QUADS`` (``kernels.quant_linear.x_quads``: bf16 rows that start 8-byte aligned) changes which loads
-bring x in, not the arithmetic: both paths give the same bits. fp16, fp32 and misaligned x take one 2-byte
-load per value.
+bring x in, not the arithmetic, with one exception: an x of exactly zero at an even k enters the sums as
+16 x 2^-127 = 2^-123, not 0 (``_x16_pair``). In a row with any normal-sized x that vanishes in fp32, and the
+two paths give the same bits; a row of all zeros comes out about 1e-37 times its weights' sum, not 0.
+fp16, fp32 and misaligned x take one 2-byte load per value.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 def _x16_pair(xw):
     """An int32 word of two bf16 -> (16 x the first, the second) as fp32. The 16 rides in the IMAD that
     shifts the first value up: 4 added to its exponent, so a zero becomes 2^-123 (and a bf16 subnormal,
-    below 1.2e-38, is misread as another number of that size), which no fp32 sum of a decode row notices."""
+    below 1.2e-38, is misread as another number of that size): see the module docstring."""
     first = (xw * 65536 + (4 << 23)).to(tl.float32, bitcast=True)
     second = (xw & -65536).to(tl.float32, bitcast=True)
     return first, second

@@ -228,8 +228,8 @@ def _w4_decode_case(device, k, seed):
 @pytest.mark.parametrize("k", [1024, 1408])
 @pytest.mark.parametrize("name", ["linear_w8a16", "linear_w4a16"])
 def test_gemv_reads_bf16_x_in_quads_with_the_same_arithmetic(device, monkeypatch, name, k):
-    """bf16 x in 8-byte loads of four values and in 2-byte loads give the same bits: only the loads differ.
-    K = 1408 leaves a partial trip (masked loads)."""
+    """bf16 x in 8-byte loads of four values and in 2-byte loads give the same bits on rows of normal-sized
+    values, zeros among them: only the loads differ. K = 1408 leaves a partial trip (masked loads)."""
     from kernels import quant_linear as ql
 
     x, q, s, z = _w4_decode_case(device, k, seed=k)
