@@ -38,7 +38,7 @@ loads of four values (``X_QUADS``), two per weight word, not eight loads of one.
 
 ``X_QUADS`` (``kernels.quant_linear.x_quads``: bf16 rows that start 8-byte aligned) changes which loads
 bring x in, not the arithmetic, with one exception: an x of exactly zero at an even k enters the sums as
-16 x 2^-127 = 2^-123, not 0 (``_x16_pair``). In a row with any normal-sized x that vanishes in fp32, and the
+2^-123, not 0 (``_x16_pair`` adds 4 to its exponent field). In a row with any normal-sized x that vanishes in fp32, and the
 two paths give the same bits; a row of all zeros comes out about 1e-37 times its weights' sum, not 0.
 fp16, fp32 and misaligned x take one 2-byte load per value.
 """
@@ -105,9 +105,9 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 @triton.jit
 def _x16_pair(xw):
-    """An int32 word of two bf16 -> (16 x the first, the second) as fp32. The 16 rides in the IMAD that
-    shifts the first value up: 4 added to its exponent, so a zero becomes 2^-123 (and a bf16 subnormal,
-    below 1.2e-38, is misread as another number of that size): see the module docstring."""
+    """An int32 word of two bf16 -> (16 x the first, the second) as fp32. The 16 rides in the shift-and-add
+    (one LEA on sm_90) that moves the first value up: 4 added to its exponent, so a zero becomes 2^-123 (and
+    a bf16 subnormal, below 1.2e-38, is misread as another number of that size): see the module docstring."""
     first = (xw * 65536 + (4 << 23)).to(tl.float32, bitcast=True)
     second = (xw & -65536).to(tl.float32, bitcast=True)
     return first, second
@@ -206,9 +206,9 @@ def _w4_words(acc, w, x_row, x_offs, xw_t, x_ok, a, c_hi, c_lo, one, L: tl.const
 
     X_QUADS (bf16 x, 8-byte aligned rows): the eight x values of word t are two 8-byte loads, x words
     4t + j (two bf16 each, x[8t + 2j] low) split in registers, instead of eight 2-byte loads; the word's
-    low half becomes 16 x by an IMAD (``_x16_pair``). The loads keep the weight tile's layout: a 16-byte
-    load of all four x words, split after, took a shared-memory layout conversion every trip and spilled
-    at four rows (``bench/results/NVIDIA_H200/run20_notes.md``).
+    low half becomes 16 x in the shift that unpacks it (``_x16_pair``). The loads keep the weight tile's
+    layout: a 16-byte load of all four x words, split after, took a shared-memory layout conversion every
+    trip and spilled at four rows (``bench/results/NVIDIA_H200/run20_notes.md``).
     """
     BN: tl.constexpr = w.shape[0]
     GPI: tl.constexpr = w.shape[1]
