@@ -38,9 +38,9 @@ loads of four values (``X_QUADS``), two per weight word, not eight loads of one.
 
 ``X_QUADS`` (``kernels.quant_linear.x_quads``: bf16 rows that start 8-byte aligned) changes which loads
 bring x in, not the arithmetic, with one exception: an x of exactly zero at an even k enters the sums as
-2^-123, not 0 (``_x16_pair`` adds 4 to its exponent field). In a row with any normal-sized x that vanishes in fp32, and the
-two paths give the same bits; a row of all zeros comes out about 1e-37 times its weights' sum, not 0.
-fp16, fp32 and misaligned x take one 2-byte load per value.
+2^-123, not 0 (``_x16_pair`` adds 4 to its exponent field). In a row with any normal-sized x that vanishes
+in fp32, and the two paths give the same bits; a row of all zeros comes out about 1e-37 times its weights'
+sum, not 0. fp16, fp32 and misaligned x take one 2-byte load per value.
 """
 
 from __future__ import annotations
