@@ -1,15 +1,16 @@
 """A/B of the W4A16 and W8A16 decode GEMVs, each config pinned, against cuBLAS bf16.
 
     python -m bench.quant_gemv_ab [--kernels w4a16 w8a16] [--shapes 4096x4096 14336x4096 4096x14336]
-                                  [--aims 4] [--units 4] [--singles] [--csv out.csv] [--deadline-s 300]
+                                  [--rows 1] [--aims 4] [--units 4] [--singles] [--csv out.csv]
+                                  [--deadline-s 300]
 
-At M = 1 (W4A16 at group 128), on the same rotated inputs (``bench.timing.time_each``, CUDA-graph replays,
-L2 defeated), for every config of the kernel's GEMV list: bf16 x in 8-byte loads of four values (``quads``,
-what ``x_quads`` picks for aligned bf16 rows) and, with ``--singles``, in 2-byte loads (the path of fp16,
-fp32 and misaligned x); for W4A16 also at every split-K aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and
-split unit of ``--units`` (``W4_SPLIT_GROUPS``), each set around the launch. Beside them the shipped
-(autotuned) launch and cuBLAS on the dense weight. ``pct_copy``: the bytes a launch must move over the run's
-measured copy bandwidth.
+At each M of ``--rows`` (the GEMVs take 1-4; W4A16 at group 128), on the same rotated inputs
+(``bench.timing.time_each``, CUDA-graph replays, L2 defeated), for every config of the kernel's GEMV list:
+bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for aligned bf16 rows) and, with
+``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
+aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
+set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
+``pct_copy``: the bytes a launch must move over the run's measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -78,32 +79,32 @@ def _weights(kernel: str, w: torch.Tensor) -> dict:
     return {"q": q8.to(DEVICE), "s": s8.to(DEVICE, torch.bfloat16)}
 
 
-def run(kernels: list[str], shapes, aims: list[int], units: list[int], singles: bool, deadline: float,
-        sink) -> None:
+def run(kernels: list[str], shapes, rows: list[int], aims: list[int], units: list[int], singles: bool,
+        deadline: float, sink) -> None:
     from bench.ceilings import copy_bandwidth_gbps
     from bench.timing import time_each
 
     gpu, copy = torch.cuda.get_device_name(0), copy_bandwidth_gbps()
     print(f"{gpu}: copy {copy:.0f} GB/s", flush=True)
     gen = torch.Generator().manual_seed(0)
-    for N, K in shapes:
+    for (N, K), M in ((shape, m) for shape in shapes for m in rows):
         w = torch.randn(N, K, generator=gen).to(DEVICE, torch.bfloat16)
-        (cublas,), _ = time_each([lambda x, w: x @ w.T], _rotation(1, K, w=w))
+        (cublas,), _ = time_each([lambda x, w: x @ w.T], _rotation(M, K, w=w))
         for kernel in kernels:
             if time.monotonic() > deadline:
-                print(f"deadline: {kernel} at {N}x{K} and after not timed", flush=True)
+                print(f"deadline: {kernel} at {M}x{N}x{K} and after not timed", flush=True)
                 return
             weights = _weights(kernel, w)
             w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
             variants = _variants(kernel, aims, units, singles)
-            times, _ = time_each([v[4] for v in variants], _rotation(1, K, **weights))
+            times, _ = time_each([v[4] for v in variants], _rotation(M, K, **weights))
             for (label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
                 us = ms * 1e3
                 row = dict(gpu=gpu, kernel=kernel, variant=label, config=config, aim=aim, unit=unit, x_loads=x_loads,
-                           M=1, N=N, K=K, us=us, cublas_us=cublas * 1e3, speedup=cublas / ms,
-                           pct_copy=100 * (w_bytes + 2 * (K + N)) / (us * 1e-6) / (copy * 1e9))
+                           M=M, N=N, K=K, us=us, cublas_us=cublas * 1e3, speedup=cublas / ms,
+                           pct_copy=100 * (w_bytes + 2 * M * (K + N)) / (us * 1e-6) / (copy * 1e9))
                 sink(row)
-                print(f"{kernel} {label:48} aim={aim:<3} unit={unit} {x_loads:9} {N:>5}x{K:<5} {us:7.2f} us  "
+                print(f"{kernel} {label:48} aim={aim:<3} unit={unit} {x_loads:9} {M}x{N:>5}x{K:<5} {us:7.2f} us  "
                       f"cuBLAS {cublas * 1e3:6.2f}  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy", flush=True)
 
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", nargs="+", default=["w4a16", "w8a16"], choices=["w4a16", "w8a16"])
     p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
+    p.add_argument("--rows", nargs="+", type=int, default=[1], choices=[1, 2, 3, 4], help="M values to time")
     p.add_argument("--aims", nargs="+", type=int, default=[4], help="W4_GEMV_PROGRAMS_PER_SM values to time")
     p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
     p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.deadline_s
     with csv_sink(args.csv, FIELDS) as sink:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
-        run(args.kernels, shapes, args.aims, args.units, args.singles, deadline, sink)
+        run(args.kernels, shapes, args.rows, args.aims, args.units, args.singles, deadline, sink)
     return 0
 
 
