@@ -35,15 +35,9 @@ Layouts: ``kernels.gguf_formats``.
 from __future__ import annotations
 
 from kernels import pdl
-from kernels._quant_gemv import _bits, _field, put_row
+from kernels._quant_gemv import _bits, _f16_bits, _field, put_row
 from kernels._split_k import finish_tile
 from kernels._triton import tl, triton
-
-
-@triton.jit
-def _f16_bits(h):
-    """int32 holding an IEEE half in its low 16 bits -> fp32."""
-    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
 
 @triton.jit

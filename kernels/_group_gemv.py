@@ -8,7 +8,6 @@ autotuner's key and ``GroupTiles.prune`` keeps the tiles that fit the launch's r
 
 from __future__ import annotations
 
-from kernels._gguf_gemv import _f16_bits
 from kernels._triton import tl, triton
 from kernels.device import interpreting, vendor
 
@@ -20,18 +19,6 @@ def _split4(v):
     w0, w2 = tl.split(a)
     w1, w3 = tl.split(b)
     return w0, w1, w2, w3
-
-
-@triton.jit
-def _halves(xw, X_BF16: tl.constexpr):
-    """An int32 word of two 16-bit x values -> (the first, the second) as fp32."""
-    if X_BF16:
-        first = (xw << 16).to(tl.float32, bitcast=True)
-        second = (xw & -65536).to(tl.float32, bitcast=True)
-    else:
-        first = _f16_bits(xw)
-        second = _f16_bits(xw >> 16)
-    return first, second
 
 
 class GroupTiles:

@@ -26,9 +26,9 @@ per thread, not per weight row.
 from __future__ import annotations
 
 from kernels import pdl
-from kernels._gguf_gemv import _f16_bits, _finish_rows
-from kernels._group_gemv import GroupTiles, _halves, _split4
-from kernels._quant_gemv import _bits
+from kernels._gguf_gemv import _finish_rows
+from kernels._group_gemv import GroupTiles, _split4
+from kernels._quant_gemv import _bits, _f16_bits, _halves
 from kernels._triton import tl, triton
 
 GROUP_BLOCKS = 8  # blocks of a group: 144 bytes, nine 16-byte vectors

@@ -24,9 +24,9 @@ so a weight costs half a shift, a LOP3 and an FMA, and the scales four FMAs a ch
 from __future__ import annotations
 
 from kernels import pdl
-from kernels._gguf_gemv import _f16_bits, _finish_rows
-from kernels._group_gemv import GroupTiles, _halves, _split4
-from kernels._quant_gemv import _bits
+from kernels._gguf_gemv import _finish_rows
+from kernels._group_gemv import GroupTiles, _split4
+from kernels._quant_gemv import _bits, _f16_bits, _halves
 from kernels._triton import tl, triton
 
 # The split-K aim for this kernel's launches, as ``kernels._q4_0_group_gemv.PROGRAMS_PER_SM``; read at launch.

@@ -104,6 +104,24 @@ def _x(ptr, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _f16_bits(h):
+    """int32 holding an IEEE half in its low 16 bits -> fp32."""
+    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _halves(xw, X_BF16: tl.constexpr):
+    """An int32 word of two 16-bit x values -> (the first, the second) as fp32."""
+    if X_BF16:
+        first = (xw << 16).to(tl.float32, bitcast=True)
+        second = (xw & -65536).to(tl.float32, bitcast=True)
+    else:
+        first = _f16_bits(xw)
+        second = _f16_bits(xw >> 16)
+    return first, second
+
+
+@triton.jit
 def _x16_pair(xw):
     """An int32 word of two bf16 -> (16 x the first, the second) as fp32. The 16 rides in the shift-and-add
     (one LEA on sm_90) that moves the first value up: 4 added to its exponent, so a zero becomes 2^-123 (and
@@ -123,8 +141,8 @@ def _w8_words(acc, xs, w, x_row, x_offs, xw_t, x_ok, flip, EVEN: tl.constexpr, X
         lo, hi = xq.to(tl.int32), (xq >> 32).to(tl.int32)
     for i in tl.static_range(4):  # byte i of word t: k = 4 t + i
         if X_QUADS:
-            half = lo if i < 2 else hi
-            xv = ((half << 16) if i % 2 == 0 else (half & -65536)).to(tl.float32, bitcast=True)
+            first, second = _halves(lo if i < 2 else hi, True)
+            xv = first if i % 2 == 0 else second
         else:
             xv = _x(x_row + x_offs + i, x_ok, EVEN)
         # One LOP3, (t & mask) ^ flip: the byte's top bit flipped (q -> u = q + 128) and 1.0's exponent set.
