@@ -26,8 +26,10 @@ ONE_LOOP, the chunk's keys run in one loop with the mask behind a run-time branc
 pipeline prefetches the diagonal tiles too instead of starting them cold in a second loop. Where the tile
 says TMA (sm_90+, 16-bit dtypes, power-of-two head dims, TMA-aligned strides; else the launcher falls back),
 the chunk's Q, K and V tiles come through tensor descriptors over q, k, v viewed [T, H * D]: on sm_90 the
-copy engine computes the addresses, saving instructions and registers per tile; rows past a sequence's
-end then hold its neighbour's tokens, which the key masks and the masked output store keep out. Causal
+copy engine computes the addresses, saving instructions and registers per tile. A descriptor tile that
+reached past a sequence's end would read its packed neighbour's rows: queries are computed and never stored,
+keys are masked, but values weighed by 0 would still turn an Inf into NaN. So the descriptor loops stop at
+the last whole key tile, and a ragged last tile reads its V through pointers, which read zeros there. Causal
 programs are launched heaviest (last query tile) first to shorten the tail of the grid. head_dim 80 and 96
 are padded to the next power of two with masked loads.
 """
@@ -111,15 +113,20 @@ def _prefill_kernel(
     else:
         free_end = (seqlen // BLOCK_N) * BLOCK_N
         end = seqlen
-    # With TMA, key rows past the sequence's end hold its neighbour's keys (or zeros past the tensor):
-    # only tiles from free_end on reach them, and those are masked, so their columns weigh exactly 0.
+    # With TMA, key rows past the sequence's end would hold its neighbour's keys and values: the key mask
+    # weighs them by exactly 0, but 0 x Inf is NaN in the P V product, so one request's overflowed values
+    # could poison another's output. The descriptor loops therefore stop at the sequence's last whole tile;
+    # a ragged last tile reads its K by descriptor (masked) and its V through pointers, zeros past the end.
+    # (H200, run 21: within 1-2% of the unguarded loops on the prefill targets, 3.5% on 200-token prompts;
+    # all by descriptor with V zeroed in registers, or all through pointers, did worse on one or the other.)
     k_base = k_ptr + kv_head.to(tl.int64) * stride_kh + offs_d[None, :]
     v_base = v_ptr + kv_head.to(tl.int64) * stride_vh + offs_d[None, :]
     kv_col = kv_head * HEAD_DIM
+    loop_end = tl.minimum(end, (seqlen // BLOCK_N) * BLOCK_N) if TMA else end
     if ONE_LOOP:
         # One software-pipelined loop: the diagonal tiles' loads are prefetched while the tiles before
         # them compute, instead of starting cold in a loop of their own; the mask is a run-time branch.
-        for start_n in range(0, end, BLOCK_N):
+        for start_n in range(0, loop_end, BLOCK_N):
             k = load_rows(k_desc, k_base, stride_kt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, TMA)
             v = load_rows(v_desc, v_base, stride_vt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, TMA)
             s = scores(q, k, UPCAST)
@@ -135,19 +142,36 @@ def _prefill_kernel(
             k = load_rows(k_desc, k_base, stride_kt, row0, start_n, kv_col, seqlen, offs_n, d_ok, False, EVEN_D, TMA)
             v = load_rows(v_desc, v_base, stride_vt, row0, start_n, kv_col, seqlen, offs_n, d_ok, False, EVEN_D, TMA)
             acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, None, False, UPCAST)
-        for start_n in range(free_end, end, BLOCK_N):
-            k = load_rows(k_desc, k_base, stride_kt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, TMA)
-            v = load_rows(v_desc, v_base, stride_vt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, TMA)
-            cols = start_n + offs_n
-            valid = cols[None, :] < seqlen
-            if CAUSAL:
-                valid = valid & (cols[None, :] <= offs_m[:, None])
-            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
+        for start_n in range(free_end, loop_end, BLOCK_N):
+            acc, m_i, l_i = _masked_tile(acc, m_i, l_i, q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt,
+                                         row0, start_n, kv_col, seqlen, offs_m, offs_n, d_ok, qk_scale,
+                                         CAUSAL, UPCAST, EVEN_D, TMA, TMA)
+    if TMA:  # noqa: SIM102  (a compile-time branch on a constexpr around a run-time one)
+        if loop_end < end:  # the ragged last tile (at most one): its V by pointers, rows past the end as zeros
+            acc, m_i, l_i = _masked_tile(acc, m_i, l_i, q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt,
+                                         row0, loop_end, kv_col, seqlen, offs_m, offs_n, d_ok, qk_scale,
+                                         CAUSAL, UPCAST, EVEN_D, True, False)
 
     out = acc / l_i[:, None]
     rows = (row0 + offs_m).to(tl.int64)
     tl.store(o_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
              out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen) & d_ok)
+
+
+@triton.jit
+def _masked_tile(acc, m_i, l_i, q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt, row0, start_n, kv_col,
+                 seqlen, offs_m, offs_n, d_ok, qk_scale, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                 EVEN_D: tl.constexpr, K_TMA: tl.constexpr, V_TMA: tl.constexpr):
+    """One key tile of the chunk that needs the key mask: past the sequence's end, or above the diagonal. K and
+    V each by descriptor or by pointers: a descriptor past the end reads the neighbour's rows, which the mask
+    keeps out of the scores but not out of 0 x V."""
+    k = load_rows(k_desc, k_base, stride_kt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, K_TMA)
+    v = load_rows(v_desc, v_base, stride_vt, row0, start_n, kv_col, seqlen, offs_n, d_ok, True, EVEN_D, V_TMA)
+    cols = start_n + offs_n
+    valid = cols[None, :] < seqlen
+    if CAUSAL:
+        valid = valid & (cols[None, :] <= offs_m[:, None])
+    return softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, True, UPCAST)
 
 
 # --- configs (data) -------------------------------------------------------------------------------

@@ -241,17 +241,25 @@ def test_tma_variant_matches_the_reference(device, causal, one_loop, block_m, bl
     _run_tma(device, case, dict(BLOCK_M=block_m, BLOCK_N=block_n, ONE_LOOP=one_loop), seed=12)
 
 
+@pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("one_loop", [True, False])
-def test_pointer_tiles_keep_a_neighbours_inf_out(device, one_loop):
-    """One request's overflowed values must not reach another's output in the same packed batch. The pointer
-    tiles read rows past a sequence's end as zeros. The TMA tiles do not yet: they weigh the neighbour's V rows
-    by exactly 0, and 0 x Inf is NaN (a known defect, README and run20_notes.md section 7)."""
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_neighbours_overflowed_values_stay_out(device, causal, one_loop, tma):
+    """One request's overflowed values must not reach another's output in the same packed batch. Rows past a
+    sequence's end are weighed by exactly 0, and 0 x Inf is NaN: the pointer tiles read them as zeros, and the
+    descriptor loops stop at the last whole tile, leaving the ragged one to pointers."""
+    if tma:
+        _require_tma(device)
     gen = torch.Generator(device=device).manual_seed(21)
     q, k, v = (torch.randn(60, 2, 64, generator=gen, device=device).half() for _ in range(3))
-    v[20:] = float("inf")  # the second sequence's values; the first ends mid-tile
+    k[20:], v[20:] = float("nan"), float("inf")  # the second sequence's; the first ends mid-tile
     cu = torch.tensor([0, 20, 60], dtype=torch.int32, device=device)
-    out = prefill_attention(q, k, v, cu, 40, _tile=dict(BLOCK_M=16, BLOCK_N=16, ONE_LOOP=one_loop))
-    ref = prefill_attention_reference(q[:20].double(), k[:20].double(), v[:20].double(), cu[:2], 20)
+    tile = dict(BLOCK_M=32, BLOCK_N=16, ONE_LOOP=one_loop, TMA=tma)
+    if tma:
+        assert _tma_descriptors(q, k, v, tile) is not None, "TMA would fall back"
+    with alloc.poisoned():
+        out = prefill_attention(q, k, v, cu, 40, causal=causal, _tile=tile)
+    ref = prefill_attention_reference(q[:20].double(), k[:20].double(), v[:20].double(), cu[:2], 20, causal=causal)
     assert_close(out[:20], ref, dtype=torch.float16, reduction_len=20)
 
 
