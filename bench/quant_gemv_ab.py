@@ -2,7 +2,7 @@
 
     python -m bench.quant_gemv_ab [--kernels w4a16 w8a16] [--shapes 4096x4096 14336x4096 4096x14336]
                                   [--rows 1] [--aims 4] [--units 4] [--singles] [--csv out.csv]
-                                  [--deadline-s 300]
+                                  [--edits LABEL=MODULE ...] [--deadline-s 300]
 
 At each M of ``--rows`` (the GEMVs take 1-4; W4A16 at group 128), on the same rotated inputs
 (``bench.timing.time_each``, CUDA-graph replays, L2 defeated), for every config of the kernel's GEMV list:
@@ -10,12 +10,16 @@ bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for ali
 ``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
 aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
 set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
+``--edits``: also every config (at the first aim and unit) with the GEMV kernels of MODULE, an edited copy of
+``kernels/_quant_gemv.py`` importable by that name, labelled LABEL in the ``code`` column: a kernel edit
+timed against the shipped code in one process, on the same inputs.
 ``pct_copy``: the bytes a launch must move over the run's measured copy bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -27,7 +31,7 @@ from bench.timing import gpu_missing
 
 DEVICE = "cuda"
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
-FIELDS = ["gpu", "kernel", "variant", "config", "aim", "unit", "x_loads", "M", "N", "K", "us", "cublas_us",
+FIELDS = ["gpu", "kernel", "code", "variant", "config", "aim", "unit", "x_loads", "M", "N", "K", "us", "cublas_us",
           "speedup", "pct_copy"]
 
 
@@ -40,9 +44,24 @@ def _launch(kernel: str):
     return lambda x, q, s, config=None: ql.w8a16_linear(x, q, s, config=config)
 
 
-def _variants(kernel: str, aims: list[int], units: list[int], singles: bool):
-    """(label, config, (aim, unit), x loads, callable(x, **weights)): shipped, then every config (for W4A16 at
-    every aim and split unit), with bf16 x in quads and (``singles``) in single loads."""
+def _with_kernels(run, module):
+    """``run`` with the GEMV kernels of ``module`` (an edited copy of kernels/_quant_gemv.py) in their place."""
+    from kernels import quant_linear as ql
+
+    def edited(x, **weights):
+        saved = ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel
+        ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel = module.w4a16_gemv_kernel, module.w8a16_gemv_kernel
+        try:
+            return run(x, **weights)
+        finally:
+            ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel = saved
+    return edited
+
+
+def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edits: dict | None = None):
+    """(code, label, config, (aim, unit), x loads, callable(x, **weights)): shipped, then every config (for
+    W4A16 at every aim and split unit), with bf16 x in quads and (``singles``) in single loads; then every
+    config again with the kernels of each module in ``edits`` (label -> module), at the first aim and unit."""
     from kernels import quant_linear as ql
 
     launch = _launch(kernel)
@@ -58,14 +77,21 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool):
         return run
 
     shipped = (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
-    out = [("shipped", None, shipped, "as picked", lambda x, **weights: launch(x, **weights))]
+    out = [("shipped", "shipped", None, shipped, "as picked", lambda x, **weights: launch(x, **weights))]
     configs = (ql.W4_GEMV_CONFIGS if kernel == "w4a16" else ql.W8_GEMV_CONFIGS)["cuda"]
     for c in configs:
         label = " ".join(f"{k}={v}" for k, v in c.items())
         splits = [(a, u) for a in aims for u in units if u % c.get("GROUPS_PER_ITER", 1) == 0]
         for split in splits if kernel == "w4a16" else [shipped]:
-            out += [(label, c, split, "quads", pinned(c, split, True))]
-            out += [(label, c, split, "singles", pinned(c, split, False))] if singles else []
+            out += [("shipped", label, c, split, "quads", pinned(c, split, True))]
+            out += [("shipped", label, c, split, "singles", pinned(c, split, False))] if singles else []
+    for code, module in (edits or {}).items():
+        for c in configs:
+            split = (aims[0], units[0]) if kernel == "w4a16" else shipped
+            if kernel == "w4a16" and split[1] % c["GROUPS_PER_ITER"]:
+                continue
+            label = " ".join(f"{k}={v}" for k, v in c.items())
+            out += [(code, label, c, split, "quads", _with_kernels(pinned(c, split, True), module))]
     return out
 
 
@@ -80,7 +106,7 @@ def _weights(kernel: str, w: torch.Tensor) -> dict:
 
 
 def run(kernels: list[str], shapes, rows: list[int], aims: list[int], units: list[int], singles: bool,
-        deadline: float, sink) -> None:
+        deadline: float, sink, edits: dict | None = None) -> None:
     from bench.ceilings import copy_bandwidth_gbps
     from bench.timing import time_each
 
@@ -96,16 +122,17 @@ def run(kernels: list[str], shapes, rows: list[int], aims: list[int], units: lis
                 return
             weights = _weights(kernel, w)
             w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-            variants = _variants(kernel, aims, units, singles)
-            times, _ = time_each([v[4] for v in variants], _rotation(M, K, **weights))
-            for (label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
+            variants = _variants(kernel, aims, units, singles, edits)
+            times, _ = time_each([v[5] for v in variants], _rotation(M, K, **weights))
+            for (code, label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
                 us = ms * 1e3
-                row = dict(gpu=gpu, kernel=kernel, variant=label, config=config, aim=aim, unit=unit, x_loads=x_loads,
-                           M=M, N=N, K=K, us=us, cublas_us=cublas * 1e3, speedup=cublas / ms,
+                row = dict(gpu=gpu, kernel=kernel, code=code, variant=label, config=config, aim=aim, unit=unit,
+                           x_loads=x_loads, M=M, N=N, K=K, us=us, cublas_us=cublas * 1e3, speedup=cublas / ms,
                            pct_copy=100 * (w_bytes + 2 * M * (K + N)) / (us * 1e-6) / (copy * 1e9))
                 sink(row)
-                print(f"{kernel} {label:48} aim={aim:<3} unit={unit} {x_loads:9} {M}x{N:>5}x{K:<5} {us:7.2f} us  "
-                      f"cuBLAS {cublas * 1e3:6.2f}  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy", flush=True)
+                print(f"{kernel} {code:8} {label:48} aim={aim:<3} unit={unit} {x_loads:9} {M}x{N:>5}x{K:<5} "
+                      f"{us:7.2f} us  cuBLAS {cublas * 1e3:6.2f}  {row['speedup']:.2f}x  {row['pct_copy']:3.0f}% copy",
+                      flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,14 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
     p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")
     p.add_argument("--deadline-s", type=float, default=1e9, help="start no new kernel after this long")
+    p.add_argument("--edits", nargs="+", default=[], metavar="LABEL=MODULE",
+                   help="also time every config with the GEMV kernels of MODULE (an edited copy of _quant_gemv)")
     p.add_argument("--csv")
     args = p.parse_args(argv)
+    edits = {label: importlib.import_module(name) for label, name in (e.split("=", 1) for e in args.edits)}
     if gpu_missing("quant_gemv_ab"):
         return 2
     deadline = time.monotonic() + args.deadline_s
     with csv_sink(args.csv, FIELDS) as sink:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
-        run(args.kernels, shapes, args.rows, args.aims, args.units, args.singles, deadline, sink)
+        run(args.kernels, shapes, args.rows, args.aims, args.units, args.singles, deadline, sink, edits)
     return 0
 
 

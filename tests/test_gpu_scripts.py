@@ -419,19 +419,25 @@ def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatc
 @pytest.mark.parametrize("kernel", ["w4a16", "w8a16"])
 def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_path, kernel):
     from bench import quant_gemv_ab
+    from kernels import _quant_gemv
     from kernels import quant_linear as ql
     from kernels.quant_pack import quantize_w4, quantize_w8
     from kernels.testing import assert_close
 
     chosen, split = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
-    variants = quant_gemv_ab._variants(kernel, [4, 8], [1, 2], singles=True)
+    kernels = ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel
+    variants = quant_gemv_ab._variants(kernel, [4, 8], [1, 2], singles=True, edits={"edited": _quant_gemv})
+    shipped = [v for v in variants if v[0] == "shipped"]
+    edited = [v for v in variants if v[0] == "edited"]
     if kernel == "w4a16":
         configs = ql.W4_GEMV_CONFIGS["cuda"]
         gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in configs)
         # a split unit of one group is no whole number of trips of two groups: those configs skip it
-        assert [v[3] for v in variants].count("quads") == 2 * (len(configs) + gpi1)
+        assert [v[4] for v in shipped].count("quads") == 2 * (len(configs) + gpi1)
+        assert len(edited) == gpi1 and all(v[3] == (4, 1) for v in edited)  # the first aim and unit only
     else:
-        assert [v[3] for v in variants].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
+        assert [v[4] for v in shipped].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
+        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"])
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(24, 256, generator=gen)
     x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
@@ -443,10 +449,11 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         q, s = quantize_w8(w)
         weights = {"q": q, "s": s.to(torch.bfloat16)}
         want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
-    for label, _config, _split, x_loads, fn in variants[:6]:
+    for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2]:
         got = fn(x, **weights)
         assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
             f"{label} {x_loads} left a setting patched"
+        assert (ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel) == kernels, f"{code} {label} left its kernels in"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():
         assert quant_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()
