@@ -457,3 +457,31 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():
         assert quant_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()
+
+
+AB_CASES = [{"rows": 3, "dim": 40, "dtype": torch.float32}]
+
+
+def test_impl_ab_compares_variants_with_the_first_and_refuses_without_a_gpu(tmp_path, monkeypatch):
+    from bench import impl_ab
+    from kernels import registry
+
+    op = registry.get("rmsnorm")
+    monkeypatch.setattr(op, "impls", dict(op.impls))  # the variants below leave with the test
+    monkeypatch.setattr(op, "impl_backends", dict(op.impl_backends))
+    registry.register_impl("rmsnorm", "same_rmsnorm", op.torch, backend="torch")
+    registry.register_impl("rmsnorm", "off_rmsnorm", lambda *a, **kw: op.torch(*a, **kw) * 1.5, backend="torch")
+    case = op.smoke_cases()[0]
+    inputs = op.make_inputs(case, torch.device("cpu"), torch.Generator().manual_seed(0))
+    checks = impl_ab.compare(op, ["torch", "same_rmsnorm", "off_rmsnorm"], inputs)
+    assert checks["torch"] == (True, 0.0) and checks["same_rmsnorm"] == (True, 0.0)
+    assert checks["off_rmsnorm"][0] is False and checks["off_rmsnorm"][1] > 0
+    assert impl_ab.load_cases(op, None) == list(op.bench_cases())
+    assert impl_ab.load_cases(op, f"{__name__}:AB_CASES") == AB_CASES
+    with pytest.raises(ValueError, match="MODULE:NAME"):
+        impl_ab.load_cases(op, "tests.test_gpu_scripts")
+    with pytest.raises(KeyError, match="no implementation 'missing'"):
+        impl_ab.main(["rmsnorm", "--impls", "triton", "missing"])
+    if not torch.cuda.is_available():
+        assert impl_ab.main(["rmsnorm", "--csv", str(tmp_path / "ab.csv")]) == 2
+        assert not (tmp_path / "ab.csv").exists()
