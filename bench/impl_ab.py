@@ -51,10 +51,22 @@ def compare(op, impls: list[str], inputs: dict[str, Any]) -> dict[str, tuple[boo
     None) for an op that writes into its inputs, whose outputs cannot be compared this way."""
     if op.mutates:
         return {name: (None, None) for name in impls}
-    outs = {name: op.impl(name)(**inputs) for name in impls}
+    outs = {name: _tensors(op.impl(name)(**inputs)) for name in impls}
     first = outs[impls[0]]
-    return {name: (bool(torch.equal(out, first)), float((out.double() - first.double()).abs().max()))
-            for name, out in outs.items()}
+
+    def against_first(out):
+        if len(out) != len(first) or any(a.shape != b.shape for a, b in zip(out, first, strict=True)):
+            return False, float("inf")
+        same = all(torch.equal(a, b) for a, b in zip(out, first, strict=True))
+        diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(out, first, strict=True)
+                    if a.numel()), default=0.0)
+        return same, diff
+    return {name: against_first(out) for name, out in outs.items()}
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """An implementation's output as a list of tensors (ops may return one tensor or a tuple of them)."""
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
 
 
 def run(op, impls: list[str], cases, repeat: int, deadline: float, sink) -> None:

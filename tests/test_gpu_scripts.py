@@ -485,3 +485,22 @@ def test_impl_ab_compares_variants_with_the_first_and_refuses_without_a_gpu(tmp_
     if not torch.cuda.is_available():
         assert impl_ab.main(["rmsnorm", "--csv", str(tmp_path / "ab.csv")]) == 2
         assert not (tmp_path / "ab.csv").exists()
+
+
+def test_impl_ab_compares_tuple_outputs_element_by_element():
+    from bench import impl_ab
+
+    class TupleOp:  # an op whose implementations return several tensors (sampling, say)
+        mutates = ()
+
+        def __init__(self, fns):
+            self.fns = fns
+
+        def impl(self, name):
+            return self.fns[name]
+
+    fns = {"first": lambda x: (x, x.long()), "same": lambda x: (x.clone(), x.long()),
+           "off": lambda x: (x + 1, x.long()), "short": lambda x: (x,)}
+    checks = impl_ab.compare(TupleOp(fns), list(fns), {"x": torch.arange(6.0)})
+    assert checks["same"] == (True, 0.0) and checks["off"] == (False, 1.0)
+    assert checks["short"] == (False, float("inf"))
