@@ -20,7 +20,7 @@ GEMV_PDL = {"w8a16": True, "w4a16": True, "gguf": False}
 
 def gemv_launch_options(kind: str, device: torch.device) -> dict:
     """``PDL``/``launch_pdl`` for a quantized GEMV launch of ``kind`` (a GEMV_PDL key) on ``device``."""
-    return pdl.launch_options(device) if GEMV_PDL[kind] else {"PDL": 0}
+    return pdl.launch_options(device, f"{kind}_gemv") if GEMV_PDL[kind] else {"PDL": 0}
 
 
 def m_bucket(M: int) -> int:

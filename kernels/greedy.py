@@ -135,7 +135,7 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
         counters = arrival_counters(logits.device, B)
         _greedy_kernel[(B, chunks)](logits, out, parts, counters, V, logits.stride(0), chunks,
                                     CHUNK=chunk, BLOCK=block, P_BLOCK=triton.next_power_of_2(chunks),
-                                    num_warps=cfg["num_warps"], **pdl.launch_options(logits.device))
+                                    num_warps=cfg["num_warps"], **pdl.launch_options(logits.device, "greedy"))
     return out
 
 

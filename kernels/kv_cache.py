@@ -129,7 +129,7 @@ def kv_cache_write(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         tokens, kv_heads, d,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps,
-        **pdl.launch_options(key.device),
+        **pdl.launch_options(key.device, "kv_cache_write"),
     )
 
 

@@ -276,7 +276,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             split.part_o, split.part_lse, context_lens, split.o, split.o.stride(0), split.o.stride(1), q.shape[1],
             split.size, split.max_splits, split.max_context, HEAD_DIM=q.shape[2], D_PAD=dims, FIT=split.fit,
             ALIGN=_decode_splits.SPLIT_ALIGN, S_STEP=step, num_warps=4, SIGNAL_LATE=REDUCE_SIGNALS_LATE,
-            **pdl.launch_options(q.device),
+            **pdl.launch_options(q.device, "paged_decode_reduce"),
         )
     return split.o
 
@@ -330,7 +330,7 @@ def decode_split(q, k_cache, v_cache, block_tables, context_lens, scale=None, ma
         PAGE=k_cache.shape[1],
         DIRECT=direct, FOLD=fold, FIT=fit, ALIGN=_decode_splits.SPLIT_ALIGN, UPCAST=interpreting(),
         PREFETCH=_prefetch(fresh_tokens, tile, size, direct), **combine, **tile,
-        **pdl.launch_options(q.device),
+        **pdl.launch_options(q.device, "paged_decode_split"),
     )
     if direct or fold:
         return Split(o, None, None, size, max_splits, max_context, fit)

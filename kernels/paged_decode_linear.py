@@ -175,7 +175,7 @@ def paged_decode_attention_linear(q, k_cache, v_cache, block_tables, context_len
     sms = device_sms(q.device)
     chunk, splits, partials, counters, even = gemv_split(q, batch, N, K, 1, y, gemv_chunk(N, K, sms))
     s_step = min(triton.next_power_of_2(split.max_splits), MAX_STEP)
-    launch = pdl.launch_options(q.device)
+    launch = pdl.launch_options(q.device, "paged_decode_linear")
     args = (split.part_o, split.part_lse, context_lens, weight, bias if bias is not None else y, y, partials,
             counters, batch, N, K, weight.stride(0), y.stride(0), chunk, splits, q_heads, split.size,
             split.max_splits, split.max_context)

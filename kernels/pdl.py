@@ -57,6 +57,8 @@ from kernels.device import interpreting, is_hip
 ENABLED = True  # read at each launch (see enabled)
 SIGNAL = "start"  # or "after_wait": where start()/enter() signal (see the module docstring)
 MODES = {"after_wait": 1, "start": 2}  # the PDL constexpr: 0 = off
+# Kernels measured to do better with another signal than SIGNAL: launcher name -> mode (see the docstring).
+KERNEL_SIGNAL: dict[str, str] = {}
 
 
 @functools.cache
@@ -79,12 +81,15 @@ def enabled(device: torch.device) -> bool:
             and _supported(device.index or 0))
 
 
-def mode() -> int:
-    """The ``PDL`` constexpr of an enabled launch: :data:`SIGNAL`, or ``TRITONFORGE_PDL`` when it names a mode."""
+def mode(kernel: str | None = None) -> int:
+    """The ``PDL`` constexpr of an enabled launch of ``kernel`` (a launcher's name): ``TRITONFORGE_PDL`` when it
+    names a mode, else the kernel's entry in :data:`KERNEL_SIGNAL`, else :data:`SIGNAL`."""
     name = os.environ.get("TRITONFORGE_PDL", "")
-    name = name if name in MODES else SIGNAL
     if name not in MODES:
-        raise ValueError(f"kernels.pdl.SIGNAL={name!r}: expected one of {', '.join(MODES)}")
+        name = KERNEL_SIGNAL.get(kernel, SIGNAL) if kernel is not None else SIGNAL
+    if name not in MODES:
+        where = f"KERNEL_SIGNAL[{kernel!r}]" if kernel in KERNEL_SIGNAL else "SIGNAL"
+        raise ValueError(f"kernels.pdl.{where}={name!r}: expected one of {', '.join(MODES)}")
     return MODES[name]
 
 
@@ -105,9 +110,10 @@ def is_static(t: torch.Tensor) -> bool:
     return t.numel() > 0 and t.data_ptr() in _STATIC
 
 
-def launch_options(device: torch.device) -> dict:
-    """Launch keywords for a kernel that takes a ``PDL`` constexpr: ``PDL`` and Triton's ``launch_pdl``."""
-    return {"PDL": mode(), "launch_pdl": True} if enabled(device) else {"PDL": 0}
+def launch_options(device: torch.device, kernel: str | None = None) -> dict:
+    """Launch keywords for a kernel that takes a ``PDL`` constexpr: ``PDL`` and Triton's ``launch_pdl``.
+    ``kernel`` names the launch for :data:`KERNEL_SIGNAL`."""
+    return {"PDL": mode(kernel), "launch_pdl": True} if enabled(device) else {"PDL": 0}
 
 
 @triton.jit

@@ -132,7 +132,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
             x2.stride(0), r2.stride(0), y.stride(0), h.stride(0),
             rows, H, eps,
             HAS_RESIDUAL=residual is not None, ROWS=per_program, BLOCK=block, num_warps=warps,
-            **pdl.launch_options(x.device),
+            **pdl.launch_options(x.device, "rmsnorm"),
         )
     y = y.reshape(x.shape)
     return (y, h.reshape(x.shape)) if residual is not None else y

@@ -159,16 +159,17 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     if chosen == "separate" or M == 0 or N == 0:
         return _separate(x, norm_weight, weight, bias, residual, eps)
     y = alloc.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
-    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 1)
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 1, "rmsnorm_linear")
     _rmsnorm_gemv[lambda META: (cdiv(N, META["BLOCK_N"]), splits)](*args, **flags)
     return y, h
 
 
-def norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, rows: int):
+def norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, rows: int, kernel: str):
     """(leading arguments, flags, split count, h) of a one-row norm-GEMV launch writing ``y``: this op's kernel
     (``rows`` = 1) or a paired-row one (``rows`` = 2, kernels/_paired_gemv.py: y's columns index pairs of weight
-    rows). Every such kernel starts with ``x, r, g, w, b, y, h, partials, counters, columns, K, stride_wn, eps,
-    K_CHUNK, SPLITS``. K is split by the plain GEMV's rule for the whole weight, as the unfused product splits it."""
+    rows); ``kernel`` names the launch for ``kernels.pdl.KERNEL_SIGNAL``. Every such kernel starts with ``x, r,
+    g, w, b, y, h, partials, counters, columns, K, stride_wn, eps, K_CHUNK, SPLITS``. K is split by the plain
+    GEMV's rule for the whole weight, as the unfused product splits it."""
     N, K = weight.shape
     x1 = x.reshape(K).contiguous()
     r1 = residual.reshape(K).contiguous() if residual is not None else x1
@@ -176,7 +177,7 @@ def norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, rows: int):
     h = alloc.empty_like(x) if residual is not None else x
     sms = device_sms(x.device)
     chunk, splits, partials, counters, even = gemv_split(x1, rows, N // rows, K, rows, y, gemv_chunk(N, K, sms))
-    launch = pdl.launch_options(x.device)
+    launch = pdl.launch_options(x.device, kernel)
     args = (x1, r1, norm_weight, weight, bias if bias is not None else y, y, h, partials, counters,
             N // rows, K, weight.stride(0), eps, chunk, splits)
     flags = dict(HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EVEN=even,

@@ -148,7 +148,7 @@ def rmsnorm_qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.T
     q, k, v = _views(y.reshape(T, N), num_heads, num_kv_heads, D)
     rope._check(q, k, positions, cos_sin_cache)
     kv_cache._check(k, v, k_cache, v_cache, slot_mapping)
-    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2)
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2, "rmsnorm_qkv_rope")
     _rmsnorm_qkv_rope[lambda META: (cdiv(N // 2, META["BLOCK_N"]), splits)](
         *args, positions, cache, k_cache, v_cache, slot_mapping, num_heads, num_kv_heads, D // 2, cache.stride(0),
         cache.shape[0], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), PAGE=k_cache.shape[1], **flags)

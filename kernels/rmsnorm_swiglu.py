@@ -103,7 +103,7 @@ def rmsnorm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     if chosen == "separate" or M == 0 or I == 0:
         return _separate(x, norm_weight, weight, bias, residual, eps)
     y = alloc.empty(*x.shape[:-1], I, dtype=x.dtype, device=x.device)
-    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2)
+    args, flags, splits, h = norm_gemv_launch(x, norm_weight, weight, bias, residual, eps, y, 2, "rmsnorm_swiglu")
     _rmsnorm_swiglu[lambda META: (cdiv(I, META["BLOCK_N"]), splits)](*args, **flags)
     return y, h
 

@@ -108,7 +108,7 @@ def rope_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: 
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cache.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK_SIZE=k_cache.shape[1], HEADS=heads, HALF=half_block, num_warps=num_warps,
-        **pdl.launch_options(q.device),
+        **pdl.launch_options(q.device, "rope_kv_write"),
     )
 
 

@@ -97,7 +97,7 @@ def silu_and_mul(x: torch.Tensor, *, _tile: int | None = None, _num_warps: int |
         grid = (triton.cdiv(rows, row_block), triton.cdiv(d, block))
         _silu_and_mul_kernel[grid](
             x2, out, rows, d, x2.stride(0), out.stride(0),
-            ROWS=row_block, BLOCK=block, num_warps=warps, **pdl.launch_options(x.device),
+            ROWS=row_block, BLOCK=block, num_warps=warps, **pdl.launch_options(x.device, "silu_and_mul"),
         )
     return out.reshape(*x.shape[:-1], d)
 

@@ -173,6 +173,22 @@ def test_the_signal_mode_is_data_read_at_launch(monkeypatch):
         pdl.mode()
 
 
+def test_a_kernel_may_signal_elsewhere_than_the_rest(monkeypatch):
+    """KERNEL_SIGNAL names the launches that signal elsewhere than SIGNAL; the environment still wins."""
+    monkeypatch.delenv("TRITONFORGE_PDL", raising=False)
+    monkeypatch.setattr(pdl, "SIGNAL", "start")
+    monkeypatch.setattr(pdl, "KERNEL_SIGNAL", {"linear_gemv": "after_wait"})
+    assert pdl.mode("linear_gemv") == pdl.MODES["after_wait"]
+    assert pdl.mode("linear_decode") == pdl.MODES["start"]
+    assert pdl.mode() == pdl.MODES["start"]
+    monkeypatch.setenv("TRITONFORGE_PDL", "start")
+    assert pdl.mode("linear_gemv") == pdl.MODES["start"]
+    monkeypatch.delenv("TRITONFORGE_PDL")
+    monkeypatch.setattr(pdl, "KERNEL_SIGNAL", {"linear_gemv": "late"})
+    with pytest.raises(ValueError, match=r"KERNEL_SIGNAL\['linear_gemv'\]='late': expected one of"):
+        pdl.mode("linear_gemv")
+
+
 def test_no_decode_kernel_touches_earlier_outputs_before_its_wait():
     """bench/aot_pdl.py: every PDL kernel compiled for sm_90 in each mode, its PTX read for stores, loads
     and the signal before ``griddepcontrol.wait``. In a subprocess: this process interprets."""
