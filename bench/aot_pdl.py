@@ -62,8 +62,10 @@ def _cases():
                {"pos_ptr": "*i64", "cs_ptr": "*fp32", "slot_ptr": "*i64"}, dict(
             HAS_RESIDUAL=True, HAS_BIAS=True, EVEN=True, BLOCK_H=1024, BLOCK_N=16, BLOCK_K=512, PAGE=16,
             PREFETCH=prefetch), prefetch, False)
-    yield ("linear_decode", linear_decode._linear_decode_kernel, {}, dict(
-        HAS_BIAS=False, UPCAST=False, PRECISION="ieee", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), False, False)
+    for after_wait in (False, True):
+        yield (f"linear_decode SIGNAL_AFTER_WAIT={after_wait}", linear_decode._linear_decode_kernel, {}, dict(
+            HAS_BIAS=False, UPCAST=False, PRECISION="ieee", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+            SIGNAL_AFTER_WAIT=after_wait), False, after_wait)
     yield ("rope_kv_write", rope_kv_write._rope_kv_write_kernel, {"pos_ptr": "*i64", "cache_ptr": "*fp32",
                                                                   "slot_ptr": "*i64"},
            dict(BLOCK_SIZE=16, HEADS=4, HALF=64), False, False)

@@ -57,10 +57,16 @@ def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_INPUT: tl.constexpr = False,
-    PDL: tl.constexpr = 0,
+    PDL: tl.constexpr = 0, SIGNAL_AFTER_WAIT: tl.constexpr = False,
 ):
-    pdl.start(PDL)
-    pdl.enter(PDL)  # x comes from an earlier kernel (kernels/pdl.py)
+    # x comes from an earlier kernel (kernels/pdl.py). SIGNAL_AFTER_WAIT (a tuned choice, see DECODE_CONFIGS)
+    # lets the next kernel be scheduled only once this one runs, whatever the launch's mode.
+    if SIGNAL_AFTER_WAIT:
+        pdl.wait(PDL)
+        pdl.launch_dependents(PDL)
+    else:
+        pdl.start(PDL)
+        pdl.enter(PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -112,6 +118,14 @@ DECODE_CONFIGS = {
         # 16-column tiles: four times the programs of BLOCK_N = 64, for layers under a few MB.
         dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=4),
         dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
+        # The small-layer tiles again, signalling the next kernel only after their wait (SIGNAL_AFTER_WAIT).
+        # Signalled at the start, launches of this kernel back to back let a chain of later launches become
+        # resident and wait, and at some shapes that ran slower than no PDL at all: 896 x 896 at M = 16,
+        # 16/128/2w/5s in one chunk, 5.41 us at the start, 3.98 without PDL, 3.40 after the wait; 1152 x 896
+        # 3.37 either way (H200, bench/results/NVIDIA_H200/run22). So the tuner picks the signal per shape.
+        dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5, SIGNAL_AFTER_WAIT=True),
+        dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4, SIGNAL_AFTER_WAIT=True),
+        dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4, SIGNAL_AFTER_WAIT=True),
     ],
     "hip": [
         dict(BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=2, waves_per_eu=0, matrix_instr_nonkdim=16, kpack=1),
@@ -205,7 +219,7 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
     flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m,
-                 SILU_INPUT=silu_input, **pdl.launch_options(x.device))
+                 SILU_INPUT=silu_input, **pdl.launch_options(x.device, "linear_decode"))
     if config is None:
         _decode[grid](*args, **flags)
     else:
