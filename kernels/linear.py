@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from kernels.device import check_backend
 from kernels.linear_decode import linear_decode_2d
-from kernels.linear_gemv import GEMV_MAX_M, linear_gemv_2d
+from kernels.linear_gemv import linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.registry import Op, register, register_impl
 
@@ -44,7 +44,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # bf16 flops per byte, so reading the weight dominates and split-K streaming fits; the crossover to the
 # tiled kernels between 64 and ~256 rows has not been measured yet.
 DECODE_MAX_M = 64
-GEMV_ROWS_MAX_WEIGHT = 1 << 21  # weight elements (4 MB in bf16) up to which M = 2..4 takes the GEMV
 
 _KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "decode": linear_decode_2d,
             "gemv": linear_gemv_2d}
@@ -56,19 +55,19 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
     - M = 1: ``"gemv"``: on an H200 (graph replays, bench/results/NVIDIA_H200/run7/linear_bench.csv) it
       ran at 0.98-1.38x cuBLAS on the 15 decode shapes of the benchmark, where the split-K kernel gave
       0.85-1.19x; in the 0.5B model's decode step its 97 products took 518 us against 599 us;
-    - M = 2..4 with a weight of at most GEMV_ROWS_MAX_WEIGHT elements: ``"gemv"`` too. With its own tiles for
-      four rows (H200, run 14, M = 4) it beat the split-K kernel on the 0.5B model's 896 x 896 (4.0 against
-      5.0 us; cuBLAS 4.5) and 1152 x 896 (4.4 against 5.2 us), and lost from 2048 x 2048 up (7.1 against
-      6.7 us; 0.6-0.7x of it on the 8B layers): four rows of x per weight tile are four loads of x per
-      weight load, which a big weight's stream cannot hide;
-    - M <= 64: ``"decode"`` (weight-bandwidth bound; the tiled kernels would leave most SMs idle);
+    - M = 2..64: ``"decode"`` (weight-bandwidth bound; the tiled kernels would leave most SMs idle). Up to
+      run 21, M = 2..4 on weights of at most 2M elements took the GEMV's four-row tiles, which beat the
+      split-K kernel on the 0.5B model's 896 x 896 (run 14). That kernel's loss there came from its PDL signal,
+      not its tiles (``kernels.linear_decode.DECODE_CONFIGS``): with the signal tuned per shape it ran at
+      1.29x cuBLAS on 1152 x 896 and 1.36-1.39x on 896 x 896 at M = 2-4, where the GEMV gave 0.79-1.16x and
+      1.00-1.30x (H200, bench/results/NVIDIA_H200/run22);
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill
       products where the one-program-per-tile kernel reached 0.72-0.85x
       (bench/results/NVIDIA_H200/linear_configs_run1.csv); its pipelining across tiles hides each tile's
       epilogue. On AMD (no measurements yet) the same rule applies.
     ``N``, ``K`` and ``dtype`` are part of the signature so that a rule tuned for another card can use them.
     """
-    if M == 1 or (M <= GEMV_MAX_M and N * K <= GEMV_ROWS_MAX_WEIGHT):
+    if M == 1:
         return "gemv"
     if M <= DECODE_MAX_M:
         return "decode"

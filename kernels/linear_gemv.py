@@ -20,6 +20,8 @@ one reduction along K at the end), so ROWS of them cost ROWS * BLOCK_N * BLOCK_K
 thread. The tiles that stream fastest for one row hold 64 a thread; four of them spill. Run 7 (H200) timed
 M = 4 through the one-row configs at 0.31-0.94x cuBLAS. Two to four rows therefore tune over their own
 list (``GEMV_ROWS_CONFIGS``, at most 64 accumulator registers a thread at four rows), keyed by ROWS too.
+The dispatcher (``kernels.linear.choose_linear_variant``) sends M = 2-4 to the split-K kernel since run 22;
+the row tiles serve ``variant="gemv"`` and the A/B scripts.
 
 Split-K and batch invariance: the chunk (:func:`gemv_chunk`) depends on N, K and the card only, and the
 autotuner's key (N, K, ROWS) leaves M out, so within a row count one config serves every M: a row's output
@@ -247,7 +249,7 @@ def linear_gemv_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     grid = lambda META: (cdiv(N, META["BLOCK_N"]), splits, cdiv(M, rows))
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
-    launch = pdl.launch_options(x.device)
+    launch = pdl.launch_options(x.device, "linear_gemv")
     flags = dict(HAS_BIAS=bias is not None, ROWS=rows, EVEN=even, SILU=silu_input,
                  PREFETCH=bool(launch["PDL"]) and pdl.is_static(weight), **launch)
     if config is None:
