@@ -34,13 +34,18 @@ though, a chain of launches can sit resident and blocked, holding slots the runn
 programs need: split paged decode launches ran 10-25% slower, Q4_K at 4096 x 14336 30% slower, and
 back-to-back KV writes of 4096 tokens 12% slower (run 10). So the quantized GEMVs, the paged decode split
 kernel and the KV write signal after their main work (``wait`` and ``launch_dependents`` separately), in
-every mode.
+every mode. A kernel may also take its own mode (:data:`KERNEL_SIGNAL`, keyed by the name its launcher
+passes), and the dense split-K decode makes the choice a tuned config (``SIGNAL_AFTER_WAIT`` in
+``kernels.linear_decode``): launched back to back at the start signal, its launches chained up as above and
+ran 896 x 896 at M = 16 in 5.4 us, against 4.0 without PDL and 3.4 after the wait (H200, run 22). In the 0.5B
+decode graph no single kernel's mode measured better than the run's drift, so KERNEL_SIGNAL ships empty.
 
 ``enabled(device)`` decides at launch, never at import: an NVIDIA GPU of compute capability 9.0 or later,
 a Triton that has the grid-dependency instructions, and the switch :data:`ENABLED` (benchmarks turn it off
 to measure what it gives). In the interpreter and on AMD GPUs the kernels compile every call here out (the
 ``PDL`` flag is a compile-time constant, 0) and launch as before. ``TRITONFORGE_PDL`` (read at each
-launch) overrides for a whole process: ``0`` turns it off, ``start`` or ``after_wait`` picks the mode.
+launch) overrides for a whole process: ``0`` turns it off, ``start`` or ``after_wait`` picks the mode (a
+launch whose tuned config has ``SIGNAL_AFTER_WAIT`` still signals after its wait).
 """
 
 from __future__ import annotations
