@@ -135,6 +135,45 @@ def test_a_graph_of_pdl_launches_matches_the_same_launches_without_it(monkeypatc
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("after_wait", [False, True], ids=["signal-at-start", "signal-after-wait"])
+def test_a_chain_of_split_k_decode_launches_reads_each_input_after_it_is_written(monkeypatch, after_wait):
+    """Each launch's x is the launch before's y, in a CUDA graph replayed on new inputs: a launch that read x
+    before its wait would read the previous replay's values. Both signal placements of the split-K decode's
+    configs (SIGNAL_AFTER_WAIT), bit for bit against the same launches without PDL."""
+    from kernels.linear_decode import linear_decode_2d
+
+    config = dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5, SIGNAL_AFTER_WAIT=after_wait)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    ws = [(torch.randn(896, 896, generator=gen, device="cuda") * 896 ** -0.5).to(torch.bfloat16) for _ in range(8)]
+    inputs = [torch.randn(16, 896, generator=gen, device="cuda").to(torch.bfloat16) for _ in range(3)]
+
+    def chain(x):
+        for w in ws:
+            x = linear_decode_2d(x, w, None, config=config)
+        return x
+
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    wants = [chain(x) for x in inputs]
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.enabled(torch.device("cuda")), "this card or Triton has no programmatic dependent launch"
+    x = inputs[0].clone()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        chain(x)  # eager on the capturing stream first (split-K counters)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        y = chain(x)
+    for replay in (0, 1, 2, 1, 0):
+        x.copy_(inputs[replay])
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, wants[replay]), f"replay on input {replay} differs from the launches without PDL"
+    assert not torch.equal(wants[0], wants[1])
+
+
+@pytest.mark.gpu
 @pytest.mark.engine
 def test_engine_decode_graphs_give_the_same_tokens_with_and_without_pdl(tmp_path, monkeypatch):
     from engine.sampling_params import SamplingParams
