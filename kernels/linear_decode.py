@@ -119,8 +119,8 @@ DECODE_CONFIGS = {
         dict(BLOCK_N=16, BLOCK_K=256, num_warps=4, num_stages=4),
         dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
         # The small-layer tiles again, signalling the next kernel only after their wait (SIGNAL_AFTER_WAIT).
-        # Signalled at the start, launches of this kernel back to back let a chain of later launches become
-        # resident and wait, and at some shapes that ran slower than no PDL at all: 896 x 896 at M = 16,
+        # Signalled at the start, launches of this kernel back to back ran slower at some shapes than with no
+        # PDL at all (which fits a chain of later launches sitting resident): 896 x 896 at M = 16,
         # 16/128/2w/5s in one chunk, 5.41 us at the start, 3.98 without PDL, 3.40 after the wait; 1152 x 896
         # 3.37 either way (H200, bench/results/NVIDIA_H200/run22). So the tuner picks the signal per shape.
         dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5, SIGNAL_AFTER_WAIT=True),

@@ -36,8 +36,8 @@ back-to-back KV writes of 4096 tokens 12% slower (run 10). So the quantized GEMV
 kernel and the KV write signal after their main work (``wait`` and ``launch_dependents`` separately), in
 every mode. A kernel may also take its own mode (:data:`KERNEL_SIGNAL`, keyed by the name its launcher
 passes), and the dense split-K decode makes the choice a tuned config (``SIGNAL_AFTER_WAIT`` in
-``kernels.linear_decode``): launched back to back at the start signal, its launches chained up as above and
-ran 896 x 896 at M = 16 in 5.4 us, against 4.0 without PDL and 3.4 after the wait (H200, run 22). In the 0.5B
+``kernels.linear_decode``): launched back to back at the start signal, it ran 896 x 896 at M = 16 in 5.4 us,
+against 4.0 without PDL and 3.4 after the wait, which fits a chain as above (H200, run 22). In the 0.5B
 decode graph no single kernel's mode measured better than the run's drift, so KERNEL_SIGNAL ships empty.
 
 ``enabled(device)`` decides at launch, never at import: an NVIDIA GPU of compute capability 9.0 or later,
