@@ -91,7 +91,7 @@ def mode(kernel: str | None = None) -> int:
     names a mode, else the kernel's entry in :data:`KERNEL_SIGNAL`, else :data:`SIGNAL`."""
     name = os.environ.get("TRITONFORGE_PDL", "")
     if name not in MODES:
-        name = KERNEL_SIGNAL.get(kernel, SIGNAL) if kernel is not None else SIGNAL
+        name = KERNEL_SIGNAL.get(kernel, SIGNAL)
     if name not in MODES:
         where = f"KERNEL_SIGNAL[{kernel!r}]" if kernel in KERNEL_SIGNAL else "SIGNAL"
         raise ValueError(f"kernels.pdl.{where}={name!r}: expected one of {', '.join(MODES)}")
