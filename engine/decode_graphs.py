@@ -78,6 +78,8 @@ class DecodeGraphs:
         self.slots.fill_(-1)
         self.tables = torch.full((n, self.max_blocks), runner.scratch_block, dtype=torch.int32, device=dev)
         self.context_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        # The metadata's empty prefill part, made here: a tensor made during capture is a fill node in the graph.
+        self.no_prefill = torch.zeros(1, dtype=torch.int32, device=dev)
         # Rows below this may hold a real sequence's inputs from an earlier step; rows at or above it hold
         # the harmless padding values, so a step only re-pads when its batch is smaller than the last one.
         self.num_dirty_rows = 0
@@ -93,13 +95,11 @@ class DecodeGraphs:
         self._capture_all()
 
     def _meta(self, bs: int) -> AttentionMetadata:
-        dev = self.runner.device
-        empty = torch.zeros(0, dtype=torch.int32, device=dev)
         return AttentionMetadata(
             slot_mapping=self.slots[:bs], num_decode_tokens=bs, decode_block_tables=self.tables[:bs],
             decode_context_lens=self.context_lens[:bs], max_decode_context_len=self.max_context,
-            num_prefills=0, prefill_cu_seqlens=torch.zeros(1, dtype=torch.int32, device=dev), prefill_max_seqlen=0,
-            prefill_block_tables=self.tables[:0], prefill_prefix_lens=empty, prefill_has_prefix=False)
+            num_prefills=0, prefill_cu_seqlens=self.no_prefill, prefill_max_seqlen=0,
+            prefill_block_tables=self.tables[:0], prefill_prefix_lens=self.no_prefill[:0], prefill_has_prefix=False)
 
     def _forward(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.runner.model

@@ -188,7 +188,7 @@ class ModelRunner:
         if not prompts or any(not p or len(p) > self.max_model_len for p in prompts):
             raise ValueError(f"prompt_logits needs non-empty prompts of at most {self.max_model_len} tokens")
         ids = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=self.device)
-        return self._cacheless_prefill(ids, [len(p) for p in prompts])
+        return self._cacheless_prefill(ids, [len(p) for p in prompts]).float()
 
     # --- one step --------------------------------------------------------------------------------
 

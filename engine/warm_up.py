@@ -53,7 +53,7 @@ def warm_up(runner, force: bool = False) -> None:
                 SamplingParams(temperature=0.0, logprobs=1),
                 SamplingParams(temperature=0.0, repetition_penalty=1.1, logprobs=1)]
     for batch in warm_up_sample_batches(runner.config.max_num_seqs):
-        logits = torch.randn(batch, vocab, device=dev, dtype=torch.float32)
+        logits = torch.randn(batch, vocab, device=dev, dtype=runner.dtype)  # as compute_logits returns them
         for params in variants:
             st = SamplingTensors.build([params] * batch, [[0]] * batch, [[min(1, vocab - 1)]] * batch,
                                        list(range(batch)), vocab, dev)

@@ -187,3 +187,27 @@ def test_single_stream_decode_steps_take_the_graph_path(tmp_path):
     # or run one step ahead).
     assert graphs.steps_served == 5
     assert ids == eager_ids and len(ids) == 6
+
+
+def test_half_precision_logits_reach_the_sampler_uncast_and_prompt_logits_stay_float32(tmp_path):
+    """The decode step hands the lm_head's bf16 logits to the argmax and the sampler as they are (a cast
+    would be one more launch a step); prompt_logits, for scoring and parity checks, still returns float32."""
+    from engine.config import EngineConfig
+    from engine.demo_model import build_demo_model
+    from engine.llm_engine import LLMEngine
+
+    model = build_demo_model(tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_position=256)
+    engine = LLMEngine(EngineConfig(model=str(model), device="cpu", dtype=torch.bfloat16, max_num_seqs=4))
+    runner = engine.runner
+    prompt = list(range(5, 25))
+    scored = runner.prompt_logits([prompt])
+    assert scored.dtype == torch.float32
+    seen = []
+    compute = runner.model.compute_logits
+    runner.model.compute_logits = lambda hidden: seen.append(compute(hidden)) or seen[-1]
+    request = engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+    ids = [t for o in engine.step() if o.request_id == request for t in o.new_token_ids]
+    assert [t.dtype for t in seen] == [torch.bfloat16]
+    # The first token is the argmax of the same logits, read uncast or cast.
+    assert ids == [int(seen[0].float().argmax())] == [int(scored.argmax())]

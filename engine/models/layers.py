@@ -81,7 +81,8 @@ class Embedding:
     def __call__(self, token_ids: torch.Tensor) -> torch.Tensor:
         if is_quantized(self.weight):
             return self.ops.gguf_dequantize(self.weight.data[token_ids], self.weight.qtype, self.dtype)
-        return self.weight[token_ids]
+        # index_select's kernel, not advanced indexing's generic gather: the decode graph's first launch.
+        return torch.nn.functional.embedding(token_ids, self.weight)
 
 
 class RMSNorm:

@@ -142,6 +142,7 @@ class Transformer:
         return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [N, vocab] for the given rows (rows of an oversized embedding table are cut)."""
-        logits = self.lm_head(hidden)
-        return logits[:, : self.config.vocab_size].float()
+        """Logits [N, vocab] in the model's dtype for the given rows (columns of an oversized embedding table
+        are cut, so rows may be strided). The argmax and sampling kernels read them as they are and compute
+        in float32; a cast here would be one more launch in every decode step."""
+        return self.lm_head(hidden)[:, : self.config.vocab_size]
