@@ -310,7 +310,10 @@ def w4a16_gemv_kernel(
     # A register double buffer: the next trip's weights, scales and zeros are requested before this trip's
     # arithmetic, which would otherwise wait on its own loads every trip. Triton pipelines the loads of a
     # loop without tl.dot only when asked (tl.range(..., num_stages=...)): through shared memory, that
-    # ran 6-33% slower here than this prefetch (H200, run 20).
+    # ran 6-33% slower here than this prefetch (H200, run 20); the weight by TMA descriptor 3-6 stages deep,
+    # 13-34% slower (run 23). More bytes in flight is not what this loop lacks: profiled at 14336 x 4096
+    # (run 23) it is bound by instruction issue with about three warps a scheduler (58% of issue slots
+    # used, DRAM at 30% of peak), and its time follows the SM clock. Fewer instructions per weight byte is.
     w, s, z = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g_start, g_end, gi, N, WPG, EVEN)
     for g0 in range(g_start, g_end, GPI):
         w_next, s_next, z_next = _w4_trip(w_rows, s_ptr, z_ptr, sz_offs, g0 + GPI, g_end, gi, N, WPG, EVEN)
