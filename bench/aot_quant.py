@@ -159,6 +159,7 @@ def decode_launches():
     """(label, module, config, launch, weight bytes per loop trip) for the M = 1 decode kernels."""
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
+    from kernels import w4a16_mma_gemv as mma
     from kernels.gguf_formats import FORMATS, random_blocks
     from kernels.quant_pack import quantize_w4, quantize_w8
 
@@ -171,6 +172,9 @@ def decode_launches():
     for c in ql.W4_GEMV_CONFIGS["cuda"] + [c for c in ql.W4_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
         yield (f"w4a16 g128 {c}", ql, c, lambda c=c: ql.w4a16_linear(x, q4, s4, z4, 128, config=c),
                c["BLOCK_N"] * 64 * c["GROUPS_PER_ITER"])
+    for c in mma.CONFIGS["cuda"]:
+        yield (f"w4a16 g128 tensor-core GEMV {c}", mma, c,
+               lambda c=c: mma.w4a16_mma_linear(x, q4, s4, z4, 128, config=c), c["BLOCK_N"] * 64)
     for c in ql.W8_GEMV_CONFIGS["cuda"] + [c for c in ql.W8_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
         yield (f"w8a16 {c}", ql, c, lambda c=c: ql.w8a16_linear(x, q8, s8, config=c),
                c["BLOCK_N"] * (4 * c["BLOCK_W"] if "BLOCK_W" in c else c["BLOCK_K"]))
@@ -191,6 +195,7 @@ def check_launches():
     from kernels import gguf_dequant as gd
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
+    from kernels import w4a16_mma_gemv as mma
     from kernels.gguf_formats import FORMATS, Q4_0, Q4_K, random_blocks
     from kernels.quant_pack import quantize_w4, quantize_w8
 
@@ -219,6 +224,12 @@ def check_launches():
                 if (rows > 1 and "BLOCK_M" in w8) or (rows == 1 and "BLOCK_M" not in w8 and w8 not in gemv_first):
                     continue
                 yield f"w8a16 {dtype} M={rows} {w8}", ql, w8, lambda x=xr, w8=w8: ql.w8a16_linear(x, q8, s8, config=w8)
+        if m == 1:  # the tensor-core GEMV variant: every config at 16 rows (its most), the first at one
+            for c, rows in [(mma.CONFIGS["cuda"][0], 1)] + [(c, 16) for c in mma.CONFIGS["cuda"]]:
+                if dtype == torch.bfloat16 or rows == 1:
+                    xr = torch.randn(rows, 512, generator=gen).to(dtype)
+                    yield (f"w4a16 tensor-core GEMV {dtype} M={rows} {c}", mma, c,
+                           lambda x=xr, s=s, z=z, b=bias, c=c: mma.w4a16_mma_linear(x, q4, s, z, 128, b, config=c))
     for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0, Q4_K]),
                           (torch.float32, [Q4_0])):
         x = torch.randn(1, 512, generator=gen).to(dtype)

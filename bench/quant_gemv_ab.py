@@ -10,6 +10,7 @@ bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for ali
 ``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
 aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
 set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
+For W4A16 also every config of the tensor-core GEMV variant (``kernels/w4a16_mma_gemv.py``, code ``mma``).
 ``--edits``: also every config (at the first aim and unit) with the GEMV kernels of MODULE, an edited copy of
 ``kernels/_quant_gemv.py`` importable by that name, labelled LABEL in the ``code`` column: a kernel edit
 timed against the shipped code in one process, on the same inputs.
@@ -85,6 +86,13 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
         for split in splits if kernel == "w4a16" else [shipped]:
             out += [("shipped", label, c, split, "quads", pinned(c, split, True))]
             out += [("shipped", label, c, split, "singles", pinned(c, split, False))] if singles else []
+    if kernel == "w4a16":  # and the tensor-core GEMV variant (kernels/w4a16_mma_gemv.py), every config
+        from kernels.w4a16_mma_gemv import CONFIGS, w4a16_mma_linear
+
+        for c in CONFIGS["cuda"]:
+            label = " ".join(f"{k}={v}" for k, v in c.items())
+            out += [("mma", label, c, shipped, "16 columns",
+                     lambda x, q, s, z, c=c: w4a16_mma_linear(x, q, s, z, 128, config=c))]
     for code, module in (edits or {}).items():
         for c in configs:
             split = (aims[0], units[0]) if kernel == "w4a16" else shipped

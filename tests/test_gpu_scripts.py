@@ -429,7 +429,11 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
     variants = quant_gemv_ab._variants(kernel, [4, 8], [1, 2], singles=True, edits={"edited": _quant_gemv})
     shipped = [v for v in variants if v[0] == "shipped"]
     edited = [v for v in variants if v[0] == "edited"]
+    mma = [v for v in variants if v[0] == "mma"]
     if kernel == "w4a16":
+        from kernels.w4a16_mma_gemv import CONFIGS
+
+        assert [v[2] for v in mma] == CONFIGS["cuda"]
         configs = ql.W4_GEMV_CONFIGS["cuda"]
         gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in configs)
         # a split unit of one group is no whole number of trips of two groups: those configs skip it
@@ -437,7 +441,7 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         assert len(edited) == gpi1 and all(v[3] == (4, 1) for v in edited)  # the first aim and unit only
     else:
         assert [v[4] for v in shipped].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
-        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"])
+        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"]) and not mma
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(24, 256, generator=gen)
     x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
@@ -449,7 +453,7 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         q, s = quantize_w8(w)
         weights = {"q": q, "s": s.to(torch.bfloat16)}
         want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
-    for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2]:
+    for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2] + mma[:1]:
         got = fn(x, **weights)
         assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
             f"{label} {x_loads} left a setting patched"
