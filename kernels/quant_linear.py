@@ -297,6 +297,18 @@ def _check_w4(qweight, scales, zeros, group_size, K_packed):
     return K
 
 
+def check_w4_linear(op: str, x, qweight, scales, zeros, group_size: int, bias) -> tuple[int, int]:
+    """(N, K) of a W4A16 product, after checking every argument (``op`` names the caller in the errors)."""
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise TypeError(f"{op}: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
+                        f"got {qweight.dtype} {tuple(qweight.shape)}")
+    N = qweight.shape[0]
+    K = _check_w4(qweight, scales, zeros, group_size, qweight.shape[1])
+    _check_x(op, x, K, qweight.device)
+    _check_vec(op, "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    return N, K
+
+
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring).
@@ -304,13 +316,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     ``config`` pins one entry of ``W4_CONFIGS`` (the tensor-core kernel) or of ``W4_GEMV_CONFIGS`` (the
     GEMV kernel, M <= GEMV_MAX_M) instead of autotuning (for tuning scripts).
     """
-    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
-        raise TypeError(f"w4a16_linear: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
-                        f"got {qweight.dtype} {tuple(qweight.shape)}")
-    N = qweight.shape[0]
-    K = _check_w4(qweight, scales, zeros, group_size, qweight.shape[1])
-    _check_x("w4a16_linear", x, K, qweight.device)
-    _check_vec("w4a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    N, K = check_w4_linear("w4a16_linear", x, qweight, scales, zeros, group_size, bias)
     x, qweight = _prepare_x(x), qweight.contiguous()
     M = x.shape[0]
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)

@@ -41,7 +41,7 @@ from kernels._quant_launch import launcher
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
-from kernels.quant_linear import _check_vec, _check_w4, _check_x
+from kernels.quant_linear import check_w4_linear
 from kernels.registry import register_impl
 from kernels.tuning import Tuned
 
@@ -117,13 +117,7 @@ def w4a16_mma_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     pins one entry of ``CONFIGS`` instead of autotuning."""
     from kernels.quant_linear import W4_GEMV_PROGRAMS_PER_SM, W4_SPLIT_GROUPS
 
-    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
-        raise TypeError(f"w4a16_mma_linear: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
-                        f"got {qweight.dtype} {tuple(qweight.shape)}")
-    N = qweight.shape[0]
-    K = _check_w4(qweight, scales, zeros, group_size, qweight.shape[1])
-    _check_x("w4a16_mma_linear", x, K, qweight.device)
-    _check_vec("w4a16_mma_linear", "bias", bias, (N,), (torch.float16, torch.bfloat16, torch.float32), qweight.device)
+    N, K = check_w4_linear("w4a16_mma_linear", x, qweight, scales, zeros, group_size, bias)
     M = x.shape[0]
     if M > MAX_M:
         raise ValueError(f"w4a16_mma_linear takes 1 to {MAX_M} rows of x (the tensor-core tile's padded "
