@@ -4,8 +4,9 @@
                                   [--rows 1] [--aims 4] [--units 4] [--singles] [--csv out.csv]
                                   [--edits LABEL=MODULE ...] [--deadline-s 300]
 
-At each M of ``--rows`` (the GEMVs take 1-4; W4A16 at group 128), on the same rotated inputs
-(``bench.timing.time_each``, CUDA-graph replays, L2 defeated), for every config of the kernel's GEMV list:
+At each M of ``--rows`` (the FMA GEMVs take 1-4, the tensor-core variant 1-16; W4A16 at group 128), on the
+same rotated inputs (``bench.timing.time_each``, CUDA-graph replays, L2 defeated), for every config of the
+kernel's GEMV list:
 bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for aligned bf16 rows) and, with
 ``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
 aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
@@ -130,7 +131,8 @@ def run(kernels: list[str], shapes, rows: list[int], aims: list[int], units: lis
                 return
             weights = _weights(kernel, w)
             w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-            variants = _variants(kernel, aims, units, singles, edits)
+            variants = [v for v in _variants(kernel, aims, units, singles, edits)
+                        if M <= 4 or v[2] is None or v[0] == "mma"]  # the FMA GEMVs take 1-4 rows
             times, _ = time_each([v[5] for v in variants], _rotation(M, K, **weights))
             for (code, label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
                 us = ms * 1e3
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", nargs="+", default=["w4a16", "w8a16"], choices=["w4a16", "w8a16"])
     p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
-    p.add_argument("--rows", nargs="+", type=int, default=[1], choices=[1, 2, 3, 4], help="M values to time")
+    p.add_argument("--rows", nargs="+", type=int, default=[1], choices=range(1, 17), metavar="M",
+                   help="M values to time (1-16; above 4 only the shipped launch and the tensor-core variant)")
     p.add_argument("--aims", nargs="+", type=int, default=[4], help="W4_GEMV_PROGRAMS_PER_SM values to time")
     p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
     p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")
