@@ -60,6 +60,10 @@ def _with_kernels(run, module):
     return edited
 
 
+def _label(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
 def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edits: dict | None = None):
     """(code, label, config, (aim, unit), x loads, callable(x, **weights)): shipped, then every config (for
     W4A16 at every aim and split unit), with bf16 x in quads and (``singles``) in single loads; then every
@@ -82,7 +86,7 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
     out = [("shipped", "shipped", None, shipped, "as picked", lambda x, **weights: launch(x, **weights))]
     configs = (ql.W4_GEMV_CONFIGS if kernel == "w4a16" else ql.W8_GEMV_CONFIGS)["cuda"]
     for c in configs:
-        label = " ".join(f"{k}={v}" for k, v in c.items())
+        label = _label(c)
         splits = [(a, u) for a in aims for u in units if u % c.get("GROUPS_PER_ITER", 1) == 0]
         for split in splits if kernel == "w4a16" else [shipped]:
             out += [("shipped", label, c, split, "quads", pinned(c, split, True))]
@@ -91,7 +95,7 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
         from kernels.w4a16_mma_gemv import CONFIGS, w4a16_mma_linear
 
         for c in CONFIGS["cuda"]:
-            label = " ".join(f"{k}={v}" for k, v in c.items())
+            label = _label(c)
             out += [("mma", label, c, shipped, "16 columns",
                      lambda x, q, s, z, c=c: w4a16_mma_linear(x, q, s, z, 128, config=c))]
     for code, module in (edits or {}).items():
@@ -99,7 +103,7 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
             split = (aims[0], units[0]) if kernel == "w4a16" else shipped
             if kernel == "w4a16" and split[1] % c["GROUPS_PER_ITER"]:
                 continue
-            label = " ".join(f"{k}={v}" for k, v in c.items())
+            label = _label(c)
             out += [(code, label, c, split, "quads", _with_kernels(pinned(c, split, True), module))]
     return out
 

@@ -46,6 +46,7 @@ from kernels._quant_cases import (
     w8_inputs,
     w8a16_cublas,
 )
+from kernels._quant_checks import SCALE_DTYPES, check_vec, check_w4_linear, check_x
 from kernels._quant_gemv import (
     ONE_BITS,
     W4_GEMV_CONFIGS,
@@ -58,7 +59,7 @@ from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bu
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
-from kernels.quant_pack import GROUP_SIZES, dequantize_w4
+from kernels.quant_pack import dequantize_w4
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
 
@@ -204,32 +205,8 @@ W4_GEMV_PROGRAMS_PER_SM = 4
 # either way; 4096 x 14336 15.9 us against 17.2-20.0 us at aim 8-16).
 W4_SPLIT_GROUPS = 4
 
-ACT_DTYPES = (torch.float16, torch.bfloat16)
-SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Bits that make a nibble into MAGIC_VALUE + nibble when OR-ed into a float of x's dtype.
 _MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
-
-
-def _check_x(op: str, x: torch.Tensor, K: int, device: torch.device) -> None:
-    if x.dtype not in ACT_DTYPES:
-        raise TypeError(f"{op}: x must be float16 or bfloat16, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
-    if x.shape[1] != K:
-        raise ValueError(f"{op}: x has K={x.shape[1]} but the weight has K={K}")
-    if x.device != device:
-        raise ValueError(f"{op}: x is on {x.device} but the weight is on {device}")
-
-
-def _check_vec(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtypes: tuple, device) -> None:
-    if t is None:
-        return
-    if t.shape != shape:
-        raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{op}: {name} is on {t.device} but the weight is on {device}")
 
 
 def _upcast(x: torch.Tensor) -> bool:
@@ -257,9 +234,9 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise TypeError(f"w8a16_linear: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
                         f"{tuple(qweight.shape)}")
     N, K = qweight.shape
-    _check_x("w8a16_linear", x, K, qweight.device)
-    _check_vec("w8a16_linear", "scales", scales, (N,), SCALE_DTYPES, qweight.device)
-    _check_vec("w8a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    check_x("w8a16_linear", x, K, qweight.device)
+    check_vec("w8a16_linear", "scales", scales, (N,), SCALE_DTYPES, qweight.device)
+    check_vec("w8a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
     x, qweight = _prepare_x(x), qweight.contiguous()
     M = x.shape[0]
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
@@ -283,30 +260,6 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         HAS_BIAS=bias is not None, UPCAST=_upcast(x),
     )
     return y
-
-
-def _check_w4(qweight, scales, zeros, group_size, K_packed):
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"w4a16_linear: group_size must be one of {GROUP_SIZES}, got {group_size}")
-    K = 2 * K_packed
-    if K % group_size:
-        raise ValueError(f"w4a16_linear: group_size {group_size} does not divide K={K}")
-    shape = (K // group_size, qweight.shape[0])
-    _check_vec("w4a16_linear", "scales", scales, shape, SCALE_DTYPES, qweight.device)
-    _check_vec("w4a16_linear", "zeros", zeros, shape, SCALE_DTYPES, qweight.device)
-    return K
-
-
-def check_w4_linear(op: str, x, qweight, scales, zeros, group_size: int, bias) -> tuple[int, int]:
-    """(N, K) of a W4A16 product, after checking every argument (``op`` names the caller in the errors)."""
-    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
-        raise TypeError(f"{op}: qweight must be a 2-D uint8 tensor [N, K // 2] of packed nibbles, "
-                        f"got {qweight.dtype} {tuple(qweight.shape)}")
-    N = qweight.shape[0]
-    K = _check_w4(qweight, scales, zeros, group_size, qweight.shape[1])
-    _check_x(op, x, K, qweight.device)
-    _check_vec(op, "bias", bias, (N,), SCALE_DTYPES, qweight.device)
-    return N, K
 
 
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

@@ -37,11 +37,12 @@ from __future__ import annotations
 import torch
 
 from kernels import alloc, pdl
+from kernels import quant_linear as ql
+from kernels._quant_checks import check_w4_linear
 from kernels._quant_launch import launcher
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
-from kernels.quant_linear import check_w4_linear
 from kernels.registry import register_impl
 from kernels.tuning import Tuned
 
@@ -115,8 +116,6 @@ def w4a16_mma_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                      group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``w4a16_linear`` (same arguments and result) for 1 <= M <= 16 through this file's kernel; ``config``
     pins one entry of ``CONFIGS`` instead of autotuning."""
-    from kernels.quant_linear import W4_GEMV_PROGRAMS_PER_SM, W4_SPLIT_GROUPS
-
     N, K = check_w4_linear("w4a16_mma_linear", x, qweight, scales, zeros, group_size, bias)
     M = x.shape[0]
     if M > MAX_M:
@@ -129,13 +128,14 @@ def w4a16_mma_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if M == 0 or N == 0:
         return y
     groups = K // group_size
-    splits, units, partials, counters = decode_split(M, N, triton.cdiv(groups, W4_SPLIT_GROUPS), N * K // 2,
-                                                     x.device, W4_GEMV_PROGRAMS_PER_SM)
+    unit = ql.W4_SPLIT_GROUPS  # the FMA GEMV's split rule, read at each launch
+    splits, units, partials, counters = decode_split(M, N, triton.cdiv(groups, unit), N * K // 2, x.device,
+                                                     ql.W4_GEMV_PROGRAMS_PER_SM)
     magic, offset = MAGIC[x.dtype]
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
     launcher(_tuned, config)[grid](
         x, qweight.view(torch.int32), scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales,
-        y, partials, counters, M, N, x.stride(0), y.stride(0), K // 8, groups, units * W4_SPLIT_GROUPS, splits,
+        y, partials, counters, M, N, x.stride(0), y.stride(0), K // 8, groups, units * unit, splits,
         magic, offset, GROUP=group_size, HAS_BIAS=bias is not None, F16=x.dtype == torch.float16,
         UPCAST=interpreting(), **pdl.launch_options(x.device, "w4a16_mma_gemv"),
     )
