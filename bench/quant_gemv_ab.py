@@ -11,10 +11,12 @@ bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for ali
 ``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
 aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
 set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
-For W4A16 also every config of the tensor-core GEMV variant (``kernels/w4a16_mma_gemv.py``, code ``mma``).
+For W4A16 also every config of the tensor-core GEMV (``kernels/w4a16_mma_gemv.py``, code ``mma``), and the
+shipped launch with no rows given to it (code ``no-mma``: the FMA GEMV to M = 4, the tensor-core tiles above).
 ``--edits``: also every config (at the first aim and unit) with the GEMV kernels of MODULE, an edited copy of
 ``kernels/_quant_gemv.py`` importable by that name, labelled LABEL in the ``code`` column: a kernel edit
-timed against the shipped code in one process, on the same inputs.
+timed against the shipped code in one process, on the same inputs. A MODULE with a ``w4a16_mma_linear`` is an
+edited copy of ``kernels/w4a16_mma_gemv.py`` instead: each of its own ``CONFIGS`` is timed, at every M.
 ``pct_copy``: the bytes a launch must move over the run's measured copy bandwidth.
 """
 
@@ -94,11 +96,24 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
     if kernel == "w4a16":  # and the tensor-core GEMV variant (kernels/w4a16_mma_gemv.py), every config
         from kernels.w4a16_mma_gemv import CONFIGS, w4a16_mma_linear
 
+        def without_mma(x, **weights):  # the shipped dispatch with no rows for the tensor-core GEMV
+            rows, ql.W4_MMA_ROWS = ql.W4_MMA_ROWS, range(0)
+            try:
+                return launch(x, **weights)
+            finally:
+                ql.W4_MMA_ROWS = rows
+        out += [("no-mma", "shipped, W4_MMA_ROWS empty", None, shipped, "as picked", without_mma)]
+
         for c in CONFIGS["cuda"]:
             label = _label(c)
             out += [("mma", label, c, shipped, "16 columns",
                      lambda x, q, s, z, c=c: w4a16_mma_linear(x, q, s, z, 128, config=c))]
     for code, module in (edits or {}).items():
+        if kernel == "w4a16" and hasattr(module, "w4a16_mma_linear"):  # an edited tensor-core variant
+            for c in module.CONFIGS["cuda"]:
+                out += [(code, _label(c), c, shipped, "16 columns",
+                         lambda x, q, s, z, c=c, f=module.w4a16_mma_linear: f(x, q, s, z, 128, config=c))]
+            continue
         for c in configs:
             split = (aims[0], units[0]) if kernel == "w4a16" else shipped
             if kernel == "w4a16" and split[1] % c["GROUPS_PER_ITER"]:
@@ -136,7 +151,7 @@ def run(kernels: list[str], shapes, rows: list[int], aims: list[int], units: lis
             weights = _weights(kernel, w)
             w_bytes = sum(t.numel() * t.element_size() for t in weights.values())
             variants = [v for v in _variants(kernel, aims, units, singles, edits)
-                        if M <= 4 or v[2] is None or v[0] == "mma"]  # the FMA GEMVs take 1-4 rows
+                        if M <= 4 or v[2] is None or v[4] == "16 columns"]  # the FMA GEMVs take 1-4 rows
             times, _ = time_each([v[5] for v in variants], _rotation(M, K, **weights))
             for (code, label, config, (aim, unit), x_loads, _), ms in zip(variants, times, strict=True):
                 us = ms * 1e3

@@ -58,7 +58,7 @@ from kernels._quant_gemv import (
 from kernels._quant_launch import gemv_launch_options, gemv_rows, launcher, m_bucket, prune_by_m, use_gemv
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
-from kernels.device import interpreting
+from kernels.device import interpreting, is_hip
 from kernels.quant_pack import dequantize_w4
 from kernels.registry import Op, register
 from kernels.tuning import Tuned
@@ -205,6 +205,19 @@ W4_GEMV_PROGRAMS_PER_SM = 4
 # either way; 4096 x 14336 15.9 us against 17.2-20.0 us at aim 8-16).
 W4_SPLIT_GROUPS = 4
 
+# The W4A16 rows that go to the tensor-core GEMV (kernels/w4a16_mma_gemv.py) instead of the FMA GEMV (M <= 4)
+# or the tensor-core tiles. On an H200 (bench/results/NVIDIA_H200/run24_notes.md, 7 weight shapes) it beat
+# both at every shape from M = 3 to 16, by 1.0-3.1x; at M = 2 the FMA GEMV was faster at 5 shapes of 7 and at
+# M = 1 at all. Read at each launch.
+W4_MMA_ROWS = range(3, 17)
+
+
+def use_mma_gemv(M: int, qweight: torch.Tensor, config: dict | None) -> bool:
+    """Whether ``w4a16_linear`` gives its M rows (of checked, 16-bit x) to the tensor-core GEMV: M in
+    ``W4_MMA_ROWS``, a weight that starts 4-byte aligned, no pinned config, and not on ROCm (not timed there)."""
+    return config is None and M in W4_MMA_ROWS and qweight.data_ptr() % 4 == 0 and not is_hip()
+
+
 # Bits that make a nibble into MAGIC_VALUE + nibble when OR-ed into a float of x's dtype.
 _MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
 
@@ -266,12 +279,17 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``x @ W.T + bias``, W dequantized per group from packed int4 (see the module docstring).
 
+    M in ``W4_MMA_ROWS`` goes to the tensor-core GEMV of ``kernels.w4a16_mma_gemv`` (``use_mma_gemv``).
     ``config`` pins one entry of ``W4_CONFIGS`` (the tensor-core kernel) or of ``W4_GEMV_CONFIGS`` (the
     GEMV kernel, M <= GEMV_MAX_M) instead of autotuning (for tuning scripts).
     """
     N, K = check_w4_linear("w4a16_linear", x, qweight, scales, zeros, group_size, bias)
     x, qweight = _prepare_x(x), qweight.contiguous()
     M = x.shape[0]
+    if use_mma_gemv(M, qweight, config):
+        from kernels.w4a16_mma_gemv import launch_mma_gemv  # here: that module imports this one
+
+        return launch_mma_gemv(x, qweight, scales, zeros, group_size, bias)
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y

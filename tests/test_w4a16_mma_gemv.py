@@ -1,6 +1,7 @@
 """The tensor-core W4A16 GEMV variant (``kernels/w4a16_mma_gemv.py``): the op's reference on random shapes,
-every config, its split-K, its permuted k order with a non-trivial zero point, validation, and large bf16
-shapes on the GPU. Outputs are poisoned before the kernel writes them (``run_case``)."""
+every config, its split-K, its permuted k order with a non-trivial zero point, ``w4a16_linear``'s dispatch
+to it, the element-wise path of ROCm, validation, and large shapes on the GPU. Outputs are poisoned before
+the kernel writes them (``run_case``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kernels.device import interpreting
 from kernels.quant_linear import W4A16_OP, w4a16_linear_reference
 from kernels.quant_pack import quantize_w4
 from kernels.testing import assert_close, run_case
@@ -80,9 +82,46 @@ def test_empty_batch_and_rejected_inputs(device):
         w4a16_mma_linear(torch.randn(2, 128, device=device), q, s, z, 64)
 
 
+def test_w4a16_linear_dispatches_its_middle_rows_here(device, monkeypatch):
+    from kernels import quant_linear as ql
+    from kernels import w4a16_mma_gemv
+
+    calls = []
+    launch = w4a16_mma_gemv.launch_mma_gemv
+    monkeypatch.setattr(w4a16_mma_gemv, "launch_mma_gemv",
+                        lambda *a, **k: calls.append(a[0].shape[0]) or launch(*a, **k))
+    q, s, z = quantize_w4(torch.randn(40, 256, device=device), 128)
+    s, z = s.to(torch.bfloat16), z.to(torch.bfloat16)
+    for m in (1, 2, 3, 16, 17):
+        x = torch.randn(m, 256, device=device).to(torch.bfloat16)
+        want = w4a16_linear_reference(x.double(), q, s.double(), z.double(), 128)
+        assert_close(ql.w4a16_linear(x, q, s, z, 128), want, dtype=torch.bfloat16, reduction_len=256, what=f"M={m}")
+    ql.w4a16_linear(torch.randn(5, 256, device=device).to(torch.bfloat16), q, s, z, 128,
+                    config=ql.W4_CONFIGS["cuda"][0])  # a pinned config: the kernel it names
+    assert calls == [m for m in (1, 2, 3, 16, 17) if m in ql.W4_MMA_ROWS] and 16 in calls
+    monkeypatch.setattr(ql, "W4_MMA_ROWS", range(0))  # read at each launch
+    before = len(calls)
+    ql.w4a16_linear(torch.randn(4, 256, device=device).to(torch.bfloat16), q, s, z, 128)
+    assert len(calls) == before
+
+
+def test_element_wise_dequantization_of_other_backends(device, monkeypatch):
+    # The ROCm path (plain 16-bit arithmetic instead of inline PTX) checked in fp16, which the interpreter
+    # computes correctly.
+    from kernels import w4a16_mma_gemv
+
+    if not interpreting():
+        pytest.skip("the interpreter forces the mode here; on a GPU the mode is the device's")
+    monkeypatch.setattr(w4a16_mma_gemv, "_mode", lambda: 2)
+    for seed in range(2):
+        run_case(W4A16_OP, {"M": 3, "N": 40, "K": 256, "dtype": torch.float16, "bias": True, "group_size": 64},
+                 device, seed=seed, impl=IMPL)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 16])
-def test_large_bf16_shapes_on_gpu(m, device):
+@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_large_shapes_on_gpu(m, dtype, device):
     for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (4113, 896)]:
-        case = {"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": m == 16, "group_size": 128}
+        case = {"M": m, "N": n, "K": k, "dtype": dtype, "bias": m == 16, "group_size": 128}
         run_case(W4A16_OP, case, device, seed=n + k + m, impl=IMPL)
