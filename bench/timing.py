@@ -80,11 +80,20 @@ def time_rotating(fn: Callable[..., Any], input_sets: Sequence[dict[str, Any]], 
 
 
 def time_each(fns: Sequence[Callable[..., Any]], input_sets: Sequence[dict[str, Any]]) -> tuple[list[float], str]:
-    """Times of every callable on the same rotated inputs, all by one method: ``"graph"`` or ``"events"``."""
+    """Times of every callable on the same rotated inputs, all by one method: ``"graph"`` or ``"events"``.
+
+    Every callable first runs once on every input set, outside any capture: whatever it builds lazily per
+    input (a baseline's dense copy of a quantized weight, ``kernels._dense_cache``) is built then. Built
+    inside the capture instead, that work would be replayed with every call and timed as part of it.
+    """
+    import torch
+
+    for fn in fns:
+        for inputs in input_sets:
+            fn(**inputs)
+    torch.cuda.synchronize()
     try:
         return [time_rotating(fn, input_sets, graph=True) for fn in fns], "graph"
     except RuntimeError:  # a host sync inside fn makes capture fail: time every callable with events instead
-        import torch
-
         torch.cuda.synchronize()
         return [time_rotating(fn, input_sets, graph=False) for fn in fns], "events"

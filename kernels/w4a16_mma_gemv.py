@@ -27,8 +27,8 @@ FMA GEMV of ``kernels._quant_gemv`` (23 against 15 us at 14336 x 4096), which ke
 that scaled the fp32 products after the dot, with a per-group sum of x, spent seven barriers a loop trip on
 layout conversions and ran at half this speed (run 24, call 1).
 Takes 1 <= M <= 16, bf16 or fp16 x, groups of 32, 64 or 128. Split-K as the FMA GEMV
-(``kernels._split_k``, the same split rule), one group a loop trip. Its reference is the op's own
-(``kernels.quant_linear.w4a16_linear_reference``: dequantize, then matmul).
+(``kernels._split_k``, the same split unit, its own aim ``PROGRAMS_PER_SM``), one group a loop trip. Its
+reference is the op's own (``kernels.quant_linear.w4a16_linear_reference``: dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ from kernels.tuning import Tuned
 
 MAX_M = 16  # the padded columns of x
 MAGIC = {torch.bfloat16: 0x43004300, torch.float16: 0x64006400}
+# Split-K aims at this many programs an SM (``kernels._split_k.decode_split``); read at each launch. On an H200
+# (run 24 call 4) 2 was as fast as 4 at six shapes of M = 1-16 and 3-5% faster at 4096 x 14336; 8 was slower.
+PROGRAMS_PER_SM = 2
 
 
 def _mode() -> int:
@@ -116,10 +119,20 @@ def _w4a16_mma_gemv_kernel(
     x_tile = x_ptr + tl.minimum(cols, M - 1)[None, :] * stride_xm + k_of[:, None]  # [GROUP, 16]
     m_ok = (cols < M)[None, :]
     acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+    # x, scales and zeros are loaded a trip ahead, by hand: 2-byte gathers, which the pipeliner leaves in the
+    # trip that uses them (1.05-1.3x at M = 4 and 16 against loading them there, run 24 call 4)
+    # (the last trip re-reads its own group rather than the one past the chunk, which may be past the tensor)
+    gn = tl.minimum(g_start, G_TOTAL - 1)
+    xn = tl.load(x_tile + gn * GROUP, mask=m_ok, other=0.0)
+    sn = tl.load(s_ptr + gn * N + rows)
+    zn = tl.load(z_ptr + gn * N + rows)
     for g in range(g_start, g_end):
-        a = _dequantized_a(tl.load(w_rows + g * WPG), tl.load(s_ptr + g * N + rows), tl.load(z_ptr + g * N + rows),
-                           magic, BLOCK_N, GROUP, F16, MODE)
-        xg = tl.load(x_tile + g * GROUP, mask=m_ok, other=0.0)
+        xg, sg, zg = xn, sn, zn
+        gn = tl.minimum(g + 1, g_end - 1)
+        xn = tl.load(x_tile + gn * GROUP, mask=m_ok, other=0.0)
+        sn = tl.load(s_ptr + gn * N + rows)
+        zn = tl.load(z_ptr + gn * N + rows)
+        a = _dequantized_a(tl.load(w_rows + g * WPG), sg, zg, magic, BLOCK_N, GROUP, F16, MODE)
         if MODE == 0:  # noqa: SIM108  (a compile-time branch; the interpreter's 16-bit tl.dot is wrong)
             acc = tl.dot(a, xg.to(tl.float32), acc)
         else:
@@ -161,9 +174,9 @@ def launch_mma_gemv(x, qweight, scales, zeros, group_size: int, bias=None, confi
     if M == 0 or N == 0:
         return y
     groups = K // group_size
-    unit = ql.W4_SPLIT_GROUPS  # the FMA GEMV's split rule, read at each launch
+    unit = ql.W4_SPLIT_GROUPS  # the FMA GEMV's split unit, read at each launch
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(groups, unit), N * K // 2, x.device,
-                                                     ql.W4_GEMV_PROGRAMS_PER_SM)
+                                                     PROGRAMS_PER_SM)
     grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
     launcher(_tuned, config)[grid](
         x, qweight.view(torch.int32), scales.contiguous(), zeros.contiguous(), bias if bias is not None else scales,

@@ -100,6 +100,19 @@ def test_input_sets_rotate_past_l2():
     assert timing.input_sets_for(1 << 30, 50 << 20) == 1
 
 
+def test_time_each_runs_every_callable_on_every_set_before_timing(monkeypatch):
+    # A lazily built per-input cache (the quantized ops' cuBLAS baselines dequantize their weight once) must
+    # be built before the timed capture, or the capture records the build and every replay repeats it.
+    sets = [{"i": i} for i in range(5)]
+    seen, timed_after = [], []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(timing, "time_ms", lambda fn, graph=False: timed_after.append(sorted(seen)) or 1.0)
+    fns = [lambda i, name=name: seen.append((name, i)) for name in ("impl", "baseline")]
+    times, method = timing.time_each(fns, sets)
+    assert times == [1.0, 1.0] and method == "graph"
+    assert timed_after[0] == sorted((name, i) for name in ("impl", "baseline") for i in range(5))
+
+
 def _args(tmp_path, **kw):
     ns = dict(ops=["rmsnorm", "silu_and_mul"], dtypes=None, quick=True, out=tmp_path, impl="triton",
               correctness=False, no_plot=False)

@@ -43,7 +43,6 @@ from kernels._quant_launch import launcher
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import interpreting
-from kernels.registry import register_impl
 from kernels.tuning import Tuned
 
 MAX_M = 16  # the padded columns of x

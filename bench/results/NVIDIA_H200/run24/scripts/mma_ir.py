@@ -18,9 +18,11 @@ kernel, args, kwargs = capture(mod, c, lambda: mod.w4a16_mma_linear(x, q, s.bflo
 comp = compile_sm90(kernel, args, dict(kwargs))
 r = inspect(comp)
 tag = os.path.join(tempfile.gettempdir(), f"{sys.argv[1].split('.')[-1]}_{c['BLOCK_N']}_{c['num_warps']}")
-open(tag + ".ttgir", "w").write(comp.asm["ttgir"])
-open(tag + ".ptx", "w").write(comp.asm["ptx"])
+for ext in ("ttgir", "ptx"):
+    with open(f"{tag}.{ext}", "w") as f:
+        f.write(comp.asm[ext])
 print(sys.argv[1:], "regs", r.registers, "stack", r.stack_bytes, "loop", r.loop_instructions,
-      "instr/B", r.loop_instructions * c["num_warps"] / (c["BLOCK_N"] * 64), "bars", r.count("BAR"), "ldg", r.count("LDG"))
+      "instr/B", r.loop_instructions * c["num_warps"] / (c["BLOCK_N"] * 64), "bars", r.count("BAR"),
+      "ldg", r.count("LDG"))
 if len(sys.argv) > 5:
     print(sorted(r.loop_ops.items(), key=lambda kv: -kv[1]))

@@ -5,6 +5,7 @@ import sys
 import torch
 
 from kernels.quant_pack import quantize_w4
+
 w4a16_mma_linear = importlib.import_module(sys.argv[1]).w4a16_mma_linear
 
 torch.manual_seed(0)
