@@ -206,9 +206,9 @@ W4_GEMV_PROGRAMS_PER_SM = 4
 W4_SPLIT_GROUPS = 4
 
 # The W4A16 rows that go to the tensor-core GEMV (kernels/w4a16_mma_gemv.py) instead of the FMA GEMV (M <= 4)
-# or the tensor-core tiles. On an H200 (bench/results/NVIDIA_H200/run24_notes.md, 7 weight shapes) it beat
-# both at every shape from M = 3 to 16, by 1.0-3.1x; at M = 2 the FMA GEMV was faster at 5 shapes of 7 and at
-# M = 1 at all. Read at each launch.
+# or the tensor-core tiles. On an H200 (bench/results/NVIDIA_H200/run24_notes.md) it was 1.40-2.41x faster than
+# both at M = 3-16 on five weight shapes; at M = 2 the FMA GEMV was faster at 5 shapes of 7, at M = 1 at all.
+# Read at each launch.
 W4_MMA_ROWS = range(3, 17)
 
 

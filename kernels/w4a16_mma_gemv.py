@@ -20,12 +20,12 @@ x's rows with them). Logical column s = 32 B + 16 b + 8 e + 2 c + h holds nibble
 word t = 4 B + c. Then the four pair registers of one word are exactly one thread's A-fragment slots
 (2c, 2c + 1, 2c + 8, 2c + 9) of two k16 steps, so a word's pairs can stay with the thread that loaded it.
 
-Measured (H200, ``bench/results/NVIDIA_H200/run24_notes.md``): at M = 4 and 16 on 4096 x 4096 to 14336 x 4096
-weights, 1.2-1.5x cuBLAS bf16 and 1.3-1.8x faster than the kernels ``w4a16_linear`` took there before, so
-``w4a16_linear`` dispatches M in ``MMA_ROWS`` here on CUDA (``use_mma_gemv``). At M = 1 it is slower than the
-FMA GEMV of ``kernels._quant_gemv`` (23 against 15 us at 14336 x 4096), which keeps that row. An earlier form
-that scaled the fp32 products after the dot, with a per-group sum of x, spent seven barriers a loop trip on
-layout conversions and ran at half this speed (run 24, call 1).
+Measured (H200, ``bench/results/NVIDIA_H200/run24_notes.md``): at M = 3-16, 1.2-1.5x cuBLAS bf16 at the
+Llama-3-8B shapes (0.8-1.3x at two 0.5B-sized ones) and 1.4-2.4x faster than the kernels ``w4a16_linear`` took
+there before, so ``w4a16_linear`` sends M in ``quant_linear.W4_MMA_ROWS`` here on CUDA (``use_mma_gemv``). At
+M = 1 it is slower than the FMA GEMV of ``kernels._quant_gemv`` (23 against 15 us at 14336 x 4096), which keeps
+that row. An earlier form that scaled the fp32 products after the dot, with a per-group sum of x, spent 15
+barriers a loop trip on layout conversions (Triton 3.6) and ran at half this speed (run 24, call 1).
 Takes 1 <= M <= 16, bf16 or fp16 x, groups of 32, 64 or 128. Split-K as the FMA GEMV
 (``kernels._split_k``, the same split unit, its own aim ``PROGRAMS_PER_SM``), one group a loop trip. Its
 reference is the op's own (``kernels.quant_linear.w4a16_linear_reference``: dequantize, then matmul).
