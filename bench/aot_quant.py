@@ -160,6 +160,7 @@ def decode_launches():
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
     from kernels import w4a16_mma_gemv as mma
+    from kernels import w8a16_mma_gemv as mma8
     from kernels.gguf_formats import FORMATS, random_blocks
     from kernels.quant_pack import quantize_w4, quantize_w8
 
@@ -178,6 +179,9 @@ def decode_launches():
     for c in ql.W8_GEMV_CONFIGS["cuda"] + [c for c in ql.W8_CONFIGS["cuda"] if c["BLOCK_M"] == 16]:
         yield (f"w8a16 {c}", ql, c, lambda c=c: ql.w8a16_linear(x, q8, s8, config=c),
                c["BLOCK_N"] * (4 * c["BLOCK_W"] if "BLOCK_W" in c else c["BLOCK_K"]))
+    for c in mma8.CONFIGS["cuda"]:
+        yield (f"w8a16 tensor-core GEMV {c}", mma8, c, lambda c=c: mma8.w8a16_mma_linear(x, q8, s8, config=c),
+               c["BLOCK_N"] * mma8.KB)
     gemv = {gl.Q4_0: gl.Q4_0_GROUP_GEMV_CONFIGS["cuda"] + gl.Q4_0_GEMV_CONFIGS["cuda"],
             gl.Q4_K: gl.Q4_K_GROUP_GEMV_CONFIGS["cuda"] + gl.Q4_K_GEMV_CONFIGS["cuda"]}
     for q in sorted(FORMATS):
@@ -196,6 +200,7 @@ def check_launches():
     from kernels import gguf_linear as gl
     from kernels import quant_linear as ql
     from kernels import w4a16_mma_gemv as mma
+    from kernels import w8a16_mma_gemv as mma8
     from kernels.gguf_formats import FORMATS, Q4_0, Q4_K, random_blocks
     from kernels.quant_pack import quantize_w4, quantize_w8
 
@@ -230,6 +235,11 @@ def check_launches():
                     xr = torch.randn(rows, 512, generator=gen).to(dtype)
                     yield (f"w4a16 tensor-core GEMV {dtype} M={rows} {c}", mma, c,
                            lambda x=xr, s=s, z=z, b=bias, c=c: mma.w4a16_mma_linear(x, q4, s, z, 128, b, config=c))
+            for c, rows in [(mma8.CONFIGS["cuda"][0], 1)] + [(c, 16) for c in mma8.CONFIGS["cuda"]]:
+                if dtype == torch.bfloat16 or rows == 1:
+                    xr = torch.randn(rows, 512, generator=gen).to(dtype)
+                    yield (f"w8a16 tensor-core GEMV {dtype} M={rows} {c}", mma8, c,
+                           lambda x=xr, b=bias, c=c: mma8.w8a16_mma_linear(x, q8, s8.to(x.dtype), b, config=c))
     for dtype, qtypes in ((torch.bfloat16, sorted(FORMATS)), (torch.float16, [Q4_0, Q4_K]),
                           (torch.float32, [Q4_0])):
         x = torch.randn(1, 512, generator=gen).to(dtype)

@@ -11,12 +11,14 @@ bf16 x in 8-byte loads of four values (``quads``, what ``x_quads`` picks for ali
 ``--singles``, in 2-byte loads (the path of fp16, fp32 and misaligned x); for W4A16 also at every split-K
 aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (``W4_SPLIT_GROUPS``), each
 set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
-For W4A16 also every config of the tensor-core GEMV (``kernels/w4a16_mma_gemv.py``, code ``mma``), and the
-shipped launch with no rows given to it (code ``no-mma``: the FMA GEMV to M = 4, the tensor-core tiles above).
+Also every config of the tensor-core GEMV (``kernels/w4a16_mma_gemv.py``, ``w8a16_mma_gemv.py``, code ``mma``),
+and the shipped launch with no rows given to it (code ``no-mma``: the FMA GEMV to M = 4, the tensor-core tiles
+above).
 ``--edits``: also every config (at the first aim and unit) with the GEMV kernels of MODULE, an edited copy of
 ``kernels/_quant_gemv.py`` importable by that name, labelled LABEL in the ``code`` column: a kernel edit
-timed against the shipped code in one process, on the same inputs. A MODULE with a ``w4a16_mma_linear`` is an
-edited copy of ``kernels/w4a16_mma_gemv.py`` instead: each of its own ``CONFIGS`` is timed, at every M.
+timed against the shipped code in one process, on the same inputs. A MODULE with a ``w4a16_mma_linear`` (or
+``w8a16_mma_linear``) is an edited copy of that tensor-core GEMV instead: each of its own ``CONFIGS`` is timed,
+at every M.
 ``pct_copy``: the bytes a launch must move over the run's measured copy bandwidth.
 """
 
@@ -62,6 +64,14 @@ def _with_kernels(run, module):
     return edited
 
 
+def _mma_launch(kernel: str, module, config: dict):
+    """callable(x, **weights): ``module``'s tensor-core GEMV (``w4a16_mma_linear`` or ``w8a16_mma_linear``)
+    pinned to ``config``."""
+    if kernel == "w4a16":
+        return lambda x, q, s, z: module.w4a16_mma_linear(x, q, s, z, 128, config=config)
+    return lambda x, q, s: module.w8a16_mma_linear(x, q, s, config=config)
+
+
 def _label(config: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items())
 
@@ -93,26 +103,24 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
         for split in splits if kernel == "w4a16" else [shipped]:
             out += [("shipped", label, c, split, "quads", pinned(c, split, True))]
             out += [("shipped", label, c, split, "singles", pinned(c, split, False))] if singles else []
-    if kernel == "w4a16":  # and the tensor-core GEMV variant (kernels/w4a16_mma_gemv.py), every config
-        from kernels.w4a16_mma_gemv import CONFIGS, w4a16_mma_linear
+    # and the tensor-core GEMV (kernels/w4a16_mma_gemv.py, w8a16_mma_gemv.py): every config, and the shipped
+    # dispatch with no rows given to it
+    mma = importlib.import_module(f"kernels.{kernel}_mma_gemv")
+    rows_name = "W4_MMA_ROWS" if kernel == "w4a16" else "W8_MMA_ROWS"
 
-        def without_mma(x, **weights):  # the shipped dispatch with no rows for the tensor-core GEMV
-            rows, ql.W4_MMA_ROWS = ql.W4_MMA_ROWS, range(0)
-            try:
-                return launch(x, **weights)
-            finally:
-                ql.W4_MMA_ROWS = rows
-        out += [("no-mma", "shipped, W4_MMA_ROWS empty", None, shipped, "as picked", without_mma)]
-
-        for c in CONFIGS["cuda"]:
-            label = _label(c)
-            out += [("mma", label, c, shipped, "16 columns",
-                     lambda x, q, s, z, c=c: w4a16_mma_linear(x, q, s, z, 128, config=c))]
+    def without_mma(x, **weights):
+        rows = getattr(ql, rows_name)
+        setattr(ql, rows_name, range(0))
+        try:
+            return launch(x, **weights)
+        finally:
+            setattr(ql, rows_name, rows)
+    out += [("no-mma", f"shipped, {rows_name} empty", None, shipped, "as picked", without_mma)]
+    out += [("mma", _label(c), c, shipped, "16 columns", _mma_launch(kernel, mma, c)) for c in mma.CONFIGS["cuda"]]
     for code, module in (edits or {}).items():
-        if kernel == "w4a16" and hasattr(module, "w4a16_mma_linear"):  # an edited tensor-core variant
-            for c in module.CONFIGS["cuda"]:
-                out += [(code, _label(c), c, shipped, "16 columns",
-                         lambda x, q, s, z, c=c, f=module.w4a16_mma_linear: f(x, q, s, z, 128, config=c))]
+        if hasattr(module, f"{kernel}_mma_linear"):  # an edited tensor-core variant
+            out += [(code, _label(c), c, shipped, "16 columns", _mma_launch(kernel, module, c))
+                    for c in module.CONFIGS["cuda"]]
             continue
         for c in configs:
             split = (aims[0], units[0]) if kernel == "w4a16" else shipped
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", nargs="+", default=["w4a16", "w8a16"], choices=["w4a16", "w8a16"])
     p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], help="N x K, e.g. 4096x14336")
     p.add_argument("--rows", nargs="+", type=int, default=[1], choices=range(1, 17), metavar="M",
-                   help="M values to time (1-16; above 4 only the shipped launch and the tensor-core variant)")
+                   help="M values to time (1-16; above 4 only the shipped launches and the tensor-core GEMV)")
     p.add_argument("--aims", nargs="+", type=int, default=[4], help="W4_GEMV_PROGRAMS_PER_SM values to time")
     p.add_argument("--units", nargs="+", type=int, default=[4], help="W4_SPLIT_GROUPS values to time")
     p.add_argument("--singles", action="store_true", help="also time bf16 x in 2-byte loads")

@@ -48,3 +48,15 @@ def check_w4_linear(op: str, x, qweight, scales, zeros, group_size: int, bias) -
     check_x(op, x, K, qweight.device)
     check_vec(op, "bias", bias, (N,), SCALE_DTYPES, qweight.device)
     return N, K
+
+
+def check_w8_linear(op: str, x, qweight, scales, bias) -> tuple[int, int]:
+    """(N, K) of a W8A16 product, after checking every argument (``op`` names the caller in the errors)."""
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise TypeError(f"{op}: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
+                        f"{tuple(qweight.shape)}")
+    N, K = qweight.shape
+    check_x(op, x, K, qweight.device)
+    check_vec(op, "scales", scales, (N,), SCALE_DTYPES, qweight.device)
+    check_vec(op, "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    return N, K

@@ -46,7 +46,7 @@ from kernels._quant_cases import (
     w8_inputs,
     w8a16_cublas,
 )
-from kernels._quant_checks import SCALE_DTYPES, check_vec, check_w4_linear, check_x
+from kernels._quant_checks import check_w4_linear, check_w8_linear
 from kernels._quant_gemv import (
     ONE_BITS,
     W4_GEMV_CONFIGS,
@@ -212,6 +212,18 @@ W4_SPLIT_GROUPS = 4
 W4_MMA_ROWS = range(3, 17)
 
 
+# The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip.
+# Read at each launch.
+W8_MMA_ROWS = range(3, 17)
+
+
+def use_w8_mma_gemv(M: int, K: int, qweight: torch.Tensor, config: dict | None) -> bool:
+    """Whether ``w8a16_linear`` gives its M rows to the tensor-core GEMV: M in ``W8_MMA_ROWS``, K % 128 == 0,
+    a weight that starts 4-byte aligned, no pinned config, and not on ROCm (not timed there)."""
+    return (config is None and M in W8_MMA_ROWS and K % 128 == 0 and qweight.data_ptr() % 4 == 0
+            and not is_hip())
+
+
 def use_mma_gemv(M: int, qweight: torch.Tensor, config: dict | None) -> bool:
     """Whether ``w4a16_linear`` gives its M rows (of checked, 16-bit x) to the tensor-core GEMV: M in
     ``W4_MMA_ROWS``, a weight that starts 4-byte aligned, no pinned config, and not on ROCm (not timed there)."""
@@ -240,18 +252,17 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
     """``x @ (qweight * scales[:, None]).T + bias`` with int8 ``qweight`` [N, K] and ``scales`` [N].
 
+    M in ``W8_MMA_ROWS`` goes to the tensor-core GEMV of ``kernels.w8a16_mma_gemv`` (``use_w8_mma_gemv``).
     ``config`` pins one entry of ``W8_CONFIGS`` (the tensor-core kernel) or of ``W8_GEMV_CONFIGS`` (the
     GEMV kernel, M <= GEMV_MAX_M) instead of autotuning (for tuning scripts).
     """
-    if qweight.dtype != torch.int8 or qweight.dim() != 2:
-        raise TypeError(f"w8a16_linear: qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} "
-                        f"{tuple(qweight.shape)}")
-    N, K = qweight.shape
-    check_x("w8a16_linear", x, K, qweight.device)
-    check_vec("w8a16_linear", "scales", scales, (N,), SCALE_DTYPES, qweight.device)
-    check_vec("w8a16_linear", "bias", bias, (N,), SCALE_DTYPES, qweight.device)
+    N, K = check_w8_linear("w8a16_linear", x, qweight, scales, bias)
     x, qweight = _prepare_x(x), qweight.contiguous()
     M = x.shape[0]
+    if use_w8_mma_gemv(M, K, qweight, config):
+        from kernels.w8a16_mma_gemv import launch_mma_gemv  # here: that module imports this one's checks
+
+        return launch_mma_gemv(x, qweight, scales, bias)
     y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y

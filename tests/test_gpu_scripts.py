@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import os
@@ -430,10 +431,8 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
     shipped = [v for v in variants if v[0] == "shipped"]
     edited = [v for v in variants if v[0] == "edited"]
     mma = [v for v in variants if v[0] == "mma"]
+    assert [v[2] for v in mma] == importlib.import_module(f"kernels.{kernel}_mma_gemv").CONFIGS["cuda"]
     if kernel == "w4a16":
-        from kernels.w4a16_mma_gemv import CONFIGS
-
-        assert [v[2] for v in mma] == CONFIGS["cuda"]
         configs = ql.W4_GEMV_CONFIGS["cuda"]
         gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in configs)
         # a split unit of one group is no whole number of trips of two groups: those configs skip it
@@ -441,7 +440,7 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         assert len(edited) == gpi1 and all(v[3] == (4, 1) for v in edited)  # the first aim and unit only
     else:
         assert [v[4] for v in shipped].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
-        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"]) and not mma
+        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"])
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(24, 256, generator=gen)
     x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
@@ -454,13 +453,13 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         weights = {"q": q, "s": s.to(torch.bfloat16)}
         want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
     no_mma = [v for v in variants if v[0] == "no-mma"]
-    assert len(no_mma) == (kernel == "w4a16")
-    rows = getattr(ql, "W4_MMA_ROWS", None)
+    assert len(no_mma) == 1
+    rows = (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS)
     for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2] + mma[:1] + no_mma:
         got = fn(x, **weights)
         assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
             f"{label} {x_loads} left a setting patched"
-        assert ql.W4_MMA_ROWS is rows, f"{label} left W4_MMA_ROWS patched"
+        assert rows == (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS), f"{label} left the rows of the tensor-core GEMVs patched"
         assert (ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel) == kernels, f"{code} {label} left its kernels in"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():
