@@ -212,9 +212,11 @@ W4_SPLIT_GROUPS = 4
 W4_MMA_ROWS = range(3, 17)
 
 
-# The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip.
-# Read at each launch.
-W8_MMA_ROWS = range(3, 17)
+# The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip:
+# none. On an H200 (run 24, call 7) it beat the FMA GEMV at M = 3-4 at three shapes of four (0.87-1.10x
+# cuBLAS against 0.57-0.79x), but the tensor-core tiles took M = 8-16 in 0.6-0.7x its time (1.41-1.49x
+# cuBLAS), and they likely would at M = 3-4 too (not timed there). Read at each launch.
+W8_MMA_ROWS = range(0)
 
 
 def use_w8_mma_gemv(M: int, K: int, qweight: torch.Tensor, config: dict | None) -> bool:

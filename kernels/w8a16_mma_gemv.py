@@ -18,8 +18,12 @@ of k inside a trip is free, since the dot is a sum over it: logical column s = 1
 2c + 9) of one k16 step. x's rows are permuted with them, and x, loaded in 2-byte gathers that the pipeliner
 leaves alone, is loaded a trip ahead by hand.
 
-Status: selectable as the ``linear_w8a16`` implementation ``"w8a16_mma_gemv"`` and timed by
-``bench/quant_gemv_ab.py`` (code ``mma``); ``w8a16_linear`` sends it M in ``quant_linear.W8_MMA_ROWS``.
+Status: a research variant, selectable as the ``linear_w8a16`` implementation ``"w8a16_mma_gemv"`` and timed
+by ``bench/quant_gemv_ab.py`` (code ``mma``). ``w8a16_linear`` would send it M in ``quant_linear.W8_MMA_ROWS``,
+which is empty. On an H200 (``bench/results/NVIDIA_H200/run24_notes.md``, call 7) it took 29-35 us at
+8B shapes for M = 1-16 (flat in M, 0.86-1.10x cuBLAS). That beat the FMA GEMV at M = 3-4 (40-41 us), but not
+the tensor-core tiles of ``quant_linear``, which took M = 8-16 in 20-23 us. Compiled for sm_90 (Triton 3.6), its
+loop issues 0.14 warp instructions a weight byte with 2 barriers a trip; what bounds it was not profiled.
 Takes 1 <= M <= 16, bf16 or fp16 x, K a multiple of 128. Split-K in units of one trip, as the W4A16 variant.
 Its reference is the op's own (``kernels.quant_linear.w8a16_linear_reference``).
 """
