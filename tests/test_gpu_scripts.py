@@ -6,14 +6,14 @@
   (at most 8 files, no more than 2 folders down, plain names).
 - ``run_engine`` prints and raises the finish reasons and the engine's error text when a step fails, and
   counts CUDA-graph replays; a failing phase keeps the phases before it in both files.
-- The shell scripts' own logic and the tune scripts: tests/test_gpu_shell_scripts.py.
+- The shell scripts' own logic and the tune scripts: tests/test_gpu_shell_scripts.py; the kernel A/B
+  scripts: tests/test_kernel_ab_scripts.py.
 - On a GPU (marked ``gpu``): the engine benchmark's toy-size run through the triton backend and CUDA graphs.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import os
@@ -353,20 +353,6 @@ def test_decode_profile_folds_the_replay_into_one_layer():
     assert layer_table(sequence, num_layers=5) == []  # nothing runs five times
 
 
-def test_tune_linear_decode_shape_arguments():
-    import argparse
-
-    from bench.tune_linear import int_list, shape_list
-
-    assert shape_list("896x896, 1152X896") == [(896, 896), (1152, 896)]
-    assert int_list("1,16") == [1, 16]
-    for bad in ("8x", "0x4", "axb", ""):
-        with pytest.raises(argparse.ArgumentTypeError, match="NxK"):
-            shape_list(bad)
-    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
-        int_list("0")
-
-
 def test_decode_profile_module_settings_come_back_after_an_error():
     from bench.decode_profile import module_settings
     from kernels import _decode_splits, paged_decode
@@ -397,117 +383,3 @@ def test_engine_host_overhead_runs_every_phase_on_a_cpu(tmp_path):
     for phases in results.values():
         assert phases["step"] > 0 and phases["schedule"] > 0 and phases["metadata"] > 0
     assert results["sampled/b2"]["sampling_tensors"] > 0 and results["sampled/b2"]["sample_op"] > 0
-
-
-def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatch):
-    """Between its two modes the A/B drops a kernel's choices from both tuners (so each mode tunes on the
-    same inputs); with nothing tuned it reports no config; on a CPU it says it needs a GPU."""
-    from bench import cold_tune_ab
-    from kernels.tuning import Tuned
-
-    tuned = Tuned(lambda: None, {"cuda": [dict(BLOCK=16)]}, key=["N"], cold_weight="w_ptr")
-    tuned._built, tuned._cold = object(), object()
-    cold_tune_ab._forget(tuned)
-    assert tuned._built is None and tuned._cold is None
-    assert cold_tune_ab._choice(tuned, "autotune") == "-" and cold_tune_ab._choice(tuned, "autotune-warm") == "-"
-    assert set(cold_tune_ab._variant_fns(4, 896)) == {"decode", "decode_1split", "gemv"}
-    assert set(cold_tune_ab._variant_fns(16, 896)) == {"decode", "decode_1split"}
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(sys, "argv", ["cold_tune_ab", "--csv", str(tmp_path / "ab.csv")])
-        assert cold_tune_ab.main() == 2 and not (tmp_path / "ab.csv").exists()
-
-
-@pytest.mark.parametrize("kernel", ["w4a16", "w8a16"])
-def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_path, kernel):
-    from bench import quant_gemv_ab
-    from kernels import _quant_gemv
-    from kernels import quant_linear as ql
-    from kernels.quant_pack import quantize_w4, quantize_w8
-    from kernels.testing import assert_close
-
-    chosen, split = ql.x_quads, (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS)
-    kernels = ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel
-    variants = quant_gemv_ab._variants(kernel, [4, 8], [1, 2], singles=True, edits={"edited": _quant_gemv})
-    shipped = [v for v in variants if v[0] == "shipped"]
-    edited = [v for v in variants if v[0] == "edited"]
-    mma = [v for v in variants if v[0] == "mma"]
-    assert [v[2] for v in mma] == importlib.import_module(f"kernels.{kernel}_mma_gemv").CONFIGS["cuda"]
-    if kernel == "w4a16":
-        configs = ql.W4_GEMV_CONFIGS["cuda"]
-        gpi1 = sum(c["GROUPS_PER_ITER"] == 1 for c in configs)
-        # a split unit of one group is no whole number of trips of two groups: those configs skip it
-        assert [v[4] for v in shipped].count("quads") == 2 * (len(configs) + gpi1)
-        assert len(edited) == gpi1 and all(v[3] == (4, 1) for v in edited)  # the first aim and unit only
-    else:
-        assert [v[4] for v in shipped].count("quads") == len(ql.W8_GEMV_CONFIGS["cuda"])
-        assert len(edited) == len(ql.W8_GEMV_CONFIGS["cuda"])
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(24, 256, generator=gen)
-    x = torch.randn(1, 256, generator=gen).to(torch.bfloat16)
-    if kernel == "w4a16":
-        q, s, z = quantize_w4(w, 128)
-        weights = {"q": q, "s": s.to(torch.bfloat16), "z": z.to(torch.bfloat16)}
-        want = ql.w4a16_linear_reference(x.double(), q, weights["s"].double(), weights["z"].double(), 128)
-    else:
-        q, s = quantize_w8(w)
-        weights = {"q": q, "s": s.to(torch.bfloat16)}
-        want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
-    no_mma = [v for v in variants if v[0] == "no-mma"]
-    assert len(no_mma) == 1
-    rows = (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS)
-    for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2] + mma[:1] + no_mma:
-        got = fn(x, **weights)
-        assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
-            f"{label} {x_loads} left a setting patched"
-        assert rows == (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS), f"{label} left the rows of the tensor-core GEMVs patched"
-        assert (ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel) == kernels, f"{code} {label} left its kernels in"
-        assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
-    if not torch.cuda.is_available():
-        assert quant_gemv_ab.main(["--csv", str(tmp_path / "ab.csv")]) == 2 and not (tmp_path / "ab.csv").exists()
-
-
-AB_CASES = [{"rows": 3, "dim": 40, "dtype": torch.float32}]
-
-
-def test_impl_ab_compares_variants_with_the_first_and_refuses_without_a_gpu(tmp_path, monkeypatch):
-    from bench import impl_ab
-    from kernels import registry
-
-    op = registry.get("rmsnorm")
-    monkeypatch.setattr(op, "impls", dict(op.impls))  # the variants below leave with the test
-    monkeypatch.setattr(op, "impl_backends", dict(op.impl_backends))
-    registry.register_impl("rmsnorm", "same_rmsnorm", op.torch, backend="torch")
-    registry.register_impl("rmsnorm", "off_rmsnorm", lambda *a, **kw: op.torch(*a, **kw) * 1.5, backend="torch")
-    case = op.smoke_cases()[0]
-    inputs = op.make_inputs(case, torch.device("cpu"), torch.Generator().manual_seed(0))
-    checks = impl_ab.compare(op, ["torch", "same_rmsnorm", "off_rmsnorm"], inputs)
-    assert checks["torch"] == (True, 0.0) and checks["same_rmsnorm"] == (True, 0.0)
-    assert checks["off_rmsnorm"][0] is False and checks["off_rmsnorm"][1] > 0
-    assert impl_ab.load_cases(op, None) == list(op.bench_cases())
-    assert impl_ab.load_cases(op, f"{__name__}:AB_CASES") == AB_CASES
-    with pytest.raises(ValueError, match="MODULE:NAME"):
-        impl_ab.load_cases(op, "tests.test_gpu_scripts")
-    with pytest.raises(KeyError, match="no implementation 'missing'"):
-        impl_ab.main(["rmsnorm", "--impls", "triton", "missing"])
-    if not torch.cuda.is_available():
-        assert impl_ab.main(["rmsnorm", "--csv", str(tmp_path / "ab.csv")]) == 2
-        assert not (tmp_path / "ab.csv").exists()
-
-
-def test_impl_ab_compares_tuple_outputs_element_by_element():
-    from bench import impl_ab
-
-    class TupleOp:  # an op whose implementations return several tensors (sampling, say)
-        mutates = ()
-
-        def __init__(self, fns):
-            self.fns = fns
-
-        def impl(self, name):
-            return self.fns[name]
-
-    fns = {"first": lambda x: (x, x.long()), "same": lambda x: (x.clone(), x.long()),
-           "off": lambda x: (x + 1, x.long()), "short": lambda x: (x,)}
-    checks = impl_ab.compare(TupleOp(fns), list(fns), {"x": torch.arange(6.0)})
-    assert checks["same"] == (True, 0.0) and checks["off"] == (False, 1.0)
-    assert checks["short"] == (False, float("inf"))
