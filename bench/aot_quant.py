@@ -235,6 +235,10 @@ def check_launches():
                     xr = torch.randn(rows, 512, generator=gen).to(dtype)
                     yield (f"w4a16 tensor-core GEMV {dtype} M={rows} {c}", mma, c,
                            lambda x=xr, s=s, z=z, b=bias, c=c: mma.w4a16_mma_linear(x, q4, s, z, 128, b, config=c))
+            if dtype == torch.bfloat16:  # scales and zeros of another dtype than x's (fp32 and fp16)
+                c, x4 = mma.CONFIGS["cuda"][0], torch.randn(4, 512, generator=gen).to(dtype)
+                yield (f"w4a16 tensor-core GEMV {dtype} M=4 fp32 scales, fp16 zeros {c}", mma, c,
+                       lambda x=x4, c=c: mma.w4a16_mma_linear(x, q4, s4.float(), z4.half(), 128, config=c))
             for c, rows in [(mma8.CONFIGS["cuda"][0], 1)] + [(c, 16) for c in mma8.CONFIGS["cuda"]]:
                 if dtype == torch.bfloat16 or rows == 1:
                     xr = torch.randn(rows, 512, generator=gen).to(dtype)

@@ -226,10 +226,13 @@ def use_w8_mma_gemv(M: int, K: int, qweight: torch.Tensor, config: dict | None) 
             and not is_hip())
 
 
-def use_mma_gemv(M: int, qweight: torch.Tensor, config: dict | None) -> bool:
+def use_mma_gemv(M: int, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 config: dict | None) -> bool:
     """Whether ``w4a16_linear`` gives its M rows (of checked, 16-bit x) to the tensor-core GEMV: M in
-    ``W4_MMA_ROWS``, a weight that starts 4-byte aligned, no pinned config, and not on ROCm (not timed there)."""
-    return config is None and M in W4_MMA_ROWS and qweight.data_ptr() % 4 == 0 and not is_hip()
+    ``W4_MMA_ROWS``, scales and zeros in x's dtype (the case timed and GPU-tested), a weight that starts 4-byte
+    aligned, no pinned config, and not on ROCm (not timed there)."""
+    return (config is None and M in W4_MMA_ROWS and scales.dtype == zeros.dtype == x.dtype
+            and qweight.data_ptr() % 4 == 0 and not is_hip())
 
 
 # Bits that make a nibble into MAGIC_VALUE + nibble when OR-ed into a float of x's dtype.
@@ -299,7 +302,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     N, K = check_w4_linear("w4a16_linear", x, qweight, scales, zeros, group_size, bias)
     x, qweight = _prepare_x(x), qweight.contiguous()
     M = x.shape[0]
-    if use_mma_gemv(M, qweight, config):
+    if use_mma_gemv(M, x, qweight, scales, zeros, config):
         from kernels.w4a16_mma_gemv import launch_mma_gemv  # here: that module imports this one
 
         return launch_mma_gemv(x, qweight, scales, zeros, group_size, bias)

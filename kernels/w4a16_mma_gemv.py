@@ -73,8 +73,8 @@ def _dequantized_a(w, s, z, magic, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, F
     p = ((w[:, :, None] >> sh[None, None, :]) & 0x000F000F) | magic  # [BN, WPG, 4(j)]: nibbles j, j + 4
     zs32 = -(z.to(tl.float32) * s.to(tl.float32))
     zs = zs32.to(dt)
-    if MODE == 1:
-        sb = s.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    if MODE == 1:  # s and z may come in any of the scale dtypes: s is rounded to x's, as zs
+        sb = s.to(dt).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         zb = zs.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         one: tl.constexpr = 0x3C003C00 if F16 else 0x3F803F80
         neg: tl.constexpr = (0xE400E400 if F16 else 0xC300C300) - (1 << 32)  # (-C, -C), as an int32
@@ -89,8 +89,8 @@ def _dequantized_a(w, s, z, magic, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, F
         lo = (lo.to(tl.float32) - C) * s.to(tl.float32)[:, None, None] + zs32[:, None, None]
         hi = (hi.to(tl.float32) - C) * s.to(tl.float32)[:, None, None] + zs32[:, None, None]
     elif MODE == 2:
-        lo = (lo - C) * s[:, None, None] + zs[:, None, None]
-        hi = (hi - C) * s[:, None, None] + zs[:, None, None]
+        lo = (lo - C) * s.to(dt)[:, None, None] + zs[:, None, None]
+        hi = (hi - C) * s.to(dt)[:, None, None] + zs[:, None, None]
     a6 = tl.reshape(tl.join(lo, hi), (BLOCK_N, WPG // 4, 4, 2, 2, 2))  # [n, B, c, b, e, h]
     return tl.reshape(tl.permute(a6, (0, 1, 3, 4, 2, 5)), (BLOCK_N, GROUP))  # [n, B, b, e, c, h]
 

@@ -98,6 +98,10 @@ def test_w4a16_linear_dispatches_its_middle_rows_here(device, monkeypatch):
         assert_close(ql.w4a16_linear(x, q, s, z, 128), want, dtype=torch.bfloat16, reduction_len=256, what=f"M={m}")
     ql.w4a16_linear(torch.randn(5, 256, device=device).to(torch.bfloat16), q, s, z, 128,
                     config=ql.W4_CONFIGS["cuda"][0])  # a pinned config: the kernel it names
+    x5 = torch.randn(5, 256, device=device).to(torch.bfloat16)
+    for s2, z2 in ((s.float(), z), (s, z.half())):  # scales or zeros not in x's dtype: not timed here
+        want = w4a16_linear_reference(x5.double(), q, s2.double(), z2.double(), 128)
+        assert_close(ql.w4a16_linear(x5, q, s2, z2, 128), want, dtype=torch.bfloat16, reduction_len=256)
     assert calls == [m for m in (1, 2, 3, 16, 17) if m in ql.W4_MMA_ROWS] and 16 in calls
     monkeypatch.setattr(ql, "W4_MMA_ROWS", range(0))  # read at each launch
     before = len(calls)
