@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run 24's device calls: `bash gpu_calls.sh s<N>` from the repository root on the GPU machine, with the
 # project's wheels in .whl/ and this run's scripts/ copied to scratch/ (the tree of each call: run24_notes.md).
+# NCU: the Nsight Compute binary (default: ncu on PATH).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$PWD/.site" .whl/*.whl \
   && export PYTHONPATH="$PWD/.site":$PWD:$PWD/scratch || exit 1
 export PYTHONUNBUFFERED=1
@@ -12,7 +13,7 @@ s1)
     tests/test_w4a16_mma_gemv.py > "$OUT/mma_tests_call1.log" 2>&1
   timeout 300 python3 -m bench.quant_gemv_ab --kernels w4a16 --rows 1 4 16 --deadline-s 260 \
     --csv "$OUT/w4_mma_ab_call1.csv" > "$OUT/w4_mma_ab_call1.log" 2>&1
-  timeout 100 /usr/local/cuda/bin/ncu --kernel-name regex:mma_gemv --launch-skip 2 --launch-count 1 \
+  timeout 100 "${NCU:-ncu}" --kernel-name regex:mma_gemv --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
     --section SchedulerStats --section LaunchStats --section InstructionStats python3 scratch/w4_mma_ncu.py > "$OUT/w4_mma_ncu_call1.txt" 2>&1
   ;;
@@ -20,7 +21,7 @@ s2)
   timeout 100 python3 scratch/mma_check.py _mma_fold _mma_asm > "$OUT/mma_check_call2.log" 2>&1
   timeout 330 python3 -m bench.quant_gemv_ab --kernels w4a16 --rows 1 4 16 --deadline-s 290 --edits fold=_mma_fold \
     asm=_mma_asm --csv "$OUT/w4_mma_ab_call2.csv" > "$OUT/w4_mma_ab_call2.log" 2>&1
-  timeout 80 /usr/local/cuda/bin/ncu --kernel-name regex:mma_gemv --launch-skip 2 --launch-count 1 \
+  timeout 80 "${NCU:-ncu}" --kernel-name regex:mma_gemv --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
     --section SchedulerStats --section LaunchStats --section InstructionStats python3 scratch/w4_mma_ncu.py _mma_asm > "$OUT/w4_mma_ncu_call2.txt" 2>&1
   ;;
