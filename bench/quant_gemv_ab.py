@@ -13,7 +13,7 @@ aim of ``--aims`` (``W4_GEMV_PROGRAMS_PER_SM``) and split unit of ``--units`` (`
 set around the launch. Beside them the shipped (autotuned) launch and cuBLAS on the dense weight.
 Also every config of the tensor-core GEMV (``kernels/w4a16_mma_gemv.py``, ``w8a16_mma_gemv.py``, code ``mma``),
 and the shipped launch with no rows given to it (code ``no-mma``: the FMA GEMV to M = 4, the tensor-core tiles
-above).
+above); for W8A16 also that launch with the tiles at every M (code ``tiles``).
 ``--edits``: also every config (at the first aim and unit) with the GEMV kernels of MODULE, an edited copy of
 ``kernels/_quant_gemv.py`` importable by that name, labelled LABEL in the ``code`` column: a kernel edit
 timed against the shipped code in one process, on the same inputs. A MODULE with a ``w4a16_mma_linear`` (or
@@ -116,6 +116,15 @@ def _variants(kernel: str, aims: list[int], units: list[int], singles: bool, edi
         finally:
             setattr(ql, rows_name, rows)
     out += [("no-mma", f"shipped, {rows_name} empty", None, shipped, "as picked", without_mma)]
+    if kernel == "w8a16":  # and the tensor-core tiles at every M (the FMA GEMV's rows at M <= 4)
+
+        def tiles(x, **weights):
+            most, ql.W8_GEMV_MAX_M = ql.W8_GEMV_MAX_M, 0
+            try:
+                return without_mma(x, **weights)
+            finally:
+                ql.W8_GEMV_MAX_M = most
+        out += [("tiles", "shipped, W8_GEMV_MAX_M = 0", None, shipped, "as picked", tiles)]
     out += [("mma", _label(c), c, shipped, "16 columns", _mma_launch(kernel, mma, c)) for c in mma.CONFIGS["cuda"]]
     for code, module in (edits or {}).items():
         if hasattr(module, f"{kernel}_mma_linear"):  # an edited tensor-core variant

@@ -212,6 +212,10 @@ W4_SPLIT_GROUPS = 4
 W4_MMA_ROWS = range(3, 17)
 
 
+# The most rows the W8A16 FMA GEMV takes; above, the tensor-core tiles (read at each launch). At M = 8-16 the
+# tiles took 0.5-0.6x the GEMV's M = 3-4 time on an H200 (run 24, call 7); at M = 3-4 they were not timed,
+# so this stays at GEMV_MAX_M until they are (``bench/quant_gemv_ab.py``'s ``tiles`` variant times them).
+W8_GEMV_MAX_M = 4
 # The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip:
 # none. On an H200 (run 24, call 7) it beat the FMA GEMV at M = 3-4 at three shapes of four (0.87-1.10x
 # cuBLAS against 0.57-0.79x), but the tensor-core tiles took M = 8-16 in 0.6-0.7x its time (1.41-1.49x
@@ -273,7 +277,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return y
     # K is split in whole 512-element chunks (every BLOCK_K divides 512).
     splits, units, partials, counters = decode_split(M, N, triton.cdiv(K, 512), N * K, x.device)
-    if use_gemv(M, qweight, 4, config):
+    if use_gemv(M, qweight, 4, config, W8_GEMV_MAX_M):
         grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]), splits)
         launcher(_w8a16_gemv, config)[grid](
             x, qweight.view(torch.int32), scales.contiguous(), bias if bias is not None else scales, y, partials,

@@ -79,14 +79,14 @@ def test_quant_gemv_ab_variants_pin_each_config_and_restore_the_settings(tmp_pat
         q, s = quantize_w8(w)
         weights = {"q": q, "s": s.to(torch.bfloat16)}
         want = ql.w8a16_linear_reference(x.double(), q, weights["s"].double())
-    no_mma = [v for v in variants if v[0] == "no-mma"]
-    assert len(no_mma) == 1
-    rows = (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS)
+    no_mma = [v for v in variants if v[0] in ("no-mma", "tiles")]
+    assert [v[0] for v in no_mma] == ["no-mma"] + (["tiles"] if kernel == "w8a16" else [])
+    rows = (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS, ql.W8_GEMV_MAX_M)
     for code, label, _config, _split, x_loads, fn in variants[:6] + edited[:2] + mma[:1] + no_mma:
         got = fn(x, **weights)
         assert ql.x_quads is chosen and split == (ql.W4_GEMV_PROGRAMS_PER_SM, ql.W4_SPLIT_GROUPS), \
             f"{label} {x_loads} left a setting patched"
-        assert rows == (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS), f"{label} left the rows of the tensor-core GEMVs patched"
+        assert rows == (ql.W4_MMA_ROWS, ql.W8_MMA_ROWS, ql.W8_GEMV_MAX_M), f"{label} left a row limit patched"
         assert (ql._w4a16_gemv.kernel, ql._w8a16_gemv.kernel) == kernels, f"{code} {label} left its kernels in"
         assert_close(got, want, dtype=torch.bfloat16, reduction_len=256, what=f"{label} {x_loads}")
     if not torch.cuda.is_available():

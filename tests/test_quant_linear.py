@@ -255,3 +255,17 @@ def test_w4_gemv_row_does_not_depend_on_the_rows_decoded_with_it(device):
     alone = w4a16_linear(x[:1], q, s, z, 128)
     for m in (2, 3, 4):
         assert torch.equal(w4a16_linear(x[:m], q, s, z, 128)[:1], alone), f"row 0 differs at M={m}"
+
+
+def test_w8_gemv_row_limit_is_read_at_each_launch(device, monkeypatch):
+    from kernels import quant_linear as ql
+
+    seen, real = [], ql.launcher
+    monkeypatch.setattr(ql, "launcher", lambda tuned, config: seen.append(tuned) or real(tuned, config))
+    q, s = quantize_w8(torch.randn(24, 128, device=device))
+    s, x = s.to(torch.bfloat16), torch.randn(3, 128, device=device).to(torch.bfloat16)
+    for most in (4, 0):  # the FMA GEMV, then the tensor-core tiles
+        monkeypatch.setattr(ql, "W8_GEMV_MAX_M", most)
+        assert_close(ql.w8a16_linear(x, q, s), w8a16_linear_reference(x.double(), q, s.double()),
+                     dtype=torch.bfloat16, reduction_len=128, what=f"W8_GEMV_MAX_M={most}")
+    assert seen == [ql._w8a16_gemv, ql._w8a16]
