@@ -105,7 +105,7 @@ def _w4a16_mma_gemv_kernel(
         zb = zs.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         w = _deq_pairs(tl.load(w_rows + g * WPG), sb | (sb << 16), zb | (zb << 16), magic, BLOCK_N, GROUP, F16)
         xg = tl.load(x_tile + g * GROUP, mask=m_ok, other=0.0)
-        if UPCAST:  # noqa: SIM108
+        if UPCAST:  # noqa: SIM108  (a compile-time branch; the interpreter's 16-bit tl.dot is wrong)
             acc = tl.dot(w.to(tl.float32), xg.to(tl.float32), acc)
         else:
             acc = tl.dot(w, xg, acc)

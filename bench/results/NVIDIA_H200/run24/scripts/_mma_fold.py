@@ -90,7 +90,7 @@ def _w4a16_mma_gemv_kernel(
         C: tl.constexpr = 1024.0 if F16 else 128.0
         w = (a - C) * sg[:, None] + zs[:, None]
         xg = tl.load(x_tile + g * GROUP, mask=m_ok, other=0.0)
-        if UPCAST:  # noqa: SIM108
+        if UPCAST:  # noqa: SIM108  (a compile-time branch; the interpreter's 16-bit tl.dot is wrong)
             acc = tl.dot(w.to(tl.float32), xg.to(tl.float32), acc)
         else:
             acc = tl.dot(w, xg, acc)

@@ -34,6 +34,10 @@ s3)
     896x4864 --deadline-s 130 --csv "$OUT/w4_ab_small_call3.csv" > "$OUT/w4_ab_small_call3.log" 2>&1
   ;;
 s4)
+  # the split-K aim variants, made from _mma_pre.py and from the tree's kernel (533fdb0) as they were then
+  sed 's/ql.W4_GEMV_PROGRAMS_PER_SM)/2)/' scratch/_mma_pre.py > scratch/_mma_pre_a2.py
+  sed 's/ql.W4_GEMV_PROGRAMS_PER_SM)/8)/' scratch/_mma_pre.py > scratch/_mma_pre_a8.py
+  sed -e 's/ql.W4_GEMV_PROGRAMS_PER_SM)/8)/' -e 's/^register_impl.*$//' kernels/w4a16_mma_gemv.py > scratch/_mma_a8.py
   timeout 100 python3 scratch/mma_check.py _mma_pre _mma_pre_a8 > "$OUT/mma_check_call4.log" 2>&1
   timeout 300 python3 -m bench.quant_gemv_ab --kernels w4a16 --rows 1 4 16 --deadline-s 270 \
     --shapes 4096x4096 14336x4096 4096x14336 896x4864 4864x896 --edits pre=_mma_pre pre_a2=_mma_pre_a2 \
