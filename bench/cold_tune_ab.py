@@ -20,7 +20,9 @@ two picks are made on the same inputs. Written as measured (a run cut by ``--bud
 
 ``--variants`` adds, tuned cold, each kernel the dispatcher could pick for the row: ``decode_us`` (split-K,
 the shipped split rule), ``decode_1split_us`` (the same kernel with K in one chunk) and, for M <= 4,
-``gemv_us``: the data behind ``choose_linear_variant`` and ``decode_chunk``.
+``gemv_us``: the data behind ``choose_linear_variant`` and ``decode_chunk``. ``--splits 1 2 4 8`` adds the
+split-K kernel with K cut into that many chunks of whole SPLIT_UNITs (``decode_s1_us`` ...), to test the
+split rule per bucket. ``--no-warm`` skips the warm-L2 tuning (its columns read nan).
 """
 
 from __future__ import annotations
@@ -57,19 +59,27 @@ def _choice(tuned, mode: str) -> str:
     return str(next(iter(cache.values()))) if cache else "-"
 
 
-def _variant_fns(M: int, K: int) -> dict:
-    """label -> (the Tuned it launches, callable(x, w)) for ``--variants``."""
-    from kernels.linear_decode import linear_decode_2d
+def _variant_fns(M: int, K: int, variants: bool, splits: list[int]) -> dict:
+    """label -> (the Tuned it launches, callable(x, w)) for ``--variants`` and ``--splits``."""
+    from kernels.linear_decode import SPLIT_UNIT, linear_decode_2d
     from kernels.linear_gemv import GEMV_MAX_M, linear_gemv_2d
+    from kernels.linear_prefill import cdiv
 
-    fns = {"decode": (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None)),
-           "decode_1split": (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None, k_chunk=K))}
-    if M <= GEMV_MAX_M:
-        fns["gemv"] = (_tuned("gemv"), lambda x, w: linear_gemv_2d(x, w, None))
+    fns = {}
+    if variants:
+        fns["decode"] = (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None))
+        fns["decode_1split"] = (_tuned("decode"), lambda x, w: linear_decode_2d(x, w, None, k_chunk=K))
+        if M <= GEMV_MAX_M:
+            fns["gemv"] = (_tuned("gemv"), lambda x, w: linear_gemv_2d(x, w, None))
+    for n in splits:
+        chunk = cdiv(cdiv(K, n), SPLIT_UNIT) * SPLIT_UNIT
+        if cdiv(K, chunk) == n:  # K too short for n whole units: no such row
+            fns[f"decode_s{n}"] = (_tuned("decode"), lambda x, w, c=chunk: linear_decode_2d(x, w, None, k_chunk=c))
     return fns
 
 
-def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool = False) -> None:
+def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool = False,
+        splits: tuple[int, ...] = (), warm: bool = True) -> None:
     import torch.nn.functional as F
 
     from bench.ceilings import copy_bandwidth_gbps
@@ -97,6 +107,9 @@ def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool 
                 row = {"gpu": gpu, "M": M, "N": N, "K": K, "variant": variant,
                        "cublas_us": 1e3 * time_rotating(lambda x, w: F.linear(x, w), sets, graph=True)}
                 for mode, label in (("autotune-warm", "warm"), ("autotune", "cold")):
+                    if label == "warm" and not warm:
+                        row.update(warm_us=float("nan"), warm_config="-", warm_vs_cublas=float("nan"))
+                        continue
                     if tuned is not None:
                         _forget(tuned)
                     with tuning(mode):
@@ -104,7 +117,7 @@ def run(models: list[str], ms: list[int], budget_s: float, sink, variants: bool 
                         row[f"{label}_us"] = 1e3 * time_rotating(lambda x, w: linear(x, w), sets, graph=True)
                     row[f"{label}_config"] = _choice(tuned, mode) if tuned is not None else "-"
                     row[f"{label}_vs_cublas"] = row["cublas_us"] / row[f"{label}_us"]
-                for label, (t, fn) in _variant_fns(M, K).items() if variants else ():
+                for label, (t, fn) in _variant_fns(M, K, variants, list(splits)).items():
                     _forget(t)
                     with tuning("autotune"):
                         fn(sets[0]["x"], sets[0]["w"])
@@ -123,6 +136,8 @@ def main() -> int:
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--variants", action="store_true", help="also time each kernel the dispatcher could pick")
+    p.add_argument("--splits", type=int, nargs="*", default=[], help="also time the split-K kernel in N chunks")
+    p.add_argument("--no-warm", action="store_true", help="skip the warm-L2 tuning mode")
     p.add_argument("--budget-s", type=float, default=400, help="start no case after this many seconds")
     args = p.parse_args()
     if gpu_missing("cold_tune_ab"):
@@ -135,7 +150,7 @@ def main() -> int:
         rows.append(row)
         write_rows(rows, args.csv, float_format=".4g")
 
-    run(args.models, args.m, args.budget_s, sink, args.variants)
+    run(args.models, args.m, args.budget_s, sink, args.variants, tuple(args.splits), not args.no_warm)
     return 0
 
 

@@ -52,6 +52,9 @@ def w8_inputs(case, device, gen):
 def w4_inputs(case, device, gen):
     weight, x, bias = _weight_and_x(case, device, gen)
     qweight, scales, zeros = quantize_w4(weight, case["group_size"])
+    sd = case.get("scale_dtype")  # scales and zeros in another dtype than x (fp32, say), where a case asks
+    if sd is not None:
+        scales, zeros = scales.to(sd), zeros.to(sd)
     return {"x": x, "qweight": qweight, "scales": scales, "zeros": zeros, "group_size": case["group_size"],
             "bias": bias}
 

@@ -37,8 +37,17 @@ def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatc
     cold_tune_ab._forget(tuned)
     assert tuned._built is None and tuned._cold is None
     assert cold_tune_ab._choice(tuned, "autotune") == "-" and cold_tune_ab._choice(tuned, "autotune-warm") == "-"
-    assert set(cold_tune_ab._variant_fns(4, 896)) == {"decode", "decode_1split", "gemv"}
-    assert set(cold_tune_ab._variant_fns(16, 896)) == {"decode", "decode_1split"}
+    assert set(cold_tune_ab._variant_fns(4, 896, True, [])) == {"decode", "decode_1split", "gemv"}
+    assert set(cold_tune_ab._variant_fns(16, 896, True, [])) == {"decode", "decode_1split"}
+    # Split counts that K (in whole SPLIT_UNITs) allows, and each computes the product.
+    assert set(cold_tune_ab._variant_fns(64, 8192, False, [1, 2, 4, 8])) == {f"decode_s{n}" for n in (1, 2, 4, 8)}
+    fns = cold_tune_ab._variant_fns(3, 1024, False, [1, 2, 4])
+    assert set(fns) == {"decode_s1", "decode_s2"}
+    if not torch.cuda.is_available():
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(3, 1024, generator=gen), torch.randn(24, 1024, generator=gen)
+        for _, fn in fns.values():
+            torch.testing.assert_close(fn(x, w), (x.double() @ w.double().T).float(), atol=2e-3, rtol=1e-3)
     if not torch.cuda.is_available():
         monkeypatch.setattr(sys, "argv", ["cold_tune_ab", "--csv", str(tmp_path / "ab.csv")])
         assert cold_tune_ab.main() == 2 and not (tmp_path / "ab.csv").exists()

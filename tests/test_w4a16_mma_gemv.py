@@ -109,6 +109,15 @@ def test_w4a16_linear_dispatches_its_middle_rows_here(device, monkeypatch):
     assert len(calls) == before
 
 
+def test_scales_and_zeros_in_float32(device):
+    # A selectable implementation takes scales and zeros in any float dtype; they are cast to x's dtype in
+    # the kernel (w4a16_linear dispatches only the x-dtype case here).
+    for i, group in enumerate((32, 64, 128)):
+        case = {"M": 3 + i, "N": 40, "K": 2 * group, "dtype": torch.bfloat16, "bias": i == 1, "group_size": group,
+                "scale_dtype": torch.float32}
+        run_case(W4A16_OP, case, device, seed=i, impl=IMPL)
+
+
 def test_element_wise_dequantization_of_other_backends(device, monkeypatch):
     # The ROCm path (plain 16-bit arithmetic instead of inline PTX) checked in fp16, which the interpreter
     # computes correctly.
@@ -129,3 +138,14 @@ def test_large_shapes_on_gpu(m, dtype, device):
     for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (4113, 896)]:
         case = {"M": m, "N": n, "K": k, "dtype": dtype, "bias": m == 16, "group_size": 128}
         run_case(W4A16_OP, case, device, seed=n + k + m, impl=IMPL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("scale_dtype", [None, torch.float32])
+def test_other_groups_and_float32_scales_on_gpu(group, scale_dtype, device):
+    for m in (1, 5, 16):
+        for n, k in [(4096, 4096), (4113, 896)]:
+            case = {"M": m, "N": n, "K": k, "dtype": torch.bfloat16, "bias": m == 5, "group_size": group,
+                    "scale_dtype": scale_dtype}
+            run_case(W4A16_OP, case, device, seed=n + k + m + group, impl=IMPL)
