@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from kernels import pdl
+from kernels._quant_gemv import GEMV_MAX_M
 from kernels._triton import triton
 from kernels.tuning import Tuned
 
@@ -41,12 +42,12 @@ def gemv_rows(M: int) -> int:
 
 
 def use_gemv(M: int, weight, align: int, config: dict | None, max_m: int = 4) -> bool:
-    """Whether a decode launch takes the GEMV kernel: M <= max_m, a weight whose rows can be read as
-    ``align``-byte words, and no pinned tensor-core config (one with BLOCK_M); a pinned GEMV config
-    (no BLOCK_M) forces it."""
+    """Whether a decode launch takes the GEMV kernel: M <= max_m (the dispatch's limit), a weight whose rows
+    can be read as ``align``-byte words, and no pinned tensor-core config (one with BLOCK_M); a pinned GEMV
+    config (no BLOCK_M) forces it at any M the kernels take (1 to GEMV_MAX_M)."""
     if config is not None:
-        if "BLOCK_M" not in config and not 0 < M <= max_m:
-            raise ValueError(f"a GEMV config was pinned for M={M}; the GEMV kernels take 1 <= M <= {max_m}")
+        if "BLOCK_M" not in config and not 0 < M <= GEMV_MAX_M:
+            raise ValueError(f"a GEMV config was pinned for M={M}; the GEMV kernels take 1 <= M <= {GEMV_MAX_M}")
         return "BLOCK_M" not in config
     return (0 < M <= max_m and weight.is_contiguous() and weight.data_ptr() % align == 0
             and weight.shape[-1] % align == 0)

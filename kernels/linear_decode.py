@@ -151,38 +151,53 @@ def decode_block_m(M: int) -> int:
 
 
 # Shapes whose K is not cut, whatever the SM count asks for. Measured on an H200 with each config tuned on
-# cold weights (bench/results/NVIDIA_H200/run17, bench/cold_tune_ab.py --variants): K under 1024 (the
-# 0.5B model's layers) in one chunk took 3.3 us at 1152 x 896, M = 4 and 16, against 4.4-4.6 in two (the
-# arrivals and the partials' reduce cost more than the extra programs give on a 2 MB weight); at the
-# 64-row bucket with K up to 4096, one chunk took 7.3 us at 3072 x 2048 against 8.4 in two, 6.3 at
-# 2048 x 2048 against 6.7 (run 14 found the same at 2048-4096 wide: splits lost 5-15%).
+# cold weights (bench/cold_tune_ab.py): K under 1024 (the 0.5B model's layers) in one chunk took 3.3 us at
+# 1152 x 896, M = 4 and 16, against 4.4-4.6 in two (the arrivals and the partials' reduce cost more than the
+# extra programs give on a 2 MB weight; run 17); at the 64-row bucket with K up to 4096, one chunk took 7.3 us
+# at 3072 x 2048 against 8.4 in two, 6.3 at 2048 x 2048 against 6.7 (run 17; run 14 found the same at
+# 2048-4096 wide: splits lost 5-15%). In the 16-row bucket the same holds for K up to 4096 once the column
+# tiles alone give a program to a third of the SMs: at M = 4 and 16 one chunk took 6.3-6.4 us at
+# 3072 x 2048 against 6.6-6.7 in four, 11.5 at 4096 x 4096 against 11.6-12.1 in four, 15.0-15.2 at
+# 6144 x 4096 against 15.4-15.8 in two, while 2048 x 2048 (32 tiles) still gained from four (5.3-5.5 us
+# against 5.9; run 25, call 1).
 UNSPLIT_BELOW_K = 1024
-UNSPLIT_64_ROWS_UP_TO_K = 4096
+UNSPLIT_UP_TO_K = 4096
+UNSPLIT_TILES_PER_SM = 1 / 3  # 64-wide column tiles per SM from which the 16-row bucket leaves K <= 4096 whole
+# Programs per SM the split aims at in the 64-row bucket: there a program's x tile is 64 rows deep, so a
+# second program per SM adds x reads from L2 and partials without adding weight bandwidth. At 2048 x 8192,
+# M = 64: four splits (128 programs) took 13.6 us, eight (PROGRAMS_PER_SM, 256) 17.9, cuBLAS 14.7; at
+# 4096 x 14336, two and four splits both took 36.5-36.7 us (H200, run 25, call 1).
+PROGRAMS_PER_SM_64_ROWS = 1
 
 
 def decode_chunk(N: int, K: int, block_m: int, sms: int) -> int:
     """K elements per split for an [N, K] weight in the ``block_m`` bucket on a GPU with ``sms`` SMs.
 
     As many splits as keep N/64 column tiles times the splits within PROGRAMS_PER_SM programs per SM
-    (rounded down: a layer whose column tiles alone come near that is not split, as splitting it costs
-    more in partials and arrivals than the extra programs give -- on an H200, 9728x896 at M = 1 ran in
-    7.2 us unsplit against 8.4 us in two splits, 16384x2048 in 18.1 against 20.0), at most K/SPLIT_UNIT
-    of them, and few enough that the fp32 partials (8 bytes per row and column per split, written then
-    read) stay under a quarter of the weight's 2*N*K bytes at M = block_m. K under UNSPLIT_BELOW_K, and
-    K up to UNSPLIT_64_ROWS_UP_TO_K in the 64-row bucket, is one chunk (measured, above).
+    (PROGRAMS_PER_SM_64_ROWS in the 64-row bucket; rounded down: a layer whose column tiles alone come near
+    that is not split, as splitting it costs more in partials and arrivals than the extra programs give --
+    on an H200, 9728x896 at M = 1 ran in 7.2 us unsplit against 8.4 us in two splits, 16384x2048 in 18.1
+    against 20.0), at most K/SPLIT_UNIT of them, and few enough that the fp32 partials (8 bytes per row and
+    column per split, written then read) stay under a quarter of the weight's 2*N*K bytes at M = block_m.
+    K under UNSPLIT_BELOW_K is one chunk, and so is K up to UNSPLIT_UP_TO_K in the 64-row bucket or where
+    the column tiles reach UNSPLIT_TILES_PER_SM (measured, above).
     Depends on the shape and the card, never on M: this is what keeps decode batch-invariant.
     """
-    if K < UNSPLIT_BELOW_K or (block_m >= 64 and K <= UNSPLIT_64_ROWS_UP_TO_K):
+    tiles = cdiv(N, 64)
+    if K < UNSPLIT_BELOW_K or (K <= UNSPLIT_UP_TO_K and (block_m >= 64 or tiles >= UNSPLIT_TILES_PER_SM * sms)):
         return cdiv(K, SPLIT_UNIT) * SPLIT_UNIT
-    return split_chunk(N, K, sms, row_tile=64, unit=SPLIT_UNIT, max_splits=max(1, K // (16 * block_m)))
+    aim = PROGRAMS_PER_SM_64_ROWS if block_m >= 64 else PROGRAMS_PER_SM
+    return split_chunk(N, K, sms, row_tile=64, unit=SPLIT_UNIT, max_splits=max(1, K // (16 * block_m)),
+                       programs_per_sm=aim)
 
 
-def split_chunk(N: int, K: int, sms: int, row_tile: int, unit: int, max_splits: int | None = None) -> int:
+def split_chunk(N: int, K: int, sms: int, row_tile: int, unit: int, max_splits: int | None = None,
+                programs_per_sm: int = PROGRAMS_PER_SM) -> int:
     """K elements per split, a multiple of ``unit``: as many splits as keep N/row_tile column tiles times
-    the splits within PROGRAMS_PER_SM programs per SM (rounded down), at most K/unit and ``max_splits``.
+    the splits within ``programs_per_sm`` programs per SM (rounded down), at most K/unit and ``max_splits``.
     The rule behind :func:`decode_chunk` and ``kernels.linear_gemv.gemv_chunk``."""
     units = cdiv(K, unit)
-    wanted = (PROGRAMS_PER_SM * sms) // cdiv(N, row_tile)
+    wanted = (programs_per_sm * sms) // cdiv(N, row_tile)
     splits = max(1, min(wanted, units, units if max_splits is None else max_splits))
     return cdiv(units, splits) * unit
 

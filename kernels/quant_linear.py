@@ -212,14 +212,15 @@ W4_SPLIT_GROUPS = 4
 W4_MMA_ROWS = range(3, 17)
 
 
-# The most rows the W8A16 FMA GEMV takes; above, the tensor-core tiles (read at each launch). At M = 8-16 the
-# tiles took 0.5-0.6x the GEMV's M = 3-4 time on an H200 (run 24, call 7); at M = 3-4 they were not timed,
-# so this stays at GEMV_MAX_M until they are (``bench/quant_gemv_ab.py``'s ``tiles`` variant times them).
-W8_GEMV_MAX_M = 4
+# The most rows the W8A16 FMA GEMV takes; above, the tensor-core tiles (read at each launch). On an H200
+# (bench/results/NVIDIA_H200/run25, call 1) the tiles took M = 3-4 in 0.49-0.90x the GEMV's time at all five
+# shapes timed (14336 x 4096: 20.0 against 40.8 us); at M = 2 the GEMV was faster at three of five (4096 x 4096:
+# 8.4 against 9.2 us) and slower at the two largest (14336 x 4096: 23.3 against 19.8 us).
+W8_GEMV_MAX_M = 2
 # The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip:
-# none. On an H200 (run 24, call 7) it beat the FMA GEMV at M = 3-4 at three shapes of four (0.87-1.10x
-# cuBLAS against 0.57-0.79x), but the tensor-core tiles took M = 8-16 in 0.6-0.7x its time (1.41-1.49x
-# cuBLAS), and they likely would at M = 3-4 too (not timed there). Read at each launch.
+# none. On an H200 it beat the FMA GEMV at M = 3-4 at three shapes of four (run 24, call 7), but the
+# tensor-core tiles beat it at every M timed: 0.6-0.7x its time at M = 8-16 (run 24), 0.57-0.94x at M = 2-4
+# (run 25, call 1). Read at each launch.
 W8_MMA_ROWS = range(0)
 
 

@@ -191,6 +191,11 @@ def test_decode_chunk_rule():
     assert decode_chunk(1152, 896, 16, 132) >= 896     # a small K is never cut (measured: splits cost more)
     assert decode_chunk(2048, 2048, 64, 132) >= 2048   # nor, at the 64-row bucket, K up to 4096
     assert decode_chunk(896, 4864, 64, 132) < 4864     # a longer K still is
+    assert decode_chunk(2048, 8192, 64, 132) == 2048   # in four: one program an SM at 64 rows
+    assert decode_chunk(2048, 8192, 16, 132) == 1024   # eight at 16 rows: two an SM
+    assert decode_chunk(3072, 2048, 16, 132) >= 2048   # 48 column tiles (a third of 132 SMs), K <= 4096: whole
+    assert decode_chunk(6144, 4096, 16, 132) >= 4096
+    assert decode_chunk(3072, 2048, 16, 264) < 2048    # on a card with twice the SMs, 48 tiles are too few
 
 
 def test_decode_batch_invariance(device):
