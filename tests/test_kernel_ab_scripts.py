@@ -1,6 +1,7 @@
 """The kernel A/B and tuning scripts (``bench/quant_gemv_ab.py``, ``bench/impl_ab.py``, ``bench/cold_tune_ab.py``,
-``bench/tune_linear.py``), checked on the CPU so that they work the first time on a lent GPU: each variant pins
-what it says and puts every setting back, and each script refuses a machine without a GPU.
+``bench/tune_linear.py``, ``bench/copy_at_size.py``), checked on the CPU so that they work the first time on a
+lent GPU: each variant pins what it says and puts every setting back, and each script refuses a machine without
+a GPU.
 """
 
 from __future__ import annotations
@@ -147,3 +148,26 @@ def test_impl_ab_compares_tuple_outputs_element_by_element():
     checks = impl_ab.compare(TupleOp(fns), list(fns), {"x": torch.arange(6.0)})
     assert checks["same"] == (True, 0.0) and checks["off"] == (False, 1.0)
     assert checks["short"] == (False, float("inf"))
+
+
+def test_copy_at_size_selects_cases_and_refuses_a_cpu(tmp_path, monkeypatch):
+    """``--where`` keeps the cases it names (values compared as text), a malformed filter says what it wants,
+    the copy's buffers hold half the case's bytes each (read + written: the case's total), and on a CPU the
+    script says it needs a GPU and writes nothing."""
+    import argparse
+
+    from bench import copy_at_size
+    from kernels import registry
+
+    cases = list(registry.get("kv_cache_write").bench_cases())
+    two = copy_at_size.selected(cases, copy_at_size.parse_where(["kv_heads=2", "tokens=4096"]))
+    assert two and all(c["kv_heads"] == 2 and c["tokens"] == 4096 for c in two)
+    assert len(two) < len(cases) and copy_at_size.selected(cases, {"no_such_key": "1"}) == []
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        copy_at_size.parse_where(["batch"])
+    pair = copy_at_size.copy_pair(1000, device="cpu")
+    assert pair["src"].numel() == pair["dst"].numel() == 500
+    assert copy_at_size.pct_of(2e9, 1.0, 4000.0) == pytest.approx(50.0)  # 2 GB in 1 ms = 2000 GB/s
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["copy_at_size", "--csv", str(tmp_path / "c.csv")])
+        assert copy_at_size.main() == 2 and not (tmp_path / "c.csv").exists()
