@@ -152,8 +152,8 @@ def test_impl_ab_compares_tuple_outputs_element_by_element():
 
 def test_copy_at_size_selects_cases_and_refuses_a_cpu(tmp_path, monkeypatch):
     """``--where`` keeps the cases it names (values compared as text), a malformed filter says what it wants,
-    the copy's buffers hold half the case's bytes each (read + written: the case's total), and on a CPU the
-    script says it needs a GPU and writes nothing."""
+    the copy's buffers hold half the case's bytes each (read + written: the case's total) in whole 4 KiB
+    pages, and on a CPU the script says it needs a GPU and writes nothing."""
     import argparse
 
     from bench import copy_at_size
@@ -165,8 +165,9 @@ def test_copy_at_size_selects_cases_and_refuses_a_cpu(tmp_path, monkeypatch):
     assert len(two) < len(cases) and copy_at_size.selected(cases, {"no_such_key": "1"}) == []
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
         copy_at_size.parse_where(["batch"])
-    pair = copy_at_size.copy_pair(1000, device="cpu")
-    assert pair["src"].numel() == pair["dst"].numel() == 500
+    pair = copy_at_size.copy_pair(3 * 8192, device="cpu")
+    assert pair["src"].numel() == pair["dst"].numel() == 3 * 4096
+    assert copy_at_size.copy_pair(1000, device="cpu")["src"].numel() == 4096  # rounded up to a 4 KiB multiple
     assert copy_at_size.pct_of(2e9, 1.0, 4000.0) == pytest.approx(50.0)  # 2 GB in 1 ms = 2000 GB/s
     if not torch.cuda.is_available():
         monkeypatch.setattr(sys, "argv", ["copy_at_size", "--csv", str(tmp_path / "c.csv")])

@@ -35,3 +35,11 @@ c1)
     --models llama-3.2-1b llama-3-8b qwen2.5-0.5b --csv "$OUT/decode_splits_call1.csv" > "$OUT/decode_splits_call1.log" 2>&1
   ;;
 esac
+# Calls 5-9 (the copy_at_size study):
+# c5:  python3 -m bench.copy_at_size --ops kv_cache_write --csv "$OUT/kv_write_vs_copy_call5.csv"
+#      python3 -m bench.copy_at_size --ops paged_decode_attention --where batch=1 --csv "$OUT/decode_b1_vs_copy_call5.csv"
+# c6:  the same for paged_decode_attention, --where batch=1 kv_heads=2 block_size=16 first, then kv_heads=8
+#      (decode_b1_2kv_first_call6.*, decode_b1_8kv_second_call6.*): the 14q/2kv copies were slow either way
+# c7, c8: copy_size_probes.py (inline; printed output only, quoted in its docstring)
+# c9:  after the 4 KiB rounding of the copy buffers: --ops paged_decode_attention --where batch=1 block_size=16
+#      (decode_b1_vs_copy_call9.*) and --ops kv_cache_write --where kv_heads=2 block_size=16 (kv_write_2kv_vs_copy_call9.*)
