@@ -7,9 +7,11 @@ At decode (M <= 16) the layer is bound by reading the weight, so fewer weight by
 int8 halves and int4 quarters the bytes of a bf16 weight. There K is also split across programs so that
 every SM streams weight bytes, and the partial sums are reduced inside the same launch
 (``kernels._split_k``). Large M (prefill) runs the same fused kernel with larger M tiles and no split;
-the weight tile is then reused across the rows of x. At M <= 4 the launchers take the weight-streaming
+the weight tile is then reused across the rows of x. At small M the launchers take the weight-streaming
 GEMV kernels of ``kernels._quant_gemv`` instead (CUDA-core fp32 FMAs on int32 words of the same layouts,
-no M padding and no shared-memory round trip), when the weight's rows can be read as 4-byte words.
+no M padding and no shared-memory round trip), when the weight's rows can be read as 4-byte words: W8A16
+at M <= W8_GEMV_MAX_M (2); W4A16 at M <= 4 except the rows that ``use_mma_gemv`` gives to the tensor-core
+GEMV of ``kernels.w4a16_mma_gemv`` (M = 3-16 with scales and zeros in x's dtype, so the FMA GEMV keeps M = 1-2).
 
 W8A16, symmetric per output channel:
     qweight int8 [N, K], scales [N] (fp16, bf16 or fp32);   W[n, k] = qweight[n, k] * scales[n]
@@ -219,7 +221,7 @@ W4_MMA_ROWS = range(3, 17)
 W8_GEMV_MAX_M = 2
 # The W8A16 rows that go to its tensor-core GEMV (kernels/w8a16_mma_gemv.py), K a multiple of its 128-k trip:
 # none. On an H200 it beat the FMA GEMV at M = 3-4 at three shapes of four (run 24, call 7), but the
-# tensor-core tiles beat it at every M timed: 0.6-0.7x its time at M = 8-16 (run 24), 0.57-0.94x at M = 2-4
+# tensor-core tiles beat it at every M timed: 0.6-0.7x its time at M = 8-16 (run 24), 0.57-0.87x at M = 2-4
 # (run 25, call 1). Read at each launch.
 W8_MMA_ROWS = range(0)
 
