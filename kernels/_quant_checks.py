@@ -60,3 +60,13 @@ def check_w8_linear(op: str, x, qweight, scales, bias) -> tuple[int, int]:
     check_vec(op, "scales", scales, (N,), SCALE_DTYPES, qweight.device)
     check_vec(op, "bias", bias, (N,), SCALE_DTYPES, qweight.device)
     return N, K
+
+
+def check_mma_gemv(op: str, x, qweight, max_m: int, fallback: str) -> None:
+    """What the tensor-core GEMVs (``kernels.w4a16_mma_gemv``, ``w8a16_mma_gemv``) add to the op's checks: at
+    most ``max_m`` rows of x (the tile's padded columns) and a weight read as int32 words."""
+    if x.shape[0] > max_m:
+        raise ValueError(f"{op} takes 1 to {max_m} rows of x (the tensor-core tile's padded columns), got "
+                         f"{x.shape[0]}; use {fallback} for larger batches")
+    if qweight.data_ptr() % 4:
+        raise ValueError(f"{op}: qweight must start 4-byte aligned (it is read as int32 words)")

@@ -41,7 +41,7 @@ def gemv_rows(M: int) -> int:
     return 1 if M == 1 else 2 if M == 2 else 4
 
 
-def use_gemv(M: int, weight, align: int, config: dict | None, max_m: int = 4) -> bool:
+def use_gemv(M: int, weight, align: int, config: dict | None, max_m: int = GEMV_MAX_M) -> bool:
     """Whether a decode launch takes the GEMV kernel: M <= max_m (the dispatch's limit), a weight whose rows
     can be read as ``align``-byte words, and no pinned tensor-core config (one with BLOCK_M); a pinned GEMV
     config (no BLOCK_M) forces it at any M the kernels take (1 to GEMV_MAX_M)."""

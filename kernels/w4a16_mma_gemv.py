@@ -37,7 +37,7 @@ import torch
 
 from kernels import alloc, pdl
 from kernels import quant_linear as ql
-from kernels._quant_checks import check_w4_linear
+from kernels._quant_checks import check_mma_gemv, check_w4_linear
 from kernels._quant_launch import launcher
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
@@ -160,11 +160,7 @@ def w4a16_mma_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     """``w4a16_linear`` (same arguments and result) for 1 <= M <= 16 through this file's kernel; ``config``
     pins one entry of ``CONFIGS`` instead of autotuning."""
     check_w4_linear("w4a16_mma_linear", x, qweight, scales, zeros, group_size, bias)
-    if x.shape[0] > MAX_M:
-        raise ValueError(f"w4a16_mma_linear takes 1 to {MAX_M} rows of x (the tensor-core tile's padded "
-                         f"columns), got {x.shape[0]}; use kernels.quant_linear.w4a16_linear for larger batches")
-    if qweight.data_ptr() % 4:
-        raise ValueError("w4a16_mma_linear: qweight must start 4-byte aligned (it is read as int32 words)")
+    check_mma_gemv("w4a16_mma_linear", x, qweight, MAX_M, "kernels.quant_linear.w4a16_linear")
     return launch_mma_gemv(x if x.stride(-1) == 1 else x.contiguous(), qweight.contiguous(), scales, zeros,
                            group_size, bias, config)
 

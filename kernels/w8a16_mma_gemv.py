@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from kernels import alloc, pdl
-from kernels._quant_checks import check_w8_linear
+from kernels._quant_checks import check_mma_gemv, check_w8_linear
 from kernels._quant_launch import launcher
 from kernels._split_k import decode_split, finish_tile
 from kernels._triton import tl, triton
@@ -113,14 +113,10 @@ def w8a16_mma_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     """``w8a16_linear`` (same arguments and result) for 1 <= M <= 16 and K a multiple of 128 through this
     file's kernel; ``config`` pins one entry of ``CONFIGS`` instead of autotuning."""
     K = check_w8_linear("w8a16_mma_linear", x, qweight, scales, bias)[1]
-    if x.shape[0] > MAX_M:
-        raise ValueError(f"w8a16_mma_linear takes 1 to {MAX_M} rows of x (the tensor-core tile's padded "
-                         f"columns), got {x.shape[0]}; use kernels.quant_linear.w8a16_linear for larger batches")
+    check_mma_gemv("w8a16_mma_linear", x, qweight, MAX_M, "kernels.quant_linear.w8a16_linear")
     if K % KB:
         raise ValueError(f"w8a16_mma_linear: K must be a multiple of {KB} (its loop trip), got {K}; use "
                          f"kernels.quant_linear.w8a16_linear")
-    if qweight.data_ptr() % 4:
-        raise ValueError("w8a16_mma_linear: qweight must start 4-byte aligned (it is read as int32 words)")
     return launch_mma_gemv(x if x.stride(-1) == 1 else x.contiguous(), qweight.contiguous(), scales, bias, config)
 
 
