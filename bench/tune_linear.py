@@ -39,6 +39,7 @@ from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_MAX_M
 from kernels.linear_prefill import PERSISTENT_CONFIGS, TILED_CONFIGS, linear_persistent_2d, linear_tiled_2d
+from kernels.linear_streamk import STREAMK_CONFIGS, linear_streamk_2d
 
 BF16 = torch.bfloat16
 DEVICE = "cuda"
@@ -109,7 +110,8 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         base = ms(lambda: F.linear(x, w))  # noqa: B023  (timed before the loop variable moves on)
         flops = 2 * M * N * K
         for name, launch, configs in (("prefill", linear_tiled_2d, TILED_CONFIGS["cuda"]),
-                                      ("persistent", linear_persistent_2d, PERSISTENT_CONFIGS["cuda"])):
+                                      ("persistent", linear_persistent_2d, PERSISTENT_CONFIGS["cuda"]),
+                                      ("streamk", linear_streamk_2d, STREAMK_CONFIGS["cuda"])):
             for c in configs:
                 try:
                     t = ms(lambda: launch(x, w, None, config=c))  # noqa: B023  (timed at once, inside this iteration)
@@ -145,11 +147,22 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         save(rows)
 
 
-def bench(ceil: dict, rows: list, deadline: float, save, decode_only: bool = False) -> None:
-    l2 = int(ceil["l2_mb"] * 2**20)
-    # decode cases first: they are quicker, and a run out of time still covers both regimes' extremes
+def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list[dict]:
+    """The op's benchmark cases, decode first (quicker: a run out of time still covers both regimes'
+    extremes); ``regime`` keeps one regime, ``prefill_m`` replaces the prefill cases' token counts."""
     cases = sorted(registry.get("linear").bench_cases(), key=lambda c: c["M"] > 64)
-    for case in [c for c in cases if c["M"] <= 64] if decode_only else cases:
+    decode = [c for c in cases if c["M"] <= 64]
+    prefill = [c for c in cases if c["M"] > 64]
+    if prefill_m:
+        shapes = list(dict.fromkeys((c["N"], c["K"]) for c in prefill))
+        prefill = [{**prefill[0], "M": m, "N": n, "K": k} for n, k in shapes for m in prefill_m]
+    return {"all": decode + prefill, "decode": decode, "prefill": prefill}[regime]
+
+
+def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
+          prefill_m: list[int] | None = None) -> None:
+    l2 = int(ceil["l2_mb"] * 2**20)
+    for case in bench_cases(regime, prefill_m):
         if time.time() > deadline:
             print("bench: out of time, remaining cases skipped", flush=True)
             break
@@ -157,7 +170,7 @@ def bench(ceil: dict, rows: list, deadline: float, save, decode_only: bool = Fal
         decode = M <= 64
         x, ws = operands(M, N, K, l2, rotate=decode)
         impls = {"cublas": F.linear}
-        variants = ("prefill", "persistent")
+        variants = ("prefill", "persistent", "streamk")
         if decode:
             variants = ("decode", "gemv") if M <= GEMV_MAX_M else ("decode",)
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
@@ -182,8 +195,8 @@ def bench(ceil: dict, rows: list, deadline: float, save, decode_only: bool = Fal
             row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
             row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
         else:
-            row["persistent_vs_cublas"] = row["cublas_ms"] / row["persistent_ms"]
-            row["prefill_vs_cublas"] = row["cublas_ms"] / row["prefill_ms"]
+            for v in variants:
+                row[f"{v}_vs_cublas"] = row["cublas_ms"] / row[f"{v}_ms"]
         rows.append(row)
         save(rows)
         del x, ws
@@ -200,6 +213,9 @@ def main() -> int:
                    help="token counts of the decode exploration (default: 1,16)")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
     p.add_argument("--decode-only", action="store_true", help="only the op's decode cases (M <= 64)")
+    p.add_argument("--prefill-only", action="store_true", help="only the op's prefill cases (M > 64)")
+    p.add_argument("--prefill-m", type=int_list, default=None, metavar="M,...",
+                   help="token counts of the prefill cases (default: the op's, 2048,4096,8192)")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
     if gpu_missing("tune_linear"):
@@ -224,20 +240,22 @@ def main() -> int:
             print(f"  {kern:10s} {M:5d}x{N:6d}x{K:5d} {r['ms'] * 1e3:9.1f} us  {r['vs_cublas']:5.2f}x  {r['config']}")
     rows: list = []
     if not args.skip_bench:
+        regime = "decode" if args.decode_only else "prefill" if args.prefill_only else "all"
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
-              args.decode_only)
+              regime, args.prefill_m)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
-          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'g:decode':>8} {'g:gemv':>7}")
+          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
         tiled = f"{r['prefill_vs_cublas']:6.2f}" if "prefill_vs_cublas" in r else " " * 6
         pers = f"{r['persistent_vs_cublas']:7.2f}" if "persistent_vs_cublas" in r else " " * 7
+        streamk = f"{r['streamk_vs_cublas']:7.2f}" if "streamk_vs_cublas" in r else " " * 7
         gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
                 if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {gemv}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {streamk} {gemv}")
     return 0
 
 

@@ -16,7 +16,9 @@ benchmark sweep times them side by side):
 - ``"gemv"`` (kernels.linear_gemv): the same streaming for M <= 4 on the CUDA cores, with no tensor-core
   padding or shared-memory staging; batch-invariant within a row count (1, 2, or 3-4 rows);
 - ``"prefill"`` (kernels.linear_prefill): tiles in grouped order, one program per tile;
-- ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them.
+- ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them;
+- ``"streamk"`` (kernels.linear_streamk): the persistent loop, with the last one to two waves of tiles
+  dealt out to the SMs as equal ranges of K-iterations, so that no SM idles in a partial last wave.
 
 :func:`choose_linear_variant` is the rule, a plain function a researcher can call or replace; the
 ``variant=`` argument overrides it per call.
@@ -36,17 +38,18 @@ from kernels.device import check_backend
 from kernels.linear_decode import linear_decode_2d
 from kernels.linear_gemv import linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
+from kernels.linear_streamk import linear_streamk_2d
 from kernels.registry import Op, register, register_impl
 
-VARIANTS = ("prefill", "persistent", "decode", "gemv")
+VARIANTS = ("prefill", "persistent", "streamk", "decode", "gemv")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Up to this many rows the product is under 64 flops per weight byte, far below an H100/H200's ~250
 # bf16 flops per byte, so reading the weight dominates and split-K streaming fits; the crossover to the
 # tiled kernels between 64 and ~256 rows has not been measured yet.
 DECODE_MAX_M = 64
 
-_KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "decode": linear_decode_2d,
-            "gemv": linear_gemv_2d}
+_KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "streamk": linear_streamk_2d,
+            "decode": linear_decode_2d, "gemv": linear_gemv_2d}
 
 
 def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
@@ -217,7 +220,7 @@ register(Op(
     bench_cases=_bench_cases,
     smoke_cases=lambda: [
         {"M": m, "N": 70, "K": 33, "dtype": dt, "bias": True, "variant": v}
-        for dt in DTYPES for m, v in ((3, None), (17, "prefill"), (17, "persistent"))
+        for dt in DTYPES for m, v in ((3, None), (17, "prefill"), (17, "persistent"), (17, "streamk"))
     ],
     reduction_len=lambda c: c["K"],
     flops=lambda c: 2.0 * c["M"] * c["N"] * c["K"],

@@ -27,6 +27,19 @@ def test_tune_linear_decode_shape_arguments():
         int_list("0")
 
 
+def test_tune_linear_case_selection():
+    """One regime or both, decode first; ``--prefill-m`` gives every prefill weight shape the new token counts."""
+    from bench.tune_linear import bench_cases
+
+    every, decode, prefill = bench_cases(), bench_cases("decode"), bench_cases("prefill")
+    assert every == decode + prefill and decode and prefill
+    assert all(c["M"] <= 64 for c in decode) and all(c["M"] > 64 for c in prefill)
+    shapes = {(c["N"], c["K"]) for c in prefill}
+    chosen = bench_cases("prefill", [128, 512])
+    assert {(c["N"], c["K"]) for c in chosen} == shapes and len(chosen) == 2 * len(shapes)
+    assert {c["M"] for c in chosen} == {128, 512}
+
+
 def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatch):
     """Between its two modes the A/B drops a kernel's choices from both tuners (so each mode tunes on the
     same inputs); with nothing tuned it reports no config; on a CPU it says it needs a GPU."""

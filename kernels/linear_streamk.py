@@ -1,0 +1,204 @@
+"""Dense linear for many tokens, stream-K: the persistent kernel with its last waves split along K.
+
+Math: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]), as in kernels/linear_prefill.py, whose tile
+code, grouped tile order and configs this kernel shares.
+
+Why: the persistent kernel gives each of the P programs (one per SM) whole tiles, so a product of T
+tiles takes ceil(T / P) rounds of one tile each. When T is a little over a multiple of P, the last
+round runs with most SMs idle (*wave quantization*): Qwen2.5-7B's qkv projection (N = 4608, K = 3584)
+at M = 4096 has 576 tiles of 128 x 256 on 132 SMs, 4.36 waves run in 5 rounds, and the persistent
+kernel reached 0.84x cuBLAS there (H200, bench/results/NVIDIA_H200/linear_bench_run2.csv).
+
+Stream-K (Osama et al., 2023) splits the work, not the tiles. Here, in one launch:
+
+- data-parallel phase: the first ``T - S`` tiles, whole, in the persistent kernel's loop;
+- stream-K phase: the last ``S`` tiles, S = (T mod P) + P (one full wave plus the partial one; all T
+  tiles when T < P), as ``S * ITERS`` K-iterations (``ITERS = cdiv(K, BLOCK_K)``) dealt out as equal
+  contiguous ranges, one per program. A program's range covers 1-2 tiles' worth of iterations: parts of
+  up to three tiles, every program finishing at the same time to within one iteration.
+
+A tile that one program covers whole is stored directly. A tile cut between programs is reduced as in
+the split-K decode kernel (kernels/_split_k.py): each contributor stores its fp32 partial in its own
+workspace slot, then counts its arrival on the tile's counter (acquire-release, after a barrier); the
+last to arrive adds the partials in K order -- not arrival order, so the result is deterministic --
+adds the bias, stores y and re-arms the counter. Nothing waits on another program, so the kernel cannot
+deadlock, in the interpreter (which runs programs one by one) or on a card that does not run all P at once.
+
+Slots: program p's first tile is slot 2p, its last (if different) slot 2p + 1; every other tile it
+touches is whole. The workspace is 2P fp32 tiles (34 MB for 128 x 256 on 132 SMs), read back while
+still in L2.
+
+Not batch-invariant: where K is cut depends on T, and so on M. A row's result is deterministic for a
+given M but may differ in the last bits between two batch sizes (the persistent kernel is invariant
+within an M bucket).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import alloc
+from kernels._split_k import arrival_counters
+from kernels._triton import tl, triton
+from kernels.device import device_sms
+from kernels.linear_prefill import (
+    PERSISTENT_CONFIGS,
+    _flags,
+    _keep,
+    _linear_tile,
+    _quick_bench,
+    _tile_coords,
+    first_config_for_fp32,
+    m_bucket,
+)
+from kernels.tuning import Tuned
+
+
+@triton.jit
+def _range_start(p, base, extra):
+    """First K-iteration of program p when ``base * P + extra`` iterations are dealt out (the first
+    ``extra`` programs take one more)."""
+    return p * base + tl.minimum(p, extra)
+
+
+@triton.jit
+def _range_owner(i, base, extra):
+    """The program whose range holds iteration i (the inverse of :func:`_range_start`)."""
+    long_ranges = extra * (base + 1)
+    return tl.where(i < long_ranges, i // (base + 1), extra + (i - long_ranges) // tl.maximum(base, 1))
+
+
+@triton.jit
+def _partial_tile(
+    x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The tile's product over K-iterations [k_lo, k_hi), in float32 (rows and columns past the edges
+    re-read valid ones, as in kernels/linear_prefill.py; the stores drop them)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = k_lo * BLOCK_K + tl.arange(0, BLOCK_K)
+    rows_x = (offs_m % M).to(tl.int64)
+    rows_w = (offs_n % N).to(tl.int64)
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_lo, k_hi):
+        in_k = offs_k[None, :] < K - (k - k_lo) * BLOCK_K
+        a = tl.load(x_ptrs, mask=in_k, other=0.0)
+        b = tl.load(w_ptrs, mask=in_k, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
+def _linear_streamk_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
+    NUM_PROGRAMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    iters = tl.cdiv(K, BLOCK_K)
+    partial_wave = tiles % NUM_PROGRAMS
+    sk_tiles = tl.where(partial_wave == 0, 0, tl.minimum(tiles, partial_wave + NUM_PROGRAMS))
+    dp_tiles = tiles - sk_tiles
+
+    # Data-parallel phase: whole tiles, exactly the persistent kernel's loop.
+    for tile in tl.range(pid, dp_tiles, NUM_PROGRAMS, flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+
+    # Stream-K phase: this program's share of the last sk_tiles * iters K-iterations.
+    total = sk_tiles * iters
+    base = total // NUM_PROGRAMS
+    extra = total % NUM_PROGRAMS
+    it = _range_start(pid, base, extra)
+    end = _range_start(pid + 1, base, extra)
+    my_first_tile = it // iters
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    slot_offs = offs_m[:, None] * BLOCK_N + offs_n[None, :]
+    while it < end:
+        t = it // iters
+        k_lo = it - t * iters
+        k_hi = tl.minimum(iters, k_lo + (end - it))
+        pid_m, pid_n = _tile_coords(dp_tiles + t, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = _partial_tile(x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
+                            UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        last = (k_lo == 0) & (k_hi == iters)  # the whole tile is this program's
+        if (k_lo != 0) | (k_hi != iters):
+            slot = 2 * pid + (t != my_first_tile).to(tl.int32)
+            tl.store(ws_ptr + slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + slot_offs, acc)
+            tl.debug_barrier()  # every thread's partial store happens before the release below
+            first_owner = _range_owner(t * iters, base, extra)
+            last_owner = _range_owner(t * iters + iters - 1, base, extra)
+            arrived = tl.atomic_add(count_ptr + t, 1, sem="acq_rel")
+            last = arrived == last_owner - first_owner
+            if last:
+                tl.debug_barrier()
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for q in range(first_owner, last_owner + 1):
+                    q_slot = 2 * q + (t != _range_start(q, base, extra) // iters).to(tl.int32)
+                    acc += tl.load(ws_ptr + q_slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + slot_offs,
+                                   cache_modifier=".cg")
+                tl.store(count_ptr + t, 0)  # re-arm for the next launch
+        if last:
+            rows = pid_m * BLOCK_M + offs_m
+            cols = pid_n * BLOCK_N + offs_n
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :]
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+        it += k_hi - k_lo
+
+
+# --- configs as data ----------------------------------------------------------------------------
+# The persistent kernel's list (kernels/linear_prefill.py): the data-parallel phase is that kernel, and
+# the stream-K phase uses the same tiles.
+STREAMK_CONFIGS = PERSISTENT_CONFIGS
+
+_streamk = Tuned(_linear_streamk_kernel, STREAMK_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
+                 do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
+
+
+def _largest_tile(configs: dict) -> int:
+    return max(c["BLOCK_M"] * c["BLOCK_N"] for vendor in configs.values() for c in vendor)
+
+
+# --- launcher (inputs already validated and 2-D by kernels.linear) --------------------------------
+
+
+def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      config: dict | None = None, programs: int | None = None) -> torch.Tensor:
+    """As :func:`kernels.linear_prefill.linear_persistent_2d`, with the last waves split along K.
+
+    ``programs`` (default: the card's SM count) sets P; tests use small values to reach every way a range
+    can fall on the tiles. ``config`` bypasses the autotuner, as in the other launchers.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    y = alloc.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    programs = programs or device_sms(x.device)
+    tile = _largest_tile(STREAMK_CONFIGS) if config is None else config["BLOCK_M"] * config["BLOCK_N"]
+    workspace = alloc.empty(2 * programs * tile, dtype=torch.float32, device=x.device)
+    counters = arrival_counters(x.device, 2 * programs)  # sk_tiles < 2P
+    args = (x, weight, bias if bias is not None else y, y, workspace, counters, M, N, K,
+            x.stride(0), weight.stride(0), y.stride(0), m_bucket(M))
+    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, **_flags(x))
+    if config is None:
+        _streamk[(programs,)](*args, **flags)
+    else:
+        _linear_streamk_kernel[(programs,)](*args, **flags, **config)
+    return y
