@@ -9,13 +9,19 @@ round runs with most SMs idle (*wave quantization*): Qwen2.5-7B's qkv projection
 at M = 4096 has 576 tiles of 128 x 256 on 132 SMs, 4.36 waves run in 5 rounds, and the persistent
 kernel reached 0.84x cuBLAS there (H200, bench/results/NVIDIA_H200/linear_bench_run2.csv).
 
-Stream-K (Osama et al., 2023) splits the work, not the tiles. Here, in one launch:
+Stream-K (Osama et al., 2023) splits the work of that last round, not just its tiles. In one launch:
 
-- data-parallel phase: the first ``T - S`` tiles, whole, in the persistent kernel's loop;
-- stream-K phase: the last ``S`` tiles, S = (T mod P) + P (one full wave plus the partial one; all T
-  tiles when T < P), as ``S * ITERS`` K-iterations (``ITERS = cdiv(K, BLOCK_K)``) dealt out as equal
-  contiguous ranges, one per program. A program's range covers 1-2 tiles' worth of iterations: parts of
-  up to three tiles, every program finishing at the same time to within one iteration.
+- stream-K phase: the last ``S = T mod P`` tiles (all T when T < P) as ``S * ITERS`` K-iterations
+  (``ITERS = cdiv(K, BLOCK_K)``), dealt out as equal contiguous ranges to ``min(P, S * sqrt(ITERS))``
+  programs: each tile is cut among at most about sqrt(ITERS) programs (more pieces shorten the phase,
+  but the program that sums a tile reads one fp32 partial per piece);
+- data-parallel phase: the first ``T - S`` tiles, whole, in the persistent kernel's loop, on every
+  program. The stream-K phase runs first, so that its fix-ups overlap other programs' whole tiles and
+  every program ends on whole tiles.
+
+The split pays only if the SMs the last round would leave idle wait longer than the fix-up costs:
+``(P - S) * ITERS >= FIXUP_ITERS * P``, else S = 0 and this is the persistent kernel (at 4096^3 on 132
+SMs, 116 of 132 SMs are busy in the last round: nothing to win).
 
 A tile that one program covers whole is stored directly. A tile cut between programs is reduced as in
 the split-K decode kernel (kernels/_split_k.py): each contributor stores its fp32 partial in its own
@@ -25,8 +31,7 @@ adds the bias, stores y and re-arms the counter. Nothing waits on another progra
 deadlock, in the interpreter (which runs programs one by one) or on a card that does not run all P at once.
 
 Slots: program p's first tile is slot 2p, its last (if different) slot 2p + 1; every other tile it
-touches is whole. The workspace is 2P fp32 tiles (34 MB for 128 x 256 on 132 SMs), read back while
-still in L2.
+touches is whole. The workspace is 2P fp32 tiles (34 MB for 128 x 256 on 132 SMs, most of it unused).
 
 Not batch-invariant: where K is cut depends on T, and so on M. A row's result is deterministic for a
 given M but may differ in the last bits between two batch sizes (the persistent kernel is invariant
@@ -97,10 +102,22 @@ def _partial_tile(
     return acc
 
 
+@triton.jit
+def _streamk_plan(tiles, iters, NUM_PROGRAMS: tl.constexpr, FIXUP_ITERS: tl.constexpr):
+    """(tiles for the stream-K phase, programs that share them): the partial last wave, dealt out to at
+    most sqrt(iters) programs a tile, if what that saves beats the fix-up; else (0, 0)."""
+    partial_wave = tiles % NUM_PROGRAMS
+    saved = (NUM_PROGRAMS - partial_wave) * iters  # iterations the idle SMs of the last round would wait
+    use = (partial_wave > 0) & (saved >= FIXUP_ITERS * NUM_PROGRAMS)
+    sk_tiles = tl.where(use, partial_wave, 0)
+    per_tile = tl.maximum(tl.sqrt(iters.to(tl.float32)).to(tl.int32), 1)
+    return sk_tiles, tl.minimum(NUM_PROGRAMS, sk_tiles * per_tile)
+
+
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
 def _linear_streamk_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, M_BUCKET,
-    NUM_PROGRAMS: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr, FIXUP_ITERS: tl.constexpr,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr,
@@ -108,22 +125,16 @@ def _linear_streamk_kernel(
     pid = tl.program_id(0)
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     iters = tl.cdiv(K, BLOCK_K)
-    partial_wave = tiles % NUM_PROGRAMS
-    sk_tiles = tl.where(partial_wave == 0, 0, tl.minimum(tiles, partial_wave + NUM_PROGRAMS))
+    sk_tiles, sk_programs = _streamk_plan(tiles, iters, NUM_PROGRAMS, FIXUP_ITERS)
     dp_tiles = tiles - sk_tiles
 
-    # Data-parallel phase: whole tiles, exactly the persistent kernel's loop.
-    for tile in tl.range(pid, dp_tiles, NUM_PROGRAMS, flatten=FLATTEN):
-        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
-                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-
-    # Stream-K phase: this program's share of the last sk_tiles * iters K-iterations.
+    # Stream-K phase first: the fix-ups then overlap the data-parallel tiles of other programs, and
+    # every program ends on whole tiles. This program's share of the last sk_tiles * iters iterations:
     total = sk_tiles * iters
-    base = total // NUM_PROGRAMS
-    extra = total % NUM_PROGRAMS
-    it = _range_start(pid, base, extra)
-    end = _range_start(pid + 1, base, extra)
+    base = total // tl.maximum(sk_programs, 1)
+    extra = total % tl.maximum(sk_programs, 1)
+    it = tl.minimum(_range_start(pid, base, extra), total)
+    end = tl.minimum(_range_start(pid + 1, base, extra), total)
     my_first_tile = it // iters
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -161,11 +172,20 @@ def _linear_streamk_kernel(
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
         it += k_hi - k_lo
 
+    # Data-parallel phase: whole tiles, exactly the persistent kernel's loop.
+    for tile in tl.range(pid, dp_tiles, NUM_PROGRAMS, flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+
 
 # --- configs as data ----------------------------------------------------------------------------
 # The persistent kernel's list (kernels/linear_prefill.py): the data-parallel phase is that kernel, and
 # the stream-K phase uses the same tiles.
 STREAMK_CONFIGS = PERSISTENT_CONFIGS
+# The fix-up's cost in K-iterations of one program: split a partial wave only where the idle SMs of a
+# last round would wait longer than this (counted over all P programs).
+FIXUP_ITERS = 12
 
 _streamk = Tuned(_linear_streamk_kernel, STREAMK_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
                  do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
@@ -179,11 +199,13 @@ def _largest_tile(configs: dict) -> int:
 
 
 def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      config: dict | None = None, programs: int | None = None) -> torch.Tensor:
+                      config: dict | None = None, programs: int | None = None,
+                      fixup_iters: int = FIXUP_ITERS) -> torch.Tensor:
     """As :func:`kernels.linear_prefill.linear_persistent_2d`, with the last waves split along K.
 
     ``programs`` (default: the card's SM count) sets P; tests use small values to reach every way a range
-    can fall on the tiles. ``config`` bypasses the autotuner, as in the other launchers.
+    can fall on the tiles, and ``fixup_iters=0`` to split every partial wave. ``config`` bypasses the
+    autotuner, as in the other launchers.
     """
     M, K = x.shape
     N = weight.shape[0]
@@ -193,10 +215,10 @@ def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     programs = programs or device_sms(x.device)
     tile = _largest_tile(STREAMK_CONFIGS) if config is None else config["BLOCK_M"] * config["BLOCK_N"]
     workspace = alloc.empty(2 * programs * tile, dtype=torch.float32, device=x.device)
-    counters = arrival_counters(x.device, 2 * programs)  # sk_tiles < 2P
+    counters = arrival_counters(x.device, programs)  # one per stream-K tile, fewer than P
     args = (x, weight, bias if bias is not None else y, y, workspace, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), m_bucket(M))
-    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, **_flags(x))
+    flags = dict(NUM_PROGRAMS=programs, FIXUP_ITERS=fixup_iters, HAS_BIAS=bias is not None, **_flags(x))
     if config is None:
         _streamk[(programs,)](*args, **flags)
     else:
