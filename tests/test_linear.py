@@ -156,6 +156,22 @@ def test_grouped_tiles_cover_every_output(launch, device):
     assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=40)
 
 
+@pytest.mark.parametrize("M,N,programs", [
+    (70, 51, 7),     # 3 x 2 = 6 tiles of 32 x 32 on 7 programs: all of them a partial wave
+    (100, 70, 4),    # 12 tiles on 4: whole waves, nothing to split
+    (130, 70, 4),    # 15 tiles on 4: three whole rounds, a tail of 3
+    (33, 100, 5),    # 8 tiles on 5: a tail of 3 whose tiles sit on the bottom edge (rows 32-33 of 64)
+])
+@pytest.mark.parametrize("tail_costs", [(0, 100), (100, 0), None])  # halves / quarters / the rule's choice
+def test_persistent_split_tail_covers_every_output(M, N, programs, tail_costs, device):
+    """The partial last wave cut into halves or quarters, each computed whole along K, writes every output."""
+    config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False)
+    x, w, b = _operands(M, N, 70, device, seed=programs)
+    with alloc.poisoned():
+        y = linear_persistent_2d(x, w, b, config=config, tail_costs=tail_costs, programs=programs)
+    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=70)
+
+
 @pytest.mark.parametrize("k_chunk", [16, 48, 100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_split_k_reduction(k_chunk, dtype, device):
