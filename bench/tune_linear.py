@@ -10,8 +10,11 @@ It measures, in one process so that every number comes from the same card:
 2. with ``--explore``: every config of the chosen kernels (and, for decode, three split sizes), timed alone
    on a few representative shapes (``linear_configs_<which>.csv``): the config lists and the split rule in
    kernels/linear_*.py are chosen from these;
-3. the op's benchmark cases (``registry.get("linear").bench_cases()``): cuBLAS (``F.linear``), the
-   dispatching ``linear`` and each variant, autotuned (``linear_bench.csv``).
+3. the op's benchmark cases (``registry.get("linear").bench_cases()``, one regime with ``--decode-only`` or
+   ``--prefill-only``, other prefill token counts with ``--prefill-m``): cuBLAS (``F.linear``), the
+   dispatching ``linear`` and each variant, autotuned, and for prefill the persistent kernel without its
+   split tail (``whole_tail``), for the A/B (``linear_bench.csv``). ``--repeats R`` times each of them R
+   times, taking turns, and keeps the medians.
 
 Timing: ``triton.testing.do_bench`` medians (it clears L2 before every call). Decode shapes rotate among
 enough weight copies to exceed 3x L2, and are also timed as CUDA-graph replays (``graph_*`` columns),
@@ -24,6 +27,7 @@ import argparse
 import itertools
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -160,7 +164,7 @@ def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list
 
 
 def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
-          prefill_m: list[int] | None = None) -> None:
+          prefill_m: list[int] | None = None, repeats: int = 1) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
     for case in bench_cases(regime, prefill_m):
         if time.time() > deadline:
@@ -174,11 +178,22 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         if decode:
             variants = ("decode", "gemv") if M <= GEMV_MAX_M else ("decode",)
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
+        if not decode:  # the persistent kernel without its split tail, for the A/B
+            impls["whole_tail"] = lambda xx, ww: linear_persistent_2d(xx, ww, None, split_tail=False)
         row = {"M": M, "N": N, "K": K, "auto": choose_linear_variant(M, N, K, BF16)}
-        for name, fn in impls.items():
-            row[f"{name}_ms"] = ms(rotating(fn, x, ws))
+        # Each impl is timed `repeats` times, the impls taking turns, and keeps its median: a drift of the
+        # card's clocks during the case then touches every impl alike.
+        times: dict[str, list[float]] = {name: [] for name in impls}
+        graph_times: dict[str, list[float]] = {name: [] for name in impls}
+        for _ in range(repeats):
+            for name, fn in impls.items():
+                times[name].append(ms(rotating(fn, x, ws)))
+                if decode:
+                    graph_times[name].append(ms(rotating(fn, x, ws), graph=True))
+        for name in impls:
+            row[f"{name}_ms"] = statistics.median(times[name])
             if decode:
-                row[f"graph_{name}_ms"] = ms(rotating(fn, x, ws), graph=True)
+                row[f"graph_{name}_ms"] = statistics.median(graph_times[name])
         # the dispatching entry point runs the chosen variant: its time is that variant's
         row["auto_ms"] = row.get(f"{row['auto']}_ms", float("nan"))
         if decode:
@@ -195,7 +210,7 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
             row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
             row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
         else:
-            for v in variants:
+            for v in (*variants, "whole_tail"):
                 row[f"{v}_vs_cublas"] = row["cublas_ms"] / row[f"{v}_ms"]
         rows.append(row)
         save(rows)
@@ -216,6 +231,7 @@ def main() -> int:
     p.add_argument("--prefill-only", action="store_true", help="only the op's prefill cases (M > 64)")
     p.add_argument("--prefill-m", type=int_list, default=None, metavar="M,...",
                    help="token counts of the prefill cases (default: the op's, 2048,4096,8192)")
+    p.add_argument("--repeats", type=int, default=1, help="time each impl this many times, in turns (median)")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
     if gpu_missing("tune_linear"):
@@ -242,20 +258,21 @@ def main() -> int:
     if not args.skip_bench:
         regime = "decode" if args.decode_only else "prefill" if args.prefill_only else "all"
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
-              regime, args.prefill_m)
+              regime, args.prefill_m, args.repeats)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
-          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
+          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
         tiled = f"{r['prefill_vs_cublas']:6.2f}" if "prefill_vs_cublas" in r else " " * 6
         pers = f"{r['persistent_vs_cublas']:7.2f}" if "persistent_vs_cublas" in r else " " * 7
         streamk = f"{r['streamk_vs_cublas']:7.2f}" if "streamk_vs_cublas" in r else " " * 7
+        whole = f"{r['whole_tail_vs_cublas']:6.2f}" if "whole_tail_vs_cublas" in r else " " * 6
         gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
                 if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {streamk} {gemv}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {streamk} {gemv}")
     return 0
 
 

@@ -29,7 +29,7 @@ import torch
 
 from kernels import alloc
 from kernels._triton import tl, triton
-from kernels.device import device_sms, interpreting, vendor
+from kernels.device import device_sms, interpreting
 from kernels.tuning import Tuned
 
 
@@ -172,22 +172,25 @@ _TILED_HIP = [
 TILED_CONFIGS = {"cuda": _TILED_CUDA, "hip": _TILED_HIP}
 # Measured on an H200 (bench/results/NVIDIA_H200/linear_configs_run1.csv): FLATTEN=True (the next tile's
 # loads pipelined under this tile's epilogue) beat FLATTEN=False in every config, by 2-25%.
+# COST_2 / COST_4: what the last round costs when its tiles are cut in halves / quarters, against 100 for
+# whole tiles (the split tail, see _tail_split); 100 never splits. Measured on an H200 at three shapes with
+# a partial last wave (bench/results/NVIDIA_H200/run26/tail_ab_call4.csv): the halves and quarters of a
+# 128 x 256 tile cost 74-79 and 47-70, of 256 x 128 64-84 and 63; those of 128 x 128 tiles (128 x 64 and
+# 64 x 64) made every shape slower. No AMD measurements yet: no split there.
 PERSISTENT_CONFIGS = {
     "cuda": [
-        dict(_TILED_CUDA[0], FLATTEN=False),
-        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, FLATTEN=True),
-        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, FLATTEN=True),
+        dict(_TILED_CUDA[0], FLATTEN=False, COST_2=75, COST_4=55),  # the interpreter's: splits as the big ones
+        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, FLATTEN=True,
+             COST_2=78, COST_4=55),
+        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, FLATTEN=True,
+             COST_2=78, COST_4=55),
         dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, FLATTEN=True),
         dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, FLATTEN=True),
-        dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, FLATTEN=True),
+        dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, FLATTEN=True,
+             COST_2=75, COST_4=60),
     ],
     "hip": [dict(c, FLATTEN=False) for c in _TILED_HIP],
 }
-# The persistent kernel's split tail (see _tail_split): what one sub-tile of a tile cut in 2 or 4 costs
-# against the whole tile's 100, per program. Measured on an H200: a 128 x 128 tile took 0.58 of a
-# 128 x 256 one's time (4096 x 4608 x 3584: 9 rounds in 212 us against 5 in 203 us,
-# bench/results/NVIDIA_H200/run26); the quarter is a first estimate.
-TAIL_COSTS = {"cuda": (58, 40), "hip": (58, 40)}
 # Shared memory a config needs for 2-byte operands; configs that cannot fit any card are dropped.
 SHARED_MEMORY_LIMIT = 232_448
 
@@ -218,9 +221,9 @@ def first_config_for_fp32(configs, named_args, **kwargs):
 
 _tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
                do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
-# The tail split's costs ride in the key so that an A/B of them (bench/tune_linear.py) tunes each side.
-_persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS,
-                    key=["M_BUCKET", "N", "K", "SPLIT_TAIL", "COST_2", "COST_4"], keep=_keep,
+# SPLIT_TAIL rides in the key so that an A/B of the split tail (bench/tune_linear.py) tunes each side.
+_persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K", "SPLIT_TAIL"],
+                    keep=_keep,
                     do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
@@ -282,12 +285,11 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          config: dict | None = None, split_tail: bool = True,
-                         tail_costs: tuple[int, int] | None = None, programs: int | None = None) -> torch.Tensor:
+                         programs: int | None = None) -> torch.Tensor:
     """As :func:`linear_tiled_2d`, with one program per multiprocessor looping over the tiles.
 
-    ``split_tail`` cuts the tiles of a partial last wave into halves or quarters where that is quicker
-    (by ``tail_costs``, default :data:`TAIL_COSTS` for the card's vendor: (cost of a half, of a quarter)
-    against a whole tile's 100; ``(0, 100)`` forces halves and ``(100, 0)`` quarters, for measurements).
+    ``split_tail`` cuts the tiles of a partial last wave into halves or quarters where the config's costs
+    say that is quicker (``COST_2=0`` in a pinned config forces halves, ``COST_4=0`` quarters).
     ``programs`` (default: the card's SM count) lets tests reach every tail on small shapes.
     """
     M, K = x.shape
@@ -298,9 +300,7 @@ def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     programs = programs or device_sms(x.device)
     args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
             m_bucket(M))
-    cost_2, cost_4 = tail_costs or TAIL_COSTS["hip" if vendor() == "hip" else "cuda"]
-    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, SPLIT_TAIL=split_tail, COST_2=cost_2,
-                 COST_4=cost_4, **_flags(x))
+    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, SPLIT_TAIL=split_tail, **_flags(x))
     # A split tail may give sub-tiles to every program, even when there are fewer tiles than programs.
     grid = lambda META: (
         programs if split_tail else min(programs, cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"])),)

@@ -162,13 +162,14 @@ def test_grouped_tiles_cover_every_output(launch, device):
     (130, 70, 4),    # 15 tiles on 4: three whole rounds, a tail of 3
     (33, 100, 5),    # 8 tiles on 5: a tail of 3 whose tiles sit on the bottom edge (rows 32-33 of 64)
 ])
-@pytest.mark.parametrize("tail_costs", [(0, 100), (100, 0), None])  # halves / quarters / the rule's choice
-def test_persistent_split_tail_covers_every_output(M, N, programs, tail_costs, device):
+@pytest.mark.parametrize("costs", [(0, 100), (100, 0), (75, 55)])  # halves / quarters / the rule's choice
+def test_persistent_split_tail_covers_every_output(M, N, programs, costs, device):
     """The partial last wave cut into halves or quarters, each computed whole along K, writes every output."""
-    config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False)
+    config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False,
+                  COST_2=costs[0], COST_4=costs[1])
     x, w, b = _operands(M, N, 70, device, seed=programs)
     with alloc.poisoned():
-        y = linear_persistent_2d(x, w, b, config=config, tail_costs=tail_costs, programs=programs)
+        y = linear_persistent_2d(x, w, b, config=config, programs=programs)
     assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=70)
 
 
