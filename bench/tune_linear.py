@@ -164,7 +164,7 @@ def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list
 
 
 def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
-          prefill_m: list[int] | None = None, repeats: int = 1) -> None:
+          prefill_m: list[int] | None = None, repeats: int = 1, graph_prefill: bool = False) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
     for case in bench_cases(regime, prefill_m):
         if time.time() > deadline:
@@ -185,25 +185,26 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         # card's clocks during the case then touches every impl alike.
         times: dict[str, list[float]] = {name: [] for name in impls}
         graph_times: dict[str, list[float]] = {name: [] for name in impls}
+        graph = decode or graph_prefill
         for _ in range(repeats):
             for name, fn in impls.items():
                 times[name].append(ms(rotating(fn, x, ws)))
-                if decode:
+                if graph:
                     graph_times[name].append(ms(rotating(fn, x, ws), graph=True))
         for name in impls:
             row[f"{name}_ms"] = statistics.median(times[name])
-            if decode:
+            if graph:
                 row[f"graph_{name}_ms"] = statistics.median(graph_times[name])
         # the dispatching entry point runs the chosen variant: its time is that variant's
         row["auto_ms"] = row.get(f"{row['auto']}_ms", float("nan"))
-        if decode:
+        if graph:
             row["graph_auto_ms"] = row.get(f"graph_{row['auto']}_ms", float("nan"))
+            row["graph_auto_vs_cublas"] = row["graph_cublas_ms"] / row["graph_auto_ms"]
         flops, w_bytes = 2 * M * N * K, N * K * 2
         row["tflops_cublas"] = flops / row["cublas_ms"] / 1e9
         row["tflops_auto"] = flops / row["auto_ms"] / 1e9
         row["auto_vs_cublas"] = row["cublas_ms"] / row["auto_ms"]
         if decode:
-            row["graph_auto_vs_cublas"] = row["graph_cublas_ms"] / row["graph_auto_ms"]
             if "graph_gemv_ms" in row:
                 row["graph_gemv_vs_cublas"] = row["graph_cublas_ms"] / row["graph_gemv_ms"]
                 row["graph_decode_vs_cublas"] = row["graph_cublas_ms"] / row["graph_decode_ms"]
@@ -212,9 +213,15 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         else:
             for v in (*variants, "whole_tail"):
                 row[f"{v}_vs_cublas"] = row["cublas_ms"] / row[f"{v}_ms"]
+                if graph:
+                    row[f"graph_{v}_vs_cublas"] = row["graph_cublas_ms"] / row[f"graph_{v}_ms"]
         rows.append(row)
         save(rows)
         del x, ws
+
+
+def graph_prefill_any(rows: list) -> bool:
+    return any("graph_persistent_vs_cublas" in r for r in rows)
 
 
 def main() -> int:
@@ -231,6 +238,8 @@ def main() -> int:
     p.add_argument("--prefill-only", action="store_true", help="only the op's prefill cases (M > 64)")
     p.add_argument("--prefill-m", type=int_list, default=None, metavar="M,...",
                    help="token counts of the prefill cases (default: the op's, 2048,4096,8192)")
+    p.add_argument("--graph", action="store_true",
+                   help="time prefill cases as CUDA-graph replays too (the kernel without the host's launch time)")
     p.add_argument("--repeats", type=int, default=1, help="time each impl this many times, in turns (median)")
     p.add_argument("--budget-s", type=float, default=240, help="stop starting new bench cases after this")
     args = p.parse_args()
@@ -258,17 +267,19 @@ def main() -> int:
     if not args.skip_bench:
         regime = "decode" if args.decode_only else "prefill" if args.prefill_only else "all"
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
-              regime, args.prefill_m, args.repeats)
-    print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s")
+              regime, args.prefill_m, args.repeats, args.graph)
+    print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s"
+          + ("  (variant columns: CUDA-graph replays where timed)" if graph_prefill_any(rows) else ""))
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
           f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
-        tiled = f"{r['prefill_vs_cublas']:6.2f}" if "prefill_vs_cublas" in r else " " * 6
-        pers = f"{r['persistent_vs_cublas']:7.2f}" if "persistent_vs_cublas" in r else " " * 7
-        streamk = f"{r['streamk_vs_cublas']:7.2f}" if "streamk_vs_cublas" in r else " " * 7
-        whole = f"{r['whole_tail_vs_cublas']:6.2f}" if "whole_tail_vs_cublas" in r else " " * 6
+        g = "graph_" if "graph_persistent_vs_cublas" in r else ""  # prefill variants: replays where timed
+        tiled = f"{r[g + 'prefill_vs_cublas']:6.2f}" if g + "prefill_vs_cublas" in r else " " * 6
+        pers = f"{r[g + 'persistent_vs_cublas']:7.2f}" if g + "persistent_vs_cublas" in r else " " * 7
+        streamk = f"{r[g + 'streamk_vs_cublas']:7.2f}" if g + "streamk_vs_cublas" in r else " " * 7
+        whole = f"{r[g + 'whole_tail_vs_cublas']:6.2f}" if g + "whole_tail_vs_cublas" in r else " " * 6
         gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
                 if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
