@@ -1,4 +1,4 @@
-"""Dense linear layer ``y = x @ weight^T + bias``: one entry point over three kernels, chosen by shape.
+"""Dense linear layer ``y = x @ weight^T + bias``: one entry point over five kernels, chosen by shape.
 
 Math: x [..., K] (flattened to M rows), weight [N, K] as ``nn.Linear`` stores it, bias [N] or None:
 
@@ -16,9 +16,11 @@ benchmark sweep times them side by side):
 - ``"gemv"`` (kernels.linear_gemv): the same streaming for M <= 4 on the CUDA cores, with no tensor-core
   padding or shared-memory staging; batch-invariant within a row count (1, 2, or 3-4 rows);
 - ``"prefill"`` (kernels.linear_prefill): tiles in grouped order, one program per tile;
-- ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them;
-- ``"streamk"`` (kernels.linear_streamk): the persistent loop, with the last one to two waves of tiles
-  dealt out to the SMs as equal ranges of K-iterations, so that no SM idles in a partial last wave.
+- ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them, a
+  partial last wave cut into half or quarter tiles where that is quicker (the split tail);
+- ``"streamk"`` (kernels.linear_streamk): the persistent loop with a partial last wave dealt out to the
+  SMs as equal ranges of K-iterations, split tiles summed in a fix-up; it wins where there are far fewer
+  tiles than SMs and K is long.
 
 :func:`choose_linear_variant` is the rule, a plain function a researcher can call or replace; the
 ``variant=`` argument overrides it per call.
@@ -47,6 +49,9 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # bf16 flops per byte, so reading the weight dominates and split-K streaming fits; the crossover to the
 # tiled kernels between 64 and ~256 rows has not been measured yet.
 DECODE_MAX_M = 64
+# Few rows and a long K: stream-K's split of K beats whole tiles (see choose_linear_variant).
+STREAMK_MAX_M = 128
+STREAMK_MIN_K = 8192
 
 _KERNELS = {"prefill": linear_tiled_2d, "persistent": linear_persistent_2d, "streamk": linear_streamk_2d,
             "decode": linear_decode_2d, "gemv": linear_gemv_2d}
@@ -64,16 +69,23 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
       not its tiles (``kernels.linear_decode.DECODE_CONFIGS``): with the signal tuned per shape it ran at
       1.29x cuBLAS on 1152 x 896 and 1.36-1.39x on 896 x 896 at M = 2-4, where the GEMV gave 0.79-1.16x and
       1.00-1.30x (H200, bench/results/NVIDIA_H200/run22);
+    - M = 65..128 with K >= 8192: ``"streamk"``: with a single row of 128-row tiles there are too few tiles
+      to fill the card, and splitting the long K among the SMs ran at 1.5-1.8x the persistent kernel's
+      speed (H200, CUDA-graph replays, bench/results/NVIDIA_H200/run26: 128 x 4096 x 14336 and
+      128 x 3584 x 18944); at M = 512 or with K = 4096 it lost, so only there;
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill
       products where the one-program-per-tile kernel reached 0.72-0.85x
       (bench/results/NVIDIA_H200/linear_configs_run1.csv); its pipelining across tiles hides each tile's
-      epilogue. On AMD (no measurements yet) the same rule applies.
+      epilogue, and its split tail evens out a partial last wave (run 26: 0.90-1.04x cuBLAS on all 24
+      prefill shapes, eager; 0.94-1.03x as graph replays). On AMD (no measurements yet) the same rule applies.
     ``N``, ``K`` and ``dtype`` are part of the signature so that a rule tuned for another card can use them.
     """
     if M == 1:
         return "gemv"
     if M <= DECODE_MAX_M:
         return "decode"
+    if M <= STREAMK_MAX_M and K >= STREAMK_MIN_K:
+        return "streamk"
     return "persistent"
 
 

@@ -19,6 +19,16 @@ Two launch shapes share the tile code:
   It saves the launch and tail costs of many short programs, and with ``FLATTEN`` lets the compiler's
   software pipeliner run the next tile's first loads under the current tile's epilogue.
 
+Split tail (persistent). T tiles on P programs take ceil(T / P) rounds; when T mod P is small, the last
+round leaves most SMs idle (wave quantization: Qwen2.5-7B's qkv, 4608 x 3584 at M = 2048, is 288 tiles
+of 128 x 256 on 132 SMs, 2.2 waves in 3 rounds). So the ``T mod P`` tiles of the last round may be cut
+into halves (of the longer side) or quarters, each computed whole along K -- no partial sums, no fix-up:
+2 (T mod P) halves or 4 (T mod P) quarters then share the SMs. A sub-tile is slower per flop than a whole
+tile, so each config states what its last round costs cut in two (``COST_2``) or four (``COST_4``)
+against 100 for whole tiles, and ``_tail_split`` takes the cheapest of ``100``,
+``ceil(2 (T mod P) / P) * COST_2`` and ``ceil(4 (T mod P) / P) * COST_4``. On an H200 this took the three
+Qwen2.5-7B shapes that missed 90% of cuBLAS from 0.78-0.83x to 0.90-0.98x (bench/results/NVIDIA_H200/run26).
+
 Interpreter: Triton's CPU interpreter computes a bf16 ``tl.dot`` wrongly, so the launcher passes
 ``UPCAST=True`` there and the kernel converts both operands to float32 before the dot.
 """

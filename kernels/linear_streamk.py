@@ -9,6 +9,13 @@ round runs with most SMs idle (*wave quantization*): Qwen2.5-7B's qkv projection
 at M = 4096 has 576 tiles of 128 x 256 on 132 SMs, 4.36 waves run in 5 rounds, and the persistent
 kernel reached 0.84x cuBLAS there (H200, bench/results/NVIDIA_H200/linear_bench_run2.csv).
 
+Measured (H200, bench/results/NVIDIA_H200/run26): at those prefill shapes the fix-up costs more than the
+idle SMs did -- storing and summing 128 KB fp32 partials took 11 + 28 us of a 224 us product -- so the
+persistent kernel's split tail (halves and quarters of the last round's tiles, computed whole along K,
+kernels/linear_prefill.py) is the default there. Stream-K wins where there are far fewer tiles than SMs and
+K is long: 128 x 4096 x 14336 and 128 x 3584 x 18944 ran at 1.5-1.8x the persistent kernel's speed, and
+``kernels.linear.choose_linear_variant`` sends such products here.
+
 Stream-K (Osama et al., 2023) splits the work of that last round, not just its tiles. In one launch:
 
 - stream-K phase: the last ``S = T mod P`` tiles (all T when T < P) as ``S * ITERS`` K-iterations

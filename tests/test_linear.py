@@ -99,6 +99,9 @@ def test_choose_variant_by_shape():
         assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) == "decode"
     for M in (DECODE_MAX_M + 1, 2048, 8192):
         assert choose_linear_variant(M, 4096, 4096, torch.bfloat16) in ("prefill", "persistent")
+    assert choose_linear_variant(128, 4096, 14336, torch.bfloat16) == "streamk"  # one row of tiles, long K
+    assert choose_linear_variant(129, 4096, 14336, torch.bfloat16) == "persistent"
+    assert choose_linear_variant(DECODE_MAX_M, 4096, 14336, torch.bfloat16) == "decode"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
