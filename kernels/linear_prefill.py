@@ -57,23 +57,24 @@ def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 
 @triton.jit
-def _linear_tile(
-    x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+def _tile_acc(
+    x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """The tile's product over K-iterations [k_lo, k_hi) (all of K: 0 to cdiv(K, BLOCK_K)), in float32."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_k = k_lo * BLOCK_K + tl.arange(0, BLOCK_K)
     # Rows past the edge read a valid row again (modulo) instead of being masked: the loads stay
-    # unmasked along M and N, and the store below drops those rows.
+    # unmasked along M and N, and the stores drop those rows.
     rows_x = (offs_m % M).to(tl.int64)
     rows_w = (offs_n % N).to(tl.int64)
     x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        in_k = offs_k[None, :] < K - k * BLOCK_K
+    for k in range(k_lo, k_hi):
+        in_k = offs_k[None, :] < K - (k - k_lo) * BLOCK_K
         a = tl.load(x_ptrs, mask=in_k, other=0.0)
         b = tl.load(w_ptrs, mask=in_k, other=0.0)
         if UPCAST:
@@ -82,10 +83,30 @@ def _linear_tile(
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y's tile = acc (+ bias), in y's dtype, rows and columns past the edges dropped."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _linear_tile(
+    x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    acc = _tile_acc(x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, 0, tl.cdiv(K, BLOCK_K),
+                    UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once

@@ -59,6 +59,8 @@ from kernels.linear_prefill import (
     _keep,
     _linear_tile,
     _quick_bench,
+    _store_tile,
+    _tile_acc,
     _tile_coords,
     first_config_for_fp32,
     m_bucket,
@@ -78,35 +80,6 @@ def _range_owner(i, base, extra):
     """The program whose range holds iteration i (the inverse of :func:`_range_start`)."""
     long_ranges = extra * (base + 1)
     return tl.where(i < long_ranges, i // (base + 1), extra + (i - long_ranges) // tl.maximum(base, 1))
-
-
-@triton.jit
-def _partial_tile(
-    x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The tile's product over K-iterations [k_lo, k_hi), in float32 (rows and columns past the edges
-    re-read valid ones, as in kernels/linear_prefill.py; the stores drop them)."""
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = k_lo * BLOCK_K + tl.arange(0, BLOCK_K)
-    rows_x = (offs_m % M).to(tl.int64)
-    rows_w = (offs_n % N).to(tl.int64)
-    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(k_lo, k_hi):
-        in_k = offs_k[None, :] < K - (k - k_lo) * BLOCK_K
-        a = tl.load(x_ptrs, mask=in_k, other=0.0)
-        b = tl.load(w_ptrs, mask=in_k, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    return acc
 
 
 @triton.jit
@@ -151,8 +124,8 @@ def _linear_streamk_kernel(
         k_lo = it - t * iters
         k_hi = tl.minimum(iters, k_lo + (end - it))
         pid_m, pid_n = _tile_coords(dp_tiles + t, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = _partial_tile(x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
-                            UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _tile_acc(x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, k_lo, k_hi,
+                        UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         last = (k_lo == 0) & (k_hi == iters)  # the whole tile is this program's
         if (k_lo != 0) | (k_hi != iters):
             slot = 2 * pid + (t != my_first_tile).to(tl.int32)
@@ -171,12 +144,7 @@ def _linear_streamk_kernel(
                                    cache_modifier=".cg")
                 tl.store(count_ptr + t, 0)  # re-arm for the next launch
         if last:
-            rows = pid_m * BLOCK_M + offs_m
-            cols = pid_n * BLOCK_N + offs_n
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-            y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :]
-            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+            _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
         it += k_hi - k_lo
 
     # Data-parallel phase: whole tiles, exactly the persistent kernel's loop.

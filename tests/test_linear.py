@@ -13,39 +13,26 @@ from kernels.linear import (
     VARIANTS,
     choose_linear_variant,
     linear,
-    linear_reference,
 )
 from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
 from kernels.testing import assert_close
+from tests.linear_helpers import expected, operands
 
 pytestmark = pytest.mark.linear
-
-
-def _operands(M, N, K, device, dtype=torch.float32, seed=0):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn(M, K, generator=gen, device=device).to(dtype)
-    w = (torch.randn(N, K, generator=gen, device=device) / K**0.5).to(dtype)
-    b = torch.randn(N, generator=gen, device=device).to(dtype)
-    return x, w, b
-
-
-def _expected(x, w, b=None):
-    ref = torch.float64 if x.device.type == "cpu" else torch.float32
-    return linear_reference(x.to(ref), w.to(ref), None if b is None else b.to(ref))
 
 
 # --- validation -----------------------------------------------------------------------------------
 
 def test_rejects_mismatched_k(device):
-    x, w, _ = _operands(3, 8, 16, device)
+    x, w, _ = operands(3, 8, 16, device)
     with pytest.raises(ValueError, match="mismatched K"):
         linear(x, w[:, :15])
 
 
 def test_rejects_transposed_weight_with_hint(device):
-    x, w, _ = _operands(3, 8, 16, device)
+    x, w, _ = operands(3, 8, 16, device)
     with pytest.raises(ValueError, match="transposed"):
         linear(x, w.T)
 
@@ -57,13 +44,13 @@ def test_rejects_integer_input(device):
 
 
 def test_rejects_mixed_dtypes(device):
-    x, w, _ = _operands(3, 8, 16, device)
+    x, w, _ = operands(3, 8, 16, device)
     with pytest.raises(TypeError, match="weight dtype"):
         linear(x, w.half())
 
 
 def test_rejects_bad_bias(device):
-    x, w, b = _operands(3, 8, 16, device)
+    x, w, b = operands(3, 8, 16, device)
     with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
         linear(x, w, b[:7])
     with pytest.raises(TypeError, match="bias dtype"):
@@ -71,13 +58,13 @@ def test_rejects_bad_bias(device):
 
 
 def test_rejects_device_mismatch(device):
-    x, w, _ = _operands(3, 8, 16, device)
+    x, w, _ = operands(3, 8, 16, device)
     with pytest.raises(ValueError, match="weight is on meta"):
         linear(x, w.to("meta"))
 
 
 def test_rejects_non_2d_weight_and_unknown_variant(device):
-    x, w, _ = _operands(3, 8, 16, device)
+    x, w, _ = operands(3, 8, 16, device)
     with pytest.raises(ValueError, match="weight must be 2-D"):
         linear(x, w[None])
     with pytest.raises(ValueError, match="unknown variant 'splitk'"):
@@ -112,10 +99,10 @@ def test_variant_override_runs_that_kernel(variant, device, monkeypatch):
             called.append(_name)
             return _fn(*args, **kwargs)
         monkeypatch.setitem(_KERNELS, name, spy)
-    x, w, b = _operands(5, 24, 40, device)
+    x, w, b = operands(5, 24, 40, device)
     y = linear(x, w, b, variant=variant)
     assert called == [variant]
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=40)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=40)
 
 
 def test_variants_are_registered_as_impls():
@@ -129,20 +116,20 @@ def test_variants_are_registered_as_impls():
 def test_leading_dims_and_strided_rows(device):
     base = torch.randn(2, 3, 50, device=device)
     x = base[..., :37]  # rows with a stride larger than the row length
-    _, w, b = _operands(1, 21, 37, device)
+    _, w, b = operands(1, 21, 37, device)
     y = linear(x, w, b)
     assert y.shape == (2, 3, 21)
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=37)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=37)
 
 
 def test_column_strided_x_is_copied(device):
     x = torch.randn(40, 6, device=device).T  # [6, 40] with stride (1, 6)
-    _, w, _ = _operands(1, 9, 40, device)
-    assert_close(linear(x, w), _expected(x, w), dtype=torch.float32, reduction_len=40)
+    _, w, _ = operands(1, 9, 40, device)
+    assert_close(linear(x, w), expected(x, w), dtype=torch.float32, reduction_len=40)
 
 
 def test_empty_batch(device):
-    _, w, b = _operands(1, 9, 40, device)
+    _, w, b = operands(1, 9, 40, device)
     y = linear(torch.randn(0, 40, device=device), w, b)
     assert y.shape == (0, 9)
 
@@ -153,10 +140,10 @@ def test_grouped_tiles_cover_every_output(launch, device):
     config = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=2)
     if launch is linear_persistent_2d:
         config["FLATTEN"] = False
-    x, w, b = _operands(70, 51, 40, device, seed=3)
+    x, w, b = operands(70, 51, 40, device, seed=3)
     with alloc.poisoned():
         y = launch(x, w, b, config=config)
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=40)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=40)
 
 
 @pytest.mark.parametrize("M,N,programs", [
@@ -170,24 +157,24 @@ def test_persistent_split_tail_covers_every_output(M, N, programs, costs, device
     """The partial last wave cut into halves or quarters, each computed whole along K, writes every output."""
     config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False,
                   COST_2=costs[0], COST_4=costs[1])
-    x, w, b = _operands(M, N, 70, device, seed=programs)
+    x, w, b = operands(M, N, 70, device, seed=programs)
     with alloc.poisoned():
         y = linear_persistent_2d(x, w, b, config=config, programs=programs)
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=70)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=70)
 
 
 @pytest.mark.parametrize("k_chunk", [16, 48, 100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_split_k_reduction(k_chunk, dtype, device):
-    x, w, b = _operands(5, 70, 300, device, dtype=dtype, seed=k_chunk)
+    x, w, b = operands(5, 70, 300, device, dtype=dtype, seed=k_chunk)
     with alloc.poisoned():
         y = linear_decode_2d(x, w, b, k_chunk=k_chunk)
-    assert_close(y, _expected(x, w, b), dtype=dtype, reduction_len=300)
+    assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=300)
 
 
 def test_split_k_counters_rearmed_and_deterministic(device):
     """The arrival counters return to zero after every launch, so a second call sums the same way."""
-    x, w, b = _operands(3, 50, 200, device, seed=11)
+    x, w, b = operands(3, 50, 200, device, seed=11)
     first = linear_decode_2d(x, w, b, k_chunk=32)
     counters = [t for key, t in _COUNTERS.items() if key[0] == device.type]
     assert counters and all(int(t.abs().sum()) == 0 for t in counters)
@@ -221,7 +208,7 @@ def test_decode_chunk_rule():
 def test_decode_batch_invariance(device):
     """A row's result is bitwise the same alone or among other rows of the same M bucket."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
-    x, w, b = _operands(16, 300, 1000, device, dtype=dtype, seed=7)
+    x, w, b = operands(16, 300, 1000, device, dtype=dtype, seed=7)
     together = linear(x, w, b, variant="decode")
     for m in (0, 5, 15):
         alone = linear(x[m:m + 1], w, b, variant="decode")
@@ -233,9 +220,9 @@ def test_gemv_rows_are_the_same_within_a_row_count(device):
     """Within a row count (M = 3 and 4 both take ROWS = 4) a row's result is bitwise the same whatever
     else is in the batch; across row counts the configs differ and results agree to rounding."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
-    x, w, b = _operands(4, 300, 1000, device, dtype=dtype, seed=8)
+    x, w, b = operands(4, 300, 1000, device, dtype=dtype, seed=8)
     together = linear(x, w, b, variant="gemv")
-    assert_close(together, _expected(x, w, b), dtype=dtype, reduction_len=1000)
+    assert_close(together, expected(x, w, b), dtype=dtype, reduction_len=1000)
     assert torch.equal(linear(x[:3], w, b, variant="gemv"), together[:3]), "M=3 differs from M=4's rows"
     assert torch.equal(linear(x[1:4], w, b, variant="gemv"), together[1:4]), "rows 1-3 differ from M=4's"
     for m in range(4):
@@ -246,13 +233,13 @@ def test_gemv_rows_are_the_same_within_a_row_count(device):
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 6, 9])
 def test_gemv_split_k_and_row_tiles(device, M):
     """Chunks that end inside a tile (k_chunk 96), several splits, bias, and M beyond one ROWS tile."""
-    x, w, b = _operands(M, 37, 300, device, seed=M)
+    x, w, b = operands(M, 37, 300, device, seed=M)
     for chunk in (None, 96, 512):
         with alloc.poisoned():
             y = linear_gemv_2d(x, w, b, k_chunk=chunk)
-        assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=300)
+        assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=300)
     with alloc.poisoned():
-        assert_close(linear_gemv_2d(x, w, None), _expected(x, w), dtype=torch.float32, reduction_len=300)
+        assert_close(linear_gemv_2d(x, w, None), expected(x, w), dtype=torch.float32, reduction_len=300)
 
 
 def test_gemv_configs_per_row_count():
@@ -290,18 +277,18 @@ def test_gemv_chunk_rule():
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("M,N,K", [(2048, 6144, 4096), (1, 151936, 896), (16, 4096, 14336), (333, 4608, 3584)])
 def test_real_shapes_bf16_gpu(variant, M, N, K, device):
-    x, w, b = _operands(M, N, K, device, dtype=torch.bfloat16, seed=M)
+    x, w, b = operands(M, N, K, device, dtype=torch.bfloat16, seed=M)
     with alloc.poisoned():
         y = linear(x, w, b, variant=variant)
-    assert_close(y, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
+    assert_close(y, expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
 
 
 @pytest.mark.gpu
 def test_split_k_has_no_race_gpu(device):
     """Many splits racing for each tile's counter: every run must give the same bits and the right answer."""
-    x, w, b = _operands(16, 4096, 14336, device, dtype=torch.bfloat16, seed=5)
+    x, w, b = operands(16, 4096, 14336, device, dtype=torch.bfloat16, seed=5)
     first = linear_decode_2d(x, w, b, k_chunk=256)
-    assert_close(first, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=14336)
+    assert_close(first, expected(x, w, b), dtype=torch.bfloat16, reduction_len=14336)
     for _ in range(20):
         with alloc.poisoned():
             again = linear_decode_2d(x, w, b, k_chunk=256)

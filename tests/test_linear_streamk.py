@@ -15,26 +15,14 @@ from hypothesis import strategies as st
 
 from kernels import alloc
 from kernels._split_k import _COUNTERS
-from kernels.linear import linear, linear_reference
+from kernels.linear import linear
 from kernels.linear_streamk import linear_streamk_2d
 from kernels.testing import assert_close
+from tests.linear_helpers import expected, operands
 
 pytestmark = pytest.mark.linear
 
 TILE = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False)
-
-
-def _operands(M, N, K, device, dtype=torch.float32, seed=0):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn(M, K, generator=gen, device=device).to(dtype)
-    w = (torch.randn(N, K, generator=gen, device=device) / K**0.5).to(dtype)
-    b = torch.randn(N, generator=gen, device=device).to(dtype)
-    return x, w, b
-
-
-def _expected(x, w, b=None):
-    ref = torch.float64 if x.device.type == "cpu" else torch.float32
-    return linear_reference(x.to(ref), w.to(ref), None if b is None else b.to(ref))
 
 
 def _tiles(M, N):
@@ -54,36 +42,36 @@ def _tiles(M, N):
 ])
 @pytest.mark.parametrize("fixup_iters", [0, 12])  # split every partial wave / only where it pays
 def test_every_partition_computes_the_product(M, N, K, programs, fixup_iters, device):
-    x, w, b = _operands(M, N, K, device, seed=M + programs)
+    x, w, b = operands(M, N, K, device, seed=M + programs)
     with alloc.poisoned():  # output and workspace: a slot read before it is written gives NaN
         y = linear_streamk_2d(x, w, b, config=TILE, programs=programs, fixup_iters=fixup_iters)
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=K)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=K)
     with alloc.poisoned():
         y = linear_streamk_2d(x, w, None, config=TILE, programs=programs, fixup_iters=fixup_iters)
-    assert_close(y, _expected(x, w), dtype=torch.float32, reduction_len=K)
+    assert_close(y, expected(x, w), dtype=torch.float32, reduction_len=K)
 
 
 @given(M=st.integers(1, 80), N=st.integers(1, 60), K=st.integers(1, 120), programs=st.integers(1, 9))
 def test_any_shape_and_program_count(M, N, K, programs, device):
-    x, w, b = _operands(M, N, K, device, seed=K)
+    x, w, b = operands(M, N, K, device, seed=K)
     with alloc.poisoned():
         y = linear_streamk_2d(x, w, b, config=TILE, programs=programs, fixup_iters=0)
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=K)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=K)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype, device):
-    x, w, b = _operands(40, 50, 70, device, dtype=dtype, seed=4)
+    x, w, b = operands(40, 50, 70, device, dtype=dtype, seed=4)
     with alloc.poisoned():
         y = linear_streamk_2d(x, w, b, config=TILE, programs=5, fixup_iters=0)
-    assert_close(y, _expected(x, w, b), dtype=dtype, reduction_len=70)
+    assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=70)
 
 
 def test_counters_rearmed_and_result_deterministic(device):
     """Split tiles leave their arrival counters at zero, so the next launch sums the same way."""
     M, N, K, programs = 70, 51, 300, 7
     assert _tiles(M, N) % programs  # a stream-K phase exists
-    x, w, b = _operands(M, N, K, device, seed=9)
+    x, w, b = operands(M, N, K, device, seed=9)
     first = linear_streamk_2d(x, w, b, config=TILE, programs=programs, fixup_iters=0)
     counters = [t for key, t in _COUNTERS.items() if key[0] == device.type]
     assert counters and all(int(t.abs().sum()) == 0 for t in counters)
@@ -91,10 +79,10 @@ def test_counters_rearmed_and_result_deterministic(device):
 
 
 def test_dispatch_entry_point_runs_it(device):
-    x, w, b = _operands(17, 70, 33, device, seed=2)
+    x, w, b = operands(17, 70, 33, device, seed=2)
     with alloc.poisoned():
         y = linear(x, w, b, variant="streamk")
-    assert_close(y, _expected(x, w, b), dtype=torch.float32, reduction_len=33)
+    assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=33)
 
 
 @pytest.mark.gpu
@@ -103,11 +91,11 @@ def test_dispatch_entry_point_runs_it(device):
 def test_real_shapes_have_no_race_gpu(M, N, K, fixup_iters, device):
     """Shapes whose tiles leave a partial wave (and M = 200: fewer tiles than SMs, each cut several
     ways): right against the reference, and the same bits over repeated runs."""
-    x, w, b = _operands(M, N, K, device, dtype=torch.bfloat16, seed=M)
+    x, w, b = operands(M, N, K, device, dtype=torch.bfloat16, seed=M)
     kw = {} if fixup_iters is None else dict(fixup_iters=fixup_iters)
     with alloc.poisoned():
         first = linear_streamk_2d(x, w, b, **kw)
-    assert_close(first, _expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
+    assert_close(first, expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
     for _ in range(10):
         with alloc.poisoned():
             again = linear_streamk_2d(x, w, b, **kw)
