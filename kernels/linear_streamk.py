@@ -177,7 +177,7 @@ def _largest_tile(configs: dict) -> int:
 def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       config: dict | None = None, programs: int | None = None,
                       fixup_iters: int = FIXUP_ITERS) -> torch.Tensor:
-    """As :func:`kernels.linear_prefill.linear_persistent_2d`, with the last waves split along K.
+    """As :func:`kernels.linear_prefill.linear_persistent_2d`, with a partial last wave split along K.
 
     ``programs`` (default: the card's SM count) sets P; tests use small values to reach every way a range
     can fall on the tiles, and ``fixup_iters=0`` to split every partial wave. ``config`` bypasses the
