@@ -76,8 +76,9 @@ def choose_linear_variant(M: int, N: int, K: int, dtype: torch.dtype) -> str:
     - otherwise ``"persistent"``: on an H200 it ran at 0.98-1.02x cuBLAS on 4096-28672 wide prefill
       products where the one-program-per-tile kernel reached 0.72-0.85x
       (bench/results/NVIDIA_H200/linear_configs_run1.csv); its pipelining across tiles hides each tile's
-      epilogue, and its split tail evens out a partial last wave (run 26: 0.90-1.04x cuBLAS on all 24
-      prefill shapes, eager; 0.94-1.03x as graph replays). On AMD (no measurements yet) the same rule applies.
+      epilogue, and its split tail evens out a partial last wave (run 26: 0.88-1.05x cuBLAS on the 24
+      prefill shapes over three timings, 0.90-1.03x as graph replays). On AMD (no measurements yet) the same
+      rule applies.
     ``N``, ``K`` and ``dtype`` are part of the signature so that a rule tuned for another card can use them.
     """
     if M == 1:

@@ -27,7 +27,8 @@ into halves (of the longer side) or quarters, each computed whole along K -- no 
 tile, so each config states what its last round costs cut in two (``COST_2``) or four (``COST_4``)
 against 100 for whole tiles, and ``_tail_split`` takes the cheapest of ``100``,
 ``ceil(2 (T mod P) / P) * COST_2`` and ``ceil(4 (T mod P) / P) * COST_4``. On an H200 this took the three
-Qwen2.5-7B shapes that missed 90% of cuBLAS from 0.78-0.94x to 0.90-1.04x (bench/results/NVIDIA_H200/run26).
+Qwen2.5-7B shapes that missed 90% of cuBLAS from 0.78-0.94x to 0.88-1.04x over three timings
+(bench/results/NVIDIA_H200/run26).
 
 Interpreter: Triton's CPU interpreter computes a bf16 ``tl.dot`` wrongly, so the launcher passes
 ``UPCAST=True`` there and the kernel converts both operands to float32 before the dot.

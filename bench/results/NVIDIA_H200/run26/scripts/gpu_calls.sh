@@ -52,4 +52,10 @@ case "$1" in
     "tests/test_ops.py::test_op_matches_reference[linear]" "tests/test_ops.py::test_smoke_cases[linear]" \
     > "$OUT/ops_linear_tests_call8.log" 2>&1
   ;;
+9)  # 6f1950b (the final kernels): the linear GPU tests; the 16 prefill shapes at M = 2048 and 4096 again
+  TRITONFORGE_PROFILE=gpu timeout -k 5 50 python3 -m pytest -q -m gpu -p no:cacheprovider \
+    tests/test_linear.py tests/test_linear_streamk.py > "$OUT/gpu_tests_call9.log" 2>&1
+  timeout 150 python3 bench/tune_linear.py --out "$OUT/prefill" --prefill-only --prefill-m 2048,4096 --repeats 3 --graph \
+    --budget-s 120 > "$OUT/prefill_bench_call9.log" 2>&1
+  ;;
 esac
