@@ -220,10 +220,6 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         del x, ws
 
 
-def graph_prefill_any(rows: list) -> bool:
-    return any("graph_persistent_vs_cublas" in r for r in rows)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="folder for the CSVs (default bench/results/<gpu name>)")
@@ -269,7 +265,7 @@ def main() -> int:
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
               regime, args.prefill_m, args.repeats, args.graph)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s"
-          + ("  (variant columns: CUDA-graph replays where timed)" if graph_prefill_any(rows) else ""))
+          + ("  (variant columns: CUDA-graph replays where timed)" if args.graph else ""))
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
           f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
     for r in rows:

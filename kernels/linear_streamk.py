@@ -167,10 +167,6 @@ _streamk = Tuned(_linear_streamk_kernel, STREAMK_CONFIGS, key=["M_BUCKET", "N", 
                  do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
-def _largest_tile(configs: dict) -> int:
-    return max(c["BLOCK_M"] * c["BLOCK_N"] for vendor in configs.values() for c in vendor)
-
-
 # --- launcher (inputs already validated and 2-D by kernels.linear) --------------------------------
 
 
@@ -189,7 +185,9 @@ def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if M == 0 or N == 0:
         return y
     programs = programs or device_sms(x.device)
-    tile = _largest_tile(STREAMK_CONFIGS) if config is None else config["BLOCK_M"] * config["BLOCK_N"]
+    # Slots for the largest tile the autotuner may pick on this card (not another vendor's 256 x 256).
+    tiles = _streamk.candidates() if config is None else [config]
+    tile = max(c["BLOCK_M"] * c["BLOCK_N"] for c in tiles)
     workspace = alloc.empty(2 * programs * tile, dtype=torch.float32, device=x.device)
     counters = arrival_counters(x.device, programs)  # one per stream-K tile, fewer than P
     args = (x, weight, bias if bias is not None else y, y, workspace, counters, M, N, K,
