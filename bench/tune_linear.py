@@ -13,8 +13,8 @@ It measures, in one process so that every number comes from the same card:
 3. the op's benchmark cases (``registry.get("linear").bench_cases()``, one regime with ``--decode-only`` or
    ``--prefill-only``, other prefill token counts with ``--prefill-m``): cuBLAS (``F.linear``), the
    dispatching ``linear`` and each variant, autotuned, and for prefill the persistent kernel without its
-   split tail (``whole_tail``), for the A/B (``linear_bench.csv``). ``--repeats R`` times each of them R
-   times, taking turns, and keeps the medians.
+   split tail (``whole_tail``) and with pointer loads instead of TMA (``pointer_loads``), for the A/Bs
+   (``linear_bench.csv``). ``--repeats R`` times each of them R times, taking turns, and keeps the medians.
 
 Timing: ``triton.testing.do_bench`` medians (it clears L2 before every call). Decode shapes rotate among
 enough weight copies to exceed 3x L2, and are also timed as CUDA-graph replays (``graph_*`` columns),
@@ -178,8 +178,9 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         if decode:
             variants = ("decode", "gemv") if M <= GEMV_MAX_M else ("decode",)
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
-        if not decode:  # the persistent kernel without its split tail, for the A/B
+        if not decode:  # the persistent kernel without its split tail, and with pointer loads, for the A/Bs
             impls["whole_tail"] = lambda xx, ww: linear_persistent_2d(xx, ww, None, split_tail=False)
+            impls["pointer_loads"] = lambda xx, ww: linear_persistent_2d(xx, ww, None, tma=False)
         row = {"M": M, "N": N, "K": K, "auto": choose_linear_variant(M, N, K, BF16)}
         # Each impl is timed `repeats` times, the impls taking turns, and keeps its median: a drift of the
         # card's clocks during the case then touches every impl alike.
@@ -211,7 +212,7 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
             row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
             row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
         else:
-            for v in (*variants, "whole_tail"):
+            for v in (*variants, "whole_tail", "pointer_loads"):
                 row[f"{v}_vs_cublas"] = row["cublas_ms"] / row[f"{v}_ms"]
                 if graph:
                     row[f"graph_{v}_vs_cublas"] = row["graph_cublas_ms"] / row[f"graph_{v}_ms"]
@@ -267,7 +268,8 @@ def main() -> int:
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s"
           + ("  (variant columns: CUDA-graph replays where timed)" if args.graph else ""))
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
-          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'streamk':>7} {'g:decode':>8} {'g:gemv':>7}")
+          f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'ptrs':>6} {'streamk':>7} {'g:decode':>8} "
+          f"{'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
@@ -276,10 +278,11 @@ def main() -> int:
         pers = f"{r[g + 'persistent_vs_cublas']:7.2f}" if g + "persistent_vs_cublas" in r else " " * 7
         streamk = f"{r[g + 'streamk_vs_cublas']:7.2f}" if g + "streamk_vs_cublas" in r else " " * 7
         whole = f"{r[g + 'whole_tail_vs_cublas']:6.2f}" if g + "whole_tail_vs_cublas" in r else " " * 6
+        ptrs = f"{r[g + 'pointer_loads_vs_cublas']:6.2f}" if g + "pointer_loads_vs_cublas" in r else " " * 6
         gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
                 if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {streamk} {gemv}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {ptrs} {streamk} {gemv}")
     return 0
 
 

@@ -14,13 +14,10 @@ where ``tma_loads`` says the device can take one).
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 
+from kernels import tma
 from kernels._triton import tl, triton
-from kernels.device import interpreting, is_hip
 
 
 @triton.jit
@@ -85,40 +82,7 @@ def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, 
 
 # --- host side: the TMA path's descriptors ---------------------------------------------------------
 
-@triton.jit
-def _descriptor_probe(desc, out_ptr):
-    rows, cols = tl.arange(0, 16)[:, None], tl.arange(0, 16)[None, :]
-    tl.store(out_ptr + rows * 16 + cols, desc.load([0, 0]))
-
-
-@functools.cache
-def _interpreter_reads_descriptors() -> bool:
-    """This Triton's interpreter loads through host TensorDescriptors (3.9's does): tried once, not assumed."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    src = torch.arange(256, dtype=torch.float16).view(16, 16)
-    out = torch.zeros_like(src)
-    try:
-        _descriptor_probe[(1,)](TensorDescriptor(src, shape=[16, 16], strides=[16, 1], block_shape=[16, 16]), out)
-    except Exception:  # whatever an interpreter without descriptor support raises: take the pointer path
-        return False
-    return torch.equal(out, src)
-
-
-@functools.cache
-def _cuda_has_tma(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
-
-
-def tma_loads(device: torch.device) -> bool:
-    """Kernels launched for ``device`` can load through tensor descriptors: an NVIDIA sm_90+ GPU, or an
-    interpreter that supports them. Decided at launch, never at import. ``TRITONFORGE_TMA=0`` (read at
-    each launch) turns the TMA path off everywhere: tiles that ask for it load through pointers."""
-    if os.environ.get("TRITONFORGE_TMA", "1") == "0":
-        return False
-    if interpreting():
-        return _interpreter_reads_descriptors()
-    return device.type == "cuda" and not is_hip() and _cuda_has_tma(device.index or 0)
+tma_loads = tma.tma_loads  # where a launch may take the TMA path (kernels/tma.py)
 
 
 def row_descriptor(t: torch.Tensor, block_rows: int):

@@ -41,6 +41,7 @@ import torch
 from kernels import alloc
 from kernels._triton import tl, triton
 from kernels.device import device_sms, interpreting
+from kernels.tma import kernel_descriptors, tma_aligned
 from kernels.tuning import Tuned
 
 
@@ -88,6 +89,33 @@ def _tile_acc(
 
 
 @triton.jit
+def _tile_acc_tma(
+    x_desc, w_desc, pid_m, pid_n, k_lo, k_hi, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """:func:`_tile_acc` with both operands loaded by TMA: no addresses or masks in the threads; rows past M
+    or N and columns past K arrive as zeros."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_lo, k_hi):
+        a = x_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+        b = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _descriptors(x_ptr, w_ptr, M, N, K, stride_xm, stride_wn,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """TMA descriptors over x [M, K] and the weight [N, K], in [BLOCK_M | BLOCK_N, BLOCK_K] blocks."""
+    x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
+    return x_desc, w_desc
+
+
+@triton.jit
 def _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """y's tile = acc (+ bias), in y's dtype, rows and columns past the edges dropped."""
@@ -101,12 +129,17 @@ def _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS: tl.c
 
 @triton.jit
 def _linear_tile(
-    x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+    x_src, w_src, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TMA: tl.constexpr = False,
 ):
-    acc = _tile_acc(x_ptr, w_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, 0, tl.cdiv(K, BLOCK_K),
-                    UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    """One whole tile; x_src and w_src are pointers, or descriptors of this tile's blocks if TMA."""
+    if TMA:
+        acc = _tile_acc_tma(x_src, w_src, pid_m, pid_n, 0, tl.cdiv(K, BLOCK_K), UPCAST, PRECISION,
+                            BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        acc = _tile_acc(x_src, w_src, pid_m, pid_n, M, N, K, stride_xm, stride_wn, 0, tl.cdiv(K, BLOCK_K),
+                        UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
@@ -134,12 +167,16 @@ def _tail_split(tail, NUM_PROGRAMS: tl.constexpr, COST_2: tl.constexpr, COST_4: 
 def _sub_tile(x_ptr, w_ptr, b_ptr, y_ptr, tile, sub, M, N, K, stride_xm, stride_wn, stride_ym,
               HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-              PARTS_M: tl.constexpr, PARTS_N: tl.constexpr):
+              PARTS_M: tl.constexpr, PARTS_N: tl.constexpr, TMA: tl.constexpr):
     """Part ``sub`` of tile ``tile`` cut PARTS_M x PARTS_N ways, computed whole along K."""
     pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m * PARTS_M + sub // PARTS_N, pid_n * PARTS_N + sub % PARTS_N,
+    x_src, w_src = x_ptr, w_ptr
+    if TMA:  # descriptors of the part's blocks
+        x_src, w_src = _descriptors(x_ptr, w_ptr, M, N, K, stride_xm, stride_wn,
+                                    BLOCK_M // PARTS_M, BLOCK_N // PARTS_N, BLOCK_K)
+    _linear_tile(x_src, w_src, b_ptr, y_ptr, pid_m * PARTS_M + sub // PARTS_N, pid_n * PARTS_N + sub % PARTS_N,
                  M, N, K, stride_xm, stride_wn, stride_ym, HAS_BIAS, UPCAST, PRECISION,
-                 BLOCK_M // PARTS_M, BLOCK_N // PARTS_N, BLOCK_K)
+                 BLOCK_M // PARTS_M, BLOCK_N // PARTS_N, BLOCK_K, TMA)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
@@ -149,7 +186,7 @@ def _linear_persistent_kernel(
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr, SPLIT_TAIL: tl.constexpr = False, COST_2: tl.constexpr = 100,
-    COST_4: tl.constexpr = 100,
+    COST_4: tl.constexpr = 100, TMA: tl.constexpr = False,
 ):
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     whole = tiles
@@ -158,21 +195,24 @@ def _linear_persistent_kernel(
         tail = tiles % NUM_PROGRAMS
         split = _tail_split(tail, NUM_PROGRAMS, COST_2, COST_4)
         whole = tiles - tl.where(split > 1, tail, 0)
+    x_src, w_src = x_ptr, w_ptr
+    if TMA:
+        x_src, w_src = _descriptors(x_ptr, w_ptr, M, N, K, stride_xm, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K)
     for tile in tl.range(tl.program_id(0), whole, NUM_PROGRAMS, flatten=FLATTEN):
         pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        _linear_tile(x_ptr, w_ptr, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
-                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        _linear_tile(x_src, w_src, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, TMA)
     if SPLIT_TAIL and BLOCK_M >= 32 and BLOCK_N >= 32:
         # The partial last wave in halves (of the longer side) or quarters, so that more SMs share it.
         if split == 2:
             for u in tl.range(tl.program_id(0), 2 * (tiles - whole), NUM_PROGRAMS):
                 _sub_tile(x_ptr, w_ptr, b_ptr, y_ptr, whole + u // 2, u % 2, M, N, K, stride_xm, stride_wn,
                           stride_ym, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                          1 + (BLOCK_M > BLOCK_N), 1 + (BLOCK_M <= BLOCK_N))
+                          1 + (BLOCK_M > BLOCK_N), 1 + (BLOCK_M <= BLOCK_N), TMA)
         if split == 4:
             for u in tl.range(tl.program_id(0), 4 * (tiles - whole), NUM_PROGRAMS):
                 _sub_tile(x_ptr, w_ptr, b_ptr, y_ptr, whole + u // 4, u % 4, M, N, K, stride_xm, stride_wn,
-                          stride_ym, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, 2, 2)
+                          stride_ym, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, 2, 2, TMA)
 
 
 # --- configs as data ----------------------------------------------------------------------------
@@ -253,8 +293,8 @@ def first_config_for_fp32(configs, named_args, **kwargs):
 
 _tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
                do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
-# SPLIT_TAIL rides in the key so that an A/B of the split tail (bench/tune_linear.py) tunes each side.
-_persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K", "SPLIT_TAIL"],
+# SPLIT_TAIL and TMA ride in the key so that an A/B of either (bench/tune_linear.py) tunes each side.
+_persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K", "SPLIT_TAIL", "TMA"],
                     keep=_keep,
                     do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
@@ -315,14 +355,21 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y
 
 
+def persistent_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The persistent kernel loads its tiles by TMA (kernels/tma.py): 16-bit operands a TMA can read, on a
+    device that makes descriptors in kernels. float32 (the checking dtype) keeps the pointer loads."""
+    return x.element_size() == 2 and tma_aligned(x, weight) and kernel_descriptors(x.device)
+
+
 def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          config: dict | None = None, split_tail: bool = True,
-                         programs: int | None = None) -> torch.Tensor:
+                         programs: int | None = None, tma: bool | None = None) -> torch.Tensor:
     """As :func:`linear_tiled_2d`, with one program per multiprocessor looping over the tiles.
 
     ``split_tail`` cuts the tiles of a partial last wave into halves or quarters where the config's costs
     say that is quicker (``COST_2=0`` in a pinned config forces halves, ``COST_4=0`` quarters).
     ``programs`` (default: the card's SM count) lets tests reach every tail on small shapes.
+    ``tma`` (default: :func:`persistent_tma`) loads the tiles through tensor descriptors or pointers.
     """
     M, K = x.shape
     N = weight.shape[0]
@@ -330,9 +377,14 @@ def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if M == 0 or N == 0:
         return y
     programs = programs or device_sms(x.device)
+    if tma is None:
+        tma = persistent_tma(x, weight)
+    elif tma and not (tma_aligned(x, weight) and kernel_descriptors(x.device)):
+        raise ValueError("linear_persistent_2d: tma=True needs 16-byte aligned rows and a device (or interpreter) "
+                         "that makes tensor descriptors; pass tma=None to choose automatically")
     args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
             m_bucket(M))
-    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, SPLIT_TAIL=split_tail, **_flags(x))
+    flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, SPLIT_TAIL=split_tail, TMA=tma, **_flags(x))
     # A split tail may give sub-tiles to every program, even when there are fewer tiles than programs.
     grid = lambda META: (
         programs if split_tail else min(programs, cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"])),)

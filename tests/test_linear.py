@@ -16,8 +16,9 @@ from kernels.linear import (
 )
 from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
-from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
+from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d, persistent_tma
 from kernels.testing import assert_close
+from kernels.tma import kernel_descriptors
 from tests.linear_helpers import expected, operands
 
 pytestmark = pytest.mark.linear
@@ -161,6 +162,41 @@ def test_persistent_split_tail_covers_every_output(M, N, programs, costs, device
     with alloc.poisoned():
         y = linear_persistent_2d(x, w, b, config=config, programs=programs)
     assert_close(y, expected(x, w, b), dtype=torch.float32, reduction_len=70)
+
+
+def _require_kernel_descriptors(device):
+    if not kernel_descriptors(device):
+        pytest.skip(f"{device.type}: no in-kernel TMA descriptors here (an sm_90+ GPU or Triton >= 3.4's "
+                    "interpreter makes them)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("costs", [(100, 100), (0, 100), (100, 0)])  # whole tiles / halves / quarters
+def test_persistent_tma_tiles_cover_every_output(dtype, costs, device):
+    """The TMA path: blocks past M, N and K (130 x 70 x 72 on 32 x 32 x 32 tiles) arrive as zeros, and the
+    split tail's parts load through their own, smaller descriptors; every output matches the reference and
+    the pointer path's."""
+    _require_kernel_descriptors(device)
+    config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, FLATTEN=False,
+                  COST_2=costs[0], COST_4=costs[1])
+    x, w, b = operands(130, 70, 72, device, dtype=dtype, seed=costs[0])
+    with alloc.poisoned():
+        y = linear_persistent_2d(x, w, b, config=config, programs=4, tma=True)
+        y_ptr = linear_persistent_2d(x, w, b, config=config, programs=4, tma=False)
+    assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=72)
+    assert_close(y, y_ptr.float(), dtype=dtype, reduction_len=72)
+
+
+def test_persistent_tma_is_chosen_only_where_it_can_read(device):
+    _require_kernel_descriptors(device)
+    x, w, _ = operands(40, 24, 64, device, dtype=torch.bfloat16)
+    assert persistent_tma(x, w)
+    assert not persistent_tma(x.float(), w.float())  # float32, the checking dtype, keeps pointer loads
+    odd = torch.randn(40, 70, device=device).to(torch.bfloat16)[:, :64]  # 140-byte rows: not TMA-aligned
+    assert not persistent_tma(odd, w)
+    with pytest.raises(ValueError, match="tma=True needs 16-byte aligned rows"):
+        linear_persistent_2d(odd, w, None, tma=True)
+    assert_close(linear_persistent_2d(odd, w, None), expected(odd, w), dtype=torch.bfloat16, reduction_len=64)
 
 
 @pytest.mark.parametrize("k_chunk", [16, 48, 100])
