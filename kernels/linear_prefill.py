@@ -119,15 +119,8 @@ def _descriptors(x_ptr, w_ptr, M, N, K, stride_xm, stride_wn,
 def _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """y's tile = acc (+ bias), in y's dtype, rows and columns past the edges dropped."""
-    _store_block(acc, b_ptr, y_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def _store_block(acc, b_ptr, y_ptr, row0, col0, M, N, stride_ym, HAS_BIAS: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """y[row0 :, col0 :] = acc (+ bias), in y's dtype, rows and columns past the edges dropped."""
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_n = col0 + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -148,33 +141,6 @@ def _linear_tile(
         acc = _tile_acc(x_src, w_src, pid_m, pid_n, M, N, K, stride_xm, stride_wn, 0, tl.cdiv(K, BLOCK_K),
                         UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_tile(acc, b_ptr, y_ptr, pid_m, pid_n, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def _wide_tile(
-    x_desc, w_desc, wx_desc, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_ym,
-    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N_EXTRA: tl.constexpr,
-):
-    """A tile BLOCK_N + BLOCK_N_EXTRA columns wide (128 + 64 = 192), by TMA: two accumulators, both fed by
-    each block of x. Triton's blocks are powers of two, the tensor cores' widths need not be; 192 divides
-    N = 4608 and 6144, where 256-wide tiles leave a partial last wave (see PERSISTENT_CONFIGS)."""
-    col0 = pid_n * (BLOCK_N + BLOCK_N_EXTRA)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_x = tl.zeros((BLOCK_M, BLOCK_N_EXTRA), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        a = x_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
-        b = w_desc.load([col0, k * BLOCK_K])
-        bx = wx_desc.load([col0 + BLOCK_N, k * BLOCK_K])
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-            bx = bx.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-        acc_x = tl.dot(a, tl.trans(bx), acc_x, input_precision=PRECISION)
-    _store_block(acc, b_ptr, y_ptr, pid_m * BLOCK_M, col0, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N)
-    _store_block(acc_x, b_ptr, y_ptr, pid_m * BLOCK_M, col0 + BLOCK_N, M, N, stride_ym, HAS_BIAS,
-                 BLOCK_M, BLOCK_N_EXTRA)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # per-step values: compiled once
@@ -220,32 +186,23 @@ def _linear_persistent_kernel(
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr, SPLIT_TAIL: tl.constexpr = False, COST_2: tl.constexpr = 100,
-    COST_4: tl.constexpr = 100, TMA: tl.constexpr = False, BLOCK_N_EXTRA: tl.constexpr = 0,
+    COST_4: tl.constexpr = 100, TMA: tl.constexpr = False,
 ):
-    tl.static_assert(BLOCK_N_EXTRA == 0 or TMA, "a wide tile (BLOCK_N_EXTRA > 0) loads by TMA")
-    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N + BLOCK_N_EXTRA)
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     whole = tiles
     split = 1
-    # a GPU's dot needs parts of at least 16 x 16; wide tiles are not cut
-    if SPLIT_TAIL and BLOCK_M >= 32 and BLOCK_N >= 32 and BLOCK_N_EXTRA == 0:
+    if SPLIT_TAIL and BLOCK_M >= 32 and BLOCK_N >= 32:  # a GPU's dot needs parts of at least 16 x 16
         tail = tiles % NUM_PROGRAMS
         split = _tail_split(tail, NUM_PROGRAMS, COST_2, COST_4)
         whole = tiles - tl.where(split > 1, tail, 0)
-    x_src, w_src, wx_src = x_ptr, w_ptr, w_ptr
+    x_src, w_src = x_ptr, w_ptr
     if TMA:
         x_src, w_src = _descriptors(x_ptr, w_ptr, M, N, K, stride_xm, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K)
-    if BLOCK_N_EXTRA > 0:
-        wx_src = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1],
-                                           block_shape=[BLOCK_N_EXTRA, BLOCK_K])
     for tile in tl.range(tl.program_id(0), whole, NUM_PROGRAMS, flatten=FLATTEN):
-        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N + BLOCK_N_EXTRA, GROUP_M)
-        if BLOCK_N_EXTRA > 0:
-            _wide_tile(x_src, w_src, wx_src, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_ym, HAS_BIAS, UPCAST,
-                       PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_N_EXTRA)
-        else:
-            _linear_tile(x_src, w_src, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
-                         HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, TMA)
-    if SPLIT_TAIL and BLOCK_M >= 32 and BLOCK_N >= 32 and BLOCK_N_EXTRA == 0:
+        pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _linear_tile(x_src, w_src, b_ptr, y_ptr, pid_m, pid_n, M, N, K, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, TMA)
+    if SPLIT_TAIL and BLOCK_M >= 32 and BLOCK_N >= 32:
         # The partial last wave in halves (of the longer side) or quarters, so that more SMs share it.
         if split == 2:
             for u in tl.range(tl.program_id(0), 2 * (tiles - whole), NUM_PROGRAMS):
@@ -303,12 +260,6 @@ PERSISTENT_CONFIGS = {
         dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, FLATTEN=True),
         dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, FLATTEN=True,
              COST_2=75, COST_4=60),
-        # 128 x 192 (TMA only, N a multiple of 192): 4608 = 24 x 192, so Qwen2.5-7B's qkv at M = 2048 is
-        # 384 tiles, 2.9 waves, where 128 x 256 tiles make 288, 2.2 waves.
-        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_N_EXTRA=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4,
-             FLATTEN=True),
-        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_N_EXTRA=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=5,
-             FLATTEN=True),
     ],
     "hip": [dict(c, FLATTEN=False) for c in _TILED_HIP],
 }
@@ -323,8 +274,7 @@ def _keep(c: dict) -> bool:
     if interpreting():
         return small
     stages = c.get("num_stages", 2)
-    width = c["BLOCK_N"] + c.get("BLOCK_N_EXTRA", 0)
-    return not small and stages * (c["BLOCK_M"] + width) * c["BLOCK_K"] * 2 <= SHARED_MEMORY_LIMIT
+    return not small and stages * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 2 <= SHARED_MEMORY_LIMIT
 
 
 def _quick_bench(fn, quantiles):
@@ -341,21 +291,12 @@ def first_config_for_fp32(configs, named_args, **kwargs):
     return configs
 
 
-def persistent_prune(configs, named_args, **kwargs):
-    """float32 takes the first config (:func:`first_config_for_fp32`); wide tiles only where they load by
-    TMA and tile N whole (a partial 192-wide tile would waste what it was chosen to save)."""
-    configs = first_config_for_fp32(configs, named_args, **kwargs)
-    n = named_args["N"]
-    keep = [c for c in configs if not c.kwargs.get("BLOCK_N_EXTRA")
-            or (kwargs.get("TMA") and n % (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_N_EXTRA"]) == 0)]
-    return keep or configs[:1]
-
-
 _tiled = Tuned(_linear_tiled_kernel, TILED_CONFIGS, key=["M_BUCKET", "N", "K"], keep=_keep,
                do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 # SPLIT_TAIL and TMA ride in the key so that an A/B of either (bench/tune_linear.py) tunes each side.
 _persistent = Tuned(_linear_persistent_kernel, PERSISTENT_CONFIGS, key=["M_BUCKET", "N", "K", "SPLIT_TAIL", "TMA"],
-                    keep=_keep, do_bench=_quick_bench, prune_configs_by={"early_config_prune": persistent_prune})
+                    keep=_keep,
+                    do_bench=_quick_bench, prune_configs_by={"early_config_prune": first_config_for_fp32})
 
 
 def cdiv(a: int, b: int) -> int:
@@ -414,10 +355,6 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y
 
 
-def _tile_n(meta: dict) -> int:
-    return meta["BLOCK_N"] + meta.get("BLOCK_N_EXTRA", 0)
-
-
 def persistent_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """The persistent kernel loads its tiles by TMA (kernels/tma.py): 16-bit operands a TMA can read, on a
     device that makes descriptors in kernels. float32 (the checking dtype) keeps the pointer loads."""
@@ -445,15 +382,12 @@ def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     elif tma and not (tma_aligned(x, weight) and kernel_descriptors(x.device)):
         raise ValueError("linear_persistent_2d: tma=True needs 16-byte aligned rows and a device (or interpreter) "
                          "that makes tensor descriptors; pass tma=None to choose automatically")
-    if config is not None and config.get("BLOCK_N_EXTRA") and not tma:
-        raise ValueError("linear_persistent_2d: a wide tile (BLOCK_N_EXTRA) loads by TMA, which this launch "
-                         "cannot use; pick a config without BLOCK_N_EXTRA")
     args = (x, weight, bias if bias is not None else y, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
             m_bucket(M))
     flags = dict(NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, SPLIT_TAIL=split_tail, TMA=tma, **_flags(x))
     # A split tail may give sub-tiles to every program, even when there are fewer tiles than programs.
     grid = lambda META: (
-        programs if split_tail else min(programs, cdiv(M, META["BLOCK_M"]) * cdiv(N, _tile_n(META))),)
+        programs if split_tail else min(programs, cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"])),)
     if config is None:
         _persistent[grid](*args, **flags)
     else:

@@ -156,9 +156,8 @@ def _linear_streamk_kernel(
 
 # --- configs as data ----------------------------------------------------------------------------
 # The persistent kernel's list (kernels/linear_prefill.py): the data-parallel phase is that kernel, and
-# the stream-K phase uses the same tiles (its power-of-two ones: no wide TMA tiles here).
-STREAMK_CONFIGS = {vendor: [{k: v for k, v in c.items() if not k.startswith("COST_")} for c in configs
-                            if not c.get("BLOCK_N_EXTRA")]
+# the stream-K phase uses the same tiles.
+STREAMK_CONFIGS = {vendor: [{k: v for k, v in c.items() if not k.startswith("COST_")} for c in configs]
                    for vendor, configs in PERSISTENT_CONFIGS.items()}
 # The fix-up's cost in K-iterations of one program: split a partial wave only where the idle SMs of a
 # last round would wait longer than this (counted over all P programs).

@@ -7,7 +7,6 @@ import torch
 
 from kernels import alloc, registry
 from kernels._split_k import _COUNTERS
-from kernels._triton import triton
 from kernels.linear import (
     _KERNELS,
     DECODE_MAX_M,
@@ -17,7 +16,7 @@ from kernels.linear import (
 )
 from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
-from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d, persistent_prune, persistent_tma
+from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d, persistent_tma
 from kernels.testing import assert_close
 from kernels.tma import kernel_descriptors
 from tests.linear_helpers import expected, operands
@@ -198,34 +197,6 @@ def test_persistent_tma_is_chosen_only_where_it_can_read(device):
     with pytest.raises(ValueError, match="tma=True needs 16-byte aligned rows"):
         linear_persistent_2d(odd, w, None, tma=True)
     assert_close(linear_persistent_2d(odd, w, None), expected(odd, w), dtype=torch.bfloat16, reduction_len=64)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M,N,K", [(130, 96, 72), (70, 100, 40), (33, 48, 64)])  # N whole / ragged tiles
-def test_persistent_wide_tiles_cover_every_output(dtype, M, N, K, device):
-    """32 + 16 = 48-wide tiles (the 128 + 64 tiles' construction at interpreter size): two accumulators per
-    tile, the second one's block partly or wholly past N on ragged shapes."""
-    _require_kernel_descriptors(device)
-    config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_N_EXTRA=16, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2,
-                  FLATTEN=False)
-    x, w, b = operands(M, N, K, device, dtype=dtype, seed=N)
-    with alloc.poisoned():
-        y = linear_persistent_2d(x, w, b, config=config, programs=4)
-    assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=K)
-
-
-def test_wide_tiles_need_tma_and_whole_columns(device):
-    x, w, _ = operands(8, 48, 64, device)  # float32: no TMA
-    wide = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_N_EXTRA=16, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2,
-                FLATTEN=False)
-    with pytest.raises(ValueError, match="a wide tile"):
-        linear_persistent_2d(x, w, None, config=wide)
-    plain = {k: v for k, v in wide.items() if k != "BLOCK_N_EXTRA"}
-    configs = [triton.Config(plain), triton.Config(wide)]
-    named = {"x_ptr": torch.empty(1, dtype=torch.bfloat16), "N": 4608}
-    assert persistent_prune(configs, named, TMA=True) == configs
-    assert persistent_prune(configs, named, TMA=False) == configs[:1]
-    assert persistent_prune(configs, {**named, "N": 4096}, TMA=True) == configs[:1]  # 4096 = 85.3 x 48
 
 
 @pytest.mark.parametrize("k_chunk", [16, 48, 100])
