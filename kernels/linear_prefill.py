@@ -358,7 +358,7 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def persistent_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """The persistent kernel loads its tiles by TMA (kernels/tma.py): 16-bit operands a TMA can read, on a
     device that makes descriptors in kernels. float32 (the checking dtype) keeps the pointer loads."""
-    return x.element_size() == 2 and tma_aligned(x, weight) and kernel_descriptors(x.device)
+    return x.element_size() == 2 and kernel_descriptors(x.device) and tma_aligned(x, weight)
 
 
 def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

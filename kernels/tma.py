@@ -69,19 +69,20 @@ def _interpreter_makes_descriptors() -> bool:
 
 @functools.cache
 def _cuda_has_tma(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
+    return not is_hip() and torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-def _enabled(device: torch.device) -> bool:
+def _enabled(device: torch.device, interp: bool) -> bool:
     if os.environ.get("TRITONFORGE_TMA", "1") == "0":
         return False
-    return interpreting() or (device.type == "cuda" and not is_hip() and _cuda_has_tma(device.index or 0))
+    return interp or (device.type == "cuda" and _cuda_has_tma(device.index or 0))
 
 
 def tma_loads(device: torch.device) -> bool:
     """Kernels launched for ``device`` can load through host-made descriptors: an NVIDIA sm_90+ GPU, or an
     interpreter that supports them."""
-    return _enabled(device) and (not interpreting() or _interpreter_reads_descriptors())
+    interp = interpreting()
+    return _enabled(device, interp) and (not interp or _interpreter_reads_descriptors())
 
 
 def _scratch(device: str, size: int, alignment: int, stream) -> torch.Tensor:
@@ -89,25 +90,33 @@ def _scratch(device: str, size: int, alignment: int, stream) -> torch.Tensor:
     return torch.empty(size, dtype=torch.int8, device=device)
 
 
-def _install_scratch(device: str) -> None:
-    """Give Triton an allocator for in-kernel descriptors unless this context already has one (a caller's
-    own allocator is left alone; Triton keeps the allocator per thread context)."""
+@functools.cache
+def _allocator_slot():
+    """Triton's per-context allocator variable and its 'none set' class, or None in a Triton laid out otherwise."""
     try:
         from triton.runtime._allocation import NullAllocator, _allocator
+    except ImportError:
+        return None
+    return _allocator, NullAllocator
 
-        if not isinstance(_allocator.get(), NullAllocator):
-            return
-    except (ImportError, AttributeError):  # another Triton's layout: install ours
-        pass
+
+def _install_scratch(device: str) -> None:
+    """Give Triton an allocator for in-kernel descriptors unless this context already has one (a caller's
+    own allocator is left alone; Triton keeps the allocator per thread context). Called at every launch
+    that needs it: a new thread starts without one."""
+    slot = _allocator_slot()
+    if slot is not None and not isinstance(slot[0].get(), slot[1]):
+        return
     triton.set_allocator(functools.partial(_scratch, device))
 
 
 def kernel_descriptors(device: torch.device) -> bool:
     """Kernels launched for ``device`` can make descriptors in the kernel (``tl.make_tensor_descriptor``);
     if so, the scratch allocator they need is installed for the calling thread."""
-    if not _enabled(device) or (interpreting() and not _interpreter_makes_descriptors()):
+    interp = interpreting()
+    if not _enabled(device, interp) or (interp and not _interpreter_makes_descriptors()):
         return False
-    _install_scratch("cpu" if interpreting() else "cuda")
+    _install_scratch("cpu" if interp else "cuda")
     return True
 
 
