@@ -30,6 +30,11 @@ against 100 for whole tiles, and ``_tail_split`` takes the cheapest of ``100``,
 Qwen2.5-7B shapes that missed 90% of cuBLAS from 0.78-0.94x to 0.88-1.04x over three timings
 (bench/results/NVIDIA_H200/run26).
 
+Loads (persistent): through pointers (rows past M or N re-read a valid row, K masked), or by TMA
+(``_tile_acc_tma``: descriptors made in the kernel, blocks past the edges arriving as zeros, no address
+arithmetic in the threads). TMA is chosen for 16-bit products of at least ``TMA_MIN_MACS`` multiply-adds
+(:func:`persistent_tma`); ``TRITONFORGE_TMA=0`` or ``tma=False`` keeps the pointers.
+
 Interpreter: Triton's CPU interpreter computes a bf16 ``tl.dot`` wrongly, so the launcher passes
 ``UPCAST=True`` there and the kernel converts both operands to float32 before the dot.
 """
@@ -355,10 +360,22 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y
 
 
-def persistent_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The persistent kernel loads its tiles by TMA (kernels/tma.py): 16-bit operands a TMA can read, on a
-    device that makes descriptors in kernels. float32 (the checking dtype) keeps the pointer loads."""
-    return x.element_size() == 2 and kernel_descriptors(x.device) and tma_aligned(x, weight)
+# TMA loads from this many multiply-adds (M * N * K) up: about 85 us of product on an H200. On the 24 prefill
+# shapes (M >= 2048) TMA ran 1.00-1.10x the pointer loads' speed, median 1.04x eager and 1.03x as graph replays,
+# with losses of up to 6% at four (bench/results/NVIDIA_H200/run27). But a TMA launch costs the host 10-30 us
+# more (the descriptors' scratch allocation among it: 59 against 48 us at 256 x 1024 x 1024, 93-103 against
+# 48-70 us at 2048 x 3584 x 3584), so shorter products, whose eager launches are bound by the host, keep the
+# pointer loads: at 128 x 3584 x 3584 TMA's eager time was 83-86 us against 62-64.
+TMA_MIN_MACS = 3 * 10**10
+
+
+def persistent_tma(x: torch.Tensor, weight: torch.Tensor, min_macs: int = TMA_MIN_MACS) -> bool:
+    """The persistent kernel loads its tiles by TMA (kernels/tma.py): a product of at least ``min_macs``
+    multiply-adds on 16-bit operands a TMA can read, on a device that makes descriptors in kernels. float32
+    (the checking dtype) keeps the pointer loads."""
+    if x.element_size() != 2 or x.shape[0] * weight.shape[0] * weight.shape[1] < min_macs:
+        return False
+    return kernel_descriptors(x.device) and tma_aligned(x, weight)
 
 
 def linear_persistent_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

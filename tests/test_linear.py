@@ -190,10 +190,11 @@ def test_persistent_tma_tiles_cover_every_output(dtype, costs, device):
 def test_persistent_tma_is_chosen_only_where_it_can_read(device):
     _require_kernel_descriptors(device)
     x, w, _ = operands(40, 24, 64, device, dtype=torch.bfloat16)
-    assert persistent_tma(x, w)
-    assert not persistent_tma(x.float(), w.float())  # float32, the checking dtype, keeps pointer loads
+    assert persistent_tma(x, w, min_macs=0)
+    assert not persistent_tma(x, w, min_macs=40 * 24 * 64 + 1)  # a short product: its launch is host-bound
+    assert not persistent_tma(x.float(), w.float(), min_macs=0)  # float32, the checking dtype: pointer loads
     odd = torch.randn(40, 70, device=device).to(torch.bfloat16)[:, :64]  # 140-byte rows: not TMA-aligned
-    assert not persistent_tma(odd, w)
+    assert not persistent_tma(odd, w, min_macs=0)
     with pytest.raises(ValueError, match="tma=True needs 16-byte aligned rows"):
         linear_persistent_2d(odd, w, None, tma=True)
     assert_close(linear_persistent_2d(odd, w, None), expected(odd, w), dtype=torch.bfloat16, reduction_len=64)
