@@ -361,8 +361,8 @@ def linear_tiled_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 # TMA loads from this many multiply-adds (M * N * K) up: about 85 us of product on an H200. On the 24 prefill
-# shapes (M >= 2048) TMA ran 1.00-1.10x the pointer loads' speed, median 1.04x eager and 1.03x as graph replays,
-# with losses of up to 6% at four (bench/results/NVIDIA_H200/run27). But a TMA launch costs the host 10-30 us
+# shapes (M >= 2048) TMA ran at a median 1.04-1.05x the pointer loads' speed eager and 1.02-1.03x as graph
+# replays, with losses of up to 6% at a few (bench/results/NVIDIA_H200/run27). But a TMA launch costs the host 10-30 us
 # more (the descriptors' scratch allocation among it: 59 against 48 us at 256 x 1024 x 1024, 93-103 against
 # 48-70 us at 2048 x 3584 x 3584), so shorter products, whose eager launches are bound by the host, keep the
 # pointer loads: at 128 x 3584 x 3584 TMA's eager time was 83-86 us against 62-64.
