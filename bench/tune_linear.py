@@ -151,13 +151,11 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         save(rows)
 
 
-def bench_cases(regime: str = "all", prefill_m: list[int] | None = None,
-                decode_m: list[int] | None = None) -> list[dict]:
+def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list[dict]:
     """The op's benchmark cases, decode first (quicker: a run out of time still covers both regimes'
-    extremes); ``regime`` keeps one regime, ``prefill_m`` replaces the prefill cases' token counts,
-    ``decode_m`` keeps the decode cases of those token counts."""
+    extremes); ``regime`` keeps one regime, ``prefill_m`` replaces the prefill cases' token counts."""
     cases = sorted(registry.get("linear").bench_cases(), key=lambda c: c["M"] > 64)
-    decode = [c for c in cases if c["M"] <= 64 and (not decode_m or c["M"] in decode_m)]
+    decode = [c for c in cases if c["M"] <= 64]
     prefill = [c for c in cases if c["M"] > 64]
     if prefill_m:
         shapes = list(dict.fromkeys((c["N"], c["K"]) for c in prefill))
@@ -166,10 +164,9 @@ def bench_cases(regime: str = "all", prefill_m: list[int] | None = None,
 
 
 def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
-          prefill_m: list[int] | None = None, repeats: int = 1, graph_prefill: bool = False,
-          decode_m: list[int] | None = None) -> None:
+          prefill_m: list[int] | None = None, repeats: int = 1, graph_prefill: bool = False) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
-    for case in bench_cases(regime, prefill_m, decode_m):
+    for case in bench_cases(regime, prefill_m):
         if time.time() > deadline:
             print("bench: out of time, remaining cases skipped", flush=True)
             break
@@ -181,8 +178,6 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
         if decode:
             variants = ("decode", "gemv") if M <= GEMV_MAX_M else ("decode",)
         impls.update({v: (lambda xx, ww, v=v: linear(xx, ww, variant=v)) for v in variants})
-        if decode:  # the split-K kernel with pointer loads, for the TMA A/B
-            impls["decode_ptrs"] = lambda xx, ww: linear_decode_2d(xx, ww, None, tma=False)
         if not decode:  # the persistent kernel without its split tail, and with pointer loads, for the A/Bs
             impls["whole_tail"] = lambda xx, ww: linear_persistent_2d(xx, ww, None, split_tail=False)
             impls["pointer_loads"] = lambda xx, ww: linear_persistent_2d(xx, ww, None, tma=False)
@@ -214,7 +209,6 @@ def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
             if "graph_gemv_ms" in row:
                 row["graph_gemv_vs_cublas"] = row["graph_cublas_ms"] / row["graph_gemv_ms"]
                 row["graph_decode_vs_cublas"] = row["graph_cublas_ms"] / row["graph_decode_ms"]
-            row["graph_decode_ptrs_vs_cublas"] = row["graph_cublas_ms"] / row["graph_decode_ptrs_ms"]
             row["weight_gbs_auto"] = w_bytes / row["auto_ms"] / 1e6
             row["graph_weight_pct_copy"] = 100 * w_bytes / row["graph_auto_ms"] / 1e6 / ceil["copy_gbs"]
         else:
@@ -234,9 +228,8 @@ def main() -> int:
                    help="time every config alone on representative shapes")
     p.add_argument("--decode-shapes", type=shape_list, default=DECODE_STUDY_SHAPES, metavar="NxK,...",
                    help="weight shapes of the decode exploration (default: three Llama-3-8B layers and 896x4864)")
-    p.add_argument("--decode-m", type=int_list, default=None, metavar="M,...",
-                   help="token counts of the decode exploration (default: 1,16) and, if given, of the decode "
-                        "bench cases (default: all of them)")
+    p.add_argument("--decode-m", type=int_list, default=[1, 16], metavar="M,...",
+                   help="token counts of the decode exploration (default: 1,16)")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
     p.add_argument("--decode-only", action="store_true", help="only the op's decode cases (M <= 64)")
     p.add_argument("--prefill-only", action="store_true", help="only the op's prefill cases (M > 64)")
@@ -258,7 +251,7 @@ def main() -> int:
     if args.explore:
         cfg_rows: list = []
         explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, f"linear_configs_{args.explore}.csv")),
-                args.explore, args.decode_shapes, args.decode_m or [1, 16])
+                args.explore, args.decode_shapes, args.decode_m)
         best: dict = {}
         for r in cfg_rows:
             k = (r["kernel"], r["M"], r["N"], r["K"])
@@ -271,12 +264,12 @@ def main() -> int:
     if not args.skip_bench:
         regime = "decode" if args.decode_only else "prefill" if args.prefill_only else "all"
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
-              regime, args.prefill_m, args.repeats, args.graph, args.decode_m)
+              regime, args.prefill_m, args.repeats, args.graph)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s"
           + ("  (variant columns: CUDA-graph replays where timed)" if args.graph else ""))
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
           f"{'%copy':>6} {'tiled':>6} {'persist':>7} {'whole':>6} {'ptrs':>6} {'streamk':>7} {'g:decode':>8} "
-          f"{'g:dptrs':>7} {'g:gemv':>7}")
+          f"{'g:gemv':>7}")
     for r in rows:
         graph = f"{r['graph_auto_vs_cublas']:6.2f}" if "graph_auto_vs_cublas" in r else " " * 6
         pct = f"{r['graph_weight_pct_copy']:6.0f}" if "graph_weight_pct_copy" in r else " " * 6
@@ -286,11 +279,10 @@ def main() -> int:
         streamk = f"{r[g + 'streamk_vs_cublas']:7.2f}" if g + "streamk_vs_cublas" in r else " " * 7
         whole = f"{r[g + 'whole_tail_vs_cublas']:6.2f}" if g + "whole_tail_vs_cublas" in r else " " * 6
         ptrs = f"{r[g + 'pointer_loads_vs_cublas']:6.2f}" if g + "pointer_loads_vs_cublas" in r else " " * 6
-        dec = (f"{r['graph_cublas_ms'] / r['graph_decode_ms']:8.2f} {r['graph_decode_ptrs_vs_cublas']:7.2f}"
-               if "graph_decode_ptrs_vs_cublas" in r else "")
-        gemv = f" {r['graph_gemv_vs_cublas']:7.2f}" if "graph_gemv_vs_cublas" in r else ""
+        gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
+                if "graph_gemv_vs_cublas" in r else "")
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {ptrs} {streamk} {dec}{gemv}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {ptrs} {streamk} {gemv}")
     return 0
 
 

@@ -41,7 +41,6 @@ from kernels._split_k import arrival_counters, finish_tile
 from kernels._triton import tl, triton
 from kernels.device import device_sms, interpreting
 from kernels.linear_prefill import _precision, cdiv, first_config_for_fp32, next_power_of_2
-from kernels.tma import kernel_descriptors, tma_aligned
 from kernels.tuning import Tuned, graph_bench
 
 # Chunks are whole multiples of this many K elements (every BLOCK_K below divides it), and the split
@@ -58,7 +57,7 @@ def _linear_decode_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_ym, K_CHUNK, SPLITS,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_INPUT: tl.constexpr = False,
-    PDL: tl.constexpr = 0, SIGNAL_AFTER_WAIT: tl.constexpr = False, TMA: tl.constexpr = False,
+    PDL: tl.constexpr = 0, SIGNAL_AFTER_WAIT: tl.constexpr = False,
 ):
     # x comes from an earlier kernel (kernels/pdl.py). SIGNAL_AFTER_WAIT (a tuned choice, see DECODE_CONFIGS)
     # lets the next kernel be scheduled only once this one runs, whatever the launch's mode.
@@ -82,26 +81,16 @@ def _linear_decode_kernel(
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]
     in_m = offs_m[:, None] < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if TMA:  # made after the PDL wait: the previous launch's descriptors may share this scratch (kernels/tma.py)
-        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1],
-                                           block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K])
     for k in range(k_start, k_end, BLOCK_K):
         in_k = (k + offs_k)[None, :] < k_end
-        if TMA:  # chunks are whole tiles (the launcher checks); rows past M or N, columns past K arrive as zeros
-            a = x_desc.load([pid_m * BLOCK_M, k])
-            b = w_desc.load([pid_n * BLOCK_N, k])
-        else:
-            a = tl.load(x_ptrs, mask=in_m & in_k, other=0.0)
+        a = tl.load(x_ptrs, mask=in_m & in_k, other=0.0)
         if SILU_INPUT:
             # x holds [gate | up] (2K per row): the input is silu(gate) * up, rounded to x's dtype as
             # silu_and_mul would store it, so the product matches the unfused pair.
             g = a.to(tl.float32)
             u = tl.load(x_ptrs + K, mask=in_m & in_k, other=0.0).to(tl.float32)
             a = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty)
-        if not TMA:
-            b = tl.load(w_ptrs, mask=in_k, other=0.0)
+        b = tl.load(w_ptrs, mask=in_k, other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -151,7 +140,7 @@ def _divides_unit(c: dict) -> bool:
     return SPLIT_UNIT % c["BLOCK_K"] == 0
 
 
-_decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K", "TMA"], keep=_divides_unit,
+_decode = Tuned(_linear_decode_kernel, DECODE_CONFIGS, key=["BLOCK_M", "N", "K"], keep=_divides_unit,
                 cold_weight="w_ptr", do_bench=graph_bench,
                 prune_configs_by={"early_config_prune": first_config_for_fp32})
 
@@ -217,33 +206,15 @@ def split_chunk(N: int, K: int, sms: int, row_tile: int, unit: int, max_splits: 
 _MIN_BLOCK_N = min(c["BLOCK_N"] for c in DECODE_CONFIGS["cuda"] + DECODE_CONFIGS["hip"])
 
 
-# Row buckets whose tiles load by TMA (descriptors made in the kernel after its PDL wait, kernels/tma.py).
-DECODE_TMA_MIN_BLOCK_M = 16
-
-
-def decode_tma(x: torch.Tensor, weight: torch.Tensor, block_m: int, chunk: int, splits: int,
-               silu_input: bool) -> bool:
-    """The split-K kernel loads by TMA: 16-bit operands a TMA can read, a bucket from DECODE_TMA_MIN_BLOCK_M,
-    chunks of whole SPLIT_UNITs (so a tile never crosses into the next split's K; the last one ends at K,
-    where TMA reads zeros), and no SiLU input (its up half lies K columns on, inside the same rows)."""
-    if x.element_size() != 2 or silu_input or block_m < DECODE_TMA_MIN_BLOCK_M:
-        return False
-    if splits > 1 and chunk % SPLIT_UNIT:
-        return False
-    return kernel_descriptors(x.device) and tma_aligned(x, weight)
-
-
 def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     config: dict | None = None, k_chunk: int | None = None, silu_input: bool = False,
-                     tma: bool | None = None) -> torch.Tensor:
+                     config: dict | None = None, k_chunk: int | None = None, silu_input: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D contiguous-along-K operands by split-K weight streaming.
 
     ``silu_input``: x is [M, 2K], a SwiGLU's gate and up halves, and the product's input is
     ``silu(gate) * up`` computed as the tiles are loaded (kernels/silu_linear.py). ``k_chunk`` overrides
     :func:`decode_chunk` (tests use it to exercise the reduction on small K); ``config`` (a
     ``DECODE_CONFIGS`` entry) bypasses the autotuner. Any M works: rows beyond 64 are handled by further
-    row tiles, though the prefill kernels are faster there. ``tma`` (default :func:`decode_tma`) forces the
-    loads' path; forcing TMA where it cannot read raises.
+    row tiles, though the prefill kernels are faster there.
     """
     M = x.shape[0]
     N, K = weight.shape
@@ -256,11 +227,6 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if chunk < 1:
         raise ValueError(f"linear decode: k_chunk must be a positive number of K elements, got {chunk}")
     splits = cdiv(K, chunk)
-    if tma is None:
-        tma = decode_tma(x, weight, block_m, chunk, splits, silu_input)
-    elif tma and not decode_tma(x, weight, DECODE_TMA_MIN_BLOCK_M, chunk, splits, silu_input):
-        raise ValueError("linear decode: tma=True needs 16-bit, 16-byte aligned operands, chunks of whole "
-                         f"{SPLIT_UNIT}-element units, no SiLU input and a device that makes tensor descriptors")
     partials = alloc.empty(splits, M, N, dtype=torch.float32, device=x.device) if splits > 1 else y
     counters = arrival_counters(x.device, cdiv(N, _MIN_BLOCK_N) * cdiv(M, block_m))
     upcast = interpreting() and x.dtype == torch.bfloat16
@@ -268,7 +234,7 @@ def linear_decode_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     args = (x, weight, bias if bias is not None else y, y, partials, counters, M, N, K,
             x.stride(0), weight.stride(0), y.stride(0), chunk, splits)
     flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=_precision(x.dtype, upcast), BLOCK_M=block_m,
-                 SILU_INPUT=silu_input, TMA=tma, **pdl.launch_options(x.device, "linear_decode"))
+                 SILU_INPUT=silu_input, **pdl.launch_options(x.device, "linear_decode"))
     if config is None:
         _decode[grid](*args, **flags)
     else:

@@ -14,7 +14,7 @@ from kernels.linear import (
     choose_linear_variant,
     linear,
 )
-from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, decode_tma, linear_decode_2d
+from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
 from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d, persistent_tma
 from kernels.testing import assert_close
@@ -209,33 +209,6 @@ def test_split_k_reduction(k_chunk, dtype, device):
     assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=300)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M,N,K,k_chunk", [
-    (5, 70, 1104, 512),   # three splits, the last one ending past K's last whole tile
-    (40, 33, 1536, 512),  # the 64-row bucket, rows past M
-    (17, 40, 200, None),  # one chunk
-])
-def test_decode_tma_tiles_match_the_reference(dtype, M, N, K, k_chunk, device):
-    _require_kernel_descriptors(device)
-    x, w, b = operands(M, N, K, device, dtype=dtype, seed=M)
-    with alloc.poisoned():
-        y = linear_decode_2d(x, w, b, k_chunk=k_chunk, tma=True)
-        y_ptr = linear_decode_2d(x, w, b, k_chunk=k_chunk, tma=False)
-    assert_close(y, expected(x, w, b), dtype=dtype, reduction_len=K)
-    assert_close(y, y_ptr.float(), dtype=dtype, reduction_len=K)
-
-
-def test_decode_tma_only_where_tiles_stay_in_their_split(device):
-    _require_kernel_descriptors(device)
-    x, w, _ = operands(4, 24, 1024, device, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="chunks of whole 512-element units"):
-        linear_decode_2d(x, w, None, k_chunk=48, tma=True)  # a 64-wide tile would read the next split's K
-    assert not decode_tma(x, w, 16, 48, 22, silu_input=False)
-    assert decode_tma(x, w, 16, 512, 2, silu_input=False)
-    assert not decode_tma(x, w, 16, 512, 2, silu_input=True)
-    assert not decode_tma(x.float(), w.float(), 16, 512, 2, silu_input=False)
-
-
 def test_split_k_counters_rearmed_and_deterministic(device):
     """The arrival counters return to zero after every launch, so a second call sums the same way."""
     x, w, b = operands(3, 50, 200, device, seed=11)
@@ -345,20 +318,6 @@ def test_real_shapes_bf16_gpu(variant, M, N, K, device):
     with alloc.poisoned():
         y = linear(x, w, b, variant=variant)
     assert_close(y, expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("M,N,K", [(64, 3072, 2048), (64, 4096, 4096), (16, 2048, 8192)])
-def test_decode_tma_real_shapes_gpu(M, N, K, device):
-    """The TMA split-K path at the engine's decode shapes, whole chunks of 512: right, and the same bits
-    over repeated runs (the splits' arrivals race)."""
-    x, w, b = operands(M, N, K, device, dtype=torch.bfloat16, seed=N)
-    first = linear_decode_2d(x, w, b, k_chunk=512, tma=True)
-    assert_close(first, expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
-    for _ in range(5):
-        with alloc.poisoned():
-            assert torch.equal(linear_decode_2d(x, w, b, k_chunk=512, tma=True), first)
-    assert_close(linear_decode_2d(x, w, b, tma=True), expected(x, w, b), dtype=torch.bfloat16, reduction_len=K)
 
 
 @pytest.mark.gpu
