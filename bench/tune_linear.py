@@ -151,11 +151,13 @@ def explore(ceil: dict, rows: list, save, which: str, decode_shapes=DECODE_STUDY
         save(rows)
 
 
-def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list[dict]:
+def bench_cases(regime: str = "all", prefill_m: list[int] | None = None,
+                decode_m: list[int] | None = None) -> list[dict]:
     """The op's benchmark cases, decode first (quicker: a run out of time still covers both regimes'
-    extremes); ``regime`` keeps one regime, ``prefill_m`` replaces the prefill cases' token counts."""
+    extremes); ``regime`` keeps one regime, ``prefill_m`` replaces the prefill cases' token counts,
+    ``decode_m`` keeps the decode cases of those token counts."""
     cases = sorted(registry.get("linear").bench_cases(), key=lambda c: c["M"] > 64)
-    decode = [c for c in cases if c["M"] <= 64]
+    decode = [c for c in cases if c["M"] <= 64 and (not decode_m or c["M"] in decode_m)]
     prefill = [c for c in cases if c["M"] > 64]
     if prefill_m:
         shapes = list(dict.fromkeys((c["N"], c["K"]) for c in prefill))
@@ -164,9 +166,10 @@ def bench_cases(regime: str = "all", prefill_m: list[int] | None = None) -> list
 
 
 def bench(ceil: dict, rows: list, deadline: float, save, regime: str = "all",
-          prefill_m: list[int] | None = None, repeats: int = 1, graph_prefill: bool = False) -> None:
+          prefill_m: list[int] | None = None, repeats: int = 1, graph_prefill: bool = False,
+          decode_m: list[int] | None = None) -> None:
     l2 = int(ceil["l2_mb"] * 2**20)
-    for case in bench_cases(regime, prefill_m):
+    for case in bench_cases(regime, prefill_m, decode_m):
         if time.time() > deadline:
             print("bench: out of time, remaining cases skipped", flush=True)
             break
@@ -228,8 +231,9 @@ def main() -> int:
                    help="time every config alone on representative shapes")
     p.add_argument("--decode-shapes", type=shape_list, default=DECODE_STUDY_SHAPES, metavar="NxK,...",
                    help="weight shapes of the decode exploration (default: three Llama-3-8B layers and 896x4864)")
-    p.add_argument("--decode-m", type=int_list, default=[1, 16], metavar="M,...",
-                   help="token counts of the decode exploration (default: 1,16)")
+    p.add_argument("--decode-m", type=int_list, default=None, metavar="M,...",
+                   help="token counts of the decode exploration (default: 1,16) and, if given, of the decode "
+                        "bench cases (default: all of them)")
     p.add_argument("--skip-bench", action="store_true", help="skip the op's benchmark cases")
     p.add_argument("--decode-only", action="store_true", help="only the op's decode cases (M <= 64)")
     p.add_argument("--prefill-only", action="store_true", help="only the op's prefill cases (M > 64)")
@@ -251,7 +255,7 @@ def main() -> int:
     if args.explore:
         cfg_rows: list = []
         explore(ceil, cfg_rows, lambda r: write_rows(r, os.path.join(out, f"linear_configs_{args.explore}.csv")),
-                args.explore, args.decode_shapes, args.decode_m)
+                args.explore, args.decode_shapes, args.decode_m or [1, 16])
         best: dict = {}
         for r in cfg_rows:
             k = (r["kernel"], r["M"], r["N"], r["K"])
@@ -264,7 +268,7 @@ def main() -> int:
     if not args.skip_bench:
         regime = "decode" if args.decode_only else "prefill" if args.prefill_only else "all"
         bench(ceil, rows, deadline, lambda r: write_rows(r, os.path.join(out, "linear_bench.csv")),
-              regime, args.prefill_m, args.repeats, args.graph)
+              regime, args.prefill_m, args.repeats, args.graph, args.decode_m)
     print(f"\n{ceil['gpu']}  copy {ceil['copy_gbs']:.0f} GB/s  cuBLAS {ceil['cublas_tflops']:.0f} TFLOP/s"
           + ("  (variant columns: CUDA-graph replays where timed)" if args.graph else ""))
     print(f"{'M':>5} {'N':>6} {'K':>5} {'cuBLAS us':>10} {'auto us':>9} {'auto/cuB':>8} {'graph':>6} "
@@ -279,10 +283,10 @@ def main() -> int:
         streamk = f"{r[g + 'streamk_vs_cublas']:7.2f}" if g + "streamk_vs_cublas" in r else " " * 7
         whole = f"{r[g + 'whole_tail_vs_cublas']:6.2f}" if g + "whole_tail_vs_cublas" in r else " " * 6
         ptrs = f"{r[g + 'pointer_loads_vs_cublas']:6.2f}" if g + "pointer_loads_vs_cublas" in r else " " * 6
-        gemv = (f"{r['graph_decode_vs_cublas']:8.2f} {r['graph_gemv_vs_cublas']:7.2f}"
-                if "graph_gemv_vs_cublas" in r else "")
+        dec = f"{r['graph_cublas_ms'] / r['graph_decode_ms']:8.2f}" if "graph_decode_ms" in r else ""
+        gemv = f" {r['graph_gemv_vs_cublas']:7.2f}" if "graph_gemv_vs_cublas" in r else ""
         print(f"{r['M']:5d} {r['N']:6d} {r['K']:5d} {r['cublas_ms'] * 1e3:10.1f} {r['auto_ms'] * 1e3:9.1f} "
-              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {ptrs} {streamk} {gemv}")
+              f"{r['auto_vs_cublas']:8.2f} {graph} {pct} {tiled} {pers} {whole} {ptrs} {streamk} {dec}{gemv}")
     return 0
 
 

@@ -28,7 +28,8 @@ def test_tune_linear_decode_shape_arguments():
 
 
 def test_tune_linear_case_selection():
-    """One regime or both, decode first; ``--prefill-m`` gives every prefill weight shape the new token counts."""
+    """One regime or both, decode first; ``--prefill-m`` gives every prefill weight shape the new token counts,
+    ``--decode-m`` keeps the decode cases of the token counts it names."""
     from bench.tune_linear import bench_cases
 
     every, decode, prefill = bench_cases(), bench_cases("decode"), bench_cases("prefill")
@@ -38,6 +39,9 @@ def test_tune_linear_case_selection():
     chosen = bench_cases("prefill", [128, 512])
     assert {(c["N"], c["K"]) for c in chosen} == shapes and len(chosen) == 2 * len(shapes)
     assert {c["M"] for c in chosen} == {128, 512}
+    kept = bench_cases("decode", decode_m=[16, 64])
+    assert kept and {c["M"] for c in kept} == {16, 64}
+    assert kept == [c for c in decode if c["M"] in (16, 64)]
 
 
 def test_cold_tune_ab_forgets_both_tuners_and_refuses_a_cpu(tmp_path, monkeypatch):

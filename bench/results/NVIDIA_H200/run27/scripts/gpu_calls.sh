@@ -34,4 +34,15 @@ case "$1" in
   timeout 260 python3 bench/tune_linear.py --out "$OUT/prefill" --prefill-only --repeats 3 --graph \
     --budget-s 230 > "$OUT/prefill_bench_call4.log" 2>&1
   ;;
+5)  # d52029f: the split-K decode kernel's TMA loads (reverted after this call), tuned cold, against the same
+    # kernel's pointer loads (TRITONFORGE_TMA=0) in a second process; the decode GPU tests; engine decode tests
+  timeout 140 python3 -m bench.cold_tune_ab --m 16 64 --no-warm --budget-s 120 \
+    --models llama-3.2-1b llama-3-8b qwen2.5-0.5b --csv "$OUT/decode_tma_call5.csv" > "$OUT/decode_tma_call5.log" 2>&1
+  TRITONFORGE_TMA=0 timeout 140 python3 -m bench.cold_tune_ab --m 16 64 --no-warm --budget-s 120 \
+    --models llama-3.2-1b llama-3-8b qwen2.5-0.5b --csv "$OUT/decode_ptrs_call5.csv" > "$OUT/decode_ptrs_call5.log" 2>&1
+  TRITONFORGE_PROFILE=gpu timeout -k 5 70 python3 -m pytest -q -p no:cacheprovider --durations=5 \
+    tests/test_linear.py -k "decode or split_k or real_shapes" > "$OUT/linear_tests_call5.log" 2>&1
+  TRITONFORGE_PROFILE=gpu timeout -k 5 100 python3 -m pytest -q -p no:cacheprovider --durations=5 \
+    tests/test_decode_graphs.py tests/test_engine_batching.py > "$OUT/engine_tests_call5.log" 2>&1
+  ;;
 esac
