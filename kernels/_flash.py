@@ -9,14 +9,13 @@ m, row sum l and an fp32 accumulator, a tile of raw scores r = q k^T and c = sca
 at run time whether a tile needs its mask calls the two itself. ``load_tile`` loads a [rows, D_PAD] tile,
 masking only what can be out of range; ``load_rows`` loads rows of one head of a packed [T, H, D] tensor,
 through pointers or, on the TMA path, a tensor descriptor over its [T, H * D] view (``row_descriptor``,
-where ``tma_loads`` says the device can take one).
+where ``kernels.tma.tma_loads`` says the device can take one).
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels import tma
 from kernels._triton import tl, triton
 
 
@@ -81,9 +80,6 @@ def softmax_step(acc, m_i, l_i, q, k, v, qk_scale, valid, MASKED: tl.constexpr, 
 
 
 # --- host side: the TMA path's descriptors ---------------------------------------------------------
-
-tma_loads = tma.tma_loads  # where a launch may take the TMA path (kernels/tma.py)
-
 
 def row_descriptor(t: torch.Tensor, block_rows: int):
     """A descriptor over ``t`` [T, H, D] viewed as [T, H * D] with [block_rows, D] blocks, or None where TMA

@@ -43,7 +43,7 @@ import torch
 from kernels import _flash as flash
 from kernels import _paged_checks as checks
 from kernels import _prefill_cases as cases
-from kernels import alloc
+from kernels import alloc, tma
 from kernels._attention_ref import dense_attention, gather_paged
 from kernels._flash import load_rows, load_tile, online_softmax, scores, softmax_step
 from kernels._triton import tl, triton
@@ -320,7 +320,7 @@ def _tma_descriptors(q, k, v, tile):
     """q, k, v descriptors for a tile that asks for TMA, or None (the pointer path) where it cannot run:
     a padded head dim, a dtype other than 16-bit, a device without TMA, a stride or address TMA rejects."""
     D = q.shape[2]
-    if D & (D - 1) or q.element_size() != 2 or not flash.tma_loads(q.device):
+    if D & (D - 1) or q.element_size() != 2 or not tma.tma_loads(q.device):
         return None
     descs = tuple(flash.row_descriptor(t, rows) for t, rows in ((q, tile["BLOCK_M"]), (k, tile["BLOCK_N"]),
                                                                  (v, tile["BLOCK_N"])))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _flash, _paged_checks, _prefill_cases, alloc
+from kernels import _paged_checks, _prefill_cases, alloc, tma
 from kernels._attention_ref import dense_attention
 from kernels.kv_cache import kv_cache_write
 from kernels.prefill_attention import (
@@ -216,7 +216,7 @@ def _upcast(inputs, dtype):
 
 
 def _require_tma(device):
-    if not _flash.tma_loads(torch.device(device)):
+    if not tma.tma_loads(torch.device(device)):
         pytest.skip("this device (or this Triton's interpreter) cannot load through tensor descriptors")
 
 
