@@ -45,4 +45,8 @@ case "$1" in
   TRITONFORGE_PROFILE=gpu timeout -k 5 100 python3 -m pytest -q -p no:cacheprovider --durations=5 \
     tests/test_decode_graphs.py tests/test_engine_batching.py > "$OUT/engine_tests_call5.log" 2>&1
   ;;
+6)  # 7e27ab7 (the final kernels): the prefill attention, linear and A/B-script test files, whole
+  TRITONFORGE_PROFILE=gpu timeout -k 5 200 python3 -m pytest -q -p no:cacheprovider --durations=5 \
+    tests/test_prefill_attention.py tests/test_linear.py tests/test_kernel_ab_scripts.py > "$OUT/tests_call6.log" 2>&1
+  ;;
 esac
