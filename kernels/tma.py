@@ -10,7 +10,12 @@ zeros for the parts of the block outside the region. Two ways to make one:
   be a config's constexpr, so an autotuned kernel can use it. The descriptor is written to a global
   scratch buffer (128 bytes a descriptor a program) that Triton asks an allocator for at each launch;
   :func:`kernel_descriptors` installs one backed by torch's caching allocator (which CUDA-graph capture
-  also serves) where none is set.
+  also serves) where none is set. The buffer is freed when the launch returns, so the next launch on the
+  stream may get the same block: a kernel launched with PDL (kernels/pdl.py), which can start before its
+  predecessor ends, must make its descriptors after its wait. Making them costs time on the critical path:
+  in the split-K decode kernel, where a product takes 3-20 us, TMA ran at a median 0.91x the pointer loads'
+  speed and was dropped (H200, bench/results/NVIDIA_H200/run27); the persistent prefill kernel makes them
+  once per program and keeps them (``kernels.linear_prefill``).
 
 Either way TMA needs a 16-byte aligned base, unit last stride and 16-byte multiples for the other strides
 (:func:`tma_aligned`). Everything here is decided at launch, never at import; ``TRITONFORGE_TMA=0`` (read at
