@@ -308,6 +308,16 @@ def test_gemv_chunk_rule():
     assert gemv_chunk(151936, 896, 132) >= 896     # the lm_head fills the card unsplit
 
 
+def test_prefill_kernels_compile_for_hopper():
+    """Every CUDA config of the tiled and persistent kernels (pointer loads and TMA) compiles for sm_90
+    without spilling: what the interpreter cannot check (bench/aot_linear.py, in a subprocess)."""
+    from tests.aot_helpers import run_sm90
+
+    run = run_sm90("bench.aot_linear", "--check")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert run.stdout.count("ok ") >= 12 and "SPILLS" not in run.stdout, run.stdout
+
+
 # --- GPU: real shapes, every variant --------------------------------------------------------------
 
 @pytest.mark.gpu
