@@ -29,14 +29,8 @@ SMS = 132
 @functools.cache
 def launches() -> list:
     """(label, kernel, positional args, keyword args) for every CUDA config the GPU would compile."""
-    from kernels.linear_prefill import (
-        PERSISTENT_CONFIGS,
-        TILED_CONFIGS,
-        _keep,
-        _linear_persistent_kernel,
-        _linear_tiled_kernel,
-        m_bucket,
-    )
+    from kernels.linear_persistent import PERSISTENT_CONFIGS, _linear_persistent_kernel
+    from kernels.linear_prefill import TILED_CONFIGS, _keep, _linear_tiled_kernel, m_bucket
 
     t = torch.empty(16, dtype=torch.bfloat16)  # only the dtype and the alignment reach the compiler
     args = (t, t, t, t, M, N, K, K, K, N, m_bucket(M))

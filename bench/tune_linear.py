@@ -42,7 +42,8 @@ from kernels import registry
 from kernels.linear import choose_linear_variant, linear
 from kernels.linear_decode import DECODE_CONFIGS, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_MAX_M
-from kernels.linear_prefill import PERSISTENT_CONFIGS, TILED_CONFIGS, linear_persistent_2d, linear_tiled_2d
+from kernels.linear_persistent import PERSISTENT_CONFIGS, linear_persistent_2d
+from kernels.linear_prefill import TILED_CONFIGS, linear_tiled_2d
 from kernels.linear_streamk import STREAMK_CONFIGS, linear_streamk_2d
 
 BF16 = torch.bfloat16

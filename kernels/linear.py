@@ -16,7 +16,7 @@ benchmark sweep times them side by side):
 - ``"gemv"`` (kernels.linear_gemv): the same streaming for M <= 4 on the CUDA cores, with no tensor-core
   padding or shared-memory staging; batch-invariant within a row count (1, 2, or 3-4 rows);
 - ``"prefill"`` (kernels.linear_prefill): tiles in grouped order, one program per tile;
-- ``"persistent"`` (kernels.linear_prefill): the same tiles, one program per SM looping over them, a
+- ``"persistent"`` (kernels.linear_persistent): the same tiles, one program per SM looping over them, a
   partial last wave cut into half or quarter tiles where that is quicker (the split tail);
 - ``"streamk"`` (kernels.linear_streamk): the persistent loop with a partial last wave dealt out to the
   SMs as equal ranges of K-iterations, split tiles summed in a fix-up; it wins where there are far fewer
@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from kernels.device import check_backend
 from kernels.linear_decode import linear_decode_2d
 from kernels.linear_gemv import linear_gemv_2d
-from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d
+from kernels.linear_persistent import linear_persistent_2d
+from kernels.linear_prefill import linear_tiled_2d
 from kernels.linear_streamk import linear_streamk_2d
 from kernels.registry import Op, register, register_impl
 

@@ -12,7 +12,7 @@ kernel reached 0.84x cuBLAS there (H200, bench/results/NVIDIA_H200/linear_bench_
 Measured (H200, bench/results/NVIDIA_H200/run26): at those prefill shapes the fix-up costs more than the
 idle SMs did -- storing and summing 128 KB fp32 partials took 11 + 28 us of a 224 us product -- so the
 persistent kernel's split tail (halves and quarters of the last round's tiles, computed whole along K,
-kernels/linear_prefill.py) is the default there. Stream-K wins where there are far fewer tiles than SMs and
+kernels/linear_persistent.py) is the default there. Stream-K wins where there are far fewer tiles than SMs and
 K is long: 128 x 4096 x 14336 and 128 x 3584 x 18944 ran at 1.5-1.8x the persistent kernel's speed, and
 ``kernels.linear.choose_linear_variant`` sends such products here.
 
@@ -53,8 +53,8 @@ from kernels import alloc
 from kernels._split_k import arrival_counters
 from kernels._triton import tl, triton
 from kernels.device import device_sms
+from kernels.linear_persistent import PERSISTENT_CONFIGS
 from kernels.linear_prefill import (
-    PERSISTENT_CONFIGS,
     _flags,
     _keep,
     _linear_tile,
@@ -155,7 +155,7 @@ def _linear_streamk_kernel(
 
 
 # --- configs as data ----------------------------------------------------------------------------
-# The persistent kernel's list (kernels/linear_prefill.py): the data-parallel phase is that kernel, and
+# The persistent kernel's list (kernels/linear_persistent.py): the data-parallel phase is that kernel, and
 # the stream-K phase uses the same tiles.
 STREAMK_CONFIGS = {vendor: [{k: v for k, v in c.items() if not k.startswith("COST_")} for c in configs]
                    for vendor, configs in PERSISTENT_CONFIGS.items()}
@@ -173,7 +173,7 @@ _streamk = Tuned(_linear_streamk_kernel, STREAMK_CONFIGS, key=["M_BUCKET", "N", 
 def linear_streamk_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       config: dict | None = None, programs: int | None = None,
                       fixup_iters: int = FIXUP_ITERS) -> torch.Tensor:
-    """As :func:`kernels.linear_prefill.linear_persistent_2d`, with a partial last wave split along K.
+    """As :func:`kernels.linear_persistent.linear_persistent_2d`, with a partial last wave split along K.
 
     ``programs`` (default: the card's SM count) sets P; tests use small values to reach every way a range
     can fall on the tiles, and ``fixup_iters=0`` to split every partial wave. ``config`` bypasses the

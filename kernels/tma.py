@@ -15,7 +15,7 @@ zeros for the parts of the block outside the region. Two ways to make one:
   predecessor ends, must make its descriptors after its wait. Making them costs time on the critical path:
   in the split-K decode kernel, where a product takes 3-20 us, TMA ran at a median 0.91x the pointer loads'
   speed and was dropped (H200, bench/results/NVIDIA_H200/run27); the persistent prefill kernel makes them
-  once per program and keeps them (``kernels.linear_prefill``).
+  once per program and keeps them (``kernels.linear_persistent``).
 
 Either way TMA needs a 16-byte aligned base, unit last stride and 16-byte multiples for the other strides
 (:func:`tma_aligned`). Everything here is decided at launch, never at import; ``TRITONFORGE_TMA=0`` (read at
@@ -100,7 +100,7 @@ def _allocator_slot():
     """Triton's per-context allocator variable and its 'none set' class, or None in a Triton laid out otherwise."""
     try:
         from triton.runtime._allocation import NullAllocator, _allocator
-    except ImportError:
+    except ImportError:  # a Triton without this private module: the caller installs its allocator regardless
         return None
     return _allocator, NullAllocator
 

@@ -16,7 +16,8 @@ from kernels.linear import (
 )
 from kernels.linear_decode import SPLIT_UNIT, decode_block_m, decode_chunk, linear_decode_2d
 from kernels.linear_gemv import GEMV_UNIT, gemv_chunk, linear_gemv_2d
-from kernels.linear_prefill import linear_persistent_2d, linear_tiled_2d, persistent_tma
+from kernels.linear_persistent import linear_persistent_2d, persistent_tma
+from kernels.linear_prefill import linear_tiled_2d
 from kernels.testing import assert_close
 from kernels.tma import kernel_descriptors
 from tests.linear_helpers import expected, operands
